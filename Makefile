@@ -1,0 +1,50 @@
+# The Quick start in README.md is `make test` and `make baseline`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast baseline system-deps bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the project metadata changed: a no-op otherwise.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium renders the HTML reports in the tests (Debian's package).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the HTML report tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "warning: chromium not found and cannot be installed (not root); HTML render tests will fail"; \
+	  fi; \
+	fi
+
+test: install system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the slow end-to-end tests.
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+baseline: install
+	$(PY) -m thermojax.baseline bit_width=2 num_time_groups=4
+
+bench: install
+	$(PY) benchmarks/bench_quant.py
+
+lint: install
+	$(PY) -m ruff check thermojax tests benchmarks
+	$(PY) -m ruff format --check thermojax tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache
