@@ -1,0 +1,123 @@
+"""The narrow interface a diffusion model offers to calibration, quantized sampling and evaluation.
+
+Callers (``thermojax.calibrate``, ``thermojax.evaluate``, the pipeline) only use what is declared
+here, so a later model (another architecture, a real safetensors checkpoint) plugs in by
+implementing this protocol; the digits DDPM is the first implementation, not a special case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+Array = jax.Array
+
+ActHook = Callable[[int, Array, Array], Array]
+"""``hook(layer_index, layer_input, t) -> layer_input'``: applied to the input of each quantizable
+layer (``layer_index`` is a static Python int in ``layer_names`` order, ``t`` the traced scalar
+timestep). Quantized sampling passes a fake-quantizer; ``None`` means full precision."""
+
+
+@runtime_checkable
+class QualityReference(Protocol):
+    """Real data plus a classifier, used to judge generated samples (optional for a model)."""
+
+    num_classes: int
+
+    def real_pixels(self) -> np.ndarray:
+        """The real data set in pixel space, ``[M, *data_shape]``."""
+        ...
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """Classifier feature vectors ``[N, F]`` (float64) for pixel-space samples."""
+        ...
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, num_classes]`` (float64) for pixel-space samples."""
+        ...
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """A trained diffusion model whose quantizable layers can be swapped and observed.
+
+    Attributes:
+        name: short identifier, e.g. ``"digits-ddpm"``.
+        num_timesteps: T; timestep t = 0 is the least noisy, the sampler runs T-1 .. 0.
+        layer_names: the L quantizable layers, in the fixed order used by every ``[L, ...]`` array.
+        layer_input_widths: input width of each quantizable layer (weights are grouped along it).
+        data_shape: shape of one sample in pixel space, e.g. ``(8, 8)``.
+        state_size: size of the flattened model-space state x_t.
+        reference: real data + classifier for quality metrics, or ``None``.
+    """
+
+    name: str
+    num_timesteps: int
+    layer_names: tuple[str, ...]
+    layer_input_widths: tuple[int, ...]
+    data_shape: tuple[int, ...]
+    state_size: int
+    reference: QualityReference | None
+
+    def quantizable_weights(self) -> dict[str, Array]:
+        """The full-precision weight of each quantizable layer, ``[in, out]``, keyed by layer name."""
+        ...
+
+    def denoise(
+        self,
+        weights: Mapping[str, Array],
+        x_t: Array,
+        t: Array,
+        *,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """One network evaluation with the given per-layer weights (jit-safe).
+
+        Args:
+            weights: layer name -> ``[in, out]`` weight (dequantized), one per ``layer_names``.
+            x_t: noisy state ``[N, state_size]``.
+            t: scalar int32 timestep.
+            act_hook: optional transform of each quantizable layer's input.
+
+        Returns:
+            ``(eps_hat [N, state_size], layer_inputs)``, where ``layer_inputs[i]`` is the input of
+            layer i before the hook, ``[N, layer_input_widths[i]]``.
+        """
+        ...
+
+    def initial_state(self, key: Array, num_samples: int) -> Array:
+        """x_{T-1} ~ N(0, I), ``[num_samples, state_size]``."""
+        ...
+
+    def step(
+        self,
+        weights: Mapping[str, Array],
+        x_t: Array,
+        t: Array,
+        key: Array,
+        *,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """One ancestral sampling step from timestep t: ``(x_prev, layer_inputs)`` (jit-safe)."""
+        ...
+
+    def sample(
+        self,
+        weights: Mapping[str, Array] | None = None,
+        *,
+        key: Array,
+        num_samples: int,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, Array]:
+        """Run the whole sampler: ``(x0 [N, state_size], trajectory [T, N, state_size])``.
+
+        ``trajectory[t]`` is the state after the step at timestep t (so ``trajectory[0] == x0``).
+        """
+        ...
+
+    def to_pixels(self, x: Array | np.ndarray) -> np.ndarray:
+        """Model-space states ``[N, state_size]`` -> pixel-space samples ``[N, *data_shape]``."""
+        ...
