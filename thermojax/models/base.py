@@ -8,9 +8,10 @@ implementing this protocol; the digits DDPM is the first implementation, not a s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
@@ -64,6 +65,10 @@ class DiffusionModel(Protocol):
 
     def quantizable_weights(self) -> dict[str, Array]:
         """The full-precision weight of each quantizable layer, ``[in, out]``, keyed by layer name."""
+        ...
+
+    def num_parameters(self) -> int:
+        """All parameters of the network (quantizable weights, biases, anything else)."""
         ...
 
     def denoise(
@@ -121,3 +126,54 @@ class DiffusionModel(Protocol):
     def to_pixels(self, x: Array | np.ndarray) -> np.ndarray:
         """Model-space states ``[N, state_size]`` -> pixel-space samples ``[N, *data_shape]``."""
         ...
+
+
+Observer = Callable[[Array, tuple[Array, ...], Array], Any]
+"""``observe(t, layer_inputs, key) -> pytree`` evaluated inside the sampler scan at each step."""
+
+
+def run_sampler(
+    model: DiffusionModel,
+    weights: Mapping[str, Array],
+    *,
+    key: Array,
+    num_samples: int,
+    act_hook: ActHook | None = None,
+    observe: Observer | None = None,
+) -> tuple[Array, Array, Any]:
+    """The ancestral sampler of any :class:`DiffusionModel` as one ``lax.scan`` over T-1 .. 0.
+
+    Every sampler and calibration pass goes through here, so the same ``key`` gives the same
+    initial noise and the same per-step noise whatever the weights or hooks are: fp32 and
+    quantized trajectories can be compared step by step.
+
+    Args:
+        model: the model.
+        weights: per-layer ``[in, out]`` weights to run with.
+        key: PRNG key; split into the initial-noise key and the per-step key (folded with t).
+        num_samples: N.
+        act_hook: optional activation transform per quantizable layer.
+        observe: optional per-step function of ``(t, layer_inputs, key)``; its outputs are
+            stacked over timesteps.
+
+    Returns:
+        ``(x0 [N, D], trajectory [T, N, D], observed)``, all indexed by timestep t, with
+        ``trajectory[t]`` the state after the step at t and ``observed`` a pytree of ``[T, ...]``
+        (``None`` without ``observe``).
+    """
+    init_key, step_key, observe_key = jax.random.split(key, 3)
+    x_init = model.initial_state(init_key, num_samples)
+
+    def body(x_t: Array, t: Array) -> tuple[Array, tuple[Array, Any]]:
+        x_prev, layer_inputs = model.step(
+            weights, x_t, t, jax.random.fold_in(step_key, t), act_hook=act_hook
+        )
+        seen = None
+        if observe is not None:
+            seen = observe(t, layer_inputs, jax.random.fold_in(observe_key, t))
+        return x_prev, (x_prev, seen)
+
+    timesteps = jnp.arange(model.num_timesteps - 1, -1, -1, dtype=jnp.int32)
+    x0, (trajectory, observed) = jax.lax.scan(body, x_init, timesteps)
+    flip = lambda a: jnp.flip(a, axis=0)
+    return x0, flip(trajectory), jax.tree.map(flip, observed)
