@@ -5,11 +5,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from thermojax.models.base import DiffusionModel
+from thermojax.errors import UserInputError
+from thermojax.evaluate import dense_weights, quantize_weights
+from thermojax.models.base import DiffusionModel, run_sampler
 
 __all__ = ["CalibrationStats", "calibrate"]
 
@@ -72,6 +77,37 @@ class CalibrationStats:
             )
 
 
+@partial(jax.jit, static_argnames=("model", "num_samples", "samples_per_step"))
+def _calibration_program(
+    model: DiffusionModel,
+    weights: dict[str, jax.Array],
+    key: jax.Array,
+    *,
+    num_samples: int,
+    samples_per_step: int,
+) -> tuple[jax.Array, jax.Array]:
+    """``(stats [T, L, 4] = min/max/mean/std, samples [T, L, K])`` from one sampler scan."""
+
+    def observe(t: jax.Array, layer_inputs: tuple[jax.Array, ...], step_key: jax.Array):
+        keys = jax.random.split(step_key, len(layer_inputs))
+        stats, picks = [], []
+        # Layers have different input widths, so they cannot be stacked into one array; this
+        # trace-time loop over the L layers unrolls into one fused program per step.
+        for h, layer_key in zip(layer_inputs, keys, strict=True):
+            flat = h.reshape(-1)
+            mean = jnp.mean(flat)
+            std = jnp.sqrt(jnp.maximum(jnp.mean(jnp.square(flat - mean)), 0.0))
+            stats.append(jnp.stack([jnp.min(flat), jnp.max(flat), mean, std]))
+            idx = jax.random.randint(layer_key, (samples_per_step,), 0, flat.shape[0])
+            picks.append(flat[idx])
+        return jnp.stack(stats), jnp.stack(picks)
+
+    _, _, (stats, picks) = run_sampler(
+        model, weights, key=key, num_samples=num_samples, observe=observe
+    )
+    return stats, picks
+
+
 def calibrate(
     model: DiffusionModel,
     *,
@@ -81,5 +117,45 @@ def calibrate(
     seed: int = 0,
     samples_per_step: int = 64,
 ) -> CalibrationStats:
-    """Run the sampler with weights fake-quantized at ``bit_width`` and record layer inputs."""
-    raise NotImplementedError
+    """Per-timestep input-activation statistics of every quantizable layer.
+
+    Runs the model's ancestral sampler on ``num_samples`` samples with its weights quantized at
+    ``bit_width`` (dequantized on the fly, as post-training quantization does) and full-precision
+    activations, in one jitted ``lax.scan`` over the T timesteps. The noise is the same as
+    :func:`thermojax.evaluate.sample` with the same ``seed`` and ``num_samples``.
+
+    Args:
+        model: the model.
+        bit_width: weight bits, 2, 4 or 8.
+        group_size: weight quantization group size along each layer's input dimension.
+        num_samples: N >= 1 calibration samples.
+        seed: PRNG seed of the sampler noise (and of the activation subsample).
+        samples_per_step: K >= 1 activation values kept per layer and timestep.
+
+    Returns:
+        :class:`CalibrationStats` with ``[L, T]`` statistics and ``[L, T, K]`` samples.
+
+    Raises:
+        UserInputError: ``num_samples < 1``, ``samples_per_step < 1``, bad ``bit_width`` or a
+            ``group_size`` that does not divide a layer width.
+    """
+    for name, value in (("num_samples", num_samples), ("samples_per_step", samples_per_step)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise UserInputError(f"calibration {name} must be an integer >= 1, got {value!r}")
+    qweights, _ = quantize_weights(model, bits=bit_width, group_size=group_size)
+    stats, picks = _calibration_program(
+        model,
+        dense_weights(model, qweights),
+        jax.random.PRNGKey(seed),
+        num_samples=int(num_samples),
+        samples_per_step=int(samples_per_step),
+    )
+    stats = np.asarray(stats, np.float32).transpose(2, 1, 0)  # [4, L, T]
+    return CalibrationStats(
+        layer_names=tuple(model.layer_names),
+        act_min=stats[0].copy(),
+        act_max=stats[1].copy(),
+        act_mean=stats[2].copy(),
+        act_std=stats[3].copy(),
+        act_samples=np.asarray(picks, np.float32).transpose(1, 0, 2).copy(),
+    )
