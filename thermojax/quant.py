@@ -158,7 +158,9 @@ def _unpack(packed: jax.Array, bits: int) -> jax.Array:
     per_byte = 8 // bits
     if per_byte == 1:
         return packed
-    shifts = jnp.arange(per_byte, dtype=jnp.uint8) * np.uint8(bits)
+    shifts = (jnp.arange(per_byte, dtype=jnp.uint8) * np.uint8(bits)).reshape(
+        (1,) * packed.ndim + (per_byte,)
+    )
     lanes = (packed[..., None] >> shifts) & np.uint8((1 << bits) - 1)
     return lanes.reshape(*packed.shape[:-1], packed.shape[-1] * per_byte)
 
