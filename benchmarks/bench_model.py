@@ -1,0 +1,87 @@
+"""Wall time of calibration, fp32 sampling and quantized sampling on the shipped digits DDPM.
+
+Each is one jitted ``lax.scan`` over the T = 1000 timesteps. Compile time (``lower().compile()``)
+is reported apart from run time (best of ``--repeats`` runs of the compiled program). fp32
+sampling on the same N is the baseline: the figure of merit is calibration / fp32 sampling
+(target <= 2x).
+
+Usage::
+
+    python benchmarks/bench_model.py [--samples 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+
+from thermojax.calibrate import _calibration_program, calibrate
+from thermojax.evaluate import _sample_program, dense_weights, quantize_weights
+from thermojax.models import load_model
+from thermojax.timegroups import group_activation_params, uniform_edges
+
+
+def _time(fn, *args, repeats: int, **static) -> tuple[float, float]:
+    """``(compile seconds, best run seconds)`` of a jitted function."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args, **static).compile()
+    compile_s = time.perf_counter() - start
+    dynamic = args[1:]  # the model (first argument) is static
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*dynamic))
+        runs.append(time.perf_counter() - start)
+    return compile_s, min(runs)
+
+
+def main() -> None:
+    """Print the timing table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bits", type=int, default=4)
+    args = parser.parse_args()
+
+    model = load_model()
+    n, key = args.samples, jax.random.PRNGKey(0)
+    fp32 = dense_weights(model, None)
+    qweights, _ = quantize_weights(model, bits=args.bits)
+    quant = dense_weights(model, qweights)
+    stats = calibrate(model, bit_width=args.bits, num_samples=8, samples_per_step=4)
+    edges = uniform_edges(model.num_timesteps, 10)
+    scales, zero_points = group_activation_params(stats.act_min, stats.act_max, edges, bits=8)
+    edges = jax.numpy.asarray(edges)
+
+    rows = {
+        "fp32 sampling": _time(
+            _sample_program,
+            model, fp32, None, None, None, key,
+            repeats=args.repeats, num_samples=n, bits=0,
+        ),
+        f"calibration (W{args.bits}, stats + K=64 samples)": _time(
+            _calibration_program,
+            model, quant, key,
+            repeats=args.repeats, num_samples=n, samples_per_step=64,
+        ),
+        f"quantized sampling (W{args.bits}A8, 10 groups)": _time(
+            _sample_program,
+            model, quant, scales, zero_points, edges, key,
+            repeats=args.repeats, num_samples=n, bits=8,
+        ),
+    }  # fmt: skip
+    base = rows["fp32 sampling"][1]
+    print(f"digits DDPM, T={model.num_timesteps}, N={n}, {jax.devices()[0].platform}")
+    print(f"{'program':<44} {'compile s':>10} {'run s':>8} {'run / fp32':>11}")
+    for name, (compile_s, run_s) in rows.items():
+        print(f"{name:<44} {compile_s:>10.2f} {run_s:>8.3f} {run_s / base:>10.2f}x")
+    calib = next(v for k, v in rows.items() if k.startswith("calibration"))[1]
+    print(f"calibration / fp32 sampling: {calib / base:.2f}x (target <= 2x)")
+    per_step_ms = 1e3 * base / model.num_timesteps
+    print(f"fp32 sampler: {per_step_ms:.2f} ms per timestep for {n} samples")
+
+
+if __name__ == "__main__":
+    main()
