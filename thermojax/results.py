@@ -1,0 +1,426 @@
+"""The one versioned result schema of a baseline run, and its atomic JSON read/write.
+
+``baseline_metrics.json`` is ``Result.to_dict()``; the HTML report, the W&B tracker, the sweep
+comparison and the tests all read a ``Result`` through :func:`read_result`, so the schema lives in
+exactly one place: the dataclasses below. Model-level figures are defined from ``layers``:
+
+- ``smoothness_score`` = mean of the layers' ``smoothness_score``;
+- ``boundary_scores[i]`` = mean over layers of ``layers[*].boundary_scores[i]``;
+- ``violations`` = every (layer, boundary) whose scale jump exceeds ``smoothness_threshold``;
+- ``min/max/mean/std_boundary_score`` are over ``boundary_scores`` (population std).
+
+Later phases add optional sections (``None`` when absent, omitted from the JSON), so a file of an
+older schema version still reads.
+
+Example:
+    >>> result = read_result("outputs/run/baseline_metrics.json")  # doctest: +SKIP
+    >>> result.smoothness_score, result.interpretation.band  # doctest: +SKIP
+    (0.71, 'good')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SEVERITY_LABELS",
+    "Check",
+    "Interpretation",
+    "LayerResult",
+    "Pattern",
+    "QualitySection",
+    "Result",
+    "SamplePreview",
+    "Violation",
+    "ViolationAnalysis",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "float32_list",
+    "read_result",
+    "write_result",
+]
+
+SCHEMA_VERSION = 1
+"""Bumped whenever a key changes meaning or a required key is added."""
+
+SEVERITY_LABELS = ("none", "low", "medium", "high")
+"""``SEVERITY_LABELS[severity]`` for the core's integer severity (0 none .. 3 high)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Violation:
+    """One (layer, boundary) whose activation scale jump exceeds the smoothness threshold.
+
+    Attributes:
+        layer: layer name.
+        boundary_idx: boundary i, between time groups i and i + 1.
+        scale_jump: ``|s[i+1] - s[i]| / s[i]``.
+        zero_point_jump: ``|z[i+1] - z[i]| / qmax``.
+        severity: ``"low"``, ``"medium"`` (jump > 0.3) or ``"high"`` (jump > 0.5).
+    """
+
+    layer: str
+    boundary_idx: int
+    scale_jump: float
+    zero_point_jump: float
+    severity: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerResult:
+    """Time-group parameters and smoothness of one quantized layer's input activations.
+
+    Attributes:
+        name: layer name.
+        scales, zero_points: activation scale and zero point of each time group ``[G]``.
+        scale_jumps, zero_point_jumps, boundary_scores: one per boundary ``[G - 1]``.
+        smoothness_score: the layer's Markov smoothness score in [0, 1].
+        cosine_similarity: cosine between the fp32 and the dequantized weight.
+        activation_min, activation_max: observed input range at each timestep ``[T]``.
+    """
+
+    name: str
+    scales: tuple[float, ...]
+    zero_points: tuple[float, ...]
+    scale_jumps: tuple[float, ...]
+    zero_point_jumps: tuple[float, ...]
+    boundary_scores: tuple[float, ...]
+    smoothness_score: float
+    cosine_similarity: float
+    activation_min: tuple[float, ...]
+    activation_max: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ViolationAnalysis:
+    """Statistics of the violations that the pattern detection reads.
+
+    Attributes:
+        severity_distribution: count per label ``low``, ``medium``, ``high``.
+        boundaries_involved: boundary indices with at least one violation, ascending.
+        violations_per_boundary: count per boundary ``[G - 1]``.
+        violations_per_layer: count per layer name (every layer, zeros included).
+        top_layers: layers carrying the most violations (ties all listed; empty if none).
+        max_scale_jump, mean_scale_jump: over the violations (0.0 when there are none).
+    """
+
+    severity_distribution: dict[str, int]
+    boundaries_involved: tuple[int, ...]
+    violations_per_boundary: tuple[int, ...]
+    violations_per_layer: dict[str, int]
+    top_layers: tuple[str, ...]
+    max_scale_jump: float
+    mean_scale_jump: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """A recognised violation pattern with the seed's likely cause and recommended action."""
+
+    id: str
+    name: str
+    detail: str
+    cause: str
+    action: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One criterion of the interpretation band, with the measured value and whether it holds."""
+
+    criterion: str
+    value: str
+    met: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Interpretation:
+    """Which band the smoothness score falls in, the band's criteria, and what to do next.
+
+    Attributes:
+        band: ``"poor"``, ``"good"`` or ``"excellent"``.
+        summary: one sentence for people.
+        poor_below, excellent_above: the band limits used (from the config).
+        checks: the band's criteria from the seed, evaluated on this run.
+        actions: recommended next steps.
+    """
+
+    band: str
+    summary: str
+    poor_below: float
+    excellent_above: float
+    checks: tuple[Check, ...]
+    actions: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class QualitySection:
+    """Quality of quantized sampling against fp32 sampling from the same noise.
+
+    Attributes:
+        drift_per_timestep: mean squared difference of x_t at each timestep ``[T]``.
+        drift_per_group: the same, averaged within each time group ``[G]``.
+        drift_mean, final_mse: scalars.
+        frechet_fp32, frechet_quantized: Frechet distance to the real data (classifier features).
+        class_coverage_fp32, class_coverage_quantized: fraction of classes predicted confidently.
+        extra: any further figures the evaluator reports (kept as given).
+    """
+
+    drift_per_timestep: tuple[float, ...]
+    drift_per_group: tuple[float, ...]
+    drift_mean: float
+    final_mse: float
+    frechet_fp32: float
+    frechet_quantized: float
+    class_coverage_fp32: float
+    class_coverage_quantized: float
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON form: the named figures plus the ``extra`` ones at the same level."""
+        named = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
+        }
+        return {**self.extra, **named}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QualitySection:
+        """Inverse of :meth:`to_dict`: unnamed keys go back into ``extra``."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        named = {
+            k: _build(_field_types(cls)[k], data[k], f"quality.{k}") for k in names if k in data
+        }
+        missing = sorted(names - named.keys())
+        if missing:
+            raise ValueError(f"quality section lacks keys {missing}")
+        return cls(**named, extra={k: v for k, v in data.items() if k not in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePreview:
+    """A few fp32 and quantized samples (same noise), pixel values 0..16, for the report's grids."""
+
+    fp32: tuple[tuple[tuple[float, ...], ...], ...]
+    quantized: tuple[tuple[tuple[float, ...], ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Everything one baseline run measured; ``to_dict()`` is ``baseline_metrics.json``.
+
+    The seed's keys come first, then the additions. ``samples`` holds the full sample arrays
+    (``fp32``/``quantized`` ``[N, 8, 8]``) for ``samples.npz``; it is not part of the JSON and is
+    ``None`` for a result read back from disk.
+    """
+
+    model_name: str
+    bit_width: int
+    num_time_groups: int
+    smoothness_score: float
+    violation_count: int
+    violations: tuple[Violation, ...]
+    boundary_scores: tuple[float, ...]
+    cosine_similarity: float
+    compression_ratio: float
+    model_size_mb: float
+    quantization_time_s: float
+    min_boundary_score: float
+    max_boundary_score: float
+    mean_boundary_score: float
+    std_boundary_score: float
+    common_violation_patterns: tuple[Pattern, ...]
+    act_bits: int
+    smoothness_threshold: float
+    num_timesteps: int
+    time_groups: tuple[tuple[int, int], ...]
+    layers: tuple[LayerResult, ...]
+    violation_analysis: ViolationAnalysis
+    quality: QualitySection
+    interpretation: Interpretation
+    sample_preview: SamplePreview
+    timings_s: dict[str, float]
+    environment: dict[str, str]
+    config: dict[str, Any]
+    schema_version: int = SCHEMA_VERSION
+    samples: dict[str, np.ndarray] | None = dataclasses.field(
+        default=None, compare=False, repr=False, metadata={"json": False}
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: nested dicts and lists, non-finite floats as ``null``."""
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("json", True)
+            and not (f.default is None and getattr(self, f.name) is None)
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """Build a ``Result`` from its JSON form, checking keys, types and the schema version.
+
+        Raises:
+            ValueError: a newer schema version, a missing or unknown key, or a wrongly typed value.
+        """
+        version = data.get("schema_version")
+        if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version={version!r} is not supported (this thermojax reads 1..{SCHEMA_VERSION})"
+            )
+        return _build_dataclass(cls, data, "result")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Convert JSON data ``value`` to type ``tp`` (dataclasses, tuples, dicts, scalars, unions)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _build(inner, value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        if hasattr(tp, "from_dict"):
+            return tp.from_dict(value)
+        return _build_dataclass(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        _, value_type = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        return {str(k): _build(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if value is None:
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported schema type {tp!r}")
+
+
+def _build_dataclass(tp: type, value: Mapping[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(tp) if f.metadata.get("json", True)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}")
+    hints = _field_types(tp)
+    kwargs = {}
+    for name, field in fields.items():
+        if name in value:
+            kwargs[name] = _build(hints[name], value[name], f"{where}.{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{where}: missing key {name!r}")
+    return tp(**kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "to_dict"):
+            return _jsonable(value.to_dict())
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def float32_list(values: Any) -> tuple[float, ...]:
+    """Float32 values as Python floats with their shortest float32 text (0.3, not 0.30000001...).
+
+    Keeps the JSON readable and exact: each number parses back to the same float32.
+    """
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    return tuple(float(np.format_float_positional(v, unique=True, trim="0")) for v in flat)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A reader sees the old file or the complete new one, never a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_result(result: Result, path: str | os.PathLike[str]) -> Path:
+    """Write ``result`` as indented JSON, atomically; returns the path."""
+    text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def read_result(path: str | os.PathLike[str]) -> Result:
+    """Read a ``baseline_metrics.json`` written by :func:`write_result`.
+
+    Raises:
+        ValueError: the file is not valid JSON of a supported schema version.
+    """
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    return Result.from_dict(data)
