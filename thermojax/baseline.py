@@ -1,0 +1,133 @@
+"""``python -m thermojax.baseline [key=value ...]``: the baseline-metrics command.
+
+Hydra composes ``conf/`` on top of the typed schema; this module only turns the config into a
+:class:`~thermojax.config.BaselineConfig`, calls :func:`execute` (which anyone can call without
+Hydra) and turns user mistakes into one ``error: ...`` line with exit status 2.
+
+Outputs, in Hydra's run directory (``hydra.run.dir=...``): ``baseline_metrics.json``,
+``baseline_metrics.html``, ``baseline_metrics.log``, ``samples.npz`` and, unless
+``wandb.mode=disabled``, the W&B run under ``wandb/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from thermojax.config import (
+    BaselineConfig,
+    describe_config_error,
+    register_configs,
+    remove_if_fresh_and_empty,
+    to_config,
+)
+from thermojax.errors import UserInputError
+from thermojax.paths import cache_dir
+
+__all__ = ["LOG_FILE", "enable_compilation_cache", "execute", "main"]
+
+LOG_FILE = "baseline_metrics.log"
+log = logging.getLogger("thermojax.baseline")
+
+
+def enable_compilation_cache() -> Path:
+    """Turn on JAX's persistent compilation cache in ``thermojax.paths.cache_dir() / "jax"``.
+
+    A warm cache skips XLA compilation of the calibration and sampling scans on later runs.
+    """
+    import jax
+
+    path = cache_dir() / "jax"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # Cache every program that took noticeable time to compile, not only those above 1 s.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Run the baseline, write every output into ``out_dir``, track it, print a summary.
+
+    On a :class:`UserInputError` nothing is written (and a run folder that Hydra created for
+    this run is removed again if it is still empty). On any other failure the log is still
+    written, with the traceback, and the error propagates.
+
+    Returns:
+        The written files keyed ``json``, ``html``, ``samples``, ``log``.
+    """
+    from rich.console import Console
+
+    from thermojax.pipeline import run, write_outputs
+    from thermojax.runlog import RunLog, print_summary, stage_progress
+    from thermojax.tracking import make_tracker
+
+    out = Path(out_dir)
+    console = Console(stderr=True)
+    run_log = RunLog()
+    with run_log.attached(console):
+        try:
+            cache = enable_compilation_cache()
+            log.info("output folder %s; JAX compilation cache %s", out.resolve(), cache)
+            with stage_progress(console) as on_stage:
+                result = run(config, progress=on_stage)
+            files = write_outputs(result, out)
+            tracker = make_tracker(
+                config.wandb, run_dir=out, name=out.resolve().name, config=result.config
+            )
+            tracker.log(result, files)
+            tracker.finish()
+        except UserInputError:
+            remove_if_fresh_and_empty(out)
+            raise
+        except BaseException:
+            log.exception("baseline run failed")
+            files = {"log": run_log.write(out / LOG_FILE)}
+            raise
+        files["log"] = out / LOG_FILE
+        log.info("done")
+    run_log.write(out / LOG_FILE)
+    print_summary(Console(), result, files)
+    return files
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _app(cfg: DictConfig) -> None:
+    execute(to_config(cfg), HydraConfig.get().runtime.output_dir)
+
+
+def main() -> None:
+    """Run the Hydra app; a user or config mistake ends in one ``error:`` line and exit 2."""
+    register_configs()
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    # Let exceptions reach us instead of Hydra's multi-line report, so that we print one line;
+    # bugs still show their full traceback.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _app()
+    except UserInputError as exc:
+        _fail(str(exc))
+    except (CompactHydraException, OmegaConfBaseException) as exc:
+        _fail(describe_config_error(exc))
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""The baseline run as plain functions: ``run(cfg) -> Result`` and ``write_outputs(result, dir)``.
+
+Data flows one way: config -> model -> weight quantization -> per-timestep calibration ->
+time-group activation parameters -> Markov metrics (one vectorized call over all layers) ->
+quantized sampling and quality -> a :class:`~thermojax.results.Result`. No Hydra here: the CLI,
+sweeps and tests call these functions directly.
+
+Example:
+    >>> from thermojax.pipeline import run, write_outputs
+    >>> result = run({"bit_width": 2, "num_time_groups": 4})  # doctest: +SKIP
+    >>> write_outputs(result, "outputs/int2")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from omegaconf import DictConfig
+
+import thermojax
+from thermojax.calibrate import calibrate
+from thermojax.config import BaselineConfig, to_config
+from thermojax.errors import UserInputError
+from thermojax.evaluate import ActParams, evaluate_quality, quantize_weights, sample
+from thermojax.markov import MarkovMetrics, markov_metrics
+from thermojax.models import load_model
+from thermojax.patterns import analyze_violations, detect_patterns, interpret, severity_label
+from thermojax.results import (
+    LayerResult,
+    QualitySection,
+    Result,
+    SamplePreview,
+    Violation,
+    atomic_write_bytes,
+    float32_list,
+    write_result,
+)
+from thermojax.timegroups import group_activation_params, group_ranges, uniform_edges
+
+__all__ = ["OUTPUT_FILES", "STAGES", "build_result", "run", "write_outputs"]
+
+log = logging.getLogger(__name__)
+
+STAGES = (
+    "load model",
+    "quantize weights",
+    "calibrate",
+    "time groups + metrics",
+    "sample fp32",
+    "sample quantized",
+    "evaluate quality",
+)
+"""The stages ``run`` reports to its ``progress`` callback, in order."""
+
+OUTPUT_FILES = {
+    "json": "baseline_metrics.json",
+    "html": "baseline_metrics.html",
+    "samples": "samples.npz",
+}
+"""What :func:`write_outputs` writes into the output folder (the CLI adds the log)."""
+
+PREVIEW_SAMPLES = 16
+"""Samples of each kind kept in the ``Result`` for the report's image grids."""
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, index, total)``, called as each stage starts and once with ``"done"``."""
+
+
+class _Stages:
+    """Times the stages, logs them, and tells the progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        index = STAGES.index(name)
+        if self.progress is not None:
+            self.progress(name, index, len(STAGES))
+        log.info("stage %d/%d: %s", index + 1, len(STAGES), name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+        log.info("stage %s took %.2f s", name, self.timings[name])
+        if self.progress is not None and index == len(STAGES) - 1:
+            self.progress("done", len(STAGES), len(STAGES))
+
+
+def run(
+    cfg: BaselineConfig | DictConfig | Mapping[str, Any],
+    *,
+    progress: ProgressCallback | None = None,
+) -> Result:
+    """Quantize the configured model with Markov validation and measure everything.
+
+    Args:
+        cfg: a :class:`BaselineConfig`, a composed Hydra config or a (partial) mapping.
+        progress: optional ``progress(stage, index, total)`` callback (see ``STAGES``).
+
+    Returns:
+        The :class:`Result`, with the full sample arrays in ``result.samples``.
+
+    Raises:
+        UserInputError: an invalid config value, a bad model path, ``num_time_groups`` above the
+            model's timestep count, or a ``group_size`` that does not fit the model.
+    """
+    config = to_config(cfg)
+    stages = _Stages(progress)
+    start = time.perf_counter()
+    log.info("config: %s", config.to_dict())
+
+    with stages("load model"):
+        model = load_model(config.model.path)
+        num_timesteps = int(model.num_timesteps)
+        if config.num_time_groups > num_timesteps:
+            raise UserInputError(
+                f"num_time_groups={config.num_time_groups}: exceeds the model's "
+                f"{num_timesteps} timesteps"
+            )
+        log.info("model %s: T=%d, layers %s", model.name, num_timesteps, model.layer_names)
+
+    with stages("quantize weights"):
+        qweights, weight_report = quantize_weights(
+            model, bits=config.bit_width, group_size=config.group_size
+        )
+        log.info(
+            "weights at %d bits: cosine %.4f, compression %.2fx, %.4f MB",
+            config.bit_width,
+            weight_report.model_cosine,
+            weight_report.compression_ratio,
+            weight_report.model_size_mb,
+        )
+
+    with stages("calibrate"):
+        stats = calibrate(
+            model,
+            bit_width=config.bit_width,
+            group_size=config.group_size,
+            num_samples=config.calibration.samples,
+            seed=config.seed,
+            samples_per_step=config.calibration.samples_per_step,
+        )
+
+    with stages("time groups + metrics"):
+        edges = uniform_edges(num_timesteps, config.num_time_groups)
+        scales, zero_points = group_activation_params(
+            stats.act_min, stats.act_max, edges, bits=config.act_bits
+        )
+        # One evaluation over every layer: [L, G] in, [L, G-1] / [L] out.
+        metrics = markov_metrics(
+            scales,
+            zero_points,
+            qmax=2**config.act_bits - 1,
+            threshold=config.smoothness_threshold,
+        )
+        scales, zero_points = np.asarray(scales), np.asarray(zero_points)
+        log.info("time groups %s", group_ranges(edges))
+    quantization_time_s = sum(stages.timings.values())
+
+    act_params = ActParams(
+        scales=scales, zero_points=zero_points, edges=edges, bits=config.act_bits
+    )
+    with stages("sample fp32"):
+        fp32 = sample(model, num_samples=config.sampling.num_samples, seed=config.seed)
+    with stages("sample quantized"):
+        quantized = sample(
+            model,
+            weights=qweights,
+            act_params=act_params,
+            num_samples=config.sampling.num_samples,
+            seed=config.seed,
+        )
+    with stages("evaluate quality"):
+        quality = evaluate_quality(model, fp32, quantized, edges, weight_report)
+        log.info(
+            "quality: drift mean %.5f, final MSE %.4f, Frechet fp32 %.3f / quantized %.3f",
+            quality.drift_mean,
+            quality.final_mse,
+            quality.frechet_fp32,
+            quality.frechet_quantized,
+        )
+
+    result = build_result(
+        config=config,
+        model_name=config.model.name or model.name,
+        layer_names=model.layer_names,
+        edges=edges,
+        scales=scales,
+        zero_points=zero_points,
+        metrics=metrics,
+        act_min=stats.act_min,
+        act_max=stats.act_max,
+        layer_cosine=weight_report.layer_cosine,
+        model_cosine=weight_report.model_cosine,
+        compression_ratio=weight_report.compression_ratio,
+        model_size_mb=weight_report.model_size_mb,
+        quality=quality.to_dict(),
+        fp32_x0=fp32.x0,
+        quantized_x0=quantized.x0,
+        quantization_time_s=quantization_time_s,
+        timings_s={**stages.timings, "total": time.perf_counter() - start},
+    )
+    _log_details(result)
+    log.info(
+        "smoothness %.4f (%s), %d violations, cosine %.4f, total %.1f s",
+        result.smoothness_score,
+        result.interpretation.band,
+        result.violation_count,
+        result.cosine_similarity,
+        result.timings_s["total"],
+    )
+    return result
+
+
+def build_result(
+    *,
+    config: BaselineConfig,
+    model_name: str,
+    layer_names: Sequence[str],
+    edges: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray,
+    metrics: MarkovMetrics,
+    act_min: np.ndarray,
+    act_max: np.ndarray,
+    layer_cosine: Sequence[float],
+    model_cosine: float,
+    compression_ratio: float,
+    model_size_mb: float,
+    quality: Mapping[str, Any],
+    fp32_x0: np.ndarray,
+    quantized_x0: np.ndarray,
+    quantization_time_s: float,
+    timings_s: Mapping[str, float],
+) -> Result:
+    """Assemble a :class:`Result` from measured arrays (no model needed; tests use it too).
+
+    The model-level figures are computed from the per-layer values exactly as they are written
+    to the JSON, so anyone can recompute them from ``layers``.
+
+    Args:
+        metrics: ``markov_metrics`` of ``scales``/``zero_points`` ``[L, G]`` at one threshold.
+        act_min, act_max: per-timestep calibration ranges ``[L, T]``.
+        quality: ``Quality.to_dict()`` of the evaluator.
+        fp32_x0, quantized_x0: samples ``[N, 8, 8]`` from the same noise.
+    """
+    metrics = jax.tree_util.tree_map(np.asarray, metrics)
+    layers = tuple(
+        LayerResult(
+            name=name,
+            scales=float32_list(scales[i]),
+            zero_points=float32_list(zero_points[i]),
+            scale_jumps=float32_list(metrics.scale_jumps[i]),
+            zero_point_jumps=float32_list(metrics.zero_point_jumps[i]),
+            boundary_scores=float32_list(metrics.boundary_scores[i]),
+            smoothness_score=float32_list(metrics.smoothness_score[i])[0],
+            cosine_similarity=float(layer_cosine[i]),
+            activation_min=float32_list(act_min[i]),
+            activation_max=float32_list(act_max[i]),
+        )
+        for i, name in enumerate(layer_names)
+    )
+    violations = tuple(
+        Violation(
+            layer=layers[i].name,
+            boundary_idx=int(b),
+            scale_jump=layers[i].scale_jumps[b],
+            zero_point_jump=layers[i].zero_point_jumps[b],
+            severity=severity_label(int(metrics.severity[i, b])),
+        )
+        for i, b in np.argwhere(metrics.violations)
+    )
+    time_groups = tuple((int(a), int(b)) for a, b in group_ranges(edges))
+    num_boundaries = len(time_groups) - 1
+    layer_boundaries = np.array([layer.boundary_scores for layer in layers], np.float64)
+    boundary_scores = tuple(float(v) for v in layer_boundaries.reshape(len(layers), -1).mean(0))
+    smoothness = float(np.mean([layer.smoothness_score for layer in layers]))
+    if boundary_scores:
+        bs = np.asarray(boundary_scores)
+        summary = (float(bs.min()), float(bs.max()), float(bs.mean()), float(bs.std()))
+    else:  # one time group: no boundaries, nothing to summarize
+        summary = (float("nan"),) * 4
+    analysis = analyze_violations(
+        violations, layer_names=layer_names, num_boundaries=num_boundaries
+    )
+    return Result(
+        model_name=model_name,
+        bit_width=config.bit_width,
+        num_time_groups=len(time_groups),
+        smoothness_score=smoothness,
+        violation_count=len(violations),
+        violations=violations,
+        boundary_scores=boundary_scores,
+        cosine_similarity=float(model_cosine),
+        compression_ratio=float(compression_ratio),
+        model_size_mb=float(model_size_mb),
+        quantization_time_s=float(quantization_time_s),
+        min_boundary_score=summary[0],
+        max_boundary_score=summary[1],
+        mean_boundary_score=summary[2],
+        std_boundary_score=summary[3],
+        common_violation_patterns=detect_patterns(
+            analysis, time_groups=time_groups, bands=config.interpretation
+        ),
+        act_bits=config.act_bits,
+        smoothness_threshold=config.smoothness_threshold,
+        num_timesteps=int(edges[-1]),
+        time_groups=time_groups,
+        layers=layers,
+        violation_analysis=analysis,
+        quality=QualitySection.from_dict(quality),
+        interpretation=interpret(
+            smoothness_score=smoothness,
+            violations=violations,
+            boundary_scores=boundary_scores,
+            cosine_similarity=float(model_cosine),
+            bands=config.interpretation,
+        ),
+        sample_preview=SamplePreview(fp32=_preview(fp32_x0), quantized=_preview(quantized_x0)),
+        timings_s=dict(timings_s),
+        environment=_environment(),
+        config=config.to_dict(),
+        samples={
+            "fp32": np.asarray(fp32_x0, np.float32),
+            "quantized": np.asarray(quantized_x0, np.float32),
+        },
+    )
+
+
+def _log_details(result: Result) -> None:
+    """Per-layer parameters, violations, patterns and interpretation, for the run log."""
+    for layer in result.layers:
+        log.info(
+            "layer %-12s smoothness %.4f cosine %.4f scales [%s] zero points [%s]",
+            layer.name,
+            layer.smoothness_score,
+            layer.cosine_similarity,
+            ", ".join(f"{s:.4g}" for s in layer.scales),
+            ", ".join(f"{z:.0f}" for z in layer.zero_points),
+        )
+    log.info("boundary scores %s", ", ".join(f"{s:.4f}" for s in result.boundary_scores))
+    for v in result.violations:
+        log.info(
+            "violation: layer %s boundary %d scale jump %.3f zero-point jump %.4f (%s)",
+            v.layer,
+            v.boundary_idx,
+            v.scale_jump,
+            v.zero_point_jump,
+            v.severity,
+        )
+    for p in result.common_violation_patterns:
+        log.info("pattern %s: %s", p.name, p.detail)
+    log.info("interpretation: %s", result.interpretation.summary)
+    for action in result.interpretation.actions:
+        log.info("recommended: %s", action)
+
+
+def _preview(x0: np.ndarray) -> tuple[tuple[tuple[float, ...], ...], ...]:
+    images = np.asarray(x0, np.float32)[:PREVIEW_SAMPLES]
+    return tuple(tuple(float32_list(np.round(row, 3)) for row in image) for image in images)
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "thermojax": thermojax.__version__,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+def write_outputs(result: Result, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``baseline_metrics.json``, ``baseline_metrics.html`` and ``samples.npz``, atomically.
+
+    Each file goes to a temporary name in ``out_dir`` and is renamed into place, so an
+    interrupted run never leaves a half-written report. ``samples.npz`` (arrays ``fp32`` and
+    ``quantized``, ``[N, 8, 8]``) is written only when ``result.samples`` is present.
+
+    Returns:
+        The written paths keyed ``json``, ``html`` (and ``samples``).
+    """
+    from thermojax.report import render_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html = render_report(result)
+    paths = {"json": write_result(result, out / OUTPUT_FILES["json"])}
+    paths["html"] = atomic_write_bytes(out / OUTPUT_FILES["html"], html.encode("utf-8"))
+    if result.samples is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in result.samples.items()})
+        paths["samples"] = atomic_write_bytes(out / OUTPUT_FILES["samples"], buffer.getvalue())
+    for kind, path in paths.items():
+        log.info("wrote %s: %s", kind, path)
+    return paths
