@@ -1,0 +1,96 @@
+"""The ``hydra/launcher=thermojax_ray`` plugin: its config and the Launcher class.
+
+Hydra imports every public module under ``hydra_plugins`` at start-up, so this one stays light:
+Ray is imported only when a multirun actually launches (in ``_core``). No ``from __future__
+import annotations`` here: Hydra's plugin scanner runs this module before registering it in
+``sys.modules``, and ``dataclass`` then cannot resolve string annotations.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class ThermojaxRayLauncherConf:
+    """Settings of the Ray launcher (``hydra.launcher.*``).
+
+    Attributes:
+        address: a Ray cluster to send the jobs to (``HOST:PORT`` of its GCS, or ``auto``). Null:
+            ``$RAY_ADDRESS`` when set (as inside a submitted Ray job), otherwise an embedded local
+            Ray is started for this sweep, on 127.0.0.1 only, and stopped at the end.
+        num_cpus: CPUs of the embedded Ray (null: all cores). Ignored when joining a cluster.
+        object_store_memory: bytes for the embedded Ray's object store. Ignored when joining a
+            cluster (Ray refuses to connect when it is set).
+        temp_dir: the embedded Ray's session folder (null: ``<project cache>/ray``, or a short
+            folder under /tmp when that path is too long for Ray's Unix sockets).
+        connect_timeout_s: how long to wait for a cluster address to answer before giving up.
+        log_to_driver: stream the jobs' stdout/stderr to this console (each job also logs to
+            its own folder).
+        cpus_per_job: Ray CPUs each job reserves.
+        gpus_per_job: Ray GPUs each job reserves (a fraction shares one GPU).
+        max_retries: how often a job is re-run after its Ray worker died (crash, OOM kill,
+            preempted node). Exceptions raised by the job are not retried: they are recorded.
+        resume: skip a job whose folder already holds a complete ``report_file`` written for the
+            same overrides.
+        report_file: the file (relative to the job folder) whose presence marks a finished job.
+        failure_file: where a failed job's error is recorded (relative to the job folder).
+        copy_outputs: ``auto`` copies a job's output files back to the sweep folder of the
+            driver when the job ran on another node; ``always`` / ``never`` force it.
+    """
+
+    _target_: str = "hydra_plugins.thermojax_ray_launcher.ray_launcher.ThermojaxRayLauncher"
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory: int | None = 100_000_000
+    temp_dir: str | None = None
+    connect_timeout_s: float = 20.0
+    log_to_driver: bool = False
+    cpus_per_job: float = 1.0
+    gpus_per_job: float = 0.0
+    max_retries: int = 2
+    resume: bool = True
+    report_file: str = "baseline_metrics.json"
+    failure_file: str = "failure.json"
+    copy_outputs: str = "auto"
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="thermojax_ray",
+    node=ThermojaxRayLauncherConf,
+    provider="thermojax",
+)
+
+
+class ThermojaxRayLauncher(Launcher):
+    """Runs each job of a Hydra multirun as a Ray task; see ``ThermojaxRayLauncherConf``."""
+
+    def __init__(self, **settings: object) -> None:
+        self.settings = ThermojaxRayLauncherConf(**settings)  # type: ignore[arg-type]
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(
+        self,
+        *,
+        hydra_context: HydraContext,
+        task_function: TaskFunction,
+        config: DictConfig,
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from hydra_plugins.thermojax_ray_launcher import _core
+
+        return _core.launch(self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
