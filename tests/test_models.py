@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import digits_reference as ref
 import jax
@@ -148,7 +150,12 @@ def test_corrupt_or_mismatched_tensors_are_user_errors(tmp_path):
     spec = json.loads((ckpt / "model.json").read_text())
     spec["denoiser"]["hidden"] = 128
     (ckpt / "model.json").write_text(json.dumps(spec))
-    with pytest.raises(UserInputError, match="do not match"):
+    with pytest.raises(UserInputError, match="denoiser tensors .* do not match"):
+        load_model(str(ckpt))
+    spec["denoiser"]["hidden"] = 256
+    spec["classifier"]["features"] = 16
+    (ckpt / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(UserInputError, match="classifier tensors .* do not match"):
         load_model(str(ckpt))
 
 
@@ -175,3 +182,22 @@ def test_smoke_training_writes_a_loadable_deterministic_checkpoint(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     samples = sample(second, num_samples=2, seed=0)
     assert np.all(np.isfinite(samples.x0))
+
+
+@pytest.mark.slow
+def test_training_command_end_to_end(tmp_path):
+    out = tmp_path / "ckpt"
+    args = ["--steps", "10", "--classifier-steps", "10", "--eval-samples", "8", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "thermojax.models.train_digits", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["training"]["steps"] == 10 and spec["quality"]["num_samples"] == 8
+    assert 0.0 <= spec["quality"]["class_coverage"] <= 1.0
+    assert load_model(str(out)).num_timesteps == 1000

@@ -119,12 +119,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> DigitsDDPM:
         raise UserInputError(f"malformed model.json in checkpoint {str(path)!r}: {exc}") from exc
     params = _unflatten(_read_tensors(directory, _DENOISER_FILE))
     classifier_params = _unflatten(_read_tensors(directory, _CLASSIFIER_FILE))
-    expected = _expected_shapes(config)
-    got = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
-    if got != expected:
-        raise UserInputError(
-            f"denoiser tensors in {str(path)!r} do not match the architecture in model.json"
-        )
+    for name, tensors, expected in (
+        ("denoiser", params, _denoiser_shapes(config)),
+        ("classifier", classifier_params, _classifier_shapes(classifier_config)),
+    ):
+        got = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tensors, sep="/").items()}
+        if got != expected:
+            raise UserInputError(
+                f"{name} tensors in {str(path)!r} do not match the architecture in model.json"
+            )
     metadata = {k: v for k, v in spec.items() if k not in ("denoiser", "schedule", "classifier")}
     return DigitsDDPM(
         config,
@@ -135,12 +138,23 @@ def load_checkpoint(path: str | os.PathLike[str]) -> DigitsDDPM:
     )
 
 
-def _expected_shapes(config: DenoiserConfig) -> dict[str, tuple[int, ...]]:
-    widths_out = [config.hidden] * (len(config.layer_names()) - 1) + [config.state_size]
+def _dense_shapes(names, widths_in, widths_out) -> dict[str, tuple[int, ...]]:
     shapes = {}
-    for name, w_in, w_out in zip(
-        config.layer_names(), config.layer_input_widths(), widths_out, strict=True
-    ):
+    for name, w_in, w_out in zip(names, widths_in, widths_out, strict=True):
         shapes[f"{name}/kernel"] = (w_in, w_out)
         shapes[f"{name}/bias"] = (w_out,)
     return shapes
+
+
+def _denoiser_shapes(config: DenoiserConfig) -> dict[str, tuple[int, ...]]:
+    names = config.layer_names()
+    widths_out = [config.hidden] * (len(names) - 1) + [config.state_size]
+    return _dense_shapes(names, config.layer_input_widths(), widths_out)
+
+
+def _classifier_shapes(config: ClassifierConfig) -> dict[str, tuple[int, ...]]:
+    return _dense_shapes(
+        ("hidden", "features", "logits"),
+        (64, config.hidden, config.features),
+        (config.hidden, config.features, config.num_classes),
+    )
