@@ -16,14 +16,12 @@ rounds them (``round`` then ``clip(0, qmax)``), exactly where the quantizer is e
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-Method = Literal["linear", "cubic", "sigmoid"]
 METHODS: tuple[str, ...] = ("linear", "cubic", "sigmoid")
 
 

@@ -32,9 +32,9 @@ point's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,25 @@ from jax import Array
 _TINY = 1e-30
 
 
-class TransitionResult(NamedTuple):
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=[
+        "scales",
+        "zero_points",
+        "iterations",
+        "converged",
+        "loss_history",
+        "initial_loss",
+        "final_loss",
+        "quant_error_before",
+        "quant_error_after",
+        "markov_penalty_before",
+        "markov_penalty_after",
+    ],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class TransitionResult:
     """Outcome of :func:`optimize_transitions` (a pytree; per-layer arrays have a leading ``[L]``).
 
     Attributes:
