@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from thermojax.config import (
     BaselineConfig,
+    ConfigRejected,
     describe_config_error,
     register_configs,
     remove_if_fresh_and_empty,
@@ -57,9 +58,9 @@ def enable_compilation_cache() -> Path:
 def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Run the baseline, write every output into ``out_dir``, track it, print a summary.
 
-    On a :class:`UserInputError` nothing is written (and a run folder that Hydra created for
-    this run is removed again if it is still empty). On any other failure the log is still
-    written, with the traceback, and the error propagates.
+    On a :class:`UserInputError` (e.g. ``num_time_groups`` above the model's T) nothing is
+    written and the error propagates. On any other failure the log is still written, with the
+    traceback, and the error propagates.
 
     Returns:
         The written files keyed ``json``, ``html``, ``samples``, ``log``.
@@ -86,8 +87,7 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
             tracker.log(result, files)
             tracker.finish()
         except UserInputError:
-            remove_if_fresh_and_empty(out)
-            raise
+            raise  # nothing written: the caller reports it as one line
         except BaseException:
             log.exception("baseline run failed")
             files = {"log": run_log.write(out / LOG_FILE)}
@@ -101,7 +101,14 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _app(cfg: DictConfig) -> None:
-    execute(to_config(cfg), HydraConfig.get().runtime.output_dir)
+    out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        config = to_config(cfg)
+        execute(config, out_dir)
+    except UserInputError as exc:
+        remove_if_fresh_and_empty(out_dir)
+        # Not an Exception: Hydra would print its own "Error executing job" line first.
+        raise ConfigRejected(exc) from None
 
 
 def main() -> None:
@@ -113,8 +120,8 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _app()
-    except UserInputError as exc:
-        _fail(str(exc))
+    except ConfigRejected as exc:
+        _fail(str(exc.error))
     except (CompactHydraException, OmegaConfBaseException) as exc:
         _fail(describe_config_error(exc))
     finally:

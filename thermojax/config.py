@@ -34,6 +34,7 @@ __all__ = [
     "WANDB_MODES",
     "BaselineConfig",
     "CalibrationConfig",
+    "ConfigRejected",
     "InterpretationConfig",
     "ModelConfig",
     "SamplingConfig",
@@ -250,42 +251,65 @@ def validate_config(cfg: BaselineConfig) -> None:
             raise _fail(f"interpretation.{name}", getattr(bands, name), "must be >= 0")
 
 
-_OVERRIDE_RE = re.compile(
-    r"(?:Could not override|Error merging override|Could not append to config)"
-    r"\s*'?(?P<override>[^'\n]*)'?"
+_UNKNOWN_KEY_RE = re.compile(
+    r"Could not override '(?P<key>[^']+)'.*?use \+(?P<override>\S+)", re.DOTALL
 )
+_MERGE_RE = re.compile(r"Error merging override (?P<override>\S+)")
 
 
 def describe_config_error(exc: BaseException) -> str:
     """One line for a Hydra or OmegaConf configuration error, naming the key and the value.
 
-    Hydra wraps OmegaConf's errors (unknown key, value of the wrong type) in composition errors
-    whose text spans several lines; this keeps what the user needs: the override, the key and why.
+    Hydra reports composition errors (unknown key, value of the wrong type, missing group
+    option) over several lines, with OmegaConf's error as the cause; this keeps what the user
+    needs: the override as typed, the key, and why it was rejected.
     """
-    cause = exc
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
     text = str(exc).strip()
-    override = None
-    match = _OVERRIDE_RE.search(text)
-    if match:
-        override = match.group("override").strip().rstrip(".")
-    if isinstance(cause, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None) or getattr(cause, "key", None)
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if "not in struct" in message or "not in '" in message or "is not in struct" in message:
-            where = f" (in {override})" if override else ""
-            return f"unknown config key '{key}'{where}"
-        if override:
-            return f"{override}: {message}"
-        if key:
-            return f"{key}: {message}"
-        return message
-    first = text.splitlines()[0] if text else type(exc).__name__
-    if override and first.startswith(("Could not override", "Error merging override")):
-        rest = " ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
-        return f"{override}: {rest}" if rest else first
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    text = text.removeprefix("In 'config': ").strip()
+    cause = exc.__cause__
+    cause_line = str(cause).strip().splitlines()[0] if cause is not None and str(cause) else ""
+    unknown = _UNKNOWN_KEY_RE.search(text)
+    if unknown:
+        return (
+            f"{unknown.group('override')}: unknown config key '{unknown.group('key')}' "
+            "(`python -m thermojax.baseline --cfg job` lists the keys)"
+        )
+    merge = _MERGE_RE.search(text)
+    if merge and cause_line:
+        return f"{merge.group('override')}: {cause_line}"
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", None)
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if "not in struct" in first or re.search(r"Key '[^']+' not in '", first):
+            return f"unknown config key '{key}'"
+        return f"{key}: {first}" if key else first
+    kept: list[str] = []
+    listing = False
+    for line in text.splitlines():
+        stripped = line.strip().rstrip(".")
+        if stripped.startswith(("Config search path", "Set the environment variable")):
+            break
+        if not stripped:
+            continue
+        if listing and line[:1].isspace():  # an option under "Available options in ...:"
+            kept[-1] += (" " if kept[-1].endswith(":") else ", ") + stripped
+            continue
+        kept.append(stripped)
+        listing = stripped.endswith(":")
+    return "; ".join(kept) if kept else type(exc).__name__
+
+
+class ConfigRejected(BaseException):
+    """Carries a :class:`UserInputError` out of a Hydra callback.
+
+    Hydra turns an ``Exception`` raised in a callback into a warning and starts the job anyway;
+    a ``BaseException`` passes through, so a rejected config stops before Hydra creates the run
+    folder. ``thermojax.baseline.main`` prints it as one ``error:`` line.
+    """
+
+    def __init__(self, error: UserInputError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _fresh_run_dirs: dict[Path, Path] = {}
@@ -318,8 +342,11 @@ class ValidateConfigCallback(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Raise :class:`UserInputError` for an invalid value."""
-        to_config(config)
+        """Raise :class:`ConfigRejected` for an invalid value."""
+        try:
+            to_config(config)
+        except UserInputError as exc:
+            raise ConfigRejected(exc) from None
         run_dir = Path(str(config.hydra.run.dir)).resolve()
         top = run_dir
         while not top.parent.exists():

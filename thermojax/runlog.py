@@ -27,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from thermojax.errors import UserInputError
 from thermojax.pipeline import STAGES, ProgressCallback
 from thermojax.results import Result, atomic_write_text
 
@@ -95,7 +96,11 @@ class RunLog:
 
 @contextmanager
 def stage_progress(console: Console) -> Iterator[ProgressCallback]:
-    """A rich progress bar over the pipeline's stages; yields the callback for ``run``."""
+    """A rich progress bar over the pipeline's stages; yields the callback for ``run``.
+
+    Shown on interactive terminals only (a pipe or a CI log would get one stale final frame;
+    the run log has every stage with its time). ``TTY_INTERACTIVE=1`` forces it on.
+    """
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description:<22}"),
@@ -103,13 +108,19 @@ def stage_progress(console: Console) -> Iterator[ProgressCallback]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
+        disable=not console.is_interactive,
     ) as progress:
         task = progress.add_task("starting", total=len(STAGES))
 
         def on_stage(stage: str, index: int, total: int) -> None:
             progress.update(task, completed=index, total=total, description=stage)
 
-        yield on_stage
+        try:
+            yield on_stage
+        except UserInputError:
+            # A rejected input ends in one error line; no half-filled bar above it.
+            progress.live.transient = True
+            raise
 
 
 def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -> None:
