@@ -40,6 +40,7 @@ __all__ = [
     "Samples",
     "WeightReport",
     "class_coverage",
+    "dense_weights",
     "evaluate_quality",
     "frechet_distance",
     "quantize_weights",
