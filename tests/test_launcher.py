@@ -20,7 +20,7 @@ import psutil
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.thermojax_ray_launcher._core import _short_temp_dir, job_is_complete
+from hydra_plugins.thermojax_ray_launcher._core import JOB_RECORD, _short_temp_dir, job_is_complete
 
 APP = Path(__file__).parent / "fixtures" / "launcher_app" / "app.py"
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
@@ -95,9 +95,10 @@ def _job_dirs(sweep_dir: Path) -> dict[int, Path]:
     """Job folders by the app's ``value``."""
     found = {}
     for job_dir in sweep_dir.iterdir():
-        overrides = job_dir / ".hydra" / "overrides.yaml"
-        if overrides.is_file():
-            value = next(o for o in OmegaConf.load(overrides) if o.startswith("value="))
+        record = job_dir / JOB_RECORD
+        if record.is_file():
+            overrides = json.loads(record.read_text())["overrides"]
+            value = next(o for o in overrides if o.startswith("value="))
             found[int(value.split("=")[1])] = job_dir
     return found
 
@@ -216,13 +217,18 @@ def test_unanswering_cluster_address_fails_fast_in_one_line(tmp_path):
     assert not list((tmp_path / "sweep").glob("*/report.json"))
 
 
-def _fake_job(job_dir: Path, overrides: list[str], report: str | None) -> None:
-    (job_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
+def _fake_job(job_dir: Path, overrides: list[str], report: str | None, *, hydra_dir: bool) -> None:
+    job_dir.mkdir(parents=True)
+    if hydra_dir:  # Hydra's record, when hydra.output_subdir is set
+        (job_dir / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
+    else:  # the launcher's own record
+        (job_dir / JOB_RECORD).write_text(json.dumps({"job_num": 0, "overrides": overrides}))
     if report is not None:
         (job_dir / "report.json").write_text(report)
 
 
+@pytest.mark.parametrize("hydra_dir", [False, True], ids=["launcher-record", "hydra-record"])
 @pytest.mark.parametrize(
     "recorded, report, expected",
     [
@@ -234,9 +240,17 @@ def _fake_job(job_dir: Path, overrides: list[str], report: str | None) -> None:
     ],
     ids=["complete", "other-overrides", "truncated", "not-an-object", "no-report"],
 )
-def test_resume_skips_only_complete_reports_of_the_same_job(tmp_path, recorded, report, expected):
-    _fake_job(tmp_path / "0", recorded, report)
+def test_resume_skips_only_complete_reports_of_the_same_job(
+    tmp_path, recorded, report, expected, hydra_dir
+):
+    _fake_job(tmp_path / "0", recorded, report, hydra_dir=hydra_dir)
     assert job_is_complete(tmp_path / "0", "report.json", ["bit_width=2"]) is expected
+
+
+def test_report_without_any_record_of_its_overrides_is_not_trusted(tmp_path):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "report.json").write_text("{}")
+    assert not job_is_complete(tmp_path / "0", "report.json", [])
 
 
 def test_long_cache_path_falls_back_to_a_short_ray_temp_dir(monkeypatch, tmp_path):

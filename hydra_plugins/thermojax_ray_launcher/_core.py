@@ -115,24 +115,43 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(temporary)
 
 
+JOB_RECORD = ".launcher_job.json"
+"""Written by the launcher into each job folder before the job starts: which overrides it runs.
+
+Hydra's own ``.hydra/overrides.yaml`` is not there when ``hydra.output_subdir`` is null."""
+
+
+def _recorded_overrides(job_dir: Path) -> list[str] | None:
+    record = job_dir / JOB_RECORD
+    try:
+        if record.is_file():
+            overrides = json.loads(record.read_text(encoding="utf-8"))["overrides"]
+        elif (job_dir / ".hydra" / "overrides.yaml").is_file():
+            overrides = OmegaConf.to_container(
+                OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+            )
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - unreadable means "unknown"
+        return None
+    return [str(o) for o in overrides] if isinstance(overrides, list) else None
+
+
 def job_is_complete(job_dir: Path, report_file: str, overrides: Sequence[str]) -> bool:
     """True when ``job_dir`` holds a complete report written for exactly these overrides.
 
     The report must parse as a JSON object (reports are written atomically, so a parseable one is
-    whole), and the folder's ``.hydra/overrides.yaml`` must list the same overrides: a folder left
-    by a different sweep into the same directory is re-run, not mistaken for this job.
+    whole), and the overrides recorded in the folder (the launcher's ``.launcher_job.json``, else
+    Hydra's ``.hydra/overrides.yaml``) must be the same: a folder left by a different sweep into
+    the same directory is re-run, not mistaken for this job.
     """
     report = job_dir / report_file
-    recorded = job_dir / ".hydra" / "overrides.yaml"
-    if not report.is_file() or not recorded.is_file():
+    if not report.is_file() or _recorded_overrides(job_dir) != list(overrides):
         return False
     try:
-        if not isinstance(json.loads(report.read_text(encoding="utf-8")), dict):
-            return False
-        previous = OmegaConf.to_container(OmegaConf.load(recorded))
-    except Exception:  # noqa: BLE001 - unreadable means "not complete"
+        return isinstance(json.loads(report.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
         return False
-    return list(previous) == list(overrides) if isinstance(previous, list) else False
 
 
 def _write_failure(
@@ -188,13 +207,17 @@ def _run_job(
         except SystemExit as exit_:
             raise RuntimeError(f"the job called sys.exit({exit_.code!r})") from exit_
 
-    ret = run_job(
-        hydra_context=hydra_context,
-        task_function=guarded,
-        config=sweep_config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
+    try:
+        ret = run_job(
+            hydra_context=hydra_context,
+            task_function=guarded,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    except Exception as error:  # noqa: BLE001 - e.g. a callback's validation, outside the task
+        ret = JobReturn(overrides=list(sweep_config.hydra.overrides.task), status=JobStatus.FAILED)
+        ret.return_value = error
     if ret.status == JobStatus.FAILED:
         error = ret._return_value
         ret.return_value = JobFailed(
@@ -420,6 +443,8 @@ def launch(
             # A failure recorded by an earlier attempt no longer describes this job.
             with contextlib.suppress(FileNotFoundError):
                 (job.job_dir / settings.failure_file).unlink()
+            record = {"job_num": job.idx, "overrides": job.overrides}
+            _atomic_write_text(job.job_dir / JOB_RECORD, json.dumps(record) + "\n")
             to_run.append(job)
     log.info(
         "Ray launcher: %d jobs (%d to run, %d already complete), sweep folder %s",
@@ -432,7 +457,7 @@ def launch(
     if to_run:
         with _ray_session(settings):
             import ray
-            from ray.exceptions import RayError
+            from ray.exceptions import RayError, RayTaskError
 
             assert launcher.hydra_context is not None
             shared = ray.put(
@@ -463,14 +488,15 @@ def launch(
                             _write_copied_outputs(job.job_dir, files)
                         worker_died = False
                     except RayError as err:
-                        # The worker died more often than max_retries allows (or Ray failed).
+                        # The worker died more often than max_retries allows, or Ray could not
+                        # run the task at all (e.g. an argument that does not unpickle).
                         ret = _failed_return(
                             job,
                             JobFailed(
                                 type(err).__name__, str(err).strip().splitlines()[0], str(err)
                             ),
                         )
-                        worker_died = True
+                        worker_died = not isinstance(err, RayTaskError)
                     if ret.status == JobStatus.FAILED:
                         error = ret._return_value
                         assert isinstance(error, JobFailed)
