@@ -212,12 +212,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument(
+        "--out", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint folder to write"
+    )
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="denoiser Adam steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--classifier-steps", type=int, default=defaults.classifier_steps)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--eval-samples", type=int, default=256)
+    parser.add_argument(
+        "--eval-samples", type=int, default=256, help="samples for the quality check (0: skip)"
+    )
     args = parser.parse_args(argv)
     cfg = dataclasses.replace(
         defaults,
