@@ -48,11 +48,17 @@ def ref_quantize(x: np.ndarray, bits: int, group_size: int, symmetric: bool):
     return codes.reshape(x.shape).astype(np.int64), scale, zero_point
 
 
-def np_unpack(packed: np.ndarray, bits: int) -> np.ndarray:
-    """Reference unpack: code k of a byte sits in bits [k*bits, (k+1)*bits)."""
+def np_unpack(packed: np.ndarray, bits: int, group_size: int) -> np.ndarray:
+    """Reference unpack of the documented layout: planar lanes within each group.
+
+    Byte b of a group holds the group's elements b + k * lane (lane = group_size // per_byte) in
+    bits [k * bits, (k + 1) * bits).
+    """
     per_byte = 8 // bits
-    lanes = [(packed.astype(np.int64) >> (k * bits)) & (2**bits - 1) for k in range(per_byte)]
-    return np.stack(lanes, axis=-1).reshape(*packed.shape[:-1], -1)
+    lane = group_size // per_byte
+    grouped = packed.astype(np.int64).reshape(*packed.shape[:-1], -1, lane)
+    lanes = [(grouped >> (k * bits)) & (2**bits - 1) for k in range(per_byte)]
+    return np.concatenate(lanes, axis=-1).reshape(*packed.shape[:-1], -1)
 
 
 def random_input(shape, seed):
@@ -76,7 +82,7 @@ def test_quantize_matches_float64_reference(shape, bits, symmetric):
     assert q.zero_point.dtype == jnp.uint8
     zp_diff = np.abs(np.asarray(q.zero_point).astype(np.int64) - ref_zp)
     assert zp_diff.max() <= 1 and np.mean(zp_diff > 0) < 0.01
-    codes = np_unpack(np.asarray(q.codes), bits)
+    codes = np_unpack(np.asarray(q.codes), bits, group_size)
     # float32 x * (1/scale) may land on the other side of a .5 tie than float64 x / scale.
     code_diff = np.abs(codes - ref_codes)
     assert code_diff.max() <= 1 and np.mean(code_diff > 0) < 1e-3
@@ -114,7 +120,7 @@ def test_pack_roundtrips_exactly(bits):
     codes = rng.integers(0, 2**bits, size=(3, 5, 64))
     packed = _pack(jnp.asarray(codes, jnp.float32), bits)
     assert packed.dtype == jnp.uint8 and packed.shape == (3, 5, 64 * bits // 8)
-    np.testing.assert_array_equal(np_unpack(np.asarray(packed), bits), codes)
+    np.testing.assert_array_equal(np_unpack(np.asarray(packed), bits, 64), codes)
     np.testing.assert_array_equal(np.asarray(_unpack(packed, bits)), codes)
 
 
@@ -136,11 +142,19 @@ def test_worked_case_positive_group_by_hand():
     assert dequantize(q).tolist() == [0.0, 2.0, 4.0, 6.0, -6.0, -4.0, -2.0, 0.0]
 
 
+def test_worked_case_planar_layout_by_hand():
+    # lo = 0, hi = 3: scale 1, zero point 0, codes = x. With 8 codes in a group at 2 bits the
+    # lane is 2 bytes: byte 0 holds elements 0, 2, 4, 6 and byte 1 holds elements 1, 3, 5, 7.
+    q = quantize(jnp.array([0.0, 1.0, 2.0, 3.0, 3.0, 2.0, 1.0, 0.0]), bits=2, group_size=8)
+    assert q.codes.tolist() == [0 | 2 << 2 | 3 << 4 | 1 << 6, 1 | 3 << 2 | 2 << 4 | 0 << 6]
+    assert dequantize(q).tolist() == [0.0, 1.0, 2.0, 3.0, 3.0, 2.0, 1.0, 0.0]
+
+
 def test_worked_case_symmetric_int4_by_hand():
     # absmax 7 -> scale 7 / 7 = 1, zero point 8: codes = round(x) + 8.
     q = quantize(jnp.array([-7.0, -1.0, 0.0, 3.0]), bits=4, group_size=4, symmetric=True)
     assert q.scale.tolist() == [1.0] and q.zero_point.tolist() == [8]
-    assert np_unpack(np.asarray(q.codes), 4).tolist() == [1, 7, 8, 11]
+    assert np_unpack(np.asarray(q.codes), 4, 4).tolist() == [1, 7, 8, 11]
 
 
 def test_zero_is_exact_and_constant_groups_are_finite():
@@ -255,7 +269,7 @@ def test_property_error_within_one_step(x, bits, symmetric):
     step = np.repeat(np.asarray(q.scale, np.float64), 8, axis=-1)
     assert np.all(np.isfinite(d))
     assert np.all(np.abs(d - x) <= step * (1 + 1e-5) + 1e-30)
-    codes = np_unpack(np.asarray(q.codes), bits)
+    codes = np_unpack(np.asarray(q.codes), bits, 8)
     assert codes.min() >= 0 and codes.max() <= 2**bits - 1
 
 
