@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -387,6 +388,17 @@ def _plan(
     return planned
 
 
+def _labels(planned: list[_PlannedJob]) -> dict[int, str]:
+    """Each job's overrides that differ between the jobs (what the console needs to tell them
+    apart), e.g. ``bit_width=2 num_time_groups=4``."""
+    common = set.intersection(*(set(job.overrides) for job in planned)) if planned else set()
+    return {
+        job.idx: " ".join(o for o in filter_overrides(job.overrides) if o not in common)
+        or " ".join(filter_overrides(job.overrides))
+        for job in planned
+    }
+
+
 def _skipped_return(job: _PlannedJob) -> JobReturn:
     ret = JobReturn()
     ret.overrides = job.overrides
@@ -411,16 +423,45 @@ def _write_copied_outputs(job_dir: Path, files: dict[str, bytes]) -> None:
         _atomic_write_bytes(job_dir / relative, data)
 
 
+@contextlib.contextmanager
+def _progress_on_console() -> Iterator[None]:
+    """Make the launcher's progress lines visible even when the app turned Hydra's logging off
+    (``hydra/hydra_logging: none``, as the baseline does)."""
+    if log.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[sweep] %(message)s"))
+    previous_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
+
+
 def launch(
     launcher: ThermojaxRayLauncher,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> list[JobReturn]:
     """Runs every job; returns their JobReturns in job order (failed ones with status FAILED)."""
+    setup_globals()
+    assert launcher.config is not None
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    with _progress_on_console():
+        return _launch(launcher, job_overrides, initial_job_idx)
+
+
+def _launch(
+    launcher: ThermojaxRayLauncher,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+) -> list[JobReturn]:
     settings = launcher.settings
     assert launcher.config is not None
-    setup_globals()
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     if settings.copy_outputs not in ("auto", "always", "never"):
         raise LauncherError(
             f"hydra.launcher.copy_outputs={settings.copy_outputs!r}; use auto, always or never"
@@ -429,6 +470,7 @@ def launch(
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     planned = _plan(launcher, job_overrides, initial_job_idx)
+    labels = _labels(planned)
     results: dict[int, JobReturn] = {}
     to_run = []
     for job in planned:
@@ -436,7 +478,7 @@ def launch(
             log.info(
                 "#%d %s: complete report found, skipped",
                 job.idx,
-                " ".join(filter_overrides(job.overrides)),
+                labels[job.idx],
             )
             results[job.idx] = _skipped_return(job)
         else:
@@ -481,7 +523,7 @@ def launch(
                 for ref in done:
                     job = pending.pop(ref)
                     finished += 1
-                    label = " ".join(filter_overrides(job.overrides))
+                    label = labels[job.idx]
                     try:
                         ret, files = ray.get(ref)
                         if files is not None:
