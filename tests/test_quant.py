@@ -256,7 +256,8 @@ def test_other_bad_inputs_raise(x, group_size, match):
 @given(
     x=hnp.arrays(
         np.float32,
-        hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4).map(lambda s: (*s, 16)),
+        # A few fixed shapes so examples reuse compiled kernels; hypothesis varies the values.
+        st.sampled_from([(16,), (3, 16), (2, 2, 32)]),
         elements=st.floats(-1e6, 1e6, width=32),
     ),
     bits=st.sampled_from([2, 4, 8]),
