@@ -115,7 +115,8 @@ def test_history_iterations_and_convergence_are_consistent():
         markov_weight=0.5,
         learning_rate=0.01,
         max_iterations=300,
-        convergence_threshold=1e-4,
+        convergence_threshold=1e-3,
+        patience=10,
     )
     history = np.asarray(result.loss_history)
     for layer, steps in enumerate(np.asarray(result.iterations)):
@@ -124,11 +125,27 @@ def test_history_iterations_and_convergence_are_consistent():
         assert np.all(np.isnan(history[layer, steps:]))
         assert history[layer, 0] == result.initial_loss[layer]
         assert result.final_loss[layer] == np.nanmin(history[layer])
+        # Stopped exactly when the best loss first gained < 1e-3 over 10 steps.
+        gains = [
+            history[layer, : i - 9].min() - history[layer, : i + 1].min() for i in range(10, steps)
+        ]
+        assert all(g >= 1e-3 for g in gains[:-1])
         if result.converged[layer]:
-            assert abs(history[layer, steps - 1] - history[layer, steps - 2]) < 1e-4
+            assert gains[-1] < 1e-3
         else:
             assert steps == 300
     assert np.any(np.asarray(result.converged))
+    never = optimize_transitions(
+        x,
+        scales,
+        zps,
+        edges,
+        bits=4,
+        markov_weight=0.5,
+        max_iterations=40,
+        convergence_threshold=0.0,
+    )
+    assert np.all(np.asarray(never.iterations) == 40) and not np.any(np.asarray(never.converged))
 
 
 def test_layers_are_optimized_independently():
@@ -152,6 +169,7 @@ def test_layers_are_optimized_independently():
         ({"learning_rate": 0.0}, "learning_rate=0.0"),
         ({"grad_clip": -1.0}, "grad_clip=-1.0"),
         ({"max_iterations": 0}, "max_iterations"),
+        ({"patience": 0}, "patience=0"),
         ({"bits": 1}, "bits=1"),
     ],
 )

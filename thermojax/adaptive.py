@@ -304,10 +304,12 @@ def _solve_exact(stat_min, stat_max, lam, *, num_groups, qmax, cost):
     within, log_s, zp = (jnp.moveaxis(c, 1, 0) for c in columns)
     cost_table = _to_table(jnp.mean(within, axis=0), jnp.inf)  # [start, end]
     log_s, zp = _to_table(log_s, 0.0), _to_table(zp, 0.0)  # [L, start, end]
-    # jump[a, b, e] = d(P(a, b), P(b, e)) averaged over layers, per boundary.
-    jump = jnp.mean(
-        _distance(log_s[:, :, :, None], zp[:, :, :, None], log_s[:, None], zp[:, None], qmax),
-        axis=0,
+    # jump[a, b, e] = d(P(a, b), P(b, e)) averaged over layers (one start a at a time: O(L T^2) memory).
+    jump = jax.lax.map(
+        lambda a: jnp.mean(
+            _distance(log_s[:, a, :, None], zp[:, a, :, None], log_s, zp, qmax), axis=0
+        ),
+        jnp.arange(num_timesteps + 1),
     ) * (lam / (num_groups - 1))
     first = jnp.where(jnp.arange(num_timesteps + 1)[:, None] == 0, cost_table, jnp.inf)  # [a, e]
 

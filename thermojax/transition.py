@@ -70,7 +70,8 @@ class TransitionResult:
         scales: ``[L, S]`` optimized scales (> 0).
         zero_points: ``[L, S]`` optimized zero points, integer-valued float32 in ``[0, qmax]``.
         iterations: ``[L]`` int32, loss evaluations (= gradient steps) each layer ran.
-        converged: ``[L]`` bool, the layer stopped on ``|loss change| < convergence_threshold``.
+        converged: ``[L]`` bool, the layer stopped because its best loss improved by less than
+            ``convergence_threshold`` over the last ``patience`` steps.
         loss_history: ``[L, max_iterations]`` loss at each step, NaN after the layer stopped.
         initial_loss: ``[L]`` loss at the starting point.
         final_loss: ``[L]`` loss of the returned parameters.
@@ -103,7 +104,8 @@ def optimize_transitions(
     markov_weight: float,
     learning_rate: float = 0.01,
     max_iterations: int = 200,
-    convergence_threshold: float = 1e-6,
+    convergence_threshold: float = 1e-4,
+    patience: int = 20,
     grad_clip: float = 1.0,
     kl_weight: float = 0.0,
     entropy_weight: float = 0.0,
@@ -120,7 +122,14 @@ def optimize_transitions(
         learning_rate: Adam step size (> 0), in log-scale units for scales and integer units for zero
             points.
         max_iterations: most gradient steps per layer (static: sets the history length).
-        convergence_threshold: stop a layer once ``|loss_i - loss_{i-1}| < convergence_threshold``, >= 0.
+        convergence_threshold: stop a layer once its best loss improved by less than this over the
+            last ``patience`` steps (>= 0; 0 runs all ``max_iterations``). The loss is relative to the
+            starting error, so ``1e-4`` means 0.01% of it. The best loss is tested rather than the
+            last step's change because the straight-through loss jumps by a few percent whenever a
+            code or a rounded zero point flips: a single-step ``|loss_i - loss_{i-1}|`` test stops
+            at random.
+        patience: steps over which the improvement is measured (static, >= 1; 1 compares
+            consecutive steps).
         grad_clip: per-layer global gradient-norm clip (> 0).
         kl_weight: weight of the Gaussian KL term, >= 0.
         entropy_weight: weight of the code-entropy reward, >= 0.
@@ -173,6 +182,8 @@ def optimize_transitions(
             raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
     if not isinstance(max_iterations, int | np.integer) or max_iterations < 1:
         raise ValueError(f"max_iterations must be an integer >= 1, got {max_iterations!r}")
+    if not isinstance(patience, int | np.integer) or patience < 1:
+        raise ValueError(f"patience must be an integer >= 1, got patience={patience!r}")
     group_index = np.searchsorted(edges, np.arange(num_timesteps), side="right") - 1
     weights = jnp.asarray(
         [markov_weight, kl_weight, entropy_weight, learning_rate, convergence_threshold, grad_clip],
@@ -186,6 +197,7 @@ def optimize_transitions(
         weights,
         qmax=2**bits - 1,
         max_iterations=int(max_iterations),
+        patience=int(patience),
     )
 
 
@@ -227,8 +239,10 @@ def _layer_loss(params, samples, group_index, mse_norm, weights, *, qmax):
     )
 
 
-@functools.partial(jax.jit, static_argnames=("qmax", "max_iterations"))
-def _optimize(act_samples, scales, zero_points, group_index, weights, *, qmax, max_iterations):
+@functools.partial(jax.jit, static_argnames=("qmax", "max_iterations", "patience"))
+def _optimize(
+    act_samples, scales, zero_points, group_index, weights, *, qmax, max_iterations, patience
+):
     learning_rate, threshold, grad_clip = weights[3], weights[4], weights[5]
     optimizer = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
 
@@ -251,28 +265,29 @@ def _optimize(act_samples, scales, zero_points, group_index, weights, *, qmax, m
             return (step < max_iterations) & ~done
 
         def body(state):
-            step, params, opt_state, prev_loss, best, best_loss, history, _ = state
+            step, params, opt_state, best, best_loss, history, _ = state
             (loss, _), grads = value_and_grad(params)
             history = history.at[step].set(loss)
             better = loss < best_loss
             best = jax.tree.map(lambda b, p: jnp.where(better, p, b), best, params)
             best_loss = jnp.where(better, loss, best_loss)
-            done = (step > 0) & (jnp.abs(loss - prev_loss) < threshold)
+            # Best loss as it stood `patience` steps ago (inf before that).
+            earlier = jnp.where(jnp.arange(max_iterations) <= step - patience, history, jnp.inf)
+            done = (step >= patience) & (jnp.min(earlier) - best_loss < threshold)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return step + 1, params, opt_state, loss, best, best_loss, history, done
+            return step + 1, params, opt_state, best, best_loss, history, done
 
         init = (
             jnp.zeros((), jnp.int32),
             start,
             optimizer.init(start),
-            jnp.array(jnp.inf, jnp.float32),
             start,
             jnp.array(jnp.inf, jnp.float32),
             jnp.full((max_iterations,), jnp.nan, jnp.float32),
             jnp.zeros((), bool),
         )
-        steps, _, _, _, best, best_loss, history, done = jax.lax.while_loop(cond, body, init)
+        steps, _, _, best, best_loss, history, done = jax.lax.while_loop(cond, body, init)
         initial_loss, (_, markov0) = loss_fn(start)
         _, (mse1, markov1) = loss_fn(best)
         return TransitionResult(
