@@ -121,7 +121,10 @@ def run(
     log.info("config: %s", config.to_dict())
 
     with stages("load model"):
-        model = load_model(config.model.path)
+        try:
+            model = load_model(config.model.path)
+        except UserInputError as exc:
+            raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
         num_timesteps = int(model.num_timesteps)
         if config.num_time_groups > num_timesteps:
             raise UserInputError(
