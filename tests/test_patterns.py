@@ -120,6 +120,12 @@ def test_patterns(violations, num_groups, expected):
     assert pattern_ids(violations, num_groups) == expected
 
 
+def test_a_tie_between_layers_is_not_a_concentration():
+    vs = [violation("a", 0, 0.35), violation("b", 0, 0.32)]
+    assert "layer_concentration" not in pattern_ids(vs, 4)
+    assert "layer_concentration" in pattern_ids([*vs, violation("a", 1, 0.31)], 4)
+
+
 def test_few_high_severity_limit_comes_from_config():
     vs = [violation("a", 0, 0.9), violation("b", 1, 0.4), violation("c", 2, 0.4)]
     assert "few_high_severity" in pattern_ids(vs, 4)

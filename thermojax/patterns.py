@@ -98,7 +98,8 @@ def detect_patterns(
     - uniform spread: every boundary has violations and neither end holds a majority;
     - few but high severity: at most ``bands.good_max_violations`` violations, one of them high
       (scale jump > 0.5);
-    - layer concentration: one layer carries at least half of the violations (2 or more layers).
+    - layer concentration: a single layer carries the most violations, at least 2 and at least
+      half of them (with 2 or more layers).
     """
     per_boundary = analysis.violations_per_boundary
     num_boundaries = len(per_boundary)
@@ -159,15 +160,14 @@ def detect_patterns(
             )
         )
     per_layer = analysis.violations_per_layer
-    if len(per_layer) >= 2 and total >= 2:
+    if len(per_layer) >= 2 and len(analysis.top_layers) == 1:
         top = analysis.top_layers[0]
-        if 2 * per_layer[top] >= total:
+        if per_layer[top] >= 2 and 2 * per_layer[top] >= total:
             patterns.append(
                 Pattern(
                     id="layer_concentration",
                     name="Violations concentrated in one layer",
-                    detail=f"{', '.join(analysis.top_layers)} carries {per_layer[top]} of "
-                    f"{total} violations",
+                    detail=f"{top} carries {per_layer[top]} of {total} violations",
                     cause="This layer's input range changes faster over the timesteps than the "
                     "other layers'",
                     action="Smooth this layer's boundaries first (Phase 2) or give it finer "
