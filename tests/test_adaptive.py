@@ -136,6 +136,19 @@ def test_finds_regime_changes_without_jump_penalty():
     assert float(segmentation_objective(stat_min, stat_max, edges, bits=8, lam=0.0)) < 1e-7
 
 
+@pytest.mark.parametrize("jump", ["bound", "exact"])
+def test_min_group_size_matches_constrained_brute_force(jump):
+    stat_min, stat_max = random_stats(21, 2, 14)
+    options = {"bits": 8, "lam": 5.0, "cost": "range", "jump": jump}
+    free = adaptive_edges(stat_min, stat_max, 3, **options)
+    assert np.diff(free).min() < 4  # the constraint binds on this data
+    edges = adaptive_edges(stat_min, stat_max, 3, min_group_size=4, **options)
+    assert np.diff(edges).min() >= 4
+    allowed = [e for e in all_partitions(14, 3) if np.diff(e).min() >= 4]
+    best = min(ref_objective(stat_min, stat_max, e, **options) for e in allowed)
+    assert ref_objective(stat_min, stat_max, edges, **options) <= best + 1e-5
+
+
 def test_one_group_and_one_group_per_timestep():
     stat_min, stat_max = random_stats(0, 2, 12)
     np.testing.assert_array_equal(adaptive_edges(stat_min, stat_max, 1, bits=8, lam=1.0), [0, 12])
@@ -153,6 +166,8 @@ def test_one_group_and_one_group_per_timestep():
         ({"bits": 1}, "bits=1"),
         ({"num_groups": 0}, "num_groups=0"),
         ({"num_groups": 21}, "num_groups=21"),
+        ({"min_group_size": 6}, "min_group_size=6"),
+        ({"min_group_size": 0}, "min_group_size=0"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, message):

@@ -60,8 +60,13 @@ def adaptive_edges(
     lam: float,
     cost: str = "range",
     jump: str = "bound",
+    min_group_size: int = 1,
 ) -> np.ndarray:
     """Edges ``[G + 1]`` (int32) minimizing :func:`segmentation_objective` over all ``G``-group partitions.
+
+    With a large ``lam`` the minimizer may spend boundaries on one-timestep groups where the
+    parameters are steady (a boundary there costs almost no jump), which in effect merges groups;
+    ``min_group_size`` rules that out by searching only groups of at least that many timesteps.
 
     Args:
         stat_min: ``[L, T]`` per-timestep activation minima.
@@ -71,6 +76,7 @@ def adaptive_edges(
         lam: weight of the boundary jumps, >= 0.
         cost: ``"range"`` or ``"mse"`` within-group cost.
         jump: ``"bound"`` (``O(G T^2)``, any ``T``) or ``"exact"`` (``O(G T^3)``, ``T <= 128``).
+        min_group_size: smallest allowed group, ``1 <= min_group_size <= T // G``.
 
     Returns:
         ``np.ndarray`` int32 ``[G + 1]`` with ``edges[0] = 0`` and ``edges[G] = T``.
@@ -89,6 +95,13 @@ def adaptive_edges(
             f"jump='exact' costs O(G T^3) and is limited to T <= {EXACT_MAX_TIMESTEPS}, "
             f"got T={num_timesteps}; use jump='bound'"
         )
+    if not isinstance(min_group_size, int | np.integer) or not (
+        1 <= min_group_size <= num_timesteps // num_groups
+    ):
+        raise ValueError(
+            f"min_group_size must be an integer in [1, T // G = {num_timesteps // num_groups}], "
+            f"got min_group_size={min_group_size!r}"
+        )
     if num_groups == 1:
         return np.array([0, num_timesteps], np.int32)
     solve = _solve_exact if jump == "exact" else _solve_bound
@@ -96,6 +109,7 @@ def adaptive_edges(
         stat_min,
         stat_max,
         jnp.float32(lam),
+        jnp.int32(min_group_size),
         num_groups=int(num_groups),
         qmax=2**bits - 1,
         cost=cost,
@@ -240,20 +254,23 @@ def _segment_columns(low, high, widest, column_fn, *, qmax, cost):
     return columns
 
 
-def _to_table(columns, fill):
-    """``[..., T (end - 1), T (start)]`` -> ``[..., T + 1 (start), T + 1 (end)]``, invalid = fill."""
+def _to_table(columns, fill, min_size=1):
+    """``[..., T (end - 1), T (start)]`` -> ``[..., T + 1 (start), T + 1 (end)]``.
+
+    Entries that are not groups of at least ``min_size`` timesteps hold ``fill``.
+    """
     size = columns.shape[-1] + 1
     table = jnp.swapaxes(columns, -1, -2)
     pad_end = jnp.full(table.shape[:-1] + (1,), fill, table.dtype)
     table = jnp.concatenate([pad_end, table], axis=-1)
     pad_start = jnp.full(table.shape[:-2] + (1, size), fill, table.dtype)
     table = jnp.concatenate([table, pad_start], axis=-2)
-    valid = jnp.arange(size)[None, :] > jnp.arange(size)[:, None]
+    valid = jnp.arange(size)[None, :] - jnp.arange(size)[:, None] >= min_size
     return jnp.where(valid, table, fill)
 
 
 @functools.partial(jax.jit, static_argnames=("num_groups", "qmax", "cost"))
-def _solve_bound(stat_min, stat_max, lam, *, num_groups, qmax, cost):
+def _solve_bound(stat_min, stat_max, lam, min_size, *, num_groups, qmax, cost):
     low, high, widest = _widened(stat_min, stat_max)
     num_timesteps = low.shape[1]
     step_log, step_zp = _params(low, high, widest, qmax)
@@ -273,7 +290,7 @@ def _solve_bound(stat_min, stat_max, lam, *, num_groups, qmax, cost):
         return jnp.mean(per_layer, axis=0) + jump_scale * gap
 
     columns = _segment_columns(low, high, widest, column, qmax=qmax, cost=cost)
-    return _dp(_to_table(columns, jnp.inf), num_groups, num_timesteps)
+    return _dp(_to_table(columns, jnp.inf, min_size), num_groups, num_timesteps)
 
 
 def _dp(table, num_groups, num_timesteps):
@@ -295,14 +312,14 @@ def _dp(table, num_groups, num_timesteps):
 
 
 @functools.partial(jax.jit, static_argnames=("num_groups", "qmax", "cost"))
-def _solve_exact(stat_min, stat_max, lam, *, num_groups, qmax, cost):
+def _solve_exact(stat_min, stat_max, lam, min_size, *, num_groups, qmax, cost):
     low, high, widest = _widened(stat_min, stat_max)
     num_timesteps = low.shape[1]
     columns = _segment_columns(
         low, high, widest, lambda t, *per_layer: per_layer, qmax=qmax, cost=cost
     )  # three [T (end - 1), L, T (start)]
     within, log_s, zp = (jnp.moveaxis(c, 1, 0) for c in columns)
-    cost_table = _to_table(jnp.mean(within, axis=0), jnp.inf)  # [start, end]
+    cost_table = _to_table(jnp.mean(within, axis=0), jnp.inf, min_size)  # [start, end]
     log_s, zp = _to_table(log_s, 0.0), _to_table(zp, 0.0)  # [L, start, end]
     # jump[a, b, e] = d(P(a, b), P(b, e)) averaged over layers (one start a at a time: O(L T^2) memory).
     jump = jax.lax.map(
