@@ -172,7 +172,10 @@ def test_zero_is_exact_and_constant_groups_are_finite():
 
 
 def test_tiny_and_huge_ranges_stay_finite():
-    x = jnp.array([[1e-42, -1e-42, 0.0, 3e-43], [3e37, -3e37, 1.0, 0.0]], jnp.float32)
+    # XLA:CPU flushes subnormals to zero: the tiny group gets scale 1 and reconstructs as zeros.
+    # Near +-1e38 the range (hi - lo) would overflow float32 if computed before dividing by qmax.
+    big = 1e38
+    x = jnp.array([[1e-42, -1e-42, 0.0, 3e-43], [big, -big, 1.0, 0.0]], jnp.float32)
     for bits in (2, 4, 8):
         q = quantize(x, bits=bits, group_size=4)
         d = np.asarray(dequantize(q))
@@ -187,7 +190,8 @@ def test_fake_quantize_equals_dequantize_quantize(bits, symmetric):
     fq = fake_quantize(x, bits=bits, group_size=64, symmetric=symmetric)
     dq = dequantize(quantize(x, bits=bits, group_size=64, symmetric=symmetric))
     assert fq.dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(fq), np.asarray(dq))
+    # Same codes and params; separately compiled programs may round the scale product 1 ulp apart.
+    np.testing.assert_allclose(np.asarray(fq), np.asarray(dq), rtol=1e-6, atol=0)
 
 
 def test_qtensor_is_a_pytree_with_static_metadata():

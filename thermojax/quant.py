@@ -126,7 +126,9 @@ def _group_params(
         )
         lo = jnp.minimum(lo, 0.0)
         hi = jnp.maximum(hi, 0.0)
-        raw = (hi - lo) / qmax
+        span = hi - lo
+        # Near the float32 maximum hi - lo overflows to inf; divide before subtracting there.
+        raw = jnp.where(jnp.isfinite(span), span / qmax, hi / qmax - lo / qmax)
     # All-zero groups have no range: any positive scale reconstructs them exactly (codes = zero point).
     scale = jnp.where(raw > 0, jnp.maximum(raw, _TINY), 1.0)
     inv_scale = 1.0 / scale
