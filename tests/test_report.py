@@ -171,3 +171,13 @@ def test_renders_in_chromium(html, tmp_path):
     # Chromium parsed the whole document: the last section is in its DOM, no script ran.
     assert "Resolved configuration" in dom and "<script" not in dom.lower()
     assert len(re.findall(r"<svg", dom)) >= 5
+
+
+def test_many_groups_keep_the_charts_readable():
+    chart = bar_chart(
+        [0.9] * 199, [f"b{i}" for i in range(199)], title="t", y_label="y", colors=["#000"] * 199
+    )
+    assert sum(bool(bar.label) for bar in chart.bars) <= 8
+    assert not any(bar.value for bar in chart.bars)  # too thin to carry their numbers
+    html = render_report(make_result(num_layers=2, num_groups=200, num_timesteps=1000))
+    assert "(200 groups)" in html  # the layer table summarises instead of listing 200 scales

@@ -86,10 +86,15 @@ def _boundary_chart(result: Result) -> BarChart:
 
 
 def _group_ticks(result: Result) -> tuple[list[float], list[str]]:
-    return (
-        [float(g) for g in range(result.num_time_groups)],
-        [f"g{g} [{a},{b})" for g, (a, b) in enumerate(result.time_groups)],
-    )
+    """Every group with its t range when they fit; else about 10 ticks with the group index."""
+    if result.num_time_groups <= 8:
+        return (
+            [float(g) for g in range(result.num_time_groups)],
+            [f"g{g} [{a},{b})" for g, (a, b) in enumerate(result.time_groups)],
+        )
+    every = math.ceil(result.num_time_groups / 10)
+    groups = range(0, result.num_time_groups, every)
+    return [float(g) for g in groups], [f"g{g}" for g in groups]
 
 
 def _scale_chart(result: Result) -> LineChart:

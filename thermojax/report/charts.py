@@ -146,7 +146,7 @@ class DigitGrid:
 
 
 def _frame(width: int, height: int) -> Frame:
-    return Frame(width, height, left=62.0, top=30.0, right=width - 16.0, bottom=height - 44.0)
+    return Frame(width, height, left=62.0, top=38.0, right=width - 16.0, bottom=height - 44.0)
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -221,6 +221,8 @@ def bar_chart(
     bar_w = min(slot * 0.6, 60.0)
     bars = []
     sublabels = sublabels if sublabels is not None else [""] * len(values)
+    # With many bars, label every k-th one only (about 8 two-line labels fit the axis).
+    every = max(1, math.ceil(len(values) / 8))
     for i, (value, label, sublabel, color) in enumerate(
         zip(values, labels, sublabels, colors, strict=True)
     ):
@@ -233,9 +235,9 @@ def bar_chart(
                 w=bar_w,
                 h=frame.bottom - top,
                 color=color,
-                label=label,
-                sublabel=sublabel,
-                value=f"{value:.3f}",
+                label=label if i % every == 0 else "",
+                sublabel=sublabel if i % every == 0 else "",
+                value=f"{value:.3f}" if bar_w >= 26 else "",
             )
         )
     ticks = tuple(Tick(float(y(v)), _fmt(v)) for v in nice_ticks(*y_range))
@@ -329,6 +331,7 @@ def line_chart(
         sx = np.repeat(edges, 2)[1:-1]
         sy = np.repeat(values, 2)
         drawn.append(Series(name, color_for(name), _points(x(sx), y(sy)), dashed=True))
+    label_every = max(1, math.ceil(len(v_rules) / 6))
     if x_tick_values is None:
         x_tick_values = nice_ticks(x_lo, x_hi)
         x_tick_values = [v for v in x_tick_values if x_lo <= v <= x_hi]
@@ -345,8 +348,15 @@ def line_chart(
         ),
         y_ticks=tuple(Tick(float(y(v)), _fmt(v)) for v in tick_values),
         rules=tuple(
-            Rule(float(x(v)), frame.top, float(x(v)), frame.bottom, label, "#888")
-            for v, label in v_rules
+            Rule(
+                float(x(v)),
+                frame.top,
+                float(x(v)),
+                frame.bottom,
+                label if i % label_every == 0 else "",
+                "#888" if len(v_rules) <= 40 else "#ccc",
+            )
+            for i, (v, label) in enumerate(v_rules)
         ),
         legend=tuple(legend),
     )
