@@ -39,6 +39,10 @@ def blend_weights(u: Array, *, method: str, steepness: float = 10.0) -> Array:
         ``f(u)`` with the shape of ``u``.
     """
     _check_method(method, steepness)
+    return _blend(jnp.asarray(u, jnp.float32), method, steepness)
+
+
+def _blend(u: Array, method: str, steepness: float | Array) -> Array:
     u = jnp.clip(u, 0.0, 1.0)
     if method == "linear":
         return u
@@ -136,12 +140,12 @@ def smooth_boundaries(
         jnp.asarray(edges, jnp.int32),
         num_timesteps=int(num_timesteps),
         method=method,
-        window=int(window),
-        steepness=float(steepness),
+        window=jnp.int32(window),
+        steepness=jnp.float32(steepness),
     )
 
 
-@functools.partial(jax.jit, static_argnames=("num_timesteps", "method", "window", "steepness"))
+@functools.partial(jax.jit, static_argnames=("num_timesteps", "method"))
 def _smooth_boundaries(scales, zero_points, edges, *, num_timesteps, method, window, steepness):
     num_groups = scales.shape[-1]
     t = jnp.arange(num_timesteps)
@@ -165,7 +169,7 @@ def _smooth_boundaries(scales, zero_points, edges, *, num_timesteps, method, win
     inside = in_start | in_end
     low = edges[boundary] - wl[boundary]
     u = (t - low + 1).astype(jnp.float32) / (wl[boundary] + wr[boundary] + 1).astype(jnp.float32)
-    f = jnp.where(inside, blend_weights(u, method=method, steepness=steepness), 0.0)
+    f = jnp.where(inside, _blend(u, method, steepness), 0.0)
     left = jnp.where(inside, boundary - 1, group)
     right = jnp.where(inside, boundary, group)
 
@@ -214,15 +218,19 @@ def smooth_groups(
             f"(num_groups={num_groups}), got window={window!r}"
         )
     return _smooth_groups(
-        scales, zero_points, window=int(window), method=method, steepness=float(steepness)
+        scales,
+        zero_points,
+        window=jnp.int32(window),
+        method=method,
+        steepness=jnp.float32(steepness),
     )
 
 
-@functools.partial(jax.jit, static_argnames=("window", "method", "steepness"))
+@functools.partial(jax.jit, static_argnames=("method",))
 def _smooth_groups(scales, zero_points, *, window, method, steepness):
     groups = jnp.arange(scales.shape[-1])
     distance = jnp.abs(groups[:, None] - groups[None, :]).astype(jnp.float32)
-    kernel = 1.0 - blend_weights(distance / (window + 1), method=method, steepness=steepness)
+    kernel = 1.0 - _blend(distance / (window + 1).astype(jnp.float32), method, steepness)
     kernel = jnp.where(distance <= window, kernel, 0.0)
     kernel = kernel / jnp.sum(kernel, axis=1, keepdims=True)
     return scales @ kernel.T, zero_points @ kernel.T
