@@ -27,7 +27,8 @@ floored). ``entropy`` is a Gaussian estimate of the code entropy (nats, as a fra
 
 The returned parameters are the best iterate seen (lowest loss), with zero points rounded: with
 ``markov_weight = kl_weight = entropy_weight = 0`` the quantization error never ends above the starting
-point's.
+point's. A layer stops once its best loss improved by less than ``convergence_threshold`` over the last
+``patience`` steps, or after ``max_iterations``.
 """
 
 from __future__ import annotations
