@@ -218,3 +218,40 @@ def test_smoke_sweep_submitted_to_a_loopback_head_lands_in_the_sweep_dir(ray_hea
     # The jobs ran on the head's Ray (the job driver joined it), not on an embedded one.
     assert not (Path(ray_head["env"]["THERMOJAX_CACHE_DIR"]) / "ray").exists()
     assert _listening_ips(ray_head["sid"]) <= LOOPBACK
+
+
+CLUSTER_FILES = sorted((Path(__file__).parents[1] / "launch").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=[p.stem for p in CLUSTER_FILES])
+def test_cluster_file_is_valid_for_ray_up_and_follows_the_rules(path):
+    import copy
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = path.read_text()
+    config = yaml.safe_load(raw)
+    validate_config(prepare_config(copy.deepcopy(config)))  # Ray's own schema and defaults
+
+    assert 0 < config["idle_timeout_minutes"] <= 30
+    workers = [t for name, t in config["available_node_types"].items() if name != "head"]
+    assert workers and all(t["min_workers"] == 0 for t in workers)
+    node_configs = [t["node_config"] for t in workers]
+    preemptible = [
+        nc.get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+        or nc.get("schedulingConfig", {}).get("preemptible") is True
+        for nc in node_configs
+    ]
+    assert all(preemptible)
+    # The project is uploaded and installed on every node.
+    assert config["file_mounts"]["~/thermojax"] == "."
+    assert any("pip install" in c and "~/thermojax" in c for c in config["setup_commands"])
+    # Token authentication everywhere; the job server only on the head's loopback.
+    for command in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:]:
+        assert "RAY_AUTH_MODE=token" in command
+    assert "--dashboard-host=127.0.0.1" in config["head_start_ray_commands"][1]
+    # Secrets only from the environment: nothing that looks like a key in the file.
+    assert not re.search(
+        r"AKIA[0-9A-Z]{16}|(api_key|secret|password|token)\s*:", raw, re.IGNORECASE
+    )

@@ -262,3 +262,18 @@ def test_long_cache_path_falls_back_to_a_short_ray_temp_dir(monkeypatch, tmp_pat
         temp_dir.rmdir()
     monkeypatch.setenv("THERMOJAX_CACHE_DIR", "/tmp/tjx")
     assert _short_temp_dir(None) == (Path("/tmp/tjx/ray"), False)
+
+
+def test_job_that_could_never_be_scheduled_is_refused_in_one_line(tmp_path, short_cache):
+    code, out = _run_sweep(
+        [
+            "value=1,2",
+            "+hydra.launcher.resources_per_job.TPU=4",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        home=tmp_path,
+        timeout=90,
+    )
+    assert code == 1
+    assert "each job asks for 4 TPU (hydra.launcher.resources_per_job.TPU)" in out
+    assert "Traceback" not in out

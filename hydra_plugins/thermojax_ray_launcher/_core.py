@@ -315,11 +315,19 @@ def _start_embedded(settings: ThermojaxRayLauncherConf, temp_dir: Path) -> None:
         "started an embedded Ray on 127.0.0.1 (session %s)", context.address_info["session_dir"]
     )
     available = ray.cluster_resources()
-    for name, need in (("CPU", settings.cpus_per_job), ("GPU", settings.gpus_per_job)):
+    needs = [
+        ("CPU", settings.cpus_per_job, "cpus_per_job"),
+        ("GPU", settings.gpus_per_job, "gpus_per_job"),
+        *(
+            (str(k), float(v), f"resources_per_job.{k}")
+            for k, v in settings.resources_per_job.items()
+        ),
+    ]
+    for name, need, key in needs:
         if need > available.get(name, 0.0):
             raise LauncherError(
-                f"each job asks for {need:g} {name} (hydra.launcher.{name.lower()}s_per_job) "
-                f"but the embedded Ray has {available.get(name, 0.0):g}; the jobs could never start"
+                f"each job asks for {need:g} {name} (hydra.launcher.{key}) but the embedded Ray "
+                f"has {available.get(name, 0.0):g}; the jobs could never start"
             )
 
 
@@ -508,6 +516,7 @@ def _launch(
             remote_job = ray.remote(
                 num_cpus=settings.cpus_per_job,
                 num_gpus=settings.gpus_per_job,
+                resources=dict(settings.resources_per_job) or None,
                 max_retries=settings.max_retries,
                 retry_exceptions=False,
             )(_run_job)

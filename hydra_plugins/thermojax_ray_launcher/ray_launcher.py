@@ -7,7 +7,7 @@ import annotations`` here: Hydra's plugin scanner runs this module before regist
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -34,6 +34,8 @@ class ThermojaxRayLauncherConf:
             its own folder).
         cpus_per_job: Ray CPUs each job reserves.
         gpus_per_job: Ray GPUs each job reserves (a fraction shares one GPU).
+        resources_per_job: other Ray resources each job reserves, e.g. 4 TPU chips on a TPU VM:
+            ``+hydra.launcher.resources_per_job.TPU=4``.
         max_retries: how often a job is re-run after its Ray worker died (crash, OOM kill,
             preempted node). Exceptions raised by the job are not retried: they are recorded.
         resume: skip a job whose folder already holds a complete ``report_file`` written for the
@@ -53,6 +55,7 @@ class ThermojaxRayLauncherConf:
     log_to_driver: bool = False
     cpus_per_job: float = 1.0
     gpus_per_job: float = 0.0
+    resources_per_job: dict[str, float] = field(default_factory=dict)
     max_retries: int = 2
     resume: bool = True
     report_file: str = "baseline_metrics.json"
