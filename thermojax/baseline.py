@@ -19,6 +19,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -107,8 +108,10 @@ def _app(cfg: DictConfig) -> None:
         execute(config, out_dir)
     except UserInputError as exc:
         remove_if_fresh_and_empty(out_dir)
-        # Not an Exception: Hydra would print its own "Error executing job" line first.
-        raise ConfigRejected(exc) from None
+        if HydraConfig.get().mode == RunMode.RUN:
+            # Not an Exception: Hydra would print its own "Error executing job" line first.
+            raise ConfigRejected(exc) from None
+        raise  # in a sweep, the launcher records this job as failed
 
 
 def main() -> None:
@@ -122,6 +125,8 @@ def main() -> None:
         _app()
     except ConfigRejected as exc:
         _fail(str(exc.error))
+    except UserInputError as exc:
+        _fail(str(exc))
     except (CompactHydraException, OmegaConfBaseException) as exc:
         _fail(describe_config_error(exc))
     finally:
