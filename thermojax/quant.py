@@ -200,6 +200,12 @@ def _quantize_grouped(
     return packed, scale, zero_point.astype(jnp.uint8)
 
 
+@partial(jax.jit, static_argnames=("shape",), donate_argnums=0)
+def _reshape_owned(packed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Reshape a kernel output we own; donating it lets XLA alias the buffer (no 8-32 MB copy)."""
+    return packed.reshape(shape)
+
+
 def quantize(x: jax.Array, *, bits: int, group_size: int, symmetric: bool = False) -> QTensor:
     """Affine per-group quantization along the last axis, with packed codes.
 
@@ -228,7 +234,7 @@ def quantize(x: jax.Array, *, bits: int, group_size: int, symmetric: bool = Fals
         x, bits=int(bits), group_size=int(group_size), symmetric=bool(symmetric)
     )
     return QTensor(
-        codes=packed.reshape(*shape[:-1], packed.shape[-2] * packed.shape[-1]),
+        codes=_reshape_owned(packed, (*shape[:-1], packed.shape[-2] * packed.shape[-1])),
         scale=scale,
         zero_point=zero_point,
         shape=shape,
