@@ -111,6 +111,7 @@ def _scale_chart(result: Result) -> LineChart:
         x_tick_values=ticks,
         x_tick_labels=labels,
         x_range=(-0.5, result.num_time_groups - 0.5),
+        markers=result.num_time_groups <= 16,
         log_y=log_y,
         width=1040,
         height=300,

@@ -107,6 +107,7 @@ class Series:
     points: str
     area: bool = False
     dashed: bool = False
+    markers: tuple[tuple[float, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +267,7 @@ def line_chart(
     x_tick_values: Sequence[float] | None = None,
     x_tick_labels: Sequence[str] | None = None,
     x_range: tuple[float, float] | None = None,
+    markers: bool = False,
     log_y: bool = False,
     width: int = 520,
     height: int = 260,
@@ -275,7 +277,8 @@ def line_chart(
     Step lines ``(name, edges, values)`` draw ``values[g]`` over ``[edges[g], edges[g+1])``.
     Vertical rules ``(x, label)`` mark e.g. time-group edges. ``log_y`` uses a log10 axis
     (non-positive values are clipped to the smallest positive one). ``x_range`` overrides the
-    data's x extent (e.g. half a category of margin on each side).
+    data's x extent (e.g. half a category of margin on each side); ``markers`` draws a dot at
+    every point of the lines.
     """
     frame = _frame(width, height)
     xs_all = (
@@ -324,7 +327,11 @@ def line_chart(
         py = np.concatenate([y(np.asarray(hi)), y(np.asarray(lo)[::-1])])
         drawn.append(Series(name, color_for(name), _points(px, py), area=True))
     for name, sx, sy in series:
-        drawn.append(Series(name, color_for(name), _points(x(np.asarray(sx)), y(np.asarray(sy)))))
+        px, py = x(np.asarray(sx)), y(np.asarray(sy))
+        dots = tuple((round(float(a), 1), round(float(b), 1)) for a, b in zip(px, py, strict=True))
+        drawn.append(
+            Series(name, color_for(name), _points(px, py), markers=dots if markers else ())
+        )
     for name, edges, values in steps:
         edges = np.asarray(edges, np.float64)
         values = np.asarray(values, np.float64)
