@@ -178,3 +178,19 @@ def test_racing_processes_compute_once_and_never_see_half_entries(tmp_path):
     assert len(compute_log.read_text().split()) == 1
     assert seen_whole > 0
     assert not list(final.parent.glob(".*tmp*"))
+
+
+def test_arrays_fingerprint_sees_values_names_dtypes_and_shapes():
+    rng = np.random.default_rng(0)
+    weights = {
+        "dense_0": rng.normal(size=(64, 32)).astype(np.float32),
+        "dense_1": np.ones(3, np.float32),
+    }
+    base = cache.arrays_fingerprint(weights)
+    assert base == cache.arrays_fingerprint(dict(reversed(list(weights.items()))))
+    changed = dict(weights, dense_1=np.array([1, 1, 1.0001], np.float32))
+    renamed = {"dense_x": weights["dense_0"], "dense_1": weights["dense_1"]}
+    recast = dict(weights, dense_1=np.ones(3, np.float64))
+    reshaped = dict(weights, dense_0=weights["dense_0"].reshape(32, 64))
+    others = [cache.arrays_fingerprint(w) for w in (changed, renamed, recast, reshaped)]
+    assert len({base, *others}) == 5

@@ -38,7 +38,13 @@ from typing import Any, TypeVar
 
 from thermojax.paths import cache_dir as project_cache_dir
 
-__all__ = ["CACHE_SCHEMA_VERSION", "cache_key", "entry_path", "get_or_compute"]
+__all__ = [
+    "CACHE_SCHEMA_VERSION",
+    "arrays_fingerprint",
+    "cache_key",
+    "entry_path",
+    "get_or_compute",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,22 @@ def cache_key(**parts: Any) -> str:
     payload = {"schema": CACHE_SCHEMA_VERSION, "parts": _canonical(parts, "parts")}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def arrays_fingerprint(arrays: Mapping[str, Any]) -> str:
+    """A SHA-256 of named arrays (names, dtypes, shapes and bytes), e.g. a model's weights.
+
+    Use it as the model's part of a key: a retrained or different checkpoint changes it, a copy
+    of the same checkpoint at another path does not.
+    """
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(np.asarray(arrays[name]))
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _root(cache_dir: str | os.PathLike[str] | None) -> Path:
