@@ -3,10 +3,12 @@
 import itertools
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thermojax.transition import optimize_transitions
+from thermojax.transition import optimize_transitions, transition_terms
 
 
 def make_problem(seed=0, layers=3, timesteps=40, samples=16, groups=4, bits=4, widen=1.0):
@@ -70,6 +72,54 @@ def test_loss_terms_match_reference(groups):
         np.testing.assert_allclose(
             result.markov_penalty_after[layer], markov_after, rtol=1e-5, atol=1e-7
         )
+
+
+def ref_gradients(x, scales, zps, edges, qmax, markov_weight):
+    """float64 straight-through gradients of mse + markov_weight * markov wrt (scales, zero points).
+
+    Rounding passes gradients unchanged, clipping blocks them outside [0, qmax]:
+    inside the code range d x_hat / d s = round(x / s) - x / s and d x_hat / d z = 0; clipped,
+    d x_hat / d s = q - z and d x_hat / d z = -s.
+    """
+    x = np.asarray(x, np.float64)
+    scales = np.asarray(scales, np.float64)
+    z = np.clip(np.round(np.asarray(zps, np.float64)), 0, qmax)
+    sizes = np.diff(edges)
+    s_t, z_t = np.repeat(scales, sizes)[:, None], np.repeat(z, sizes)[:, None]
+    u = x / s_t
+    codes = np.round(u) + z_t
+    inside = (codes >= 0) & (codes <= qmax)
+    q = np.clip(codes, 0, qmax)
+    err = x - (q - z_t) * s_t
+    d_approx = -2 * err / err.size
+    d_s = np.add.reduceat(
+        (d_approx * np.where(inside, np.round(u) - u, q - z_t)).sum(1), edges[:-1]
+    )
+    d_z = np.add.reduceat((d_approx * np.where(inside, 0.0, -s_t)).sum(1), edges[:-1])
+    if len(scales) > 1:
+        k = 2 * markov_weight / (len(scales) - 1)
+        d_log, d_zp = np.diff(np.log(scales)), np.diff(z) / qmax
+        d_s += k * (np.r_[0, d_log] - np.r_[d_log, 0]) / scales
+        d_z += k * (np.r_[0, d_zp] - np.r_[d_zp, 0]) / qmax
+    return d_s, d_z
+
+
+@pytest.mark.parametrize("groups", [4, 40], ids=["groups", "per-timestep"])
+def test_straight_through_gradients_match_reference(groups):
+    # Zero points strictly inside (0, qmax) and widened ranges: some codes clip, none sit at a tie.
+    x, scales, zps, edges = make_problem(seed=8, groups=groups, widen=0.8)
+    zps = np.clip(zps, 1, 14) + 0.2
+
+    def objective(s, z):
+        terms = transition_terms(x, s, z, edges, bits=4)
+        return jnp.sum(terms.mse) + 0.5 * jnp.sum(terms.markov)
+
+    grad_s, grad_z = jax.grad(objective, argnums=(0, 1))(jnp.asarray(scales), jnp.asarray(zps))
+    for layer in range(x.shape[0]):
+        d_s, d_z = ref_gradients(x[layer], scales[layer], zps[layer], edges, 15, 0.5)
+        np.testing.assert_allclose(grad_s[layer], d_s, rtol=2e-4, atol=1e-7 * np.abs(d_s).max())
+        np.testing.assert_allclose(grad_z[layer], d_z, rtol=2e-4, atol=1e-7 * np.abs(d_z).max())
+    assert np.any(np.asarray(grad_z) != 0)  # clipping really happened
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

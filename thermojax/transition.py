@@ -16,8 +16,9 @@ The loss of one layer with samples ``x[t, k]`` (``t`` in ``[0, T)``, ``k`` in ``
     entropy     = mean_t min(log(qmax + 1), 0.5 * log(2 pi e var_x[t] / s[g(t)]^2)) / log(qmax + 1)
     loss        = quant + markov_weight * markov + kl_weight * kl - entropy_weight * entropy
 
-Rounding uses the straight-through estimator (identity gradient), so scales get the LSQ gradient and zero
-points get gradient only through clipping and the penalties. ``mse_start`` (the layer's error at the
+Rounding uses the straight-through estimator (identity gradient) and clipping passes the gradient on
+the closed range ``[0, qmax]`` only, so scales get the LSQ gradient and zero points get gradient only
+through clipped codes and the penalties. ``mse_start`` (the layer's error at the
 starting point, floored to avoid a division by zero) makes the quantization term scale-free, so one
 ``markov_weight`` means the same trade-off for every layer and bit width: a weight of 1 prices a squared
 log-jump of 1 like the whole starting quantization error. ``kl`` is the seed's Gaussian transition
@@ -141,6 +142,87 @@ def optimize_transitions(
     Raises:
         ValueError: naming the offending argument and value.
     """
+    act_samples, scales, zero_points, group_index = _check_problem(
+        act_samples, scales, zero_points, edges, bits=bits
+    )
+    for name, value in (
+        ("markov_weight", markov_weight),
+        ("kl_weight", kl_weight),
+        ("entropy_weight", entropy_weight),
+        ("convergence_threshold", convergence_threshold),
+    ):
+        if not (math.isfinite(float(value)) and float(value) >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+    for name, value in (("learning_rate", learning_rate), ("grad_clip", grad_clip)):
+        if not (math.isfinite(float(value)) and float(value) > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+    if not isinstance(max_iterations, int | np.integer) or max_iterations < 1:
+        raise ValueError(f"max_iterations must be an integer >= 1, got {max_iterations!r}")
+    if not isinstance(patience, int | np.integer) or patience < 1:
+        raise ValueError(f"patience must be an integer >= 1, got patience={patience!r}")
+    weights = jnp.asarray(
+        [markov_weight, kl_weight, entropy_weight, learning_rate, convergence_threshold, grad_clip],
+        jnp.float32,
+    )
+    return _optimize(
+        act_samples,
+        scales,
+        zero_points,
+        group_index,
+        weights,
+        qmax=2**bits - 1,
+        max_iterations=int(max_iterations),
+        patience=int(patience),
+    )
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["mse", "markov", "kl", "entropy"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class TransitionTerms:
+    """Raw per-layer loss terms of :func:`transition_terms` (each ``[L]``), see the module docstring."""
+
+    mse: Array
+    markov: Array
+    kl: Array
+    entropy: Array
+
+
+def transition_terms(
+    act_samples: Array, scales: Array, zero_points: Array, edges: Array, *, bits: int
+) -> TransitionTerms:
+    """The loss terms of given parameters, differentiable with the optimizer's straight-through rules.
+
+    ``mse`` is the plain mean squared fake-quantization error of each layer's samples (zero points
+    rounded and clipped as applied); ``markov``, ``kl`` and ``entropy`` are as in the module docstring.
+    Use it to score any parameters (baseline, smoothed, optimized) on the optimizer's own terms, or to
+    take ``jax.grad`` through them.
+
+    Args:
+        act_samples: ``[L, T, K]`` activation samples.
+        scales: ``[L, S]`` positive scales.
+        zero_points: ``[L, S]`` zero points.
+        edges: int ``[S + 1]`` from 0 to T (concrete).
+        bits: activation bit width, 2..16.
+
+    Returns:
+        A :class:`TransitionTerms` of ``[L]`` arrays.
+    """
+    act_samples, scales, zero_points, group_index = _check_problem(
+        act_samples, scales, zero_points, edges, bits=bits
+    )
+    qmax = 2**bits - 1
+    terms = jax.vmap(lambda x, s, z: _layer_terms(jnp.log(s), z, x, group_index, qmax=qmax))(
+        act_samples, scales, zero_points
+    )
+    return TransitionTerms(*terms)
+
+
+def _check_problem(act_samples, scales, zero_points, edges, *, bits):
+    """Validate the arrays; returns them as float32 plus the int32 group of each timestep."""
     act_samples = jnp.asarray(act_samples, jnp.float32)
     scales = jnp.asarray(scales, jnp.float32)
     zero_points = jnp.asarray(zero_points, jnp.float32)
@@ -168,51 +250,35 @@ def optimize_transitions(
         )
     if not isinstance(bits, int | np.integer) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an integer in [2, 16], got bits={bits!r}")
-    if not bool(jnp.all(jnp.isfinite(scales) & (scales > 0))):
-        raise ValueError(f"scales must be finite and > 0, got min scale {float(jnp.min(scales))}")
-    for name, value in (
-        ("markov_weight", markov_weight),
-        ("kl_weight", kl_weight),
-        ("entropy_weight", entropy_weight),
-        ("convergence_threshold", convergence_threshold),
+    if not isinstance(scales, jax.core.Tracer) and not bool(
+        jnp.all(jnp.isfinite(scales) & (scales > 0))
     ):
-        if not (math.isfinite(float(value)) and float(value) >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
-    for name, value in (("learning_rate", learning_rate), ("grad_clip", grad_clip)):
-        if not (math.isfinite(float(value)) and float(value) > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
-    if not isinstance(max_iterations, int | np.integer) or max_iterations < 1:
-        raise ValueError(f"max_iterations must be an integer >= 1, got {max_iterations!r}")
-    if not isinstance(patience, int | np.integer) or patience < 1:
-        raise ValueError(f"patience must be an integer >= 1, got patience={patience!r}")
+        raise ValueError(f"scales must be finite and > 0, got min scale {float(jnp.min(scales))}")
     group_index = np.searchsorted(edges, np.arange(num_timesteps), side="right") - 1
-    weights = jnp.asarray(
-        [markov_weight, kl_weight, entropy_weight, learning_rate, convergence_threshold, grad_clip],
-        jnp.float32,
-    )
-    return _optimize(
-        act_samples,
-        scales,
-        zero_points,
-        jnp.asarray(group_index, jnp.int32),
-        weights,
-        qmax=2**bits - 1,
-        max_iterations=int(max_iterations),
-        patience=int(patience),
-    )
+    return act_samples, scales, zero_points, jnp.asarray(group_index, jnp.int32)
 
 
 def _round_ste(x: Array) -> Array:
     return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
 
+def _clip(x: Array, qmax: int) -> Array:
+    """clip(x, 0, qmax) whose gradient is 1 on the closed range and 0 outside.
+
+    ``jnp.clip`` passes half the gradient when ``x`` sits exactly on a bound, which integer codes and
+    zero points do all the time (a zero point of 0, a code of qmax).
+    """
+    inside = (x >= 0) & (x <= qmax)
+    return jnp.where(inside, x, jax.lax.stop_gradient(jnp.clip(x, 0, qmax)))
+
+
 def _layer_terms(log_scales, zero_points, samples, group_index, *, qmax):
     """Raw loss terms of one layer: (mse, markov, kl, entropy)."""
     scales = jnp.exp(log_scales)
-    zps = jnp.clip(_round_ste(zero_points), 0.0, qmax)
+    zps = _clip(_round_ste(zero_points), qmax)
     s_t = scales[group_index][:, None]
     z_t = zps[group_index][:, None]
-    codes = jnp.clip(_round_ste(samples / s_t) + z_t, 0.0, qmax)
+    codes = _clip(_round_ste(samples / s_t) + z_t, qmax)
     approx = (codes - z_t) * s_t
     mse = jnp.mean(jnp.square(samples - approx))
     if scales.shape[0] > 1:
