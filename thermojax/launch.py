@@ -177,6 +177,11 @@ def _wait(client: object, job_id: str, timeout_s: float) -> str:
 
 def submit(args: argparse.Namespace) -> int:
     """Submit the sweep described by ``args``; returns the process exit status."""
+    if not (PROJECT_ROOT / "conf").is_dir() or not SWEEPS_DIR.is_dir():
+        raise UserInputError(
+            f"{PROJECT_ROOT} is not a thermojax source checkout (no conf/ or sweeps/): the job "
+            "uploads the project folder, so run this from a clone (pip install -e .)"
+        )
     if args.sweep is not None and args.sweep not in sweep_presets():
         raise UserInputError(
             f"unknown sweep preset {args.sweep!r} (available: {', '.join(sweep_presets())})"
