@@ -12,7 +12,7 @@ single timestep. Parameters are compared with the symmetric Markov jump (a metri
 **Within-group cost** ``c(a, e)``, averaged over layers:
 
 - ``cost="range"``: ``sum_{t in [a, e)} (R - r_t) / (T R_l)`` -- how far the group's range exceeds each
-  timestep's own range (0 for per-timestep parameters; at most 1 for the whole schedule);
+  timestep's own range (0 for per-timestep parameters; below 2, since ``R <= 2 R_l``);
 - ``cost="mse"``: ``sum_{t in [a, e)} (R^2 - r_t^2) / (T R_l^2)`` -- the excess uniform-quantization noise
   (the noise of a step ``R / qmax`` is ``R^2 / (12 qmax^2)``; the constant factor is dropped).
 
