@@ -113,6 +113,8 @@ def test_sweep_on_embedded_ray_records_failures_retries_dead_worker(tmp_path, sh
             "die_on=2",
             "exit_on=5",
             "record_sockets=true",
+            # Exercise the copy-back path of multi-node clusters (here onto the same files).
+            "hydra.launcher.copy_outputs=always",
             f"hydra.sweep.dir={sweep_dir}",
         ],
         home=tmp_path,
@@ -145,6 +147,7 @@ def test_sweep_on_embedded_ray_records_failures_retries_dead_worker(tmp_path, sh
     exited = json.loads((jobs[5] / "failure.json").read_text())
     assert exited["message"] == "the job called sys.exit(2)"
     assert not (jobs[3] / "report.json").exists()
+    assert not list(sweep_dir.glob("*/.*.tmp"))  # no temporaries of the copy-back left
     # Ray found its token in the environment and wrote none into $HOME.
     assert not (tmp_path / ".ray").exists()
 
