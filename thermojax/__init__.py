@@ -5,6 +5,9 @@ metrics). The pipeline (models, calibration, evaluation, reports) lives in submo
 imported explicitly, so ``import thermojax`` stays light: no Hydra, Ray, W&B, Jinja2 or Flax models.
 """
 
+from typing import Any
+
+from thermojax.adaptive import adaptive_edges, segmentation_objective
 from thermojax.markov import MarkovMetrics, markov_metrics
 from thermojax.quant import (
     QTensor,
@@ -19,6 +22,8 @@ from thermojax.quant import (
     sqnr_db,
     storage_bytes,
 )
+from thermojax.schedule_metrics import ScheduleMetrics, schedule_metrics
+from thermojax.smoothing import smooth_boundaries, smooth_groups
 from thermojax.timegroups import (
     expand_to_timesteps,
     group_activation_params,
@@ -29,10 +34,29 @@ from thermojax.timegroups import (
 
 __version__ = "0.1.0"
 
+# Phase 3 needs optax; load it on first use so `import thermojax` stays light.
+_LAZY = {
+    "optimize_transitions": "thermojax.transition",
+    "transition_terms": "thermojax.transition",
+    "TransitionResult": "thermojax.transition",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'thermojax' has no attribute {name!r}")
+
+
 __all__ = [
     "MarkovMetrics",
     "QTensor",
+    "ScheduleMetrics",
+    "TransitionResult",
     "activation_params",
+    "adaptive_edges",
     "cosine_similarity",
     "dequantize",
     "expand_to_timesteps",
@@ -44,8 +68,14 @@ __all__ = [
     "group_ranges",
     "markov_metrics",
     "mse",
+    "optimize_transitions",
     "quantize",
+    "schedule_metrics",
+    "segmentation_objective",
+    "smooth_boundaries",
+    "smooth_groups",
     "sqnr_db",
     "storage_bytes",
+    "transition_terms",
     "uniform_edges",
 ]
