@@ -109,3 +109,21 @@ def test_bad_input_is_a_one_line_user_error(model, kwargs, needle):
     with pytest.raises(UserInputError, match=needle) as info:
         calibrate(model, **args)
     assert "\n" not in str(info.value)
+
+
+def test_given_quantized_weights_give_the_same_statistics(model, stats):
+    qweights, _ = quantize_weights(model, bits=4)
+    given = calibrate(
+        model, bit_width=4, num_samples=N, seed=SEED, samples_per_step=K, qweights=qweights
+    )
+    for name in ("act_min", "act_max", "act_mean", "act_std", "act_samples"):
+        np.testing.assert_array_equal(getattr(given, name), getattr(stats, name), err_msg=name)
+
+
+def test_quantized_weights_at_other_settings_are_rejected(model):
+    at_2, _ = quantize_weights(model, bits=2)
+    with pytest.raises(ValueError, match=r"bit_width=4, group_size=64; got .*bits=2"):
+        calibrate(model, bit_width=4, num_samples=N, qweights=at_2)
+    partial = dict(list(at_2.items())[:-1])
+    with pytest.raises(ValueError, match="lack layer"):
+        calibrate(model, bit_width=2, num_samples=N, qweights=partial)

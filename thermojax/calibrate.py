@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -15,8 +16,13 @@ import numpy as np
 from thermojax.errors import UserInputError
 from thermojax.evaluate import dense_weights, quantize_weights
 from thermojax.models.base import DiffusionModel, run_sampler
+from thermojax.quant import QTensor
 
-__all__ = ["CalibrationStats", "calibrate"]
+__all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate"]
+
+CALIBRATION_VERSION = 1
+"""Bump when :func:`calibrate` computes different numbers for the same inputs: cached statistics
+(keyed with this version) from older code are then never used again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +114,25 @@ def _calibration_program(
     return stats, picks
 
 
+def _check_qweights(
+    model: DiffusionModel, qweights: Mapping[str, QTensor], bit_width: int, group_size: int
+) -> None:
+    missing = [n for n in model.layer_names if n not in qweights]
+    if missing:
+        raise ValueError(f"qweights lack layer(s) {missing}; expected {list(model.layer_names)}")
+    wrong = [
+        f"{n} ({type(q).__name__} bits={getattr(q, 'bits', None)}, "
+        f"group_size={getattr(q, 'group_size', None)})"
+        for n, q in ((n, qweights[n]) for n in model.layer_names)
+        if not isinstance(q, QTensor) or (q.bits, q.group_size) != (bit_width, group_size)
+    ]
+    if wrong:
+        raise ValueError(
+            f"qweights must be QTensors at bit_width={bit_width}, group_size={group_size}; "
+            f"got {', '.join(wrong)}"
+        )
+
+
 def calibrate(
     model: DiffusionModel,
     *,
@@ -116,6 +141,7 @@ def calibrate(
     num_samples: int = 128,
     seed: int = 0,
     samples_per_step: int = 64,
+    qweights: Mapping[str, QTensor] | None = None,
 ) -> CalibrationStats:
     """Per-timestep input-activation statistics of every quantizable layer.
 
@@ -131,6 +157,9 @@ def calibrate(
         num_samples: N >= 1 calibration samples.
         seed: PRNG seed of the sampler noise (and of the activation subsample).
         samples_per_step: K >= 1 activation values kept per layer and timestep.
+        qweights: the weights already quantized at ``bit_width`` and ``group_size`` by
+            :func:`~thermojax.evaluate.quantize_weights` (the pipeline has them); ``None``
+            quantizes them here.
 
     Returns:
         :class:`CalibrationStats` with ``[L, T]`` statistics and ``[L, T, K]`` samples.
@@ -138,11 +167,15 @@ def calibrate(
     Raises:
         UserInputError: ``num_samples < 1``, ``samples_per_step < 1``, bad ``bit_width`` or a
             ``group_size`` that does not divide a layer width.
+        ValueError: ``qweights`` that lack a layer or were quantized at other bits or group size.
     """
     for name, value in (("num_samples", num_samples), ("samples_per_step", samples_per_step)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise UserInputError(f"calibration {name} must be an integer >= 1, got {value!r}")
-    qweights, _ = quantize_weights(model, bits=bit_width, group_size=group_size)
+    if qweights is None:
+        qweights, _ = quantize_weights(model, bits=bit_width, group_size=group_size)
+    else:
+        _check_qweights(model, qweights, bit_width, group_size)
     stats, picks = _calibration_program(
         model,
         dense_weights(model, qweights),
