@@ -10,7 +10,12 @@ exactly one place: the dataclasses below. Model-level figures are defined from `
 - ``min/max/mean/std_boundary_score`` are over ``boundary_scores`` (population std).
 
 Later phases add optional sections (``None`` when absent, omitted from the JSON), so a file of an
-older schema version still reads.
+older schema version still reads. Schema 2 (issue 6): the top-level metrics describe the parameters
+the quantized sampler actually used; with smoothing, optimization or adaptive groups on, those are
+the enhanced ones (a per-timestep schedule is measured per boundary window, see
+:mod:`thermojax.schedule_metrics`), ``baseline`` then holds the uniform, unsmoothed parameters'
+metrics and quality from the same calibration and noise, and ``enhancement`` says what was done.
+``phases`` is the phase table of ``experiment=phases``. Version 1 files still read.
 
 Example:
     >>> result = read_result("outputs/run/baseline_metrics.json")  # doctest: +SKIP
@@ -36,13 +41,20 @@ import numpy as np
 __all__ = [
     "SCHEMA_VERSION",
     "SEVERITY_LABELS",
+    "BaselineSection",
     "Check",
+    "EnhancementSection",
     "Interpretation",
     "LayerResult",
+    "MetricsView",
+    "OptimizationSection",
     "Pattern",
+    "PhaseRow",
+    "PhasesSection",
     "QualitySection",
     "Result",
     "SamplePreview",
+    "Spread",
     "Violation",
     "ViolationAnalysis",
     "atomic_write_bytes",
@@ -52,8 +64,8 @@ __all__ = [
     "write_result",
 ]
 
-SCHEMA_VERSION = 1
-"""Bumped whenever a key changes meaning or a required key is added."""
+SCHEMA_VERSION = 2
+"""Bumped whenever a key changes meaning or a required key is added (2: issue 6's sections)."""
 
 SEVERITY_LABELS = ("none", "low", "medium", "high")
 """``SEVERITY_LABELS[severity]`` for the core's integer severity (0 none .. 3 high)."""
@@ -217,12 +229,165 @@ class SamplePreview:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsView:
+    """Markov metrics of one set of parameters, summarized like the top-level figures.
+
+    Attributes:
+        smoothness_score: mean over layers.
+        violation_count: (layer, boundary) pairs whose scale jump exceeds the threshold.
+        boundary_scores: per boundary, mean over layers ``[G - 1]``.
+        scale_jumps: per layer and boundary ``[L][G - 1]``.
+    """
+
+    smoothness_score: float
+    violation_count: int
+    boundary_scores: tuple[float, ...]
+    scale_jumps: tuple[tuple[float, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSection:
+    """The baseline (uniform groups, unsmoothed) of an enhanced run: same calibration, same noise.
+
+    Attributes:
+        time_groups: the uniform ``[start, end)`` groups.
+        scales, zero_points: ``[L][G]`` baseline parameters.
+        metrics: their Markov metrics.
+        quality: quantized sampling with them.
+    """
+
+    time_groups: tuple[tuple[int, int], ...]
+    scales: tuple[tuple[float, ...], ...]
+    zero_points: tuple[tuple[float, ...], ...]
+    metrics: MetricsView
+    quality: QualitySection
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationSection:
+    """Phase 3 outcome, per layer (``[L]``; ``loss_history[l]`` has ``iterations[l]`` entries).
+
+    Attributes:
+        target: ``groups`` (``S = G``) or ``timesteps`` (the smoothed schedule, ``S = T``).
+        settings: the ``thermo.optimization`` values used.
+    """
+
+    target: str
+    settings: dict[str, Any]
+    iterations: tuple[int, ...]
+    converged: tuple[bool, ...]
+    initial_loss: tuple[float, ...]
+    final_loss: tuple[float, ...]
+    quant_error_before: tuple[float, ...]
+    quant_error_after: tuple[float, ...]
+    markov_penalty_before: tuple[float, ...]
+    markov_penalty_after: tuple[float, ...]
+    loss_history: tuple[tuple[float, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnhancementSection:
+    """What an enhanced run did to the parameters, and the views the top level does not show.
+
+    The top-level metrics are the headline view (per boundary window for a schedule).
+
+    Attributes:
+        description: one line for people.
+        strategy, lam: time grouping (``lam`` is the YAML ``time_groups.lambda``).
+        smoothing: the ``thermo.smoothing`` values used, or ``None``.
+        per_timestep: the parameters are a per-timestep schedule ``[L][T]``.
+        schedule_scales, schedule_zero_points: that schedule (``None`` for group parameters).
+        group_view: metrics of each group's mean parameters (the seed's group-level view).
+        max_step_scale_jump: per layer, the largest consecutive-timestep scale jump.
+        optimization: Phase 3 outcome, or ``None``.
+        parameter_time_s: wall time of computing the enhanced parameters.
+    """
+
+    description: str
+    strategy: str
+    lam: float
+    smoothing: dict[str, Any] | None
+    per_timestep: bool
+    schedule_scales: tuple[tuple[float, ...], ...] | None
+    schedule_zero_points: tuple[tuple[float, ...], ...] | None
+    group_view: MetricsView
+    max_step_scale_jump: tuple[float, ...]
+    optimization: OptimizationSection | None
+    parameter_time_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (``ddof=1``) over the seeds."""
+
+    mean: float
+    std: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseRow:
+    """One variant of the phase table (figures over the seeds; see :func:`thermojax.phases.phase_table`).
+
+    ``drift_per_group`` is on the uniform groups (comparable across variants);
+    ``drift_per_timestep`` is the mean over seeds ``[T]``. ``param_time_s`` is the warm parameter
+    computation, ``param_extra_s`` the same minus the baseline's, ``sampling_ratio`` the mean
+    quantized sampling time over the baseline's.
+    """
+
+    variant: str
+    phase: str
+    description: str
+    edges: tuple[int, ...]
+    num_seeds: int
+    smoothness_score: Spread
+    violation_count: Spread
+    drift_mean: Spread
+    final_mse: Spread
+    frechet_quantized: Spread
+    class_coverage_quantized: Spread
+    sampling_time_s: Spread
+    drift_per_group: tuple[Spread, ...]
+    drift_per_timestep: tuple[float, ...]
+    param_time_s: float
+    param_compile_s: float
+    param_extra_s: float
+    sampling_ratio: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasesSection:
+    """The phase table (``phases.json``): every variant on one calibration, over several seeds."""
+
+    seeds: tuple[int, ...]
+    num_samples: int
+    bit_width: int
+    act_bits: int
+    num_time_groups: int
+    smoothness_threshold: float
+    drift_group_edges: tuple[int, ...]
+    fp32_frechet: Spread
+    fp32_class_coverage: Spread
+    rows: tuple[PhaseRow, ...]
+    total_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``phases.json`` and the ``phases`` key of ``baseline_metrics.json``)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhasesSection:
+        """Inverse of :meth:`to_dict`, checking keys and types."""
+        return _build_dataclass(cls, data, "phases")
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
     """Everything one baseline run measured; ``to_dict()`` is ``baseline_metrics.json``.
 
     The seed's keys come first, then the additions. ``samples`` holds the full sample arrays
     (``fp32``/``quantized`` ``[N, 8, 8]``) for ``samples.npz``; it is not part of the JSON and is
-    ``None`` for a result read back from disk.
+    ``None`` for a result read back from disk. ``phase_records`` likewise holds the phase
+    experiment's per-run records for ``phases/runs/*.json``.
     """
 
     model_name: str
@@ -253,8 +418,14 @@ class Result:
     timings_s: dict[str, float]
     environment: dict[str, str]
     config: dict[str, Any]
+    baseline: BaselineSection | None = None
+    enhancement: EnhancementSection | None = None
+    phases: PhasesSection | None = None
     schema_version: int = SCHEMA_VERSION
     samples: dict[str, np.ndarray] | None = dataclasses.field(
+        default=None, compare=False, repr=False, metadata={"json": False}
+    )
+    phase_records: tuple[dict[str, Any], ...] | None = dataclasses.field(
         default=None, compare=False, repr=False, metadata={"json": False}
     )
 
