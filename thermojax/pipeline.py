@@ -5,6 +5,11 @@ time-group activation parameters -> Markov metrics (one vectorized call over all
 quantized sampling and quality -> a :class:`~thermojax.results.Result`. No Hydra here: the CLI,
 sweeps and tests call these functions directly.
 
+With smoothing, optimization or adaptive groups on (issue 6), the same calibration also gives the
+enhanced parameters; both sets are sampled from the same noise, and the ``Result``'s top level
+describes the enhanced parameters (measured on what the sampler used) with the baseline beside
+them. With ``phases.enabled`` the run ends with the phase table (:mod:`thermojax.phases`).
+
 Example:
     >>> from thermojax.pipeline import run, write_outputs
     >>> result = run({"bit_width": 2, "num_time_groups": 4})  # doctest: +SKIP
@@ -13,7 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import io
+import json
 import logging
 import os
 import platform
@@ -29,14 +37,19 @@ from omegaconf import DictConfig
 
 import thermojax
 from thermojax.calibrate import calibrate
-from thermojax.config import BaselineConfig, to_config
+from thermojax.config import BaselineConfig, check_model_limits, to_config
 from thermojax.errors import UserInputError
 from thermojax.evaluate import ActParams, evaluate_quality, quantize_weights, sample
 from thermojax.markov import MarkovMetrics, markov_metrics
 from thermojax.models import load_model
 from thermojax.patterns import analyze_violations, detect_patterns, interpret, severity_label
 from thermojax.results import (
+    BaselineSection,
+    EnhancementSection,
     LayerResult,
+    MetricsView,
+    OptimizationSection,
+    PhasesSection,
     QualitySection,
     Result,
     SamplePreview,
@@ -47,7 +60,15 @@ from thermojax.results import (
 )
 from thermojax.timegroups import group_activation_params, group_ranges, uniform_edges
 
-__all__ = ["OUTPUT_FILES", "STAGES", "build_result", "run", "write_outputs"]
+__all__ = [
+    "OUTPUT_FILES",
+    "PHASE_FILES",
+    "STAGES",
+    "build_result",
+    "run",
+    "stage_names",
+    "write_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +81,23 @@ STAGES = (
     "sample quantized",
     "evaluate quality",
 )
-"""The stages ``run`` reports to its ``progress`` callback, in order."""
+"""The stages of a baseline run, in order (an enhanced run adds stages: :func:`stage_names`)."""
+
+ENHANCE_STAGE = "enhance parameters"
+SAMPLE_ENHANCED_STAGE = "sample enhanced"
+PHASES_STAGE = "phase experiment"
+
+
+def stage_names(config: BaselineConfig) -> tuple[str, ...]:
+    """The stages ``run(config)`` reports to its ``progress`` callback, in order."""
+    names = list(STAGES)
+    if config.enhanced:
+        names.insert(names.index("sample fp32"), ENHANCE_STAGE)
+        names.insert(names.index("evaluate quality"), SAMPLE_ENHANCED_STAGE)
+    if config.phases.enabled:
+        names.append(PHASES_STAGE)
+    return tuple(names)
+
 
 OUTPUT_FILES = {
     "json": "baseline_metrics.json",
@@ -68,6 +105,9 @@ OUTPUT_FILES = {
     "samples": "samples.npz",
 }
 """What :func:`write_outputs` writes into the output folder (the CLI adds the log)."""
+
+PHASE_FILES = {"json": "phases.json", "csv": "phases.csv", "runs": "phases"}
+"""The phase table's files: ``phases.json``, ``phases.csv``, one record per run in ``phases/``."""
 
 PREVIEW_SAMPLES = 16
 """Samples of each kind kept in the ``Result`` for the report's image grids."""
@@ -79,22 +119,23 @@ ProgressCallback = Callable[[str, int, int], None]
 class _Stages:
     """Times the stages, logs them, and tells the progress callback."""
 
-    def __init__(self, progress: ProgressCallback | None) -> None:
+    def __init__(self, progress: ProgressCallback | None, names: Sequence[str] = STAGES) -> None:
         self.progress = progress
+        self.names = tuple(names)
         self.timings: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        index = STAGES.index(name)
+        index, total = self.names.index(name), len(self.names)
         if self.progress is not None:
-            self.progress(name, index, len(STAGES))
-        log.info("stage %d/%d: %s", index + 1, len(STAGES), name)
+            self.progress(name, index, total)
+        log.info("stage %d/%d: %s", index + 1, total, name)
         start = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - start
         log.info("stage %s took %.2f s", name, self.timings[name])
-        if self.progress is not None and index == len(STAGES) - 1:
-            self.progress("done", len(STAGES), len(STAGES))
+        if self.progress is not None and index == total - 1:
+            self.progress("done", total, total)
 
 
 def run(
@@ -106,17 +147,18 @@ def run(
 
     Args:
         cfg: a :class:`BaselineConfig`, a composed Hydra config or a (partial) mapping.
-        progress: optional ``progress(stage, index, total)`` callback (see ``STAGES``).
+        progress: optional ``progress(stage, index, total)`` callback (see :func:`stage_names`).
 
     Returns:
         The :class:`Result`, with the full sample arrays in ``result.samples``.
 
     Raises:
         UserInputError: an invalid config value, a bad model path, ``num_time_groups`` above the
-            model's timestep count, or a ``group_size`` that does not fit the model.
+            model's timestep count, a smoothing window larger than a group, or a ``group_size``
+            that does not fit the model.
     """
     config = to_config(cfg)
-    stages = _Stages(progress)
+    stages = _Stages(progress, stage_names(config))
     start = time.perf_counter()
     log.info("config: %s", config.to_dict())
 
@@ -126,11 +168,7 @@ def run(
         except UserInputError as exc:
             raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
         num_timesteps = int(model.num_timesteps)
-        if config.num_time_groups > num_timesteps:
-            raise UserInputError(
-                f"num_time_groups={config.num_time_groups}: exceeds the model's "
-                f"{num_timesteps} timesteps"
-            )
+        check_model_limits(config, num_timesteps)
         log.info("model %s: T=%d, layers %s", model.name, num_timesteps, model.layer_names)
 
     with stages("quantize weights"):
@@ -169,6 +207,26 @@ def run(
         )
         scales, zero_points = np.asarray(scales), np.asarray(zero_points)
         log.info("time groups %s", group_ranges(edges))
+    enhanced = None
+    if config.enhanced:
+        from thermojax.phases import compute_parameters, config_variant
+
+        with stages(ENHANCE_STAGE):
+            enhanced = compute_parameters(
+                stats,
+                config_variant(config),
+                num_groups=config.num_time_groups,
+                act_bits=config.act_bits,
+                threshold=config.smoothness_threshold,
+                optimization=config.thermo.optimization,
+            )
+            log.info(
+                "enhanced (%s): smoothness %.4f (baseline %.4f), time groups %s",
+                enhanced.variant.description,
+                float(np.mean(enhanced.metrics.windows.smoothness_score)),
+                float(np.mean(np.asarray(metrics.smoothness_score))),
+                group_ranges(enhanced.edges),
+            )
     quantization_time_s = sum(stages.timings.values())
 
     act_params = ActParams(
@@ -184,36 +242,88 @@ def run(
             num_samples=config.sampling.num_samples,
             seed=config.seed,
         )
+    enhanced_samples = None
+    if enhanced is not None:
+        with stages(SAMPLE_ENHANCED_STAGE):
+            enhanced_samples = sample(
+                model,
+                weights=qweights,
+                act_params=enhanced.act_params(config.act_bits),
+                num_samples=config.sampling.num_samples,
+                seed=config.seed,
+            )
     with stages("evaluate quality"):
         quality = evaluate_quality(model, fp32, quantized, edges, weight_report)
-        log.info(
-            "quality: drift mean %.5f, final MSE %.4f, Frechet fp32 %.3f / quantized %.3f",
-            quality.drift_mean,
-            quality.final_mse,
-            quality.frechet_fp32,
-            quality.frechet_quantized,
-        )
+        _log_quality("baseline" if enhanced is not None else "", quality)
+        enhanced_quality = None
+        if enhanced is not None:
+            enhanced_quality = evaluate_quality(
+                model, fp32, enhanced_samples, enhanced.edges, weight_report
+            )
+            _log_quality("enhanced", enhanced_quality)
+    phases = None
+    if config.phases.enabled:
+        from thermojax.phases import run_phases
 
+        with stages(PHASES_STAGE):
+            phases = run_phases(model, qweights, weight_report, stats, config)
+
+    # The top level describes the parameters the quantized sampler used.
+    used = {
+        "edges": edges,
+        "scales": scales,
+        "zero_points": zero_points,
+        "metrics": metrics,
+        "quality": quality,
+        "quantized_x0": quantized.x0,
+    }
+    if enhanced is not None:
+        used = {
+            "edges": enhanced.edges,
+            "scales": _group_means(enhanced.scales, enhanced.param_edges, enhanced.edges),
+            "zero_points": _group_means(enhanced.zero_points, enhanced.param_edges, enhanced.edges),
+            "metrics": enhanced.metrics.windows,
+            "quality": enhanced_quality,
+            "quantized_x0": enhanced_samples.x0,
+        }
     result = build_result(
         config=config,
         model_name=config.model.name or model.name,
         layer_names=model.layer_names,
-        edges=edges,
-        scales=scales,
-        zero_points=zero_points,
-        metrics=metrics,
+        edges=used["edges"],
+        scales=used["scales"],
+        zero_points=used["zero_points"],
+        metrics=used["metrics"],
         act_min=stats.act_min,
         act_max=stats.act_max,
         layer_cosine=weight_report.layer_cosine,
         model_cosine=weight_report.model_cosine,
         compression_ratio=weight_report.compression_ratio,
         model_size_mb=weight_report.model_size_mb,
-        quality=quality.to_dict(),
+        quality=used["quality"].to_dict(),
         fp32_x0=fp32.x0,
-        quantized_x0=quantized.x0,
+        quantized_x0=used["quantized_x0"],
         quantization_time_s=quantization_time_s,
         timings_s={**stages.timings, "total": time.perf_counter() - start},
     )
+    if enhanced is not None:
+        result = dataclasses.replace(
+            result,
+            baseline=BaselineSection(
+                time_groups=tuple((int(a), int(b)) for a, b in group_ranges(edges)),
+                scales=tuple(float32_list(row) for row in scales),
+                zero_points=tuple(float32_list(row) for row in zero_points),
+                metrics=_metrics_view(metrics),
+                quality=QualitySection.from_dict(quality.to_dict()),
+            ),
+            enhancement=_enhancement_section(config, enhanced),
+            samples={**result.samples, "baseline_quantized": np.asarray(quantized.x0, np.float32)},
+        )
+    if phases is not None:
+        table, records = phases
+        result = dataclasses.replace(
+            result, phases=PhasesSection.from_dict(table), phase_records=tuple(records)
+        )
     _log_details(result)
     log.info(
         "smoothness %.4f (%s), %d violations, cosine %.4f, total %.1f s",
@@ -341,6 +451,80 @@ def build_result(
     )
 
 
+def _log_quality(label: str, quality: Any) -> None:
+    log.info(
+        "quality%s: drift mean %.5f, final MSE %.4f, Frechet fp32 %.3f / quantized %.3f",
+        f" ({label})" if label else "",
+        quality.drift_mean,
+        quality.final_mse,
+        quality.frechet_fp32,
+        quality.frechet_quantized,
+    )
+
+
+def _group_means(params: np.ndarray, param_edges: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each time group's mean of ``[L, S]`` parameters (identity when ``param_edges == edges``)."""
+    per_step = np.repeat(np.asarray(params, np.float64), np.diff(param_edges), axis=1)
+    sums = np.add.reduceat(per_step, np.asarray(edges[:-1]), axis=1)
+    return (sums / np.diff(edges)[None, :]).astype(np.float32)
+
+
+def _metrics_view(metrics: MarkovMetrics) -> MetricsView:
+    """Model-level summary of per-layer metrics ``[L, G - 1]``, defined as for the top level."""
+    metrics = jax.tree_util.tree_map(np.asarray, metrics)
+    scores = np.asarray(metrics.boundary_scores, np.float64)
+    return MetricsView(
+        smoothness_score=float(np.mean(metrics.smoothness_score)),
+        violation_count=int(np.sum(metrics.violations)),
+        boundary_scores=tuple(float(v) for v in scores.reshape(scores.shape[0], -1).mean(0)),
+        scale_jumps=tuple(float32_list(row) for row in metrics.scale_jumps),
+    )
+
+
+def _enhancement_section(config: BaselineConfig, enhanced: Any) -> EnhancementSection:
+    variant = enhanced.variant
+    opt = enhanced.optimization
+    optimization = None
+    if opt is not None:
+        optimization = OptimizationSection(
+            target="timesteps" if variant.per_timestep else "groups",
+            settings={
+                **dataclasses.asdict(config.thermo.optimization),
+                "markov_weight": variant.markov_weight,
+            },
+            iterations=tuple(int(i) for i in opt.iterations),
+            converged=tuple(bool(c) for c in opt.converged),
+            initial_loss=float32_list(opt.initial_loss),
+            final_loss=float32_list(opt.final_loss),
+            quant_error_before=float32_list(opt.quant_error_before),
+            quant_error_after=float32_list(opt.quant_error_after),
+            markov_penalty_before=float32_list(opt.markov_penalty_before),
+            markov_penalty_after=float32_list(opt.markov_penalty_after),
+            loss_history=tuple(
+                float32_list(history[:steps])
+                for history, steps in zip(opt.loss_history, opt.iterations, strict=True)
+            ),
+        )
+    schedule = variant.per_timestep
+    return EnhancementSection(
+        description=variant.description,
+        strategy=variant.strategy,
+        lam=float(variant.lam),
+        smoothing=dataclasses.asdict(variant.smoothing) if variant.smoothing else None,
+        per_timestep=schedule,
+        schedule_scales=tuple(float32_list(r) for r in enhanced.scales) if schedule else None,
+        schedule_zero_points=(
+            tuple(float32_list(r) for r in enhanced.zero_points) if schedule else None
+        ),
+        group_view=_metrics_view(enhanced.metrics.groups),
+        max_step_scale_jump=float32_list(
+            np.max(enhanced.metrics.steps.scale_jumps, axis=-1, initial=0.0)
+        ),
+        optimization=optimization,
+        parameter_time_s=float(enhanced.seconds),
+    )
+
+
 def _log_details(result: Result) -> None:
     """Per-layer parameters, violations, patterns and interpretation, for the run log."""
     for layer in result.layers:
@@ -369,6 +553,82 @@ def _log_details(result: Result) -> None:
         log.info("recommended: %s", action)
 
 
+def _write_phases(result: Result, out: Path) -> dict[str, Path]:
+    """The phase table as JSON and CSV, and the per-run records (each file atomic)."""
+    from thermojax.phases import record_file_name
+
+    table = result.phases.to_dict()
+    paths = {
+        "phases_json": atomic_write_bytes(
+            out / PHASE_FILES["json"],
+            (json.dumps(table, indent=2, allow_nan=False) + "\n").encode("utf-8"),
+        )
+    }
+    paths["phases_csv"] = atomic_write_bytes(
+        out / PHASE_FILES["csv"], _phases_csv(result.phases).encode("utf-8")
+    )
+    if result.phase_records is not None:
+        runs = out / PHASE_FILES["runs"]
+        for record in result.phase_records:
+            name = record_file_name(record["index"], record["variant"], record["seed"])
+            text = json.dumps(_json_ready(record), indent=1, allow_nan=False) + "\n"
+            atomic_write_bytes(runs / name, text.encode("utf-8"))
+        paths["phases_runs"] = runs
+    return paths
+
+
+_CSV_SPREADS = (
+    "smoothness_score",
+    "violation_count",
+    "drift_mean",
+    "final_mse",
+    "frechet_quantized",
+    "class_coverage_quantized",
+    "sampling_time_s",
+)
+
+
+def _phases_csv(phases: PhasesSection) -> str:
+    """One row per variant: mean and std columns, per-group drift, timings."""
+    groups = len(phases.drift_group_edges) - 1
+    header = ["variant", "phase", "description", "num_seeds"]
+    for name in _CSV_SPREADS:
+        header += [f"{name}_mean", f"{name}_std"]
+    for g in range(groups):
+        header += [f"drift_group{g}_mean", f"drift_group{g}_std"]
+    header += ["param_time_s", "param_extra_s", "param_compile_s", "sampling_ratio", "edges"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in phases.rows:
+        line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
+        for name in _CSV_SPREADS:
+            spread = getattr(row, name)
+            line += [repr(spread.mean), repr(spread.std)]
+        for spread in row.drift_per_group:
+            line += [repr(spread.mean), repr(spread.std)]
+        line += [
+            repr(row.param_time_s),
+            repr(row.param_extra_s),
+            repr(row.param_compile_s),
+            repr(row.sampling_ratio),
+            " ".join(str(e) for e in row.edges),
+        ]
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def _json_ready(value: Any) -> Any:
+    """Non-finite floats as ``null`` (strict JSON), recursively."""
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _preview(x0: np.ndarray) -> tuple[tuple[tuple[float, ...], ...], ...]:
     images = np.asarray(x0, np.float32)[:PREVIEW_SAMPLES]
     return tuple(tuple(float32_list(np.round(row, 3)) for row in image) for image in images)
@@ -389,10 +649,13 @@ def write_outputs(result: Result, out_dir: str | os.PathLike[str]) -> dict[str, 
 
     Each file goes to a temporary name in ``out_dir`` and is renamed into place, so an
     interrupted run never leaves a half-written report. ``samples.npz`` (arrays ``fp32`` and
-    ``quantized``, ``[N, 8, 8]``) is written only when ``result.samples`` is present.
+    ``quantized``, ``[N, 8, 8]``, plus ``baseline_quantized`` for an enhanced run) is written only
+    when ``result.samples`` is present. With a phase table: ``phases.json``, ``phases.csv`` and,
+    when ``result.phase_records`` is present, one JSON record per variant and seed in ``phases/``.
 
     Returns:
-        The written paths keyed ``json``, ``html`` (and ``samples``).
+        The written paths keyed ``json``, ``html`` (and ``samples``, ``phases_json``,
+        ``phases_csv``, ``phases_runs``).
     """
     from thermojax.report import render_report
 
@@ -405,6 +668,8 @@ def write_outputs(result: Result, out_dir: str | os.PathLike[str]) -> dict[str, 
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in result.samples.items()})
         paths["samples"] = atomic_write_bytes(out / OUTPUT_FILES["samples"], buffer.getvalue())
+    if result.phases is not None:
+        paths.update(_write_phases(result, out))
     for kind, path in paths.items():
         log.info("wrote %s: %s", kind, path)
     return paths
