@@ -210,7 +210,7 @@ def second_run(shared):
 
 
 def without_run_details(data: dict) -> dict:
-    skip = {"timings_s", "quantization_time_s", "environment"}
+    skip = {"timings_s", "quantization_time_s", "environment", "cache"}
     config = {k: v for k, v in data["config"].items() if k != "wandb"}
     return {**{k: v for k, v in data.items() if k not in skip}, "config": config}
 

@@ -36,7 +36,6 @@ import numpy as np
 from omegaconf import DictConfig
 
 import thermojax
-from thermojax.calibrate import calibrate
 from thermojax.config import BaselineConfig, check_model_limits, to_config
 from thermojax.errors import UserInputError
 from thermojax.evaluate import ActParams, evaluate_quality, quantize_weights, sample
@@ -58,6 +57,7 @@ from thermojax.results import (
     float32_list,
     write_result,
 )
+from thermojax.stage_cache import StageCache, sample_and_evaluate
 from thermojax.timegroups import group_activation_params, group_ranges, uniform_edges
 
 __all__ = [
@@ -184,14 +184,11 @@ def run(
         )
 
     with stages("calibrate"):
-        stats = calibrate(
-            model,
-            bit_width=config.bit_width,
-            group_size=config.group_size,
-            num_samples=config.calibration.samples,
-            seed=config.seed,
-            samples_per_step=config.calibration.samples_per_step,
-        )
+        # Calibration, fp32 samples and quantized quality are shared by the jobs of a sweep
+        # (and later runs) through the on-disk cache: thermojax.stage_cache says what each
+        # entry depends on.
+        cached = StageCache(model, config.to_dict())
+        stats = cached.calibration(qweights)
 
     with stages("time groups + metrics"):
         edges = uniform_edges(num_timesteps, config.num_time_groups)
@@ -233,14 +230,18 @@ def run(
         scales=scales, zero_points=zero_points, edges=edges, bits=config.act_bits
     )
     with stages("sample fp32"):
-        fp32 = sample(model, num_samples=config.sampling.num_samples, seed=config.seed)
+        fp32 = cached.fp32_samples()
     with stages("sample quantized"):
-        quantized = sample(
-            model,
-            weights=qweights,
-            act_params=act_params,
-            num_samples=config.sampling.num_samples,
-            seed=config.seed,
+        shared = cached.quality(
+            lambda: sample_and_evaluate(
+                model,
+                fp32,
+                qweights=qweights,
+                act_params=act_params,
+                weight_report=weight_report,
+                num_samples=config.sampling.num_samples,
+                seed=config.seed,
+            )
         )
     enhanced_samples = None
     if enhanced is not None:
@@ -253,7 +254,7 @@ def run(
                 seed=config.seed,
             )
     with stages("evaluate quality"):
-        quality = evaluate_quality(model, fp32, quantized, edges, weight_report)
+        quality = shared.quality  # evaluated with the quantized samples (one cache entry)
         _log_quality("baseline" if enhanced is not None else "", quality)
         enhanced_quality = None
         if enhanced is not None:
@@ -275,7 +276,7 @@ def run(
         "zero_points": zero_points,
         "metrics": metrics,
         "quality": quality,
-        "quantized_x0": quantized.x0,
+        "quantized_x0": shared.quantized_x0,
     }
     if enhanced is not None:
         used = {
@@ -317,13 +318,17 @@ def run(
                 quality=QualitySection.from_dict(quality.to_dict()),
             ),
             enhancement=_enhancement_section(config, enhanced),
-            samples={**result.samples, "baseline_quantized": np.asarray(quantized.x0, np.float32)},
+            samples={
+                **result.samples,
+                "baseline_quantized": np.asarray(shared.quantized_x0, np.float32),
+            },
         )
     if phases is not None:
         table, records = phases
         result = dataclasses.replace(
             result, phases=PhasesSection.from_dict(table), phase_records=tuple(records)
         )
+    result = dataclasses.replace(result, cache=dict(cached.record))
     _log_details(result)
     log.info(
         "smoothness %.4f (%s), %d violations, cosine %.4f, total %.1f s",
@@ -662,14 +667,15 @@ def write_outputs(result: Result, out_dir: str | os.PathLike[str]) -> dict[str, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     html = render_report(result)
-    paths = {"json": write_result(result, out / OUTPUT_FILES["json"])}
-    paths["html"] = atomic_write_bytes(out / OUTPUT_FILES["html"], html.encode("utf-8"))
+    paths = {"html": atomic_write_bytes(out / OUTPUT_FILES["html"], html.encode("utf-8"))}
     if result.samples is not None:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in result.samples.items()})
         paths["samples"] = atomic_write_bytes(out / OUTPUT_FILES["samples"], buffer.getvalue())
     if result.phases is not None:
         paths.update(_write_phases(result, out))
+    # The JSON goes last: a sweep's resume takes a parseable report as "this job finished".
+    paths["json"] = write_result(result, out / OUTPUT_FILES["json"])
     for kind, path in paths.items():
         log.info("wrote %s: %s", kind, path)
     return paths

@@ -421,6 +421,7 @@ class Result:
     baseline: BaselineSection | None = None
     enhancement: EnhancementSection | None = None
     phases: PhasesSection | None = None
+    cache: dict[str, str] = dataclasses.field(default_factory=dict)  # stage -> hit/miss
     schema_version: int = SCHEMA_VERSION
     samples: dict[str, np.ndarray] | None = dataclasses.field(
         default=None, compare=False, repr=False, metadata={"json": False}
