@@ -44,6 +44,7 @@ from thermojax.smoothing import smooth_boundaries, smooth_groups
 from thermojax.timegroups import expand_to_timesteps, group_activation_params, uniform_edges
 
 __all__ = [
+    "PAIRED_METRICS",
     "RECORD_METRICS",
     "ParameterSet",
     "Smoothing",
@@ -69,6 +70,12 @@ RECORD_METRICS = (
     "sampling_time_s",
 )
 """Scalar figures of every per-run record that the table summarizes as mean and std over seeds."""
+
+PAIRED_METRICS = ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized")
+"""Quality figures also given as paired differences to the baseline run of the same seed.
+
+Every variant of a seed samples from the same noise, so the seed-to-seed spread is shared; the
+paired difference's spread is the one to compare a change against."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,7 +553,8 @@ def phase_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Each figure of :data:`RECORD_METRICS` becomes ``{"mean", "std"}`` over the variant's seeds
     (sample std, ``ddof=1``), as do the per-group drifts (``drift_per_group``: one per group); the
-    per-timestep drift is averaged over seeds. Timings relative to the ``baseline`` row:
+    per-timestep drift is averaged over seeds. ``paired_delta[m]`` for ``m`` in
+    :data:`PAIRED_METRICS` is the mean and std over seeds of (variant - baseline of the same seed). Timings relative to the ``baseline`` row:
     ``param_extra_s`` (parameter computation, warm, minus the baseline's), ``sampling_ratio``
     (mean quantized sampling time over the baseline's). Rows keep the records' ``edges``.
     """
@@ -570,11 +578,18 @@ def phase_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["drift_per_timestep"] = [
             float(v) for v in np.mean([r["drift_per_timestep"] for r in runs], axis=0)
         ]
+        row["paired_delta"] = {}
         row["param_time_s"] = float(np.mean([r["param_time_s"] for r in runs]))
         row["param_compile_s"] = float(np.mean([r["param_compile_s"] for r in runs]))
         rows.append(row)
     base = next((r for r in rows if r["variant"] == "baseline"), rows[0] if rows else None)
+    base_runs = {r["seed"]: r for r in by_variant.get(base["variant"], [])} if base else {}
     for row in rows:
+        runs = [r for r in by_variant[row["variant"]] if r["seed"] in base_runs]
+        for metric in PAIRED_METRICS:
+            row["paired_delta"][metric] = _mean_std(
+                [r[metric] - base_runs[r["seed"]][metric] for r in runs]
+            )
         row["param_extra_s"] = row["param_time_s"] - base["param_time_s"]
         denominator = base["sampling_time_s"]["mean"]
         row["sampling_ratio"] = (

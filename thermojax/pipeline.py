@@ -594,11 +594,15 @@ _CSV_SPREADS = (
 
 
 def _phases_csv(phases: PhasesSection) -> str:
-    """One row per variant: mean and std columns, per-group drift, timings."""
+    """One row per variant: mean and std columns, paired deltas, per-group drift, timings."""
+    from thermojax.phases import PAIRED_METRICS
+
     groups = len(phases.drift_group_edges) - 1
     header = ["variant", "phase", "description", "num_seeds"]
     for name in _CSV_SPREADS:
         header += [f"{name}_mean", f"{name}_std"]
+    for name in PAIRED_METRICS:
+        header += [f"{name}_paired_delta_mean", f"{name}_paired_delta_std"]
     for g in range(groups):
         header += [f"drift_group{g}_mean", f"drift_group{g}_std"]
     header += ["param_time_s", "param_extra_s", "param_compile_s", "sampling_ratio", "edges"]
@@ -610,6 +614,8 @@ def _phases_csv(phases: PhasesSection) -> str:
         for name in _CSV_SPREADS:
             spread = getattr(row, name)
             line += [repr(spread.mean), repr(spread.std)]
+        for name in PAIRED_METRICS:
+            line += [repr(row.paired_delta[name].mean), repr(row.paired_delta[name].std)]
         for spread in row.drift_per_group:
             line += [repr(spread.mean), repr(spread.std)]
         line += [

@@ -331,7 +331,8 @@ class PhaseRow:
     ``drift_per_group`` is on the uniform groups (comparable across variants);
     ``drift_per_timestep`` is the mean over seeds ``[T]``. ``param_time_s`` is the warm parameter
     computation, ``param_extra_s`` the same minus the baseline's, ``sampling_ratio`` the mean
-    quantized sampling time over the baseline's.
+    quantized sampling time over the baseline's. ``paired_delta`` holds, per quality figure, the
+    mean and std over seeds of (variant - baseline with the same seed's noise).
     """
 
     variant: str
@@ -348,6 +349,7 @@ class PhaseRow:
     sampling_time_s: Spread
     drift_per_group: tuple[Spread, ...]
     drift_per_timestep: tuple[float, ...]
+    paired_delta: dict[str, Spread]
     param_time_s: float
     param_compile_s: float
     param_extra_s: float

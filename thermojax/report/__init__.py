@@ -23,11 +23,13 @@ from thermojax.report.charts import (
     BarChart,
     DigitGrid,
     LineChart,
+    ScatterChart,
     bar_chart,
     digit_grid,
     line_chart,
+    scatter_chart,
 )
-from thermojax.results import Result
+from thermojax.results import PhasesSection, Result
 
 __all__ = ["BAND_COLORS", "SEVERITY_COLORS", "environment", "render_report"]
 
@@ -171,6 +173,145 @@ def _digit_grids(result: Result) -> tuple[DigitGrid, DigitGrid]:
     )
 
 
+def _comparison_rows(result: Result) -> list[dict[str, Any]]:
+    """Baseline beside enhanced: ``label, baseline, enhanced, change, better`` (True/False/None).
+
+    ``better`` says whether the change goes the good way for that figure (higher smoothness,
+    fewer violations, lower error); the figures themselves come from the saved result.
+    """
+    base, q = result.baseline, result.quality
+    bq = base.quality
+    enh = result.enhancement
+    rows = [
+        (
+            "Smoothness score (parameters used)",
+            base.metrics.smoothness_score,
+            result.smoothness_score,
+            4,
+            True,
+        ),
+        ("Violations", base.metrics.violation_count, result.violation_count, 0, False),
+        (
+            "Smoothness score, group-level view",
+            base.metrics.smoothness_score,
+            enh.group_view.smoothness_score,
+            4,
+            True,
+        ),
+        ("Trajectory drift (mean)", bq.drift_mean, q.drift_mean, 5, False),
+        ("Final-sample MSE vs fp32", bq.final_mse, q.final_mse, 4, False),
+        ("Frechet distance to real digits", bq.frechet_quantized, q.frechet_quantized, 3, False),
+        ("Class coverage", bq.class_coverage_quantized, q.class_coverage_quantized, 2, True),
+    ]
+    out = []
+    for label, before, after, digits, higher_is_better in rows:
+        change = after - before
+        finite = math.isfinite(change)
+        out.append(
+            {
+                "label": label,
+                "baseline": _number(float(before), digits) if digits else str(before),
+                "enhanced": _number(float(after), digits) if digits else str(after),
+                "change": (f"{change:+.{digits}f}" if finite else "n/a"),
+                "better": None if not finite or change == 0 else (change > 0) == higher_is_better,
+            }
+        )
+    return out
+
+
+def _loss_chart(result: Result) -> LineChart | None:
+    opt = result.enhancement.optimization if result.enhancement else None
+    if opt is None:
+        return None
+    return line_chart(
+        [
+            (layer.name, np.arange(len(history)), history)
+            for layer, history in zip(result.layers, opt.loss_history, strict=True)
+        ],
+        title="Phase 3 loss per layer (relative to the starting quantization error)",
+        x_label="iteration",
+        y_label="loss",
+        width=1040,
+        height=260,
+    )
+
+
+def _schedule_chart(result: Result) -> LineChart | None:
+    enh = result.enhancement
+    if enh is None or enh.schedule_scales is None:
+        return None
+    t = np.arange(result.num_timesteps)
+    edges = _edges(result)
+    return line_chart(
+        [
+            (layer.name, t, row)
+            for layer, row in zip(result.layers, enh.schedule_scales, strict=True)
+        ],
+        title="Per-timestep activation scale schedule used by the sampler",
+        x_label="timestep t",
+        y_label="scale (log)",
+        v_rules=[(e, f"b{i}") for i, e in enumerate(edges[1:-1])],
+        log_y=True,
+        width=1040,
+        height=280,
+    )
+
+
+_PHASE_COLORS = {
+    "baseline": "#1d2733",
+    "phase 2": "#1f77b4",
+    "phase 2 (groups)": "#17becf",
+    "phase 3": "#d62728",
+    "adaptive": "#2ca02c",
+    "combination": "#9467bd",
+}
+
+
+def _phase_scatter(phases: PhasesSection, metric: str, label: str) -> ScatterChart:
+    """Smoothness against the paired quality change (variant - baseline, same noise)."""
+    return scatter_chart(
+        [
+            (
+                row.variant,
+                row.smoothness_score.mean,
+                row.paired_delta[metric].mean,
+                row.paired_delta[metric].std,
+            )
+            for row in phases.rows
+        ],
+        colors=[_PHASE_COLORS.get(row.phase, "#7f7f7f") for row in phases.rows],
+        title=(
+            f"Smoothness vs {label} change from the baseline, paired by seed "
+            f"(mean +- std over {len(phases.seeds)} seeds)"
+        ),
+        x_label="smoothness score",
+        y_label=label,
+        width=1040,
+        height=360,
+    )
+
+
+def _phase_drift_chart(phases: PhasesSection) -> LineChart:
+    every = max(1, math.ceil(len(phases.rows[0].drift_per_timestep) / 250))
+    return line_chart(
+        [
+            (
+                row.variant,
+                np.arange(0, len(row.drift_per_timestep), every),
+                np.asarray(row.drift_per_timestep)[::every],
+            )
+            for row in phases.rows
+        ],
+        title=f"Trajectory drift per timestep per variant (mean over {len(phases.seeds)} seeds)",
+        x_label="timestep t (the sampler runs T-1 down to 0)",
+        y_label="drift (log)",
+        v_rules=[(e, f"b{i}") for i, e in enumerate(phases.drift_group_edges[1:-1])],
+        log_y=True,
+        width=1040,
+        height=320,
+    )
+
+
 def render_report(result: Result) -> str:
     """Render the full HTML report of ``result`` as one self-contained string."""
     fp32_grid, quantized_grid = _digit_grids(result)
@@ -188,5 +329,19 @@ def render_report(result: Result) -> str:
         config_text=json.dumps(result.config, indent=2, sort_keys=False),
         extra_quality=sorted(
             (k, v) for k, v in result.quality.extra.items() if isinstance(v, int | float)
+        ),
+        comparison=_comparison_rows(result) if result.baseline is not None else [],
+        loss_chart=_loss_chart(result),
+        schedule_chart=_schedule_chart(result),
+        phase_charts=(
+            [
+                _phase_scatter(result.phases, "final_mse", "final-sample MSE"),
+                _phase_scatter(result.phases, "frechet_quantized", "Frechet distance"),
+            ]
+            if result.phases is not None
+            else []
+        ),
+        phase_drift_chart=(
+            _phase_drift_chart(result.phases) if result.phases is not None else None
         ),
     )

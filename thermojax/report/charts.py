@@ -18,10 +18,12 @@ __all__ = [
     "BarChart",
     "DigitGrid",
     "LineChart",
+    "ScatterChart",
     "Series",
     "bar_chart",
     "digit_grid",
     "line_chart",
+    "scatter_chart",
 ]
 
 PALETTE = (
@@ -123,6 +125,33 @@ class LineChart:
     y_ticks: tuple[Tick, ...]
     rules: tuple[Rule, ...]
     legend: tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One labelled point with a vertical error bar from ``y_low`` to ``y_high`` (pixels)."""
+
+    x: float
+    y: float
+    y_low: float
+    y_high: float
+    color: str
+    label: str
+    tooltip: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ScatterChart:
+    """Labelled points over two numeric axes, with x and y ticks."""
+
+    frame: Frame
+    title: str
+    x_label: str
+    y_label: str
+    points: tuple[Point, ...]
+    x_ticks: tuple[Tick, ...]
+    y_ticks: tuple[Tick, ...]
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +395,57 @@ def line_chart(
             for i, (v, label) in enumerate(v_rules)
         ),
         legend=tuple(legend),
+    )
+
+
+def scatter_chart(
+    points: Sequence[tuple[str, float, float, float]],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    colors: Sequence[str] | None = None,
+    width: int = 620,
+    height: int = 340,
+) -> ScatterChart:
+    """Points ``(label, x, y, y_std)`` with error bars ``y +- y_std`` and their labels beside them.
+
+    Non-finite points are left out. Axis limits cover every point and error bar.
+    """
+    frame = _frame(width, height)
+    kept = [
+        (i, label, float(x), float(y), float(err) if math.isfinite(err) else 0.0)
+        for i, (label, x, y, err) in enumerate(points)
+        if math.isfinite(x) and math.isfinite(y)
+    ]
+    xs = [x for _, _, x, _, _ in kept] or [0.0, 1.0]
+    lows = [y - e for *_, y, e in kept] or [0.0]
+    highs = [y + e for *_, y, e in kept] or [1.0]
+    x_ticks = nice_ticks(min(xs), max(xs))
+    y_ticks = nice_ticks(min(lows), max(highs))
+    x = _Scale(x_ticks[0], x_ticks[-1], frame.left, frame.right)
+    y = _Scale(y_ticks[0], y_ticks[-1], frame.bottom, frame.top)
+    colors = list(colors) if colors is not None else list(PALETTE)
+    drawn = tuple(
+        Point(
+            x=float(x(px)),
+            y=float(y(py)),
+            y_low=float(y(py - err)),
+            y_high=float(y(py + err)),
+            color=colors[i % len(colors)],
+            label=label,
+            tooltip=f"{label}: {x_label} {px:.4g}, {y_label} {py:.4g} +- {err:.2g}",
+        )
+        for i, label, px, py, err in kept
+    )
+    return ScatterChart(
+        frame=frame,
+        title=title,
+        x_label=x_label,
+        y_label=y_label,
+        points=drawn,
+        x_ticks=tuple(Tick(float(x(v)), _fmt(v)) for v in x_ticks),
+        y_ticks=tuple(Tick(float(y(v)), _fmt(v)) for v in y_ticks),
     )
 
 
