@@ -131,3 +131,40 @@ def test_a_failing_wandb_is_a_warning_not_an_error(tmp_path, caplog):
         tracker.finish()
     assert "W&B init failed" in caplog.text and "local outputs are kept" in caplog.text
     assert report.read_text() == "kept"
+
+
+def test_runs_of_a_sweep_share_a_group_named_after_it(tmp_path):
+    result = make_result(num_layers=2, num_groups=2)
+    sweep = {
+        "name": "smoke",
+        "preset": "smoke",
+        "dir": str(tmp_path / "sweep"),
+        "job_num": 3,
+        "overrides": ["sweep=smoke", "bit_width=4", "num_time_groups=2"],
+    }
+    groups = {}
+    for group, out in ((None, tmp_path / "a"), ("mine", tmp_path / "b")):
+        tracker = make_tracker(
+            WandbConfig(mode="offline", group=group),
+            run_dir=out,
+            name="3",
+            config=result.config,
+            sweep=sweep,
+        )
+        tracker.log(result, {})
+        tracker.finish()
+        summary, records = inspect_run(offline_run_dir(out))
+        groups[group] = summary
+        (run,) = [r["run"] for r in records if r["type"] == "run"]
+        assert run["run_group"] == (group or "smoke") and run["display_name"] == "smoke-3"
+    config = groups[None]["config"]
+    assert config["bit_width"] == result.bit_width  # the swept keys, comparable in the W&B UI
+    assert config["sweep"]["overrides"] == sweep["overrides"] and config["sweep"]["job_num"] == 3
+
+
+def test_outside_a_sweep_the_group_is_left_alone(tmp_path):
+    tracker = make_tracker(WandbConfig(mode="offline"), run_dir=tmp_path, name="single")
+    tracker.finish()
+    summary, records = inspect_run(offline_run_dir(tmp_path))
+    (run,) = [r["run"] for r in records if r["type"] == "run"]
+    assert not run.get("run_group") and "sweep" not in summary.get("config", {})

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ __all__ = [
     "layer_rows",
     "make_tracker",
     "summary_metrics",
+    "sweep_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -204,14 +206,56 @@ class WandbTracker:
             self._failed("finish", exc)
 
 
+def sweep_context() -> dict[str, Any] | None:
+    """The Hydra multirun this process runs a job of, or ``None`` (a single run, no Hydra).
+
+    Returns:
+        ``{"name", "preset", "dir", "job_num", "overrides"}``: ``name`` is the sweep preset
+        (``sweep=NAME``) when one was chosen, else the sweep folder's name; ``overrides`` are the
+        job's own (``bit_width=2`` ...).
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # tracking works without Hydra installed
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)).absolute()
+    preset = hydra_cfg.runtime.choices.get("sweep")
+    return {
+        "name": str(preset) if preset else sweep_dir.name,
+        "preset": str(preset) if preset else None,
+        "dir": str(sweep_dir),
+        "job_num": int(hydra_cfg.job.num),
+        "overrides": [str(o) for o in hydra_cfg.overrides.task],
+    }
+
+
 def make_tracker(
     settings: WandbConfig,
     *,
     run_dir: str | os.PathLike[str],
     name: str,
     config: Mapping[str, Any] | None = None,
+    sweep: Mapping[str, Any] | None = None,
 ) -> Tracker:
-    """A :class:`WandbTracker`, or a :class:`NullTracker` for ``mode="disabled"``."""
+    """A :class:`WandbTracker`, or a :class:`NullTracker` for ``mode="disabled"``.
+
+    Inside a sweep (``sweep``, default :func:`sweep_context`), every run of the sweep joins one
+    W&B group named after it when ``settings.group`` is unset, and the run config gets a
+    ``sweep`` entry (name, folder, job number, the job's overrides) beside the swept keys, so
+    the W&B UI groups and compares the sweep's runs; the run is named ``<sweep>-<job number>``.
+    """
     if settings.mode == "disabled":
         return NullTracker()
+    sweep = sweep_context() if sweep is None else sweep
+    if sweep:
+        if settings.group is None:
+            settings = dataclasses.replace(settings, group=str(sweep["name"]))
+        config = {**dict(config or {}), "sweep": dict(sweep)}
+        name = f"{sweep['name']}-{sweep['job_num']}"
     return WandbTracker(settings, run_dir=run_dir, name=name, config=config)
