@@ -169,6 +169,10 @@ def run(
             raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
         num_timesteps = int(model.num_timesteps)
         check_model_limits(config, num_timesteps)
+        if config.phases.enabled:
+            from thermojax.phases import build_variants
+
+            build_variants(config)  # an unknown phases.variants name fails before any work
         log.info("model %s: T=%d, layers %s", model.name, num_timesteps, model.layer_names)
 
     with stages("quantize weights"):
