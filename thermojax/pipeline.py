@@ -481,9 +481,10 @@ def _group_means(params: np.ndarray, param_edges: np.ndarray, edges: np.ndarray)
 def _metrics_view(metrics: MarkovMetrics) -> MetricsView:
     """Model-level summary of per-layer metrics ``[L, G - 1]``, defined as for the top level."""
     metrics = jax.tree_util.tree_map(np.asarray, metrics)
-    scores = np.asarray(metrics.boundary_scores, np.float64)
+    # From the float32 values as written to the JSON, exactly as build_result does.
+    scores = np.array([float32_list(row) for row in metrics.boundary_scores], np.float64)
     return MetricsView(
-        smoothness_score=float(np.mean(metrics.smoothness_score)),
+        smoothness_score=float(np.mean(float32_list(metrics.smoothness_score))),
         violation_count=int(np.sum(metrics.violations)),
         boundary_scores=tuple(float(v) for v in scores.reshape(scores.shape[0], -1).mean(0)),
         scale_jumps=tuple(float32_list(row) for row in metrics.scale_jumps),
