@@ -155,6 +155,17 @@ def job_is_complete(job_dir: Path, report_file: str, overrides: Sequence[str]) -
         return False
 
 
+def _remove_leftover_temporaries(job_dir: Path) -> None:
+    """Delete the temporaries (``.NAME.*.tmp``) of atomic writes that a killed attempt left.
+
+    Called while planning, before any job of this sweep starts, so no writer owns them.
+    """
+    for leftover in job_dir.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            leftover.unlink()
+            log.info("removed %s, left by an interrupted attempt", leftover)
+
+
 def _write_failure(
     job: _PlannedJob, failure_file: str, error: JobFailed, *, worker_died: bool
 ) -> Path:
@@ -482,6 +493,7 @@ def _launch(
     results: dict[int, JobReturn] = {}
     to_run = []
     for job in planned:
+        _remove_leftover_temporaries(job.job_dir)
         if settings.resume and job_is_complete(job.job_dir, settings.report_file, job.overrides):
             log.info(
                 "#%d %s: complete report found, skipped",
