@@ -28,6 +28,7 @@ from thermojax.phases import (
     compute_parameters,
     config_variant,
     phase_table,
+    record_file_name,
 )
 from thermojax.timegroups import group_activation_params, uniform_edges
 
@@ -150,6 +151,13 @@ def test_adaptive_window_larger_than_a_group_is_a_user_error(stats):
     )
     with pytest.raises(UserInputError, match="thermo.smoothing.window=12: larger than a group"):
         compute(stats, variant, num_groups=6)
+
+
+def test_record_file_names_are_safe_and_distinct():
+    names = {record_file_name(i, v, s) for i, v in enumerate(["a+b", "a b", "a/b"]) for s in (0, 1)}
+    assert len(names) == 6
+    assert all("/" not in n and " " not in n and "+" not in n for n in names)
+    assert record_file_name(4, "adaptive+smooth", 1) == "04-adaptive_smooth-seed1.json"
 
 
 def test_variants_from_config_and_unknown_names():
@@ -338,5 +346,5 @@ def test_phase_records_are_complete_json(phase_run):
         record = json.loads(path.read_text())
         assert len(record["drift_per_timestep"]) == 1000
         assert len(record["drift_per_group"]) == 4
-        assert record["variant"] in path.name and f"seed{record['seed']}" in path.name
+        assert path.name == record_file_name(record["index"], record["variant"], record["seed"])
     assert not list(phase_run.rglob(".*.tmp"))  # atomic writes left no temp files
