@@ -43,8 +43,8 @@ bench: install
 	$(PY) benchmarks/bench_quant.py
 
 lint: install
-	$(PY) -m ruff check thermojax tests benchmarks
-	$(PY) -m ruff format --check thermojax tests benchmarks
+	$(PY) -m ruff check thermojax tests benchmarks hydra_plugins
+	$(PY) -m ruff format --check thermojax tests benchmarks hydra_plugins
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -198,3 +200,20 @@ def test_mismatched_act_params_are_rejected(model):
     bad = ActParams(np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32), [0, 1, 2, 1000], 8)
     with pytest.raises(ValueError, match="L=6"):
         sample(model, act_params=bad, num_samples=2)
+
+
+def test_real_digits_are_scikit_learns_without_importing_it():
+    from sklearn.datasets import load_digits
+
+    from thermojax.models.classifier import load_real_digits
+
+    pixels, labels = load_real_digits()
+    data = load_digits()
+    np.testing.assert_array_equal(pixels, data.images.astype(np.float32))
+    np.testing.assert_array_equal(labels, data.target)
+    assert pixels.dtype == np.float32 and labels.dtype == np.int32
+    # Importing sklearn (scipy.stats with it) costs ~2 s of every run; the data file suffices.
+    probe = "import sys; from thermojax.models.classifier import load_real_digits as f; f(); "
+    probe += "print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
