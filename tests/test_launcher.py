@@ -6,6 +6,7 @@ own session (``start_new_session``) so the test can find and stop exactly the pr
 started, including Ray processes that outlive a killed driver.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -14,13 +15,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import psutil
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.thermojax_ray_launcher._core import JOB_RECORD, _short_temp_dir, job_is_complete
+from hydra_plugins.thermojax_ray_launcher._core import (
+    JOB_RECORD,
+    _short_temp_dir,
+    job_is_complete,
+    submission_order,
+)
 
 APP = Path(__file__).parent / "fixtures" / "launcher_app" / "app.py"
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
@@ -280,3 +287,23 @@ def test_job_that_could_never_be_scheduled_is_refused_in_one_line(tmp_path, shor
     assert code == 1
     assert "each job asks for 4 TPU (hydra.launcher.resources_per_job.TPU)" in out
     assert "Traceback" not in out
+
+
+def test_submission_order_puts_jobs_that_differ_early_side_by_side():
+    grid = [(b, g, t) for b in (2, 4) for g in (2, 4, 8) for t in (0.1, 0.3)]  # Hydra's order
+    jobs = [
+        types.SimpleNamespace(overrides=[f"b={b}", f"g={g}", f"t={t}"], key=(b, g, t))
+        for b, g, t in grid
+    ]
+    order = [job.key for job in submission_order(jobs)]
+    assert sorted(order) == sorted(grid)  # a permutation: every job once
+    assert order[:6] == [
+        (2, 2, 0.1),
+        (4, 2, 0.1),
+        (2, 4, 0.1),
+        (4, 4, 0.1),
+        (2, 8, 0.1),
+        (4, 8, 0.1),
+    ]
+    # Neighbours never differ only in the last key (the threshold variants that share a cache).
+    assert all(a[:2] != b[:2] for a, b in itertools.pairwise(order))

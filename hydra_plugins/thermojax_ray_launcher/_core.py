@@ -418,6 +418,26 @@ def _labels(planned: list[_PlannedJob]) -> dict[int, str]:
     }
 
 
+def submission_order(jobs: Sequence[Any]) -> list[Any]:
+    """The jobs (anything with ``overrides``) reordered so that neighbours differ early.
+
+    Hydra's sweeper varies the last swept key fastest, so neighbouring jobs usually differ only
+    in it; in a sweep whose jobs share cached stages (the baseline's threshold variants share
+    calibration, samples and quality), two workers that start neighbours at the same time would
+    compute one entry while the other waits for it. Submitting in reverse-lexicographic order of
+    the override values (the first key fastest) makes jobs that run side by side need different
+    entries. Ray starts tasks roughly in submission order; results stay in job order.
+    """
+    first_seen: dict[tuple[int, str], int] = {}
+    ranks = []
+    for job in jobs:
+        rank = []
+        for position, override in enumerate(job.overrides):
+            rank.append(first_seen.setdefault((position, override), len(first_seen)))
+        ranks.append(tuple(reversed(rank)))
+    return [job for _, job in sorted(zip(ranks, jobs, strict=True), key=lambda pair: pair[0])]
+
+
 def _skipped_return(job: _PlannedJob) -> JobReturn:
     ret = JobReturn()
     ret.overrides = job.overrides
@@ -536,7 +556,7 @@ def _launch(
             started = time.monotonic()
             pending = {
                 remote_job.remote(shared, job.config, driver_node, settings.copy_outputs): job
-                for job in to_run
+                for job in submission_order(to_run)
             }
             finished = 0
             while pending:
