@@ -291,13 +291,39 @@ def _phase_scatter(phases: PhasesSection, metric: str, label: str) -> ScatterCha
     )
 
 
-def _phase_drift_chart(phases: PhasesSection) -> LineChart:
+def _phase_drift_charts(phases: PhasesSection) -> list[LineChart]:
+    """Drift per timestep per variant, and each variant's drift relative to the baseline's."""
     every = max(1, math.ceil(len(phases.rows[0].drift_per_timestep) / 250))
-    return line_chart(
+    base = next((r for r in phases.rows if r.variant == "baseline"), phases.rows[0])
+    base_drift = np.asarray(base.drift_per_timestep, np.float64)[::every]
+    steps = np.arange(0, len(base.drift_per_timestep), every)
+    rules = [(e, f"b{i}") for i, e in enumerate(phases.drift_group_edges[1:-1])]
+    relative = line_chart(
         [
             (
                 row.variant,
-                np.arange(0, len(row.drift_per_timestep), every),
+                steps,
+                np.divide(  # 1 where the baseline has no drift (no NaN in the SVG)
+                    np.asarray(row.drift_per_timestep, np.float64)[::every],
+                    base_drift,
+                    out=np.ones_like(base_drift),
+                    where=base_drift > 0,
+                ),
+            )
+            for row in phases.rows
+        ],
+        title="Trajectory drift per timestep relative to the baseline's (mean over seeds)",
+        x_label="timestep t (the sampler runs T-1 down to 0)",
+        y_label="drift / baseline drift",
+        v_rules=rules,
+        width=1040,
+        height=320,
+    )
+    absolute = line_chart(
+        [
+            (
+                row.variant,
+                steps,
                 np.asarray(row.drift_per_timestep)[::every],
             )
             for row in phases.rows
@@ -305,11 +331,12 @@ def _phase_drift_chart(phases: PhasesSection) -> LineChart:
         title=f"Trajectory drift per timestep per variant (mean over {len(phases.seeds)} seeds)",
         x_label="timestep t (the sampler runs T-1 down to 0)",
         y_label="drift (log)",
-        v_rules=[(e, f"b{i}") for i, e in enumerate(phases.drift_group_edges[1:-1])],
+        v_rules=rules,
         log_y=True,
         width=1040,
         height=320,
     )
+    return [absolute, relative]
 
 
 def render_report(result: Result) -> str:
@@ -341,7 +368,7 @@ def render_report(result: Result) -> str:
             if result.phases is not None
             else []
         ),
-        phase_drift_chart=(
-            _phase_drift_chart(result.phases) if result.phases is not None else None
+        phase_drift_charts=(
+            _phase_drift_charts(result.phases) if result.phases is not None else []
         ),
     )
