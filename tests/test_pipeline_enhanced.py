@@ -252,3 +252,16 @@ def test_report_shows_baseline_beside_enhanced(runs):
     assert "Phase 3 loss per layer" in html  # the loss-history chart
     plain = (runs / "plain" / "baseline_metrics.html").read_text()
     assert "Baseline vs enhanced" not in plain
+
+
+def test_schema_1_files_still_read():
+    from result_samples import make_result
+
+    from thermojax.results import SCHEMA_VERSION, Result
+
+    data = make_result(num_layers=2, num_groups=3, threshold=0.1).to_dict()
+    assert SCHEMA_VERSION == 2 and data["schema_version"] == 2
+    assert not {"baseline", "enhancement", "phases"} & set(data)  # optional, omitted when absent
+    data["schema_version"] = 1
+    old = Result.from_dict(data)
+    assert old.schema_version == 1 and old.baseline is None and old.phases is None
