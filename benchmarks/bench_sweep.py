@@ -1,10 +1,12 @@
 """Wall time of a sweep against one baseline run, side by side, both as a user runs them.
 
-Runs, in this order and each in fresh cache folders (cold: no calibration cache, no JAX
-compilation cache), the single run ``python -m thermojax.baseline bit_width=2 num_time_groups=4``
+Runs, in this order and each in fresh cache folders (cold: no stage cache, no JAX compilation
+cache), the single run ``python -m thermojax.baseline bit_width=2 num_time_groups=4``
 and the multirun ``python -m thermojax.baseline -m sweep=NAME`` on the Ray launcher (embedded
 Ray, started and stopped inside the timed command). The figure of merit is sweep / single
 (issue 5's target for the 36-configuration ``full`` preset: at most 6x on a 2-core machine).
+It also counts, per cached stage (calibration, fp32 samples, quantized quality), how many jobs
+computed the entry and how many found it in the cache.
 
 Usage::
 
@@ -63,8 +65,16 @@ def main() -> None:
             f"{label:<24} {configs:>8} {seconds:>8.1f} {seconds / single:>9.2f} "
             f"{seconds / max(configs, 1):>9.1f}"
         )
+    # What the shared cache saved: per entry, how many jobs computed it and how many hit it.
+    computed: dict[str, list[int]] = {}
+    for path in reports:
+        for entry, status in json.loads(path.read_text()).get("cache", {}).items():
+            computed.setdefault(entry, [0, 0])[status == "hit"] += 1
+    for entry, (misses, hits) in sorted(computed.items()):
+        print(f"  cache {entry:<14} computed {misses:>3}, hit {hits:>3}")
     print(json.dumps({"single_s": single, "sweep_s": rows[1][1], "configs": len(reports),
-                      "ratio": rows[1][1] / single, "cpus": os.cpu_count()}))  # fmt: skip
+                      "ratio": rows[1][1] / single, "cpus": os.cpu_count(),
+                      "load_avg_1m": os.getloadavg()[0]}))  # fmt: skip
     if not args.keep:
         print(f"(outputs in {work}; pass --keep DIR to choose where)")
 
