@@ -345,9 +345,14 @@ def sample(
     bits = 0
     if act_params is not None:
         _check_act_params(model, act_params)
-        scales = jnp.asarray(act_params.scales, jnp.float32)
-        zero_points = jnp.asarray(act_params.zero_points, jnp.float32)
-        edges = jnp.asarray(act_params.edges, jnp.int32)
+        # Each timestep's row, gathered here: the program then sees [L, T] parameters whatever
+        # the number of groups, so one compilation serves every num_time_groups of a sweep.
+        # The sampler picks exactly the values it would pick with group_of(t, edges).
+        num_timesteps = int(model.num_timesteps)
+        group = np.searchsorted(act_params.edges, np.arange(num_timesteps), side="right") - 1
+        scales = jnp.asarray(np.asarray(act_params.scales, np.float32)[:, group])
+        zero_points = jnp.asarray(np.asarray(act_params.zero_points, np.float32)[:, group])
+        edges = jnp.arange(num_timesteps + 1, dtype=jnp.int32)
         bits = int(act_params.bits)
     x0, trajectory = _sample_program(
         model,
