@@ -113,7 +113,7 @@ def stage_progress(console: Console) -> Iterator[ProgressCallback]:
         task = progress.add_task("starting", total=len(STAGES))
 
         def on_stage(stage: str, index: int, total: int) -> None:
-            progress.update(task, completed=index, total=total, description=stage)
+            progress.update(task, completed=index, total=total, description=stage, refresh=True)
 
         try:
             yield on_stage
