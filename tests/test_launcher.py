@@ -307,3 +307,26 @@ def test_submission_order_puts_jobs_that_differ_early_side_by_side():
     ]
     # Neighbours never differ only in the last key (the threshold variants that share a cache).
     assert all(a[:2] != b[:2] for a, b in itertools.pairwise(order))
+
+
+def test_each_job_config_is_composed_once_and_handed_out_as_copies():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.thermojax_ray_launcher._core import compose_each_job_once
+
+    class Loader:
+        calls = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            Loader.calls += 1
+            return OmegaConf.create({"overrides": list(sweep_overrides)})
+
+    loader, master = Loader(), OmegaConf.create({})
+    compose_each_job_once(loader)
+    compose_each_job_once(loader)  # idempotent: no second layer of memo
+    first = loader.load_sweep_config(master_config=master, sweep_overrides=["a=1"])
+    first.overrides.append("edited")
+    second = loader.load_sweep_config(master, ["a=1"])
+    other = loader.load_sweep_config(master, ["a=2"])
+    assert Loader.calls == 2
+    assert list(second.overrides) == ["a=1"] and list(other.overrides) == ["a=2"]

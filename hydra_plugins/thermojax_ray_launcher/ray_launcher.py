@@ -87,9 +87,13 @@ class ThermojaxRayLauncher(Launcher):
         task_function: TaskFunction,
         config: DictConfig,
     ) -> None:
+        from hydra_plugins.thermojax_ray_launcher import _core
+
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        # The sweeper composes each job to validate the batch right after this; keep those.
+        _core.compose_each_job_once(hydra_context.config_loader)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
