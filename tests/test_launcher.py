@@ -330,3 +330,6 @@ def test_each_job_config_is_composed_once_and_handed_out_as_copies():
     other = loader.load_sweep_config(master, ["a=2"])
     assert Loader.calls == 2
     assert list(second.overrides) == ["a=1"] and list(other.overrides) == ["a=2"]
+    # Handed over and forgotten: a third request composes again, nothing is kept.
+    loader.load_sweep_config(master, ["a=1"])
+    assert Loader.calls == 3

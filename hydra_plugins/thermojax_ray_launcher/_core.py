@@ -395,7 +395,9 @@ def compose_each_job_once(config_loader: Any) -> None:
     Hydra's sweeper composes every job's config to validate the batch and throws it away; the
     launcher then needs the same configs (job folders, the config each worker runs). Composing
     costs ~70 ms a job (2.5 s of a 36-job sweep's driver); a copy of the remembered result costs
-    ~3 ms. Each caller gets its own deep copy, so nobody sees another caller's edits.
+    ~3 ms. The first request composes and gets a deep copy; the second gets the remembered
+    config itself and it is forgotten; later ones compose again. So no caller sees another's
+    edits, and nothing stays behind.
     """
     original = config_loader.load_sweep_config
     if getattr(original, "composes_once", False):
@@ -405,8 +407,11 @@ def compose_each_job_once(config_loader: Any) -> None:
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         # The master config object lives for the whole multirun, so its id is a stable key.
         key = (id(master_config), tuple(sweep_overrides))
-        if key not in composed:
-            composed[key] = original(master_config, list(sweep_overrides))
+        if key in composed:
+            # Second (the launcher's) request: hand it over and forget it, so the loader (which
+            # travels to every Ray worker inside the Hydra context) carries no configs along.
+            return composed.pop(key)
+        composed[key] = original(master_config, list(sweep_overrides))
         return copy.deepcopy(composed[key])
 
     load_sweep_config.composes_once = True  # type: ignore[attr-defined]
