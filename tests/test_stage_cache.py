@@ -3,12 +3,14 @@ round-trip, and a second run of the same configuration hits instead of recomputi
 
 import copy
 import dataclasses
+import os
 
 import jax
 import numpy as np
 import pytest
 
 from thermojax.config import BaselineConfig
+from thermojax.errors import UserInputError
 from thermojax.evaluate import Quality, quantize_weights
 from thermojax.models import load_model
 from thermojax.pipeline import run
@@ -145,3 +147,21 @@ def test_calibration_from_the_cache_equals_a_fresh_one(model, tmp_path):
     assert cached.record == {"calibration": "hit"}
     for name in ("act_min", "act_max", "act_mean", "act_std", "act_samples"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(computed, name))
+
+
+def test_a_process_loads_each_checkpoint_once_until_its_files_change(tmp_path):
+    import shutil
+
+    from thermojax.models import SHIPPED_CHECKPOINT
+    from thermojax.stage_cache import load_model_once
+
+    assert load_model_once(None) is load_model_once(None)
+    copy_dir = tmp_path / "ckpt"
+    shutil.copytree(SHIPPED_CHECKPOINT, copy_dir)
+    first = load_model_once(str(copy_dir))
+    assert first is load_model_once(str(copy_dir)) and first is not load_model_once(None)
+    (copy_dir / "model.json").touch()  # a changed (e.g. retrained) checkpoint is read again
+    os.utime(copy_dir / "model.json", ns=(1, 1))
+    assert load_model_once(str(copy_dir)) is not first
+    with pytest.raises(UserInputError, match="nowhere"):
+        load_model_once(str(tmp_path / "nowhere"))

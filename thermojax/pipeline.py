@@ -40,7 +40,6 @@ from thermojax.config import BaselineConfig, check_model_limits, to_config
 from thermojax.errors import UserInputError
 from thermojax.evaluate import ActParams, evaluate_quality, quantize_weights, sample
 from thermojax.markov import MarkovMetrics, markov_metrics
-from thermojax.models import load_model
 from thermojax.patterns import analyze_violations, detect_patterns, interpret, severity_label
 from thermojax.results import (
     BaselineSection,
@@ -57,7 +56,7 @@ from thermojax.results import (
     float32_list,
     write_result,
 )
-from thermojax.stage_cache import StageCache, sample_and_evaluate
+from thermojax.stage_cache import StageCache, load_model_once, sample_and_evaluate
 from thermojax.timegroups import group_activation_params, group_ranges, uniform_edges
 
 __all__ = [
@@ -164,7 +163,7 @@ def run(
 
     with stages("load model"):
         try:
-            model = load_model(config.model.path)
+            model = load_model_once(config.model.path)
         except UserInputError as exc:
             raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
         num_timesteps = int(model.num_timesteps)

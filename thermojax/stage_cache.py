@@ -43,6 +43,7 @@ from thermojax.evaluate import (
     evaluate_quality,
     sample,
 )
+from thermojax.models import SHIPPED_CHECKPOINT, load_model
 from thermojax.models.base import DiffusionModel
 from thermojax.quant import QTensor
 
@@ -52,6 +53,7 @@ __all__ = [
     "SAMPLING_VERSION",
     "QualityEntry",
     "StageCache",
+    "load_model_once",
     "model_fingerprint",
     "reference_fingerprint",
     "sample_and_evaluate",
@@ -73,6 +75,43 @@ QUALITY_INDEPENDENT_KEYS = (
 )
 """Config paths that do not change quantized samples or their quality (only the analysis and
 presentation after them): removed from the config before it is hashed into the quality key."""
+
+
+_LOADED: dict[tuple[Any, ...], DiffusionModel] = {}
+_MAX_LOADED = 4
+
+
+def _checkpoint_state(path: str | os.PathLike[str] | None) -> tuple[Any, ...] | None:
+    """The checkpoint folder and the size and mtime of each file in it; ``None`` if absent."""
+    target = Path(SHIPPED_CHECKPOINT if path is None else path).expanduser().resolve()
+    folder = target if target.is_dir() else target.parent
+    if not target.exists() or not folder.is_dir():
+        return None
+    files = sorted(
+        (entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+        for entry in folder.iterdir()
+        if entry.is_file()
+    )
+    return (str(target), tuple(files))
+
+
+def load_model_once(path: str | os.PathLike[str] | None) -> DiffusionModel:
+    """:func:`thermojax.models.load_model`, remembered in this process while the checkpoint's
+    files are unchanged.
+
+    A Ray worker runs many jobs of a sweep; handing each the same model object keeps JAX's
+    in-process caches of the sampler and calibration programs (keyed by the model, a static
+    argument) and the classifier's real-digit data warm, instead of re-tracing them per job.
+    Errors (a missing path) are raised by ``load_model`` as usual.
+    """
+    state = _checkpoint_state(path)
+    if state is None:
+        return load_model(path)
+    if state not in _LOADED:
+        if len(_LOADED) >= _MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[state] = load_model(path)
+    return _LOADED[state]
 
 
 def _named_arrays(tree: Any, prefix: str) -> dict[str, Any]:
