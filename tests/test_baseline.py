@@ -190,8 +190,12 @@ def test_wandb_offline_run_reads_back(first_run, metrics):
 
 @pytest.fixture(scope="module")
 def second_run(shared):
-    """Same config and seed; W&B online without an API key, so tracking fails for real."""
-    root, home, cache = shared
+    """Same config and seed; W&B online without an API key, so tracking fails for real.
+
+    It gets a cache folder of its own, so it computes calibration, samples and quality afresh
+    instead of reading the first run's entries: determinism is checked on two computations.
+    """
+    root, home, _ = shared
     out = root / "run2"
     proc = baseline(
         [
@@ -203,7 +207,7 @@ def second_run(shared):
             f"hydra.run.dir={out}",
         ],
         cwd=root,
-        env=command_env(home, cache),
+        env=command_env(home, root / "cache-second-run"),
     )
     assert proc.returncode == 0, proc.stderr
     return out, proc
@@ -218,6 +222,7 @@ def without_run_details(data: dict) -> dict:
 def test_same_seed_same_numbers(first_run, second_run, metrics):
     out2, _ = second_run
     again = json.loads((out2 / "baseline_metrics.json").read_text())
+    assert set(again["cache"].values()) == {"miss"}, again["cache"]
     assert without_run_details(again) == without_run_details(metrics)
     out1, _ = first_run
     with np.load(out1 / "samples.npz") as a, np.load(out2 / "samples.npz") as b:
