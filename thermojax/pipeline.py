@@ -659,7 +659,12 @@ def _environment() -> dict[str, str]:
     }
 
 
-def write_outputs(result: Result, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+def write_outputs(
+    result: Result,
+    out_dir: str | os.PathLike[str],
+    *,
+    json_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Path]:
     """Write ``baseline_metrics.json``, ``baseline_metrics.html`` and ``samples.npz``, atomically.
 
     Each file goes to a temporary name in ``out_dir`` and is renamed into place, so an
@@ -667,6 +672,8 @@ def write_outputs(result: Result, out_dir: str | os.PathLike[str]) -> dict[str, 
     ``quantized``, ``[N, 8, 8]``, plus ``baseline_quantized`` for an enhanced run) is written only
     when ``result.samples`` is present. With a phase table: ``phases.json``, ``phases.csv`` and,
     when ``result.phase_records`` is present, one JSON record per variant and seed in ``phases/``.
+    ``json_path`` (default ``out_dir/baseline_metrics.json``) lets the baseline command stage the
+    JSON, the sweep's completion marker, under a temporary name and rename it after the log.
 
     Returns:
         The written paths keyed ``json``, ``html`` (and ``samples``, ``phases_json``,
@@ -685,7 +692,9 @@ def write_outputs(result: Result, out_dir: str | os.PathLike[str]) -> dict[str, 
     if result.phases is not None:
         paths.update(_write_phases(result, out))
     # The JSON goes last: a sweep's resume takes a parseable report as "this job finished".
-    paths["json"] = write_result(result, out / OUTPUT_FILES["json"])
+    paths["json"] = write_result(
+        result, out / OUTPUT_FILES["json"] if json_path is None else json_path
+    )
     for kind, path in paths.items():
         log.info("wrote %s: %s", kind, path)
     return paths
