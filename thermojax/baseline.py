@@ -59,20 +59,28 @@ def enable_compilation_cache() -> Path:
 def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Run the baseline, write every output into ``out_dir``, track it, print a summary.
 
+    ``baseline_metrics.json`` is the completion marker a sweep's resume trusts, so it is renamed
+    into place last: the other outputs, the W&B run (finished) and the log come first, and the
+    JSON waits under a temporary name (``.baseline_metrics.json.pending.tmp``, which the launcher
+    removes on resume). A kill at any point leaves either no JSON (the job reruns) or every
+    output. Every file is written atomically.
+
     On a :class:`UserInputError` (e.g. ``num_time_groups`` above the model's T) nothing is
     written and the error propagates. On any other failure the log is still written, with the
     traceback, and the error propagates.
 
     Returns:
-        The written files keyed ``json``, ``html``, ``samples``, ``log``.
+        The written files keyed ``json``, ``html``, ``samples``, ``log`` (and the phase table's).
     """
     from rich.console import Console
 
-    from thermojax.pipeline import run, write_outputs
+    from thermojax.pipeline import OUTPUT_FILES, run, write_outputs
     from thermojax.runlog import RunLog, print_summary, stage_progress
     from thermojax.tracking import make_tracker
 
     out = Path(out_dir)
+    final_json = out / OUTPUT_FILES["json"]
+    pending_json = out / f".{final_json.name}.pending.tmp"
     console = Console(stderr=True)
     run_log = RunLog()
     with run_log.attached(console):
@@ -81,7 +89,7 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
             log.info("output folder %s; JAX compilation cache %s", out.resolve(), cache)
             with stage_progress(console) as on_stage:
                 result = run(config, progress=on_stage)
-            files = write_outputs(result, out)
+            files = write_outputs(result, out, json_path=pending_json)
             tracker = make_tracker(
                 config.wandb, run_dir=out, name=out.resolve().name, config=result.config
             )
@@ -91,11 +99,15 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
             raise  # nothing written: the caller reports it as one line
         except BaseException:
             log.exception("baseline run failed")
+            pending_json.unlink(missing_ok=True)
             files = {"log": run_log.write(out / LOG_FILE)}
             raise
+        files["json"] = final_json
         files["log"] = out / LOG_FILE
+        log.info("%s goes into place once this log is written", final_json)
         log.info("done")
     run_log.write(out / LOG_FILE)
+    os.replace(pending_json, final_json)  # the completion marker, after everything else
     print_summary(Console(), result, files)
     return files
 
