@@ -29,8 +29,13 @@ __all__ = [
     "Tracker",
     "WandbTracker",
     "boundary_rows",
+    "comparison_metrics",
     "layer_rows",
+    "loss_curve",
     "make_tracker",
+    "optimization_rows",
+    "phase_columns",
+    "phase_rows",
     "summary_metrics",
     "sweep_context",
 ]
@@ -40,6 +45,34 @@ log = logging.getLogger(__name__)
 BOUNDARY_COLUMNS = ["boundary", "t", "score", "violations"]
 LAYER_COLUMNS = ["layer", "smoothness_score", "cosine_similarity", "violations", "scales"]
 VIOLATION_COLUMNS = ["layer", "boundary_idx", "scale_jump", "zero_point_jump", "severity"]
+OPTIMIZATION_COLUMNS = [
+    "layer",
+    "iterations",
+    "converged",
+    "initial_loss",
+    "final_loss",
+    "quant_error_before",
+    "quant_error_after",
+    "markov_penalty_before",
+    "markov_penalty_after",
+]
+PHASE_SPREADS = (
+    "smoothness_score",
+    "violation_count",
+    "drift_mean",
+    "final_mse",
+    "frechet_quantized",
+    "class_coverage_quantized",
+)
+"""The phase table's figures logged as ``<name>_mean`` / ``<name>_std`` columns (as in phases.csv)."""
+COMPARED_QUALITY = ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized")
+REPORT_FILES = {
+    "html": "baseline_metrics.html",
+    "json": "baseline_metrics.json",
+    "phases_json": "phases.json",
+    "phases_csv": "phases.csv",
+}
+"""Files of the ``report`` artifact, by their key in ``files``, under their published names."""
 
 
 class Tracker(Protocol):
@@ -119,11 +152,126 @@ def layer_rows(result: Result) -> list[list[Any]]:
     ]
 
 
+def comparison_metrics(result: Result) -> dict[str, float | int | str]:
+    """Baseline-vs-enhanced and Phase 3 figures of an enhanced run (empty for a plain run).
+
+    ``baseline/*`` are the uniform, unsmoothed parameters' figures from the same calibration and
+    noise, ``enhanced/*`` the parameters the sampler used (the top level), ``delta/*`` enhanced
+    minus baseline; ``optimization/*`` summarize Phase 3 over the layers.
+    """
+    if result.baseline is None or result.enhancement is None:
+        return {}
+    base, enh = result.baseline, result.enhancement
+    metrics: dict[str, Any] = {
+        "baseline/smoothness_score": base.metrics.smoothness_score,
+        "baseline/violation_count": base.metrics.violation_count,
+        "enhanced/smoothness_score": result.smoothness_score,
+        "enhanced/violation_count": result.violation_count,
+        "enhanced/group_view_smoothness_score": enh.group_view.smoothness_score,
+        "enhanced/group_view_violation_count": enh.group_view.violation_count,
+        "delta/smoothness_score": result.smoothness_score - base.metrics.smoothness_score,
+        "delta/violation_count": result.violation_count - base.metrics.violation_count,
+        "enhancement/description": enh.description,
+        "enhancement/strategy": enh.strategy,
+        "enhancement/per_timestep": enh.per_timestep,
+        "enhancement/parameter_time_s": enh.parameter_time_s,
+    }
+    for key in COMPARED_QUALITY:
+        before, after = getattr(base.quality, key), getattr(result.quality, key)
+        metrics[f"baseline/{key}"] = before
+        metrics[f"enhanced/{key}"] = after
+        metrics[f"delta/{key}"] = after - before
+    opt = enh.optimization
+    if opt is not None:
+        layers = max(len(opt.iterations), 1)
+        metrics.update(
+            {
+                "optimization/target": opt.target,
+                "optimization/iterations_max": max(opt.iterations, default=0),
+                "optimization/iterations_mean": sum(opt.iterations) / layers,
+                "optimization/converged_fraction": sum(opt.converged) / layers,
+                "optimization/initial_loss_mean": sum(opt.initial_loss) / layers,
+                "optimization/final_loss_mean": sum(opt.final_loss) / layers,
+                "optimization/quant_error_before_mean": sum(opt.quant_error_before) / layers,
+                "optimization/quant_error_after_mean": sum(opt.quant_error_after) / layers,
+            }
+        )
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def optimization_rows(result: Result) -> list[list[Any]]:
+    """One row per layer of Phase 3's outcome (:data:`OPTIMIZATION_COLUMNS`); empty without it."""
+    opt = result.enhancement.optimization if result.enhancement is not None else None
+    if opt is None:
+        return []
+    names = [layer.name for layer in result.layers]
+    return [
+        list(row)
+        for row in zip(
+            names,
+            opt.iterations,
+            opt.converged,
+            opt.initial_loss,
+            opt.final_loss,
+            opt.quant_error_before,
+            opt.quant_error_after,
+            opt.markov_penalty_before,
+            opt.markov_penalty_after,
+            strict=True,
+        )
+    ]
+
+
+def loss_curve(result: Result) -> list[float]:
+    """Phase 3's loss per iteration, mean over the layers; empty without an optimization.
+
+    A layer that stopped early (converged) keeps its last loss in the later iterations, so every
+    point averages all layers and the curve ends at the mean final loss.
+    """
+    opt = result.enhancement.optimization if result.enhancement is not None else None
+    histories = [h for h in (opt.loss_history if opt is not None else ()) if h]
+    steps = max((len(h) for h in histories), default=0)
+    return [sum(h[min(i, len(h) - 1)] for h in histories) / len(histories) for i in range(steps)]
+
+
+def phase_columns(result: Result) -> list[str]:
+    """Columns of the W&B phase table: names, means and spreads, paired deltas, timings."""
+    if result.phases is None:
+        return []
+    paired = list(result.phases.rows[0].paired_delta) if result.phases.rows else []
+    columns = ["variant", "phase", "description", "num_seeds"]
+    for name in PHASE_SPREADS:
+        columns += [f"{name}_mean", f"{name}_std"]
+    for name in paired:
+        columns += [f"{name}_paired_delta_mean", f"{name}_paired_delta_std"]
+    return [*columns, "param_extra_s", "sampling_ratio"]
+
+
+def phase_rows(result: Result) -> list[list[Any]]:
+    """One row per variant of the phase table, in :func:`phase_columns` order."""
+    if result.phases is None:
+        return []
+    paired = list(result.phases.rows[0].paired_delta) if result.phases.rows else []
+    rows = []
+    for row in result.phases.rows:
+        line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
+        for name in PHASE_SPREADS:
+            spread = getattr(row, name)
+            line += [spread.mean, spread.std]
+        for name in paired:
+            line += [row.paired_delta[name].mean, row.paired_delta[name].std]
+        rows.append([*line, row.param_extra_s, row.sampling_ratio])
+    return rows
+
+
 class WandbTracker:
     """Logs to Weights & Biases; every failure is logged as a warning and stops further calls.
 
     Logs the resolved config (at init), the summary metrics, the per-boundary, per-layer and
-    violation tables, and the HTML (and JSON) report as a ``report`` artifact.
+    violation tables, and the HTML (and JSON) report as a ``report`` artifact. An enhanced run
+    adds the baseline-vs-enhanced figures (:func:`comparison_metrics`), Phase 3's per-layer
+    table and its loss curve (``optimization/loss`` against ``optimization/iteration``); the
+    phase experiment adds the ``phases`` table (one row per variant) and its CSV/JSON files.
     """
 
     def __init__(
@@ -173,28 +321,55 @@ class WandbTracker:
         wandb = self._wandb
         try:
             self.run.summary.update(summary_metrics(result))
+            self.run.summary.update(comparison_metrics(result))
+            if result.phases is not None:
+                self.run.summary.update(
+                    {
+                        "phases/num_variants": len(result.phases.rows),
+                        "phases/num_seeds": len(result.phases.seeds),
+                        "phases/total_time_s": result.phases.total_time_s,
+                    }
+                )
             violations = [
                 [v.layer, v.boundary_idx, v.scale_jump, v.zero_point_jump, v.severity]
                 for v in result.violations
             ]
-            self.run.log(
-                {
-                    "boundaries": wandb.Table(columns=BOUNDARY_COLUMNS, data=boundary_rows(result)),
-                    "layers": wandb.Table(columns=LAYER_COLUMNS, data=layer_rows(result)),
-                    "violations": wandb.Table(columns=VIOLATION_COLUMNS, data=violations),
-                }
-            )
+            tables = {
+                "boundaries": wandb.Table(columns=BOUNDARY_COLUMNS, data=boundary_rows(result)),
+                "layers": wandb.Table(columns=LAYER_COLUMNS, data=layer_rows(result)),
+                "violations": wandb.Table(columns=VIOLATION_COLUMNS, data=violations),
+            }
+            if result.enhancement is not None and result.enhancement.optimization is not None:
+                tables["optimization"] = wandb.Table(
+                    columns=OPTIMIZATION_COLUMNS, data=optimization_rows(result)
+                )
+            if result.phases is not None:
+                tables["phases"] = wandb.Table(
+                    columns=phase_columns(result), data=phase_rows(result)
+                )
+            self.run.log(tables)
+            self._log_loss_curve(loss_curve(result))
             artifact = wandb.Artifact(
                 f"baseline-report-{self.run.id}",
                 type="report",
-                description="baseline_metrics.html and baseline_metrics.json of this run",
+                description="baseline_metrics.html and baseline_metrics.json of this run"
+                + (" with phases.json and phases.csv" if result.phases is not None else ""),
             )
-            for kind in ("html", "json"):
+            for kind, name in REPORT_FILES.items():
                 if kind in files:
-                    artifact.add_file(str(files[kind]), name=Path(files[kind]).name)
+                    artifact.add_file(str(files[kind]), name=name)
             self.run.log_artifact(artifact)
         except Exception as exc:  # noqa: BLE001
             self._failed("logging", exc)
+
+    def _log_loss_curve(self, curve: list[float]) -> None:
+        """One history row per Phase 3 iteration, plotted against ``optimization/iteration``."""
+        if not curve:
+            return
+        self.run.define_metric("optimization/iteration")
+        self.run.define_metric("optimization/loss", step_metric="optimization/iteration")
+        for iteration, loss in enumerate(curve):
+            self.run.log({"optimization/iteration": iteration, "optimization/loss": loss})
 
     def finish(self) -> None:
         """Finish the run (writes the offline run's exit record)."""
