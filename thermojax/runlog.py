@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,10 +32,20 @@ from thermojax.errors import UserInputError
 from thermojax.pipeline import STAGES, ProgressCallback
 from thermojax.results import Result, atomic_write_text
 
-__all__ = ["LOG_FORMAT", "RunLog", "print_summary", "stage_progress"]
+__all__ = [
+    "LOG_FORMAT",
+    "PHASE_ROWS_SHOWN",
+    "RunLog",
+    "comparison_lines",
+    "phase_lines",
+    "print_summary",
+    "stage_progress",
+]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _QUIET_LOGGERS = ("jax", "absl", "urllib3", "wandb", "git", "matplotlib")
+PHASE_ROWS_SHOWN = 6
+"""Variants the console shows besides the baseline (the best by paired Frechet change)."""
 
 
 class RunLog:
@@ -158,6 +169,8 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
     ]
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
+    for line in [*comparison_lines(result), *phase_lines(result, files)]:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     patterns = ", ".join(p.name for p in result.common_violation_patterns) or "none"
     folder = Path(next(iter(files.values()))).parent if files else Path(".")
     for line in (
@@ -166,3 +179,89 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
         f"  outputs: {folder}/",
     ):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def comparison_lines(result: Result) -> list[str]:
+    """Baseline beside enhanced for an enhanced run (nothing for a plain one).
+
+    Example (as printed)::
+
+          enhanced: cubic blend, window 20 timesteps; Phase 3 on the schedule, markov_weight 1
+                        baseline  enhanced
+          smoothness      0.9528    0.9088
+          violations           1         5
+          final MSE       36.475    36.549
+          Frechet        440.865   441.734
+          Phase 3: 4/6 layers converged, at most 40 iterations
+    """
+    if result.baseline is None or result.enhancement is None:
+        return []
+    base = result.baseline
+    rows = [
+        ("smoothness", base.metrics.smoothness_score, result.smoothness_score, ".4f"),
+        ("violations", base.metrics.violation_count, result.violation_count, "d"),
+        ("final MSE", base.quality.final_mse, result.quality.final_mse, ".3f"),
+        ("Frechet", base.quality.frechet_quantized, result.quality.frechet_quantized, ".3f"),
+    ]
+    lines = [
+        f"  enhanced: {result.enhancement.description}",
+        f"  {'':<12}{'baseline':>10}{'enhanced':>10}",
+    ]
+    lines += [f"  {name:<12}{b:>10{fmt}}{e:>10{fmt}}" for name, b, e, fmt in rows]
+    opt = result.enhancement.optimization
+    if opt is not None and opt.iterations:
+        lines.append(
+            f"  Phase 3: {sum(opt.converged)}/{len(opt.converged)} layers converged, "
+            f"at most {max(opt.iterations)} iterations"
+        )
+    return lines
+
+
+def phase_lines(result: Result, files: Mapping[str, Path]) -> list[str]:
+    """A compact top of the phase table (nothing without one) and where ``phases.csv`` is.
+
+    The baseline row, then the :data:`PHASE_ROWS_SHOWN` variants with the lowest mean paired
+    change in Frechet distance (variant minus the same seed's baseline; lower is better).
+    Smoothness and violations are means over the seeds; deltas are ``mean±std`` over the seeds.
+    """
+    if result.phases is None:
+        return []
+    table = result.phases
+    baseline = [row for row in table.rows if row.phase == "baseline"]
+    others = sorted(
+        (row for row in table.rows if row.phase != "baseline"),
+        key=lambda row: _sort_key(row.paired_delta["frechet_quantized"].mean),
+    )
+    shown = [*baseline, *others[:PHASE_ROWS_SHOWN]]
+    width = max([len("variant"), *(len(row.variant) for row in shown)])
+    lines = [
+        (
+            f"  phase table: {len(table.rows)} variants x {len(table.seeds)} seeds, "
+            f"INT{table.bit_width}; baseline and the best {min(PHASE_ROWS_SHOWN, len(others))} "
+            "by paired Δ Frechet (mean±std over seeds)"
+        ),
+        (
+            f"  {'variant':<{width}}  {'smoothness':>10}  {'violations':>10}  "
+            f"{'Δ MSE paired':>15}  {'Δ Frechet paired':>16}"
+        ),
+    ]
+    for row in shown:
+        mse, frechet = row.paired_delta["final_mse"], row.paired_delta["frechet_quantized"]
+        lines.append(
+            f"  {row.variant:<{width}}  {row.smoothness_score.mean:>10.4f}  "
+            f"{row.violation_count.mean:>10.1f}  {_pm(mse.mean, mse.std):>15}  "
+            f"{_pm(frechet.mean, frechet.std):>16}"
+        )
+    if len(shown) < len(table.rows):
+        lines.append(f"  ... {len(table.rows) - len(shown)} more variants")
+    if "phases_csv" in files:
+        lines.append(f"  full phase table: {files['phases_csv']}")
+    return lines
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:+.3f}±{std:.3f}"
+
+
+def _sort_key(value: float) -> float:
+    return float("inf") if math.isnan(value) else value  # NaN sorts last
