@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast baseline system-deps bench lint clean
+.PHONY: install test test-fast baseline system-deps bench bench-sweep lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,14 @@ test-fast: install
 baseline: install
 	$(PY) -m thermojax.baseline bit_width=2 num_time_groups=4
 
+# The benchmarks print tables against a baseline measured in the same run (README: Performance).
 bench: install
 	$(PY) benchmarks/bench_quant.py
+	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_phases.py
+
+bench-sweep: install
+	$(PY) benchmarks/bench_sweep.py --sweep full
 
 lint: install
 	$(PY) -m ruff check thermojax tests benchmarks hydra_plugins
