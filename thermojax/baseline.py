@@ -112,7 +112,19 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
     return files
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def config_dir() -> str:
+    """Where the Hydra configs live.
+
+    ``conf/`` beside the package in a source checkout (what ``make`` installs, editable); a wheel
+    installs a copy under ``<prefix>/share/thermojax/conf`` (pyproject's data-files).
+    """
+    source = Path(__file__).resolve().parent.parent / "conf"
+    if (source / "config.yaml").is_file():
+        return str(source)
+    return str(Path(sys.prefix) / "share" / "thermojax" / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _app(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
