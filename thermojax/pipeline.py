@@ -586,24 +586,13 @@ def _write_phases(result: Result, out: Path) -> dict[str, Path]:
     return paths
 
 
-_CSV_SPREADS = (
-    "smoothness_score",
-    "violation_count",
-    "drift_mean",
-    "final_mse",
-    "frechet_quantized",
-    "class_coverage_quantized",
-    "sampling_time_s",
-)
-
-
 def _phases_csv(phases: PhasesSection) -> str:
     """One row per variant: mean and std columns, paired deltas, per-group drift, timings."""
-    from thermojax.phases import PAIRED_METRICS
+    from thermojax.phases import PAIRED_METRICS, RECORD_METRICS
 
     groups = len(phases.drift_group_edges) - 1
     header = ["variant", "phase", "description", "num_seeds"]
-    for name in _CSV_SPREADS:
+    for name in RECORD_METRICS:
         header += [f"{name}_mean", f"{name}_std"]
     for name in PAIRED_METRICS:
         header += [f"{name}_paired_delta_mean", f"{name}_paired_delta_std"]
@@ -615,7 +604,7 @@ def _phases_csv(phases: PhasesSection) -> str:
     writer.writerow(header)
     for row in phases.rows:
         line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
-        for name in _CSV_SPREADS:
+        for name in RECORD_METRICS:
             spread = getattr(row, name)
             line += [repr(spread.mean), repr(spread.std)]
         for name in PAIRED_METRICS:
