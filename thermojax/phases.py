@@ -39,6 +39,7 @@ from thermojax.calibrate import CalibrationStats
 from thermojax.config import BaselineConfig, OptimizationConfig
 from thermojax.errors import UserInputError
 from thermojax.evaluate import ActParams, WeightReport, evaluate_quality, sample
+from thermojax.results import PHASE_SPREADS
 from thermojax.schedule_metrics import ScheduleMetrics, schedule_metrics
 from thermojax.smoothing import smooth_boundaries, smooth_groups
 from thermojax.timegroups import expand_to_timesteps, group_activation_params, uniform_edges
@@ -60,15 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RECORD_METRICS = (
-    "smoothness_score",
-    "violation_count",
-    "drift_mean",
-    "final_mse",
-    "frechet_quantized",
-    "class_coverage_quantized",
-    "sampling_time_s",
-)
+RECORD_METRICS = PHASE_SPREADS
 """Scalar figures of every per-run record that the table summarizes as mean and std over seeds."""
 
 WARM_REPEATS = 3

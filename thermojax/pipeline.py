@@ -42,6 +42,7 @@ from thermojax.evaluate import ActParams, evaluate_quality, quantize_weights, sa
 from thermojax.markov import MarkovMetrics, markov_metrics
 from thermojax.patterns import analyze_violations, detect_patterns, interpret, severity_label
 from thermojax.results import (
+    PHASE_SPREADS,
     BaselineSection,
     EnhancementSection,
     LayerResult,
@@ -588,11 +589,11 @@ def _write_phases(result: Result, out: Path) -> dict[str, Path]:
 
 def _phases_csv(phases: PhasesSection) -> str:
     """One row per variant: mean and std columns, paired deltas, per-group drift, timings."""
-    from thermojax.phases import PAIRED_METRICS, RECORD_METRICS
+    from thermojax.phases import PAIRED_METRICS
 
     groups = len(phases.drift_group_edges) - 1
     header = ["variant", "phase", "description", "num_seeds"]
-    for name in RECORD_METRICS:
+    for name in PHASE_SPREADS:
         header += [f"{name}_mean", f"{name}_std"]
     for name in PAIRED_METRICS:
         header += [f"{name}_paired_delta_mean", f"{name}_paired_delta_std"]
@@ -604,7 +605,7 @@ def _phases_csv(phases: PhasesSection) -> str:
     writer.writerow(header)
     for row in phases.rows:
         line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
-        for name in RECORD_METRICS:
+        for name in PHASE_SPREADS:
             spread = getattr(row, name)
             line += [repr(spread.mean), repr(spread.std)]
         for name in PAIRED_METRICS:

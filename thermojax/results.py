@@ -324,6 +324,19 @@ class Spread:
     std: float
 
 
+PHASE_SPREADS = (
+    "smoothness_score",
+    "violation_count",
+    "drift_mean",
+    "final_mse",
+    "frechet_quantized",
+    "class_coverage_quantized",
+    "sampling_time_s",
+)
+"""The :class:`PhaseRow` figures that are a :class:`Spread` over seeds: one list for the phase
+table, its CSV and its W&B table."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PhaseRow:
     """One variant of the phase table (figures over the seeds; see :func:`thermojax.phases.phase_table`).

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from thermojax.config import WandbConfig
-from thermojax.results import Result
+from thermojax.results import PHASE_SPREADS, Result
 
 __all__ = [
     "NullTracker",
@@ -56,15 +56,6 @@ OPTIMIZATION_COLUMNS = [
     "markov_penalty_before",
     "markov_penalty_after",
 ]
-PHASE_SPREADS = (
-    "smoothness_score",
-    "violation_count",
-    "drift_mean",
-    "final_mse",
-    "frechet_quantized",
-    "class_coverage_quantized",
-)
-"""The phase table's figures logged as ``<name>_mean`` / ``<name>_std`` columns (as in phases.csv)."""
 COMPARED_QUALITY = ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized")
 REPORT_FILES = {
     "html": "baseline_metrics.html",
