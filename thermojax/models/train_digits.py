@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,15 +180,16 @@ def train(
             "command": "python -m thermojax.models.train_digits",
         }
     }
-    save_checkpoint(
+    save = functools.partial(
+        save_checkpoint,
         out,
         denoiser_config=arch,
         schedule_config=schedule_config,
         denoiser_params=params,
         classifier_config=classifier_arch,
         classifier_params=classifier_params,
-        metadata=metadata,
     )
+    save(metadata=metadata)
     if eval_samples > 0:
         from thermojax.evaluate import sample, sample_quality
 
@@ -195,15 +197,7 @@ def train(
         quality = sample_quality(model, sample(model, num_samples=eval_samples, seed=0).x0)
         metadata["quality"] = {"num_samples": eval_samples, **quality}
         log(f"fp32 sample quality ({eval_samples} samples): {quality}")
-        save_checkpoint(
-            out,
-            denoiser_config=arch,
-            schedule_config=schedule_config,
-            denoiser_params=params,
-            classifier_config=classifier_arch,
-            classifier_params=classifier_params,
-            metadata=metadata,
-        )
+        save(metadata=metadata)  # again, now with the measured quality in model.json
     log(f"wrote {out} in {time.perf_counter() - start:.0f} s (training {train_seconds:.0f} s)")
     return metadata
 
