@@ -49,8 +49,8 @@ bench-sweep: install
 	$(PY) benchmarks/bench_sweep.py --sweep full
 
 lint: install
-	$(PY) -m ruff check thermojax tests benchmarks hydra_plugins
-	$(PY) -m ruff format --check thermojax tests benchmarks hydra_plugins
+	$(PY) -m ruff check thermojax tests benchmarks hydra_plugins tools
+	$(PY) -m ruff format --check thermojax tests benchmarks hydra_plugins tools
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

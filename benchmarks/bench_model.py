@@ -17,17 +17,22 @@ import time
 
 import jax
 
-from thermojax.calibrate import _calibration_program, calibrate
-from thermojax.evaluate import _sample_program, dense_weights, quantize_weights
+from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.models import load_model
-from thermojax.timegroups import group_activation_params, uniform_edges
+from thermojax.pipeline.calibrate import _calibration_program, calibrate
+from thermojax.pipeline.sampling import _sample_program
+from thermojax.pipeline.weights import dense_weights, quantize_weights
 
 
 def _compile(fn, *args, **static) -> tuple[float, object, tuple]:
-    """``(compile seconds, compiled program, its dynamic arguments)`` of a jitted function."""
+    """``(compile seconds, compiled program, its dynamic arguments)`` of a jitted function.
+
+    The model is a pytree argument like the others (its parameters traced), so it is among the
+    arguments the compiled program is called with.
+    """
     start = time.perf_counter()
     compiled = fn.lower(*args, **static).compile()
-    return time.perf_counter() - start, compiled, args[1:]  # the model (first arg) is static
+    return time.perf_counter() - start, compiled, args
 
 
 def _best_runs(programs: dict[str, tuple], repeats: int) -> dict[str, float]:

@@ -26,10 +26,10 @@ import time
 import jax
 import numpy as np
 
-from thermojax.adaptive import adaptive_edges, segmentation_objective
-from thermojax.smoothing import smooth_boundaries, smooth_groups
-from thermojax.timegroups import group_activation_params, uniform_edges
-from thermojax.transition import optimize_transitions
+from thermojax.core.adaptive import adaptive_edges, segmentation_objective
+from thermojax.core.smoothing import smooth_boundaries, smooth_groups
+from thermojax.core.timegroups import group_activation_params, uniform_edges
+from thermojax.core.transition import optimize_transitions
 
 
 def best_time(fn, repeats: int, number: int = 1) -> tuple[float, float, object]:
@@ -207,8 +207,8 @@ def activation_data(synthetic: bool, bits: int):
         amp = np.exp(np.linspace(0, 2, 1000))[None, :, None] * rng.uniform(0.5, 2, (8, 1, 1))
         samples = ((rng.normal(size=(8, 1000, 64)) + 0.3) * amp).astype(np.float32)
         return "synthetic", samples, samples.min(axis=2), samples.max(axis=2)
-    from thermojax.calibrate import calibrate
     from thermojax.models import load_model
+    from thermojax.pipeline.calibrate import calibrate
 
     model = load_model()
     stats = calibrate(model, bit_width=bits, num_samples=64, samples_per_step=64)

@@ -12,7 +12,7 @@ kernel, repeated) and the best of N is kept, so all figures see the same machine
 ratios, the absolute numbers move with whatever else the machine runs.
 
 Markov metrics: one jitted ``markov_metrics`` call over 10,000 layers x 64 groups x 16 thresholds
-vs a Python loop over thresholds and layers (numpy per chain, as the seed's validator did).
+vs a Python loop over thresholds and layers (numpy per chain, as ArrowQuant V2's validator did).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from thermojax import markov_metrics, quantize
-from thermojax.quant import _quantize_grouped
+from thermojax.core.quant import _quantize_grouped
 
 
 def numpy_quantize(x: np.ndarray, bits: int, group_size: int):

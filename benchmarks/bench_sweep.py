@@ -4,7 +4,7 @@ Runs, in this order and each in fresh cache folders (cold: no stage cache, no JA
 cache), the single run ``python -m thermojax.baseline bit_width=2 num_time_groups=4``
 and the multirun ``python -m thermojax.baseline -m sweep=NAME`` on the Ray launcher (embedded
 Ray, started and stopped inside the timed command). The figure of merit is sweep / single
-(issue 5's target for the 36-configuration ``full`` preset: at most 6x on a 2-core machine).
+(the target for the 36-configuration ``full`` preset: at most 6x on a 2-core machine).
 It also counts, per cached stage (calibration, fp32 samples, quantized quality), how many jobs
 computed the entry and how many found it in the cache.
 
@@ -33,7 +33,7 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", default="full", help="sweep preset (sweeps/NAME.yaml)")
+    parser.add_argument("--sweep", default="full", help="sweep preset (conf/sweep/NAME.yaml)")
     parser.add_argument("--wandb", default="offline", choices=["offline", "disabled"])
     parser.add_argument("--keep", help="keep the outputs in this folder")
     args = parser.parse_args()

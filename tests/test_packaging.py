@@ -24,11 +24,9 @@ def test_wheel_ships_configs_presets_checkpoint_and_templates(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
 
     data = "thermojax-0.1.0.data/data/share/thermojax/conf/"
-    assert (REPO / "conf" / "sweep").resolve() == (REPO / "sweeps").resolve()
     configs = {p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
-    presets = {f"sweep/{p.name}" for p in (REPO / "sweeps").glob("*.yaml")}
-    assert presets
-    assert {data + name for name in configs | presets} <= names
+    assert {"config.yaml", "sweep/smoke.yaml", "sweep/full.yaml"} <= configs
+    assert {data + name for name in configs} <= names
 
     package = {p.relative_to(REPO).as_posix() for p in (REPO / "thermojax").rglob("*")}
     shipped = {
@@ -43,6 +41,6 @@ def test_wheel_ships_configs_presets_checkpoint_and_templates(tmp_path):
 
 
 def test_config_dir_is_the_source_checkout_here():
-    from thermojax.baseline import config_dir
+    from thermojax.cli.baseline import config_dir
 
     assert Path(config_dir()) == REPO / "conf"

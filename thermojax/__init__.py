@@ -1,15 +1,20 @@
 """thermojax: time-group-aware quantization of diffusion models in JAX.
 
-The names here are the pure-JAX core (quantization kernels, time groups, Markov smoothness
-metrics). The pipeline (models, calibration, evaluation, reports) lives in submodules and is
-imported explicitly, so ``import thermojax`` stays light: no Hydra, Ray, W&B, Jinja2 or Flax models.
+The names here are the pure-JAX core (:mod:`thermojax.core`: quantization kernels, time groups,
+Markov smoothness metrics, smoothing, adaptive groups, transition optimization). The other rings
+are imported explicitly, so ``import thermojax`` stays light (no Hydra, Ray, W&B, Jinja2 or Flax):
+
+- :mod:`thermojax.models`: the model protocol, the model families and their checkpoints;
+- :mod:`thermojax.pipeline`: settings in, a typed ``Result`` out (``run``);
+- :mod:`thermojax.report`: the HTML report and the comparison page, from a saved ``Result``;
+- :mod:`thermojax.cli`: the commands (Hydra, rich, W&B, Ray).
 """
 
 from typing import Any
 
-from thermojax.adaptive import adaptive_edges, segmentation_objective
-from thermojax.markov import MarkovMetrics, markov_metrics
-from thermojax.quant import (
+from thermojax.core.adaptive import adaptive_edges, segmentation_objective
+from thermojax.core.markov import MarkovMetrics, markov_metrics
+from thermojax.core.quant import (
     QTensor,
     activation_params,
     cosine_similarity,
@@ -22,9 +27,9 @@ from thermojax.quant import (
     sqnr_db,
     storage_bytes,
 )
-from thermojax.schedule_metrics import ScheduleMetrics, schedule_metrics
-from thermojax.smoothing import smooth_boundaries, smooth_groups
-from thermojax.timegroups import (
+from thermojax.core.schedule_metrics import ScheduleMetrics, schedule_metrics
+from thermojax.core.smoothing import smooth_boundaries, smooth_groups
+from thermojax.core.timegroups import (
     expand_to_timesteps,
     group_activation_params,
     group_of,
@@ -36,9 +41,9 @@ __version__ = "0.1.0"
 
 # Phase 3 needs optax; load it on first use so `import thermojax` stays light.
 _LAZY = {
-    "optimize_transitions": "thermojax.transition",
-    "transition_terms": "thermojax.transition",
-    "TransitionResult": "thermojax.transition",
+    "optimize_transitions": "thermojax.core.transition",
+    "transition_terms": "thermojax.core.transition",
+    "TransitionResult": "thermojax.core.transition",
 }
 
 

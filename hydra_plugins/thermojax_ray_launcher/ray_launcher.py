@@ -1,9 +1,9 @@
 """The ``hydra/launcher=thermojax_ray`` plugin: its config and the Launcher class.
 
 Hydra imports every public module under ``hydra_plugins`` at start-up, so this one stays light:
-Ray is imported only when a multirun actually launches (in ``_core``). No ``from __future__
-import annotations`` here: Hydra's plugin scanner runs this module before registering it in
-``sys.modules``, and ``dataclass`` then cannot resolve string annotations.
+Ray and thermojax are imported only when a multirun actually launches (in ``_core``). No
+``from __future__ import annotations`` here: Hydra's plugin scanner runs this module before
+registering it in ``sys.modules``, and ``dataclass`` then cannot resolve string annotations.
 """
 
 from collections.abc import Sequence
@@ -40,8 +40,10 @@ class ThermojaxRayLauncherConf:
             preempted node). Exceptions raised by the job are not retried: they are recorded.
         resume: skip a job whose folder already holds a complete ``report_file`` written for the
             same overrides.
-        report_file: the file (relative to the job folder) whose presence marks a finished job.
-        failure_file: where a failed job's error is recorded (relative to the job folder).
+        report_file: the file (relative to the job folder) whose presence marks a finished job
+            (null: thermojax's report, ``thermojax.files.REPORT_JSON``).
+        failure_file: where a failed job's error is recorded, relative to the job folder (null:
+            ``thermojax.files.FAILURE_JSON``, where ``python -m thermojax.compare`` looks).
         copy_outputs: ``auto`` copies a job's output files back to the sweep folder of the
             driver when the job ran on another node; ``always`` / ``never`` force it.
     """
@@ -58,8 +60,10 @@ class ThermojaxRayLauncherConf:
     resources_per_job: dict[str, float] = field(default_factory=dict)
     max_retries: int = 2
     resume: bool = True
-    report_file: str = "baseline_metrics.json"
-    failure_file: str = "failure.json"
+    # Null defaults: the names are thermojax.files' (this module stays light: Hydra imports it
+    # at every start-up, and importing thermojax loads JAX).
+    report_file: str | None = None
+    failure_file: str | None = None
     copy_outputs: str = "auto"
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from thermojax.models.base import ActHook, DiffusionModel, QualityReference, run_sampler
-from thermojax.models.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-from thermojax.models.digits import DigitsDDPM
+from thermojax.models.digits.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from thermojax.models.digits.ddpm import DigitsDDPM
 
 __all__ = [
     "SHIPPED_CHECKPOINT",

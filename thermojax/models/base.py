@@ -1,8 +1,14 @@
 """The narrow interface a diffusion model offers to calibration, quantized sampling and evaluation.
 
-Callers (``thermojax.calibrate``, ``thermojax.evaluate``, the pipeline) only use what is declared
+Callers (``thermojax.pipeline.calibrate``, ``thermojax.pipeline.sampling``, the pipeline) only use what is declared
 here, so a later model (another architecture, a real safetensors checkpoint) plugs in by
 implementing this protocol; the digits DDPM is the first implementation, not a special case.
+
+A model is a pytree whose leaves are its parameters and nothing else; its architecture, noise
+schedule, quality reference and metadata are static (marked ``pytree_node=False`` on the field),
+hashable and compared by content. Jitted programs take the model as an argument: one compiled
+program serves every model of the same architecture and shapes, and no parameter is baked into a
+program as a constant.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from thermojax.core.sample_metrics import class_coverage, frechet_distance
+
 Array = jax.Array
 
 ActHook = Callable[[int, Array, Array], Array]
@@ -24,7 +32,11 @@ timestep). Quantized sampling passes a fake-quantizer; ``None`` means full preci
 
 @runtime_checkable
 class QualityReference(Protocol):
-    """Real data plus a classifier, used to judge generated samples (optional for a model)."""
+    """Real data plus a classifier, used to judge generated samples (optional for a model).
+
+    It is static metadata of the model's pytree, so it must be hashable, with equality (and hash)
+    by content: two loads of one reference compare equal.
+    """
 
     num_classes: int
 
@@ -44,6 +56,10 @@ class QualityReference(Protocol):
 @runtime_checkable
 class DiffusionModel(Protocol):
     """A trained diffusion model whose quantizable layers can be swapped and observed.
+
+    It is a pytree: ``jax.tree.leaves(model)`` are its parameters, so
+    ``sum(leaf.size for leaf in jax.tree.leaves(model)) == model.num_parameters()``, and every
+    attribute below is static (part of the tree structure, not traced).
 
     Attributes:
         name: short identifier, e.g. ``"digits-ddpm"``.
@@ -177,3 +193,24 @@ def run_sampler(
     x0, (trajectory, observed) = jax.lax.scan(body, x_init, timesteps)
     flip = lambda a: jnp.flip(a, axis=0)
     return x0, flip(trajectory), jax.tree.map(flip, observed)
+
+
+def sample_quality(model: DiffusionModel, pixels: np.ndarray) -> dict[str, float]:
+    """Quality of one set of pixel-space samples against the model's real-data reference.
+
+    Returns ``{"frechet", "class_coverage", "classifier_confidence", "class_histogram"}``
+    (NaN / empty when the model has no reference).
+    """
+    ref = model.reference
+    if ref is None:
+        nan = float("nan")
+        return {"frechet": nan, "class_coverage": nan, "classifier_confidence": nan}
+    probs = ref.probabilities(pixels)
+    coverage, confidence = class_coverage(probs)
+    counts = np.bincount(np.argmax(probs, axis=1), minlength=ref.num_classes)
+    return {
+        "frechet": frechet_distance(ref.features(pixels), ref.features(ref.real_pixels())),
+        "class_coverage": coverage,
+        "classifier_confidence": confidence,
+        "class_histogram": [int(c) for c in counts],
+    }

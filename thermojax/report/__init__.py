@@ -1,12 +1,14 @@
 """The self-contained HTML report of a baseline run (Jinja2, autoescaped, inline CSS and SVG).
 
-:func:`render_report` reads only a :class:`~thermojax.results.Result` (as saved in
+:func:`render_report` reads only a :class:`~thermojax.pipeline.results.Result` (as saved in
 ``baseline_metrics.json``); it never recomputes a metric. Every string from the result, e.g. the
 user-chosen ``model.name``, goes through Jinja2's autoescaping, and an undefined template
-variable is an error (``StrictUndefined``), not an empty cell.
+variable is an error (``StrictUndefined``), not an empty cell. The sweep comparison page is drawn
+the same way by :mod:`thermojax.report.comparison`, with the same chart toolkit
+(:mod:`~thermojax.report.charts`, :mod:`~thermojax.report.grids`) and templates.
 
 Example:
-    >>> from thermojax.results import read_result
+    >>> from thermojax.pipeline.results import read_result
     >>> html = render_report(read_result("baseline_metrics.json"))  # doctest: +SKIP
 """
 
@@ -19,17 +21,16 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from thermojax.pipeline.results import PhasesSection, Result
 from thermojax.report.charts import (
     BarChart,
-    DigitGrid,
     LineChart,
     ScatterChart,
     bar_chart,
-    digit_grid,
     line_chart,
     scatter_chart,
 )
-from thermojax.results import PhasesSection, Result
+from thermojax.report.grids import DigitGrid, digit_grid
 
 __all__ = ["BAND_COLORS", "SEVERITY_COLORS", "environment", "render_report"]
 

@@ -1,8 +1,11 @@
-"""Small inline-SVG charts for the HTML report: geometry here, markup in ``charts.html.j2``.
+"""Small inline-SVG charts for the run report and the comparison page: geometry here, markup in
+``charts.html.j2``.
 
-Each builder turns plain numbers from a :class:`~thermojax.results.Result` into a frozen chart
-description (pixel coordinates, tick labels, colours); the Jinja2 macros render it as SVG with
-autoescaping, so no markup is assembled from strings in Python.
+Each builder turns plain numbers from a :class:`~thermojax.pipeline.results.Result` (or a sweep's
+summary) into a frozen chart description (pixel coordinates, tick labels, colours); the Jinja2
+macros render it as SVG with autoescaping, so no markup is assembled from strings in Python. This
+module holds the charts over numeric axes (bars, lines, scatter); :mod:`thermojax.report.grids`
+the ones made of cells (digit images, heatmaps).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import numpy as np
 __all__ = [
     "PALETTE",
     "BarChart",
-    "DigitGrid",
     "LineChart",
     "ScatterChart",
     "Series",
+    "Tick",
     "bar_chart",
-    "digit_grid",
     "line_chart",
+    "nice_ticks",
     "scatter_chart",
 ]
 
@@ -142,7 +145,7 @@ class Point:
 
 @dataclasses.dataclass(frozen=True)
 class ScatterChart:
-    """Labelled points over two numeric axes, with x and y ticks."""
+    """Labelled points over two numeric axes, with x and y ticks and an optional legend."""
 
     frame: Frame
     title: str
@@ -152,27 +155,7 @@ class ScatterChart:
     x_ticks: tuple[Tick, ...]
     y_ticks: tuple[Tick, ...]
     rules: tuple[Rule, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Pixel:
-    """One square of a digit image."""
-
-    x: float
-    y: float
-    fill: str
-
-
-@dataclasses.dataclass(frozen=True)
-class DigitGrid:
-    """Grey-scale images laid out in a grid, as SVG squares."""
-
-    width: int
-    height: int
-    title: str
-    pixels: tuple[Pixel, ...]
-    cell: float
-    frames: tuple[tuple[float, float, float, float], ...]
+    legend: tuple[tuple[str, str], ...] = ()
 
 
 def _frame(width: int, height: int) -> Frame:
@@ -405,12 +388,16 @@ def scatter_chart(
     x_label: str,
     y_label: str,
     colors: Sequence[str] | None = None,
+    tooltips: Sequence[str] | None = None,
+    legend: Sequence[tuple[str, str]] = (),
     width: int = 620,
     height: int = 340,
 ) -> ScatterChart:
     """Points ``(label, x, y, y_std)`` with error bars ``y +- y_std`` and their labels beside them.
 
-    Non-finite points are left out. Axis limits cover every point and error bar.
+    Non-finite points are left out. Axis limits cover every point and error bar. ``colors`` and
+    ``tooltips`` go with the points by position (colours cycled); an empty label draws no text, a
+    zero ``y_std`` no bar. ``legend`` is ``(name, colour)`` pairs shown under the chart.
     """
     frame = _frame(width, height)
     kept = [
@@ -434,7 +421,11 @@ def scatter_chart(
             y_high=float(y(py + err)),
             color=colors[i % len(colors)],
             label=label,
-            tooltip=f"{label}: {x_label} {px:.4g}, {y_label} {py:.4g} +- {err:.2g}",
+            tooltip=(
+                tooltips[i]
+                if tooltips is not None
+                else f"{label}: {x_label} {px:.4g}, {y_label} {py:.4g} +- {err:.2g}"
+            ),
         )
         for i, label, px, py, err in kept
     )
@@ -446,44 +437,5 @@ def scatter_chart(
         points=drawn,
         x_ticks=tuple(Tick(float(x(v)), _fmt(v)) for v in x_ticks),
         y_ticks=tuple(Tick(float(y(v)), _fmt(v)) for v in y_ticks),
-    )
-
-
-def digit_grid(
-    images: Sequence[Sequence[Sequence[float]]],
-    *,
-    title: str,
-    columns: int = 8,
-    vmax: float = 16.0,
-    cell: float = 5.0,
-    gap: float = 4.0,
-) -> DigitGrid:
-    """Grey-scale images ``[N, H, W]`` (0 = white, ``vmax`` = black) as a grid of squares."""
-    data = np.clip(np.asarray(images, np.float64), 0.0, vmax) / vmax
-    if data.ndim != 3:
-        raise ValueError(f"images must be [N, H, W], got shape {data.shape}")
-    count, rows_px, cols_px = data.shape
-    columns = max(1, min(columns, count))
-    rows = math.ceil(count / columns) if count else 0
-    tile_w, tile_h = cols_px * cell + gap, rows_px * cell + gap
-    pixels = []
-    frames = []
-    for n in range(count):
-        ox = gap / 2 + (n % columns) * tile_w
-        oy = gap / 2 + (n // columns) * tile_h
-        frames.append((ox, oy, cols_px * cell, rows_px * cell))
-        for r in range(rows_px):
-            for c in range(cols_px):
-                level = round(255 * (1.0 - data[n, r, c]))
-                if level < 255:
-                    pixels.append(
-                        Pixel(ox + c * cell, oy + r * cell, f"rgb({level},{level},{level})")
-                    )
-    return DigitGrid(
-        width=math.ceil(columns * tile_w),
-        height=math.ceil(rows * tile_h),
-        title=title,
-        pixels=tuple(pixels),
-        cell=cell,
-        frames=tuple(frames),
+        legend=tuple(legend),
     )

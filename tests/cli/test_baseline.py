@@ -1,0 +1,263 @@
+"""End to end: `python -m thermojax.baseline` in a temporary folder, as a user runs it.
+
+One real run (module-scoped) feeds most checks; a second run with the same seed checks
+determinism and, with ``wandb.mode=online`` and no API key, that a failing W&B keeps the local
+outputs. Calibration uses 16 samples to keep the suite quick; everything else is the default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import chromium_screenshot, png_size
+from result_samples import ADDED_KEYS, ARROWQUANT_KEYS, check_model_level_figures
+from wandb_readback import inspect_run, offline_run_dir
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAME = "<script>alert(1)</script> & digits"
+FAST = ["calibration.samples=16"]
+OUTPUTS = {"baseline_metrics.json", "baseline_metrics.html", "baseline_metrics.log", "samples.npz"}
+
+
+def command_env(home: Path, cache: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    env.update(
+        HOME=str(home),
+        THERMOJAX_CACHE_DIR=str(cache),
+        WANDB_SILENT="true",
+        JAX_PLATFORMS="cpu",
+        NO_COLOR="1",
+        **extra,
+    )
+    return env
+
+
+def baseline(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "thermojax.baseline", *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baseline")
+    return root, root / "home", root / "cache"
+
+
+@pytest.fixture(scope="module")
+def first_run(shared):
+    root, home, cache = shared
+    out = root / "run1"
+    # An interactive terminal as far as rich can tell, so the progress bar is drawn.
+    env = command_env(home, cache, TTY_COMPATIBLE="1", TTY_INTERACTIVE="1", COLUMNS="120")
+    proc = baseline(
+        [
+            "bit_width=2",
+            "num_time_groups=4",
+            f"model.name='{MODEL_NAME}'",
+            *FAST,
+            f"hydra.run.dir={out}",
+        ],
+        cwd=root,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def metrics(first_run) -> dict:
+    out, _ = first_run
+    return json.loads((out / "baseline_metrics.json").read_text())
+
+
+def test_writes_every_output_and_nothing_half_written(first_run):
+    out, _ = first_run
+    names = {p.name for p in out.iterdir()}
+    assert names == OUTPUTS | {"wandb"}
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_json_keys_and_config(metrics):
+    assert ARROWQUANT_KEYS | ADDED_KEYS <= set(metrics)
+    assert metrics["model_name"] == MODEL_NAME
+    assert (metrics["bit_width"], metrics["num_time_groups"], metrics["act_bits"]) == (2, 4, 8)
+    assert metrics["smoothness_threshold"] == 0.3
+    assert metrics["time_groups"] == [[0, 250], [250, 500], [500, 750], [750, 1000]]
+    assert metrics["config"]["calibration"]["samples"] == 16
+    assert metrics["interpretation"]["band"] in ("poor", "good", "excellent")
+    assert len(metrics["layers"]) >= 4
+    assert 1.0 < metrics["compression_ratio"] < 32.0 and metrics["model_size_mb"] > 0
+
+
+def test_json_is_internally_consistent(metrics):
+    check_model_level_figures(metrics)
+
+
+def test_quality_section(metrics):
+    quality = metrics["quality"]
+    assert len(quality["drift_per_timestep"]) == 1000
+    assert len(quality["drift_per_group"]) == 4
+    drift = np.asarray(quality["drift_per_timestep"])
+    assert np.all(drift >= 0) and quality["drift_mean"] == pytest.approx(drift.mean())
+    assert quality["frechet_fp32"] > 0 and quality["frechet_quantized"] > 0
+    assert set(quality["layer_cosine"]) == {layer["name"] for layer in metrics["layers"]}
+
+
+def test_samples_npz(first_run, metrics):
+    out, _ = first_run
+    with np.load(out / "samples.npz") as samples:
+        assert set(samples.files) == {"fp32", "quantized"}
+        fp32, quantized = samples["fp32"], samples["quantized"]
+    assert fp32.shape == quantized.shape and fp32.shape[1:] == (8, 8) and fp32.shape[0] >= 64
+    assert fp32.min() >= 0 and fp32.max() <= 16
+    mse = float(np.mean((fp32.astype(np.float64) - quantized) ** 2))
+    assert mse == pytest.approx(metrics["quality"]["final_mse"], rel=1e-5)
+
+
+def test_html_escaped_self_contained_and_renders(first_run, tmp_path):
+    out, _ = first_run
+    html = (out / "baseline_metrics.html").read_text()
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; digits" in html
+    assert "http:" not in html and "https:" not in html and "url(" not in html
+    png = tmp_path / "report.png"
+    dom = chromium_screenshot(out / "baseline_metrics.html", png, tmp_path / "profile")
+    assert png_size(png) == (1200, 3000) and png.stat().st_size > 50_000
+    assert "Resolved configuration" in dom
+
+
+def test_log_has_the_full_run(first_run, metrics):
+    out, _ = first_run
+    text = (out / "baseline_metrics.log").read_text()
+    for stage in (
+        "load model",
+        "quantize weights",
+        "calibrate",
+        "sample quantized",
+        "evaluate quality",
+    ):
+        assert f"stage {stage} took" in text
+    for layer in metrics["layers"]:
+        assert f"layer {layer['name']}" in text
+    assert text.count("violation: layer") == metrics["violation_count"]
+    assert "wrote json" in text and "W&B run" in text and text.rstrip().endswith("done")
+
+
+def plain(text: str) -> str:
+    """Terminal text without ANSI control sequences."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_console_shows_progress_and_a_short_summary(first_run, metrics):
+    _, proc = first_run
+    stderr, stdout = plain(proc.stderr), plain(proc.stdout)
+    assert "7/7" in stderr and "evaluate quality" in stderr  # the progress bar
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert 4 <= len(lines) <= 12
+    assert f"smoothness {metrics['smoothness_score']:.4f}" in stdout
+    assert "Traceback" not in stderr
+
+
+def test_wandb_offline_run_reads_back(first_run, metrics):
+    out, _ = first_run
+    summary, records = inspect_run(offline_run_dir(out))
+    assert summary["state"] == "finished"
+    assert summary["config"]["num_time_groups"] == 4
+    assert summary["config"]["model"]["name"] == MODEL_NAME
+    assert summary["summary"]["smoothness_score"] == pytest.approx(metrics["smoothness_score"])
+    assert summary["summary"]["violation_count"] == metrics["violation_count"]
+    assert summary["summary"]["layers"]["nrows"] == len(metrics["layers"])
+    reports = [r["artifact"] for r in records if r["type"] == "artifact"]
+    assert any(
+        a.get("type") == "report" and "baseline_metrics.html" in json.dumps(a) for a in reports
+    )
+
+
+@pytest.fixture(scope="module")
+def second_run(shared):
+    """Same config and seed; W&B online without an API key, so tracking fails for real.
+
+    It gets a cache folder of its own, so it computes calibration, samples and quality afresh
+    instead of reading the first run's entries: determinism is checked on two computations.
+    """
+    root, home, _ = shared
+    out = root / "run2"
+    proc = baseline(
+        [
+            "bit_width=2",
+            "num_time_groups=4",
+            f"model.name='{MODEL_NAME}'",
+            *FAST,
+            "wandb.mode=online",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=root,
+        env=command_env(home, root / "cache-second-run"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def without_run_details(data: dict) -> dict:
+    skip = {"timings_s", "quantization_time_s", "environment", "cache"}
+    config = {k: v for k, v in data["config"].items() if k != "wandb"}
+    return {**{k: v for k, v in data.items() if k not in skip}, "config": config}
+
+
+def test_same_seed_same_numbers(first_run, second_run, metrics):
+    out2, _ = second_run
+    again = json.loads((out2 / "baseline_metrics.json").read_text())
+    assert set(again["cache"].values()) == {"miss"}, again["cache"]
+    assert without_run_details(again) == without_run_details(metrics)
+    out1, _ = first_run
+    with np.load(out1 / "samples.npz") as a, np.load(out2 / "samples.npz") as b:
+        np.testing.assert_array_equal(a["quantized"], b["quantized"])
+
+
+def test_failing_wandb_keeps_local_outputs(second_run):
+    out, proc = second_run
+    assert OUTPUTS <= {p.name for p in out.iterdir()}
+    assert "W&B init failed" in (out / "baseline_metrics.log").read_text()
+    assert "W&B init failed" in proc.stderr  # one warning on the console
+    assert "Traceback" not in proc.stderr
+
+
+BAD_INPUTS = [
+    (["bit_width=3"], "bit_width=3"),
+    (["num_time_groups=0"], "num_time_groups=0"),
+    (["num_time_groups=1001"], "num_time_groups=1001"),
+    (["smoothness_threshold=-0.5"], "smoothness_threshold=-0.5"),
+    (["smoothness_threshold=abc"], "smoothness_threshold=abc"),
+    (["model.path=/no/such/checkpoint"], "model.path='/no/such/checkpoint'"),
+    (["model.path=."], "model.path='.'"),
+    (["bit_widht=2"], "bit_widht=2"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), BAD_INPUTS, ids=[a[0] for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_writes_nothing(args, named, tmp_path, shared):
+    _, home, cache = shared
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = baseline([*args, f"hydra.run.dir={work}/run"], cwd=work, env=command_env(home, cache))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert named in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert list(work.iterdir()) == []

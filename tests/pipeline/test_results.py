@@ -1,0 +1,110 @@
+"""The Result schema: JSON keys, model-level definitions, round trip, atomic writes, bad files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from result_samples import ADDED_KEYS, ARROWQUANT_KEYS, check_model_level_figures, make_result
+
+from thermojax.files import atomic_write_text
+from thermojax.pipeline.results import (
+    SCHEMA_VERSION,
+    Result,
+    float32_list,
+    read_result,
+    write_result,
+)
+
+
+@pytest.fixture(scope="module")
+def result() -> Result:
+    return make_result(num_layers=4, num_groups=6, threshold=0.1)
+
+
+def test_json_has_arrowquant_keys_and_the_additions(result, tmp_path):
+    data = json.loads(write_result(result, tmp_path / "m.json").read_text())
+    assert ARROWQUANT_KEYS | ADDED_KEYS <= set(data)
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert "samples" not in data  # arrays go to samples.npz, not the JSON
+    assert {"band", "actions"} <= set(data["interpretation"])
+    assert {"drift_per_timestep", "frechet_fp32", "layer_cosine"} <= set(data["quality"])
+    assert data["config"]["bit_width"] == data["bit_width"]
+
+
+@pytest.mark.parametrize(
+    ("threshold", "num_groups"), [(0.1, 6), (0.02, 4), (5.0, 3)], ids=["some", "many", "none"]
+)
+def test_model_level_figures_are_defined_from_layers(threshold, num_groups, tmp_path):
+    result = make_result(num_groups=num_groups, threshold=threshold, seed=num_groups)
+    data = json.loads(write_result(result, tmp_path / "m.json").read_text())
+    check_model_level_figures(data)
+    if threshold == 5.0:
+        assert data["violation_count"] == 0 and data["violations"] == []
+
+
+def test_round_trip_is_exact(result, tmp_path):
+    path = write_result(result, tmp_path / "m.json")
+    again = read_result(path)
+    assert again == result
+    assert again.samples is None and result.samples is not None
+
+
+def test_one_time_group_has_no_boundaries_and_null_statistics(tmp_path):
+    result = make_result(num_groups=1)
+    data = json.loads(write_result(result, tmp_path / "m.json").read_text())
+    assert data["boundary_scores"] == [] and data["smoothness_score"] == 1.0
+    assert data["min_boundary_score"] is None and data["std_boundary_score"] is None
+    back = read_result(tmp_path / "m.json")
+    assert math.isnan(back.min_boundary_score)
+
+
+def test_float32_values_are_written_short_and_exact():
+    values = np.array([0.3, 1 / 3, 1e-8, 12345.678], np.float32)
+    written = float32_list(values)
+    assert written[0] == 0.3
+    np.testing.assert_array_equal(np.asarray(written, np.float32), values)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(result, tmp_path):
+    path = write_result(result, tmp_path / "m.json")
+    before = path.read_bytes()
+    broken = dataclasses.replace(result, config={"not json": object()})
+    with pytest.raises(TypeError):
+        write_result(broken, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "schema_version"),
+        (lambda d: d.pop("smoothness_score"), "missing key 'smoothness_score'"),
+        (lambda d: d.update(surprise=1), "unknown keys ['surprise']"),
+        (lambda d: d.update(bit_width="two"), "result.bit_width: expected an integer"),
+        (lambda d: d["layers"][0].update(scales="wide"), "result.layers[0].scales"),
+        (lambda d: d["quality"].pop("final_mse"), "quality section lacks keys ['final_mse']"),
+    ],
+    ids=["newer-version", "missing-key", "unknown-key", "wrong-type", "nested-type", "quality"],
+)
+def test_reading_a_bad_file_names_the_problem(result, tmp_path, change, message):
+    data = result.to_dict()
+    change(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        read_result(path)

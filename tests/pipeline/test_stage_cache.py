@@ -1,0 +1,189 @@
+"""The pipeline's cached stages: each key depends on exactly what its value depends on, entries
+round-trip, and a second run of the same configuration hits instead of recomputing."""
+
+import collections
+import copy
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from thermojax.cli.config import to_config
+from thermojax.models import load_model
+from thermojax.pipeline import run
+from thermojax.pipeline.quality import Quality
+from thermojax.pipeline.settings import BaselineConfig
+from thermojax.pipeline.stage_cache import QualityEntry, StageCache, model_fingerprint
+from thermojax.pipeline.weights import quantize_weights
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def _keys(model, **changes) -> dict[str, str]:
+    config = BaselineConfig().to_dict()
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    cached = StageCache(model, config)
+    return {
+        "calibration": cached.calibration_key(),
+        "fp32_samples": cached.fp32_samples_key(),
+        "quality": cached.quality_key(),
+    }
+
+
+# Which entries each change must re-key (True) or leave shared (False).
+CASES = {
+    "smoothness_threshold": (0.1, {"calibration": False, "fp32_samples": False, "quality": False}),
+    "interpretation__poor_below": (0.5, {"calibration": False, "quality": False}),
+    "wandb__group": ("other", {"calibration": False, "quality": False}),
+    "model__name": ("shown", {"calibration": False, "fp32_samples": False, "quality": False}),
+    "num_time_groups": (8, {"calibration": False, "fp32_samples": False, "quality": True}),
+    "act_bits": (6, {"calibration": False, "fp32_samples": False, "quality": True}),
+    "bit_width": (4, {"calibration": True, "fp32_samples": False, "quality": True}),
+    "group_size": (32, {"calibration": True, "fp32_samples": False, "quality": True}),
+    "calibration__samples": (16, {"calibration": True, "fp32_samples": False, "quality": True}),
+    "calibration__samples_per_step": (8, {"calibration": True, "quality": True}),
+    "seed": (1, {"calibration": True, "fp32_samples": True, "quality": True}),
+    "sampling__num_samples": (16, {"calibration": False, "fp32_samples": True, "quality": True}),
+}
+
+
+@pytest.mark.parametrize("change", list(CASES), ids=list(CASES))
+def test_each_key_depends_on_exactly_its_inputs(model, change):
+    value, expected = CASES[change]
+    base, changed = _keys(model), _keys(model, **{change: value})
+    for entry, rekeyed in expected.items():
+        assert (base[entry] != changed[entry]) is rekeyed, entry
+
+
+def test_a_config_section_added_later_is_part_of_the_quality_key(model):
+    config = BaselineConfig().to_dict()
+    extended = copy.deepcopy(config)
+    extended["new_section"] = {"knob": 1}
+    assert StageCache(model, config).quality_key() != StageCache(model, extended).quality_key()
+    assert StageCache(model, config).calibration_key() == (
+        StageCache(model, extended).calibration_key()
+    )
+
+
+# The fingerprint of the shipped checkpoint, as computed before models became pytrees (when the
+# schedule kept its arrays as fields): cache entries written then are still found.
+SHIPPED_MODEL_FINGERPRINT = "cd24cd8261b241e56f6a36a326677839fd0d8e838c85f47cb579e61e72df7df7"
+
+
+def test_model_fingerprint_covers_every_parameter_not_only_kernels(model):
+    again = load_model()
+    assert model_fingerprint(again) == model_fingerprint(model) == SHIPPED_MODEL_FINGERPRINT
+    first = model.layer_names[0]
+    params = jax.tree.map(lambda a: a, model.params)
+    params[first] = {**params[first], "bias": params[first]["bias"] + 1e-6}
+    assert model_fingerprint(model.replace(params=params)) != model_fingerprint(model)
+    schedule = dataclasses.replace(model.schedule, beta_end=model.schedule.beta_end * 1.0001)
+    assert model_fingerprint(model.replace(schedule=schedule)) != model_fingerprint(model)
+
+
+def test_quality_entry_round_trips_with_nan(tmp_path):
+    quality = Quality(
+        drift_per_timestep=np.linspace(0.0, 1.0, 10),
+        drift_per_group=np.array([0.25, 0.75]),
+        drift_mean=0.5,
+        final_mse=0.1 + 0.2,
+        frechet_fp32=float("nan"),
+        frechet_quantized=3.0,
+        class_coverage_fp32=1.0,
+        class_coverage_quantized=0.9,
+        classifier_confidence_fp32=0.95,
+        classifier_confidence_quantized=0.85,
+        layer_cosine={"in": 0.9, "out": 1 / 3},
+        model_cosine=0.93,
+        frechet_real_subset=0.4,
+        num_samples=8,
+    )
+    entry = QualityEntry(quality=quality, quantized_x0=np.arange(8, dtype=np.float32))
+    entry.save(tmp_path / "q.npz")
+    back = QualityEntry.load(tmp_path / "q.npz")
+    assert np.isnan(back.quality.frechet_fp32)
+    np.testing.assert_array_equal(back.quantized_x0, entry.quantized_x0)
+    assert back.quality.to_dict().keys() == quality.to_dict().keys()
+    for name in ("drift_per_timestep", "drift_per_group"):
+        np.testing.assert_array_equal(getattr(back.quality, name), getattr(quality, name))
+        assert getattr(back.quality, name).dtype == np.float64
+    rest = {
+        k: v for k, v in quality.to_dict().items() if not k.startswith(("drift_per", "frechet_fp"))
+    }
+    assert {k: back.quality.to_dict()[k] for k in rest} == rest
+
+
+def test_second_run_hits_every_entry_and_gives_the_same_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("THERMOJAX_CACHE_DIR", str(tmp_path))
+    cfg = {
+        "calibration": {"samples": 2, "samples_per_step": 2},
+        "sampling": {"num_samples": 4},
+    }
+    first = run(to_config(cfg))
+    assert first.cache == {"calibration": "miss", "fp32_samples": "miss", "quality": "miss"}
+    second = run(to_config({**cfg, "smoothness_threshold": 0.05, "model": {"name": "other"}}))
+    assert second.cache == {"calibration": "hit", "fp32_samples": "hit", "quality": "hit"}
+    assert second.quality == first.quality
+    assert [layer.scales for layer in second.layers] == [layer.scales for layer in first.layers]
+    np.testing.assert_array_equal(second.samples["quantized"], first.samples["quantized"])
+    third = run(to_config({**cfg, "num_time_groups": 2}))
+    assert third.cache == {"calibration": "hit", "fp32_samples": "hit", "quality": "miss"}
+
+
+def test_calibration_from_the_cache_equals_a_fresh_one(model, tmp_path):
+    config = BaselineConfig().to_dict()
+    config["calibration"] = {"samples": 2, "samples_per_step": 2}
+    qweights, _ = quantize_weights(model, bits=2)
+    computed = StageCache(model, config, cache_dir=tmp_path).calibration(qweights)
+    cached = StageCache(model, config, cache_dir=tmp_path)
+    loaded = cached.calibration(qweights)
+    assert cached.record == {"calibration": "hit"}
+    for name in ("act_min", "act_max", "act_mean", "act_std", "act_samples"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(computed, name))
+
+
+def _count_compiles(names: tuple[str, ...]):
+    """A listener counting XLA compilations of the jitted functions called ``names``, and its
+    counts (a ``collections.Counter`` keyed by name)."""
+    counts = collections.Counter()
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        name = str(kwargs.get("fun_name", "")).removeprefix("jit(").removesuffix(")")
+        if event == "/jax/core/compile/backend_compile_duration" and name in names:
+            counts[name] += 1
+
+    return listen, counts
+
+
+def test_a_second_load_runs_on_the_programs_the_first_compiled(tmp_path, monkeypatch):
+    """Each run loads its model afresh (no process-wide registry): an equal model (same
+    checkpoint, a new object) must reuse the sampler and calibration programs, not recompile."""
+    programs = ("_sample_program", "_calibration_program", "_weights_program", "_classify")
+    cfg = {
+        "calibration": {"samples": 3, "samples_per_step": 3},
+        "sampling": {"num_samples": 5},
+    }
+    listen, counts = _count_compiles(programs)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        monkeypatch.setenv("THERMOJAX_CACHE_DIR", str(tmp_path / "first"))
+        first = run(to_config(cfg))
+        # Shapes no other test uses: the first run compiles (and so the listener works).
+        assert counts["_sample_program"] >= 1 and counts["_calibration_program"] == 1
+        counts.clear()
+        monkeypatch.setenv("THERMOJAX_CACHE_DIR", str(tmp_path / "second"))
+        second = run(to_config(cfg))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert second.cache == {"calibration": "miss", "fp32_samples": "miss", "quality": "miss"}
+    assert dict(counts) == {}
+    assert second.quality == first.quality

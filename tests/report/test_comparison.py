@@ -1,0 +1,102 @@
+"""The comparison page's charts and rendering, from hand-built summaries (no sweep folder).
+
+tests/cli/test_compare.py runs the command on a sweep folder; these check the pieces it draws with:
+the report toolkit's heatmap and scatter, and a page with nothing completed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from thermojax.report.comparison import (
+    COLUMNS,
+    SweepSummary,
+    quality_scatter,
+    render_comparison,
+    smoothness_heatmap,
+)
+from thermojax.report.grids import heatmap, ramp
+
+
+def row(bits: int, groups: int, threshold: float, smoothness: float, drift: float) -> dict:
+    values = dict.fromkeys(COLUMNS)
+    values.update(
+        job=f"{bits}-{groups}-{threshold}",
+        status="ok",
+        bit_width=bits,
+        num_time_groups=groups,
+        smoothness_threshold=threshold,
+        smoothness_score=smoothness,
+        violation_count=1,
+        drift_mean=drift,
+    )
+    return values
+
+
+def test_heatmap_colours_span_the_values_and_marks_missing_cells():
+    h = heatmap(
+        [[0.5, 1.0], [0.75, None]],
+        row_labels=["a", "b"],
+        column_labels=["x", "y"],
+        title="t",
+        missing_tooltip="not run",
+    )
+    fills = [cell.fill for cell in h.cells]
+    assert fills[:3] == [ramp(0.0), ramp(1.0), ramp(0.5)]
+    assert (h.cells[3].text, h.cells[3].tooltip) == ("-", "not run")
+    assert (h.low, h.high) == (0.5, 1.0)
+    # Row r, column c sits at left + c * width, top + r * height: rows never overlap columns.
+    assert h.cells[1].x > h.cells[0].x and h.cells[2].y > h.cells[0].y
+    assert [t.label for t in h.column_ticks] == ["x", "y"]
+    assert all(h.left <= c.x and c.x + c.w <= h.right <= h.width for c in h.cells)
+
+
+def test_heatmap_of_equal_values_takes_the_middle_of_the_ramp():
+    h = heatmap([[0.8, 0.8]], row_labels=["a"], column_labels=["x", "y"], title="t")
+    assert {cell.fill for cell in h.cells} == {ramp(0.5)}
+
+
+def test_heatmap_rejects_values_that_do_not_match_the_labels():
+    with pytest.raises(ValueError, match="rows=2"):
+        heatmap([[1.0]], row_labels=["a", "b"], column_labels=["x"], title="t")
+
+
+def test_smoothness_heatmap_averages_thresholds_and_seeds():
+    rows = [row(2, 4, 0.1, 0.9, 0.3), row(2, 4, 0.3, 0.8, 0.3), row(4, 8, 0.1, 0.99, 0.1)]
+    h = smoothness_heatmap(rows)
+    texts = {cell.tooltip: cell.text for cell in h.cells}
+    assert texts["INT2, 4 groups: mean smoothness 0.8500 over 2 run(s)"] == "0.850"
+    assert texts["not run"] == "-"  # INT2 x 8 groups and INT4 x 4 groups were not run
+    assert len(h.cells) == 4
+
+
+def test_quality_scatter_colours_by_bit_width_and_leaves_out_missing_values():
+    rows = [row(2, 4, 0.1, 0.9, 0.3), row(4, 4, 0.1, 0.95, 0.1), row(8, 4, 0.1, 0.99, math.nan)]
+    chart = quality_scatter(rows, "drift_mean", "mean drift", {"pearson": None, "n": 2})
+    assert chart.title == "mean drift: Pearson r = n/a (n = 2)"
+    assert len(chart.points) == 2
+    assert [name for name, _ in chart.legend] == ["INT2", "INT4"]
+    assert chart.points[0].color != chart.points[1].color
+    assert "INT4, 4 groups, threshold 0.1" in chart.points[1].tooltip
+
+
+def test_page_with_only_failures_has_no_charts_but_lists_them():
+    failed = dict.fromkeys(COLUMNS)
+    failed.update(job="0", status="failed", error="ValueError: <b>bad</b>")
+    summary = SweepSummary(
+        sweep_dir="/sweep",
+        rows=(failed,),
+        failures=(
+            {"job": "0", "overrides": ["a=1"], "error_type": "ValueError", "message": "<b>bad</b>"},
+        ),
+        correlations={
+            "smoothness_vs_drift_mean": {"pearson": None, "n": 0},
+            "smoothness_vs_frechet_quantized": {"pearson": None, "n": 0},
+        },
+    )
+    page = render_comparison(summary)
+    assert "<svg" not in page
+    assert "ValueError: &lt;b&gt;bad&lt;/b&gt;" in page
+    assert "0 configurations completed" in page

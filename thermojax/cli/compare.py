@@ -1,0 +1,246 @@
+"""``python -m thermojax.compare SWEEP_DIR``: one sweep's reports side by side.
+
+Reads every ``baseline_metrics.json`` of a sweep folder (through :func:`thermojax.pipeline.results.read_result`,
+never recomputing a metric) and every ``failure.json`` the Ray launcher recorded, and writes into
+the sweep folder (or ``--out``):
+
+- ``sweep_summary.csv``: one row per configuration, failed ones included;
+- ``sweep_summary.json``: the same rows, the failures and the correlations;
+- ``comparison.html``: self-contained (inline CSS and SVG, Jinja2 with autoescaping), drawn by
+  :mod:`thermojax.report.comparison`: the table, the smoothness heatmap over bit width x time
+  groups, violations against the threshold, sample quality (drift, Frechet distance) against
+  smoothness with their correlation, and the failures.
+
+An empty or foreign folder ends in one ``error:`` line, exit status 2, and nothing written.
+
+Example:
+    python -m thermojax.compare multirun/2026-11-27/10-11-31
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thermojax.errors import UserInputError
+from thermojax.files import (
+    COMPARISON_HTML,
+    FAILURE_JSON,
+    REPORT_JSON,
+    SWEEP_SUMMARY_CSV,
+    SWEEP_SUMMARY_JSON,
+    atomic_write_text,
+)
+from thermojax.pipeline.results import read_result
+from thermojax.report.comparison import (
+    COLUMNS,
+    CONFIG_KEYS,
+    SUMMARY_SCHEMA_VERSION,
+    SweepSummary,
+    render_comparison,
+    summary_csv,
+)
+
+__all__ = [
+    "COLUMNS",
+    "SUMMARY_SCHEMA_VERSION",
+    "SweepSummary",
+    "collect",
+    "main",
+    "pearson",
+    "write_comparison",
+]
+
+CORRELATED = ("drift_mean", "frechet_quantized", "final_mse")
+"""The quality figures whose correlation with the smoothness score the summary reports."""
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson correlation of paired finite values; ``None`` below 3 pairs or without spread."""
+    x = np.asarray(xs, np.float64)
+    y = np.asarray(ys, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 3:
+        return None
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float(np.sum(dx * dx)) * float(np.sum(dy * dy)))
+    if denominator <= 1e-300:
+        return None
+    return float(np.clip(np.sum(dx * dy) / denominator, -1.0, 1.0))
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _row_from_report(job: str, path: Path) -> dict[str, Any]:
+    result = read_result(path)
+    quality = result.quality
+    row = {
+        "job": job,
+        "status": "ok",
+        "bit_width": result.bit_width,
+        "act_bits": result.act_bits,
+        "num_time_groups": result.num_time_groups,
+        "smoothness_threshold": result.smoothness_threshold,
+        "seed": result.config.get("seed"),
+        "smoothness_score": result.smoothness_score,
+        "violation_count": result.violation_count,
+        "mean_boundary_score": result.mean_boundary_score,
+        "min_boundary_score": result.min_boundary_score,
+        "cosine_similarity": result.cosine_similarity,
+        "compression_ratio": result.compression_ratio,
+        "model_size_mb": result.model_size_mb,
+        "drift_mean": quality.drift_mean,
+        "final_mse": quality.final_mse,
+        "frechet_fp32": quality.frechet_fp32,
+        "frechet_quantized": quality.frechet_quantized,
+        "class_coverage_quantized": quality.class_coverage_quantized,
+        "band": result.interpretation.band,
+        "quantization_time_s": result.quantization_time_s,
+        "error": None,
+    }
+    return {key: _finite_or_none(value) for key, value in row.items()}
+
+
+def _config_from_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for override in overrides:
+        key, _, value = str(override).lstrip("+~").partition("=")
+        if key in CONFIG_KEYS:
+            try:
+                found[key] = json.loads(value)
+            except ValueError:
+                found[key] = value
+    return found
+
+
+def _failed_row(job: str, config: dict[str, Any], error: str) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(job=job, status="failed", error=error, **config)
+    return row
+
+
+def _sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, int | float) else math.inf
+
+    return (*(number(row[key]) for key in CONFIG_KEYS), row["job"])
+
+
+def collect(sweep_dir: str | Path) -> SweepSummary:
+    """Read a sweep folder's reports and failure records.
+
+    Raises:
+        UserInputError: the folder does not exist or holds no sweep report or failure record.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise UserInputError(f"SWEEP_DIR {str(root)!r} is not a folder")
+    reports = sorted(root.glob(f"**/{REPORT_JSON}"))
+    failure_files = sorted(root.glob(f"**/{FAILURE_JSON}"))
+    if not reports and not failure_files:
+        raise UserInputError(
+            f"SWEEP_DIR {str(root)!r} holds no sweep results (no */{REPORT_JSON} or "
+            f"*/{FAILURE_JSON}); give the folder a multirun wrote (hydra.sweep.dir)"
+        )
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    reported = set()
+    for path in reports:
+        job = str(path.parent.relative_to(root))
+        reported.add(path.parent)
+        try:
+            rows.append(_row_from_report(job, path))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            message = f"unreadable {REPORT_JSON}: {type(err).__name__}: {err}"
+            failures.append(
+                {"job": job, "overrides": [], "error_type": "UnreadableReport", "message": message}
+            )
+            rows.append(_failed_row(job, {}, message))
+    for path in failure_files:
+        if path.parent in reported:
+            continue  # a later attempt of the job finished: its report wins
+        job = str(path.parent.relative_to(root))
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            overrides = [str(o) for o in record.get("overrides", [])]
+            error_type, message = str(record["error_type"]), str(record["message"])
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            overrides, error_type, message = [], "UnreadableFailure", f"{type(err).__name__}: {err}"
+        failures.append(
+            {"job": job, "overrides": overrides, "error_type": error_type, "message": message}
+        )
+        rows.append(_failed_row(job, _config_from_overrides(overrides), f"{error_type}: {message}"))
+    rows.sort(key=_sort_key)
+    failures.sort(key=lambda f: f["job"])
+    # Quality and smoothness do not depend on the threshold: count each calibrated and sampled
+    # configuration once, or threshold variants would weigh it several times.
+    distinct: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            distinct.setdefault(
+                tuple(row[k] for k in CONFIG_KEYS if k != "smoothness_threshold"), row
+            )
+    correlations = {}
+    for metric in CORRELATED:
+        pairs = [
+            (row["smoothness_score"], row[metric])
+            for row in distinct.values()
+            if row[metric] is not None and row["smoothness_score"] is not None
+        ]
+        correlations[f"smoothness_vs_{metric}"] = {
+            "pearson": pearson([p[0] for p in pairs], [p[1] for p in pairs]),
+            "n": len(pairs),
+        }
+    return SweepSummary(str(root), tuple(rows), tuple(failures), correlations)
+
+
+def write_comparison(summary: SweepSummary, out_dir: str | Path) -> dict[str, Path]:
+    """Write the three outputs atomically (everything rendered first, then written)."""
+    out = Path(out_dir)
+    contents = {
+        "csv": (SWEEP_SUMMARY_CSV, summary_csv(summary)),
+        "json": (
+            SWEEP_SUMMARY_JSON,
+            json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n",
+        ),
+        "html": (COMPARISON_HTML, render_comparison(summary)),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    return {kind: atomic_write_text(out / name, text) for kind, (name, text) in contents.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; an empty or foreign folder ends in one ``error:`` line and exit 2."""
+    parser = argparse.ArgumentParser(
+        prog="python -m thermojax.compare",
+        description="Compare the configurations of one sweep: CSV, JSON and an HTML dashboard.",
+    )
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the folder a multirun wrote")
+    parser.add_argument("--out", help="where to write (default: SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        summary = collect(args.sweep_dir)
+        files = write_comparison(summary, args.out or args.sweep_dir)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    done = len(summary.completed)
+    print(f"{done} configurations compared, {len(summary.failures)} failed")
+    for path in files.values():
+        print(f"  {path}")
+
+
+if __name__ == "__main__":
+    main()

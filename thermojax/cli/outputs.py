@@ -1,0 +1,153 @@
+"""The run's files: ``baseline_metrics.json`` / ``.html``, ``samples.npz`` and the phase table.
+
+Every file is published atomically; ``baseline_metrics.json`` goes last, because a sweep's resume
+takes a parseable report as "this job finished". The HTML comes from :mod:`thermojax.report`,
+which reads only the :class:`~thermojax.pipeline.results.Result`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thermojax.files import (
+    PHASE_RUNS_DIR,
+    PHASES_CSV,
+    PHASES_JSON,
+    REPORT_HTML,
+    REPORT_JSON,
+    SAMPLES_NPZ,
+    atomic_file,
+    atomic_write_text,
+)
+from thermojax.pipeline.phases import record_file_name
+from thermojax.pipeline.results import (
+    COMPARED_QUALITY,
+    PHASE_SPREADS,
+    PhasesSection,
+    Result,
+    write_result,
+)
+from thermojax.report import render_report
+
+__all__ = ["OUTPUT_FILES", "PHASE_FILES", "phases_csv", "write_outputs"]
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = {"json": REPORT_JSON, "html": REPORT_HTML, "samples": SAMPLES_NPZ}
+"""What :func:`write_outputs` writes into the output folder (the CLI adds the log); the names
+are :mod:`thermojax.files`'."""
+
+PHASE_FILES = {"json": PHASES_JSON, "csv": PHASES_CSV, "runs": PHASE_RUNS_DIR}
+"""The phase table's files: ``phases.json``, ``phases.csv``, one record per run in ``phases/``."""
+
+
+def _write_phases(result: Result, out: Path) -> dict[str, Path]:
+    """The phase table as JSON and CSV, and the per-run records (each file atomic)."""
+    table = result.phases.to_dict()
+    paths = {
+        "phases_json": atomic_write_text(
+            out / PHASE_FILES["json"], json.dumps(table, indent=2, allow_nan=False) + "\n"
+        ),
+        "phases_csv": atomic_write_text(out / PHASE_FILES["csv"], phases_csv(result.phases)),
+    }
+    if result.phase_records is not None:
+        runs = out / PHASE_FILES["runs"]
+        for record in result.phase_records:
+            name = record_file_name(record["index"], record["variant"], record["seed"])
+            text = json.dumps(_json_ready(record), indent=1, allow_nan=False) + "\n"
+            atomic_write_text(runs / name, text)
+        paths["phases_runs"] = runs
+    return paths
+
+
+def phases_csv(phases: PhasesSection) -> str:
+    """One row per variant: mean and std columns, paired deltas, per-group drift, timings."""
+    groups = len(phases.drift_group_edges) - 1
+    header = ["variant", "phase", "description", "num_seeds"]
+    for name in PHASE_SPREADS:
+        header += [f"{name}_mean", f"{name}_std"]
+    for name in COMPARED_QUALITY:
+        header += [f"{name}_paired_delta_mean", f"{name}_paired_delta_std"]
+    for g in range(groups):
+        header += [f"drift_group{g}_mean", f"drift_group{g}_std"]
+    header += ["param_time_s", "param_extra_s", "param_compile_s", "sampling_ratio", "edges"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in phases.rows:
+        line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
+        for name in PHASE_SPREADS:
+            spread = getattr(row, name)
+            line += [repr(spread.mean), repr(spread.std)]
+        for name in COMPARED_QUALITY:
+            line += [repr(row.paired_delta[name].mean), repr(row.paired_delta[name].std)]
+        for spread in row.drift_per_group:
+            line += [repr(spread.mean), repr(spread.std)]
+        line += [
+            repr(row.param_time_s),
+            repr(row.param_extra_s),
+            repr(row.param_compile_s),
+            repr(row.sampling_ratio),
+            " ".join(str(e) for e in row.edges),
+        ]
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def _json_ready(value: Any) -> Any:
+    """Non-finite floats as ``null`` (strict JSON), recursively."""
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def write_outputs(
+    result: Result,
+    out_dir: str | os.PathLike[str],
+    *,
+    json_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Path]:
+    """Write ``baseline_metrics.json``, ``baseline_metrics.html`` and ``samples.npz``, atomically.
+
+    Each file goes to a temporary name in ``out_dir`` and is renamed into place, so an
+    interrupted run never leaves a half-written report. ``samples.npz`` (arrays ``fp32`` and
+    ``quantized``, ``[N, 8, 8]``, plus ``baseline_quantized`` for an enhanced run) is written only
+    when ``result.samples`` is present. With a phase table: ``phases.json``, ``phases.csv`` and,
+    when ``result.phase_records`` is present, one JSON record per variant and seed in ``phases/``.
+    ``json_path`` (default ``out_dir/baseline_metrics.json``) lets the baseline command stage the
+    JSON, the sweep's completion marker, under a temporary name and rename it after the log.
+
+    Returns:
+        The written paths keyed ``json``, ``html`` (and ``samples``, ``phases_json``,
+        ``phases_csv``, ``phases_runs``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html = render_report(result)
+    paths = {"html": atomic_write_text(out / OUTPUT_FILES["html"], html)}
+    if result.samples is not None:
+        paths["samples"] = out / OUTPUT_FILES["samples"]
+        with atomic_file(paths["samples"]) as temporary, open(temporary, "wb") as handle:
+            np.savez(handle, **{k: np.asarray(v) for k, v in result.samples.items()})
+    if result.phases is not None:
+        paths.update(_write_phases(result, out))
+    # The JSON goes last: a sweep's resume takes a parseable report as "this job finished".
+    paths["json"] = write_result(
+        result, out / OUTPUT_FILES["json"] if json_path is None else json_path
+    )
+    for kind, path in paths.items():
+        log.info("wrote %s: %s", kind, path)
+    return paths

@@ -1,0 +1,9 @@
+"""The core ring: pure JAX kernels and metrics, arrays and pytrees in, arrays and pytrees out.
+
+Quantization (:mod:`~thermojax.core.quant`), time groups (:mod:`~thermojax.core.timegroups`),
+Markov smoothness (:mod:`~thermojax.core.markov`, :mod:`~thermojax.core.schedule_metrics`),
+boundary smoothing (:mod:`~thermojax.core.smoothing`), adaptive groups
+(:mod:`~thermojax.core.adaptive`) and transition optimization (:mod:`~thermojax.core.transition`).
+No file I/O and no Flax, Hydra, OmegaConf, Ray, W&B, Jinja2 or rich; ``tests/core`` holds every
+module here to that. The public names are re-exported by :mod:`thermojax`.
+"""

@@ -1,0 +1,169 @@
+"""Where thermojax keeps its caches, the names of the files it publishes, and the one way it
+publishes a file (atomically).
+
+Every file thermojax writes for someone else to read (reports, samples, checkpoints, cache
+entries, sweep records) goes through :func:`atomic_file`: written under a temporary name in the
+destination folder, flushed to disk (``fsync``), given the permissions a plain ``open`` would
+give, then renamed into place. A reader sees the old file or the whole new one, never a part; a
+failure or a kill mid-write leaves at most a ``.NAME.*.tmp`` file that no reader takes for the real
+one (and that a sweep's resume deletes, :data:`TEMPORARY_GLOB`).
+
+The file names below are the one definition that the writers (the baseline command), the readers
+(the sweep comparison) and the Ray launcher's resume and failure records share.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> atomic_write_text(folder / "note.txt", "hello\\n").read_text()
+    'hello\\n'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "COMPARISON_HTML",
+    "FAILURE_JSON",
+    "PHASES_CSV",
+    "PHASES_JSON",
+    "PHASE_RUNS_DIR",
+    "REPORT_HTML",
+    "REPORT_JSON",
+    "RUN_LOG",
+    "SAMPLES_NPZ",
+    "SWEEP_SUMMARY_CSV",
+    "SWEEP_SUMMARY_JSON",
+    "TEMPORARY_GLOB",
+    "TEMPORARY_SUFFIX",
+    "atomic_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "cache_dir",
+    "publish_staged",
+    "staged_path",
+]
+
+# ---------------------------------------------------------------- the files of a run and a sweep
+
+REPORT_JSON = "baseline_metrics.json"
+"""A run's ``Result`` as JSON; a sweep's resume takes a parseable one as "this job finished"."""
+REPORT_HTML = "baseline_metrics.html"
+"""A run's self-contained HTML report."""
+RUN_LOG = "baseline_metrics.log"
+"""A run's full log."""
+SAMPLES_NPZ = "samples.npz"
+"""A run's fp32 and quantized samples."""
+PHASES_JSON = "phases.json"
+"""The phase table of ``experiment=phases``."""
+PHASES_CSV = "phases.csv"
+"""The phase table as CSV."""
+PHASE_RUNS_DIR = "phases"
+"""The folder of the phase experiment's per-run records."""
+FAILURE_JSON = "failure.json"
+"""Where the Ray launcher records a failed job's error, in the job's folder."""
+SWEEP_SUMMARY_CSV = "sweep_summary.csv"
+"""The sweep comparison's table (``python -m thermojax.compare``)."""
+SWEEP_SUMMARY_JSON = "sweep_summary.json"
+"""The sweep comparison's table, failures and correlations as JSON."""
+COMPARISON_HTML = "comparison.html"
+"""The sweep comparison page."""
+
+TEMPORARY_SUFFIX = ".tmp"
+"""How the name of every temporary (an unfinished atomic write, a staged file) ends."""
+TEMPORARY_GLOB = f".*{TEMPORARY_SUFFIX}"
+"""Matches every temporary this module names in a folder (hidden, ``.tmp`` at the end)."""
+
+
+def cache_dir() -> Path:
+    """The project cache folder: ``$THERMOJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/thermojax``.
+
+    Not created here; callers create the subfolder they write into.
+    """
+    explicit = os.environ.get("THERMOJAX_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "thermojax"
+
+
+# ---------------------------------------------------------------- atomic publication
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
+    """Publish ``path`` atomically: yields a temporary path to write (by any means) instead.
+
+    On a clean exit the temporary file is fsynced and renamed to ``path``; on an exception it is
+    removed and ``path`` is left as it was. The parent folder is created if needed. The temporary
+    is named ``.NAME.<random>.tmp`` in the destination folder, plus ``suffix`` for writers that
+    insist on a file-name ending (``numpy.savez`` appends ``.npz`` to a path without it).
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "arrays.npz"
+        >>> with atomic_file(target) as tmp:
+        ...     with open(tmp, "wb") as handle:
+        ...         np.savez(handle, x=np.zeros(3))
+        >>> sorted(np.load(target).files)
+        ['x']
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX + suffix
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_file`); returns ``path``."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def staged_path(path: str | os.PathLike[str]) -> Path:
+    """Where ``path`` waits, written whole, until :func:`publish_staged` renames it into place.
+
+    ``.NAME.pending.tmp`` beside it: a temporary (:data:`TEMPORARY_GLOB`), so no reader takes
+    it for ``path`` and a sweep's resume deletes one that a killed run left.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.pending{TEMPORARY_SUFFIX}")
+
+
+def publish_staged(path: str | os.PathLike[str]) -> Path:
+    """Rename the staged copy of ``path`` (:func:`staged_path`) into place; returns ``path``.
+
+    For a file that must appear only after others were written (the report a sweep's resume
+    trusts): stage it with an atomic write to :func:`staged_path`, write the rest, publish.
+    """
+    os.replace(staged_path(path), path)
+    return Path(path)

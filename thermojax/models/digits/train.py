@@ -1,0 +1,245 @@
+"""Train the shipped digits DDPM and its quality classifier, and write the checkpoint.
+
+Usage::
+
+    python -m thermojax.models.train_digits                 # the shipped checkpoint
+    python -m thermojax.models.train_digits --steps 50 --out /tmp/ckpt   # smoke run
+
+Seeded and deterministic on a given machine: the same flags give the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from thermojax.models.base import sample_quality
+from thermojax.models.digits.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint
+from thermojax.models.digits.classifier import ClassifierConfig, DigitsClassifier, load_real_digits
+from thermojax.models.digits.ddpm import (
+    Denoiser,
+    DenoiserConfig,
+    DigitsDDPM,
+    NoiseSchedule,
+    digits_to_model_space,
+)
+
+__all__ = ["TrainConfig", "main", "train"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (written into the checkpoint's JSON)."""
+
+    steps: int = 12_000
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    steps_per_call: int = 200
+    classifier_steps: int = 2_000
+    classifier_noise: float = 0.15
+    seed: int = 0
+    num_timesteps: int = 1000
+
+
+def _chunked_trainer(loss_fn, optimizer, steps_per_call: int, ema_decay: float | None):
+    """A jitted function that runs ``steps_per_call`` optimizer steps in one ``lax.scan``."""
+
+    def one_step(carry, key):
+        params, opt_state, ema = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if ema_decay is not None:
+            ema = optax.incremental_update(params, ema, step_size=1.0 - ema_decay)
+        return (params, opt_state, ema), loss
+
+    @jax.jit
+    def run(carry, key):
+        keys = jax.random.split(key, steps_per_call)
+        carry, losses = jax.lax.scan(one_step, carry, keys)
+        return carry, jnp.mean(losses)
+
+    return run
+
+
+def _schedule(cfg: TrainConfig, total: int) -> optax.Schedule:
+    warmup = min(cfg.warmup_steps, max(total // 10, 1))
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, warmup, max(total, warmup + 1), end_value=cfg.learning_rate * 0.02
+    )
+
+
+def train_denoiser(
+    cfg: TrainConfig, arch: DenoiserConfig, schedule: NoiseSchedule, data: np.ndarray, log=print
+) -> tuple[dict[str, Any], float]:
+    """Epsilon-prediction DDPM training; returns ``(EMA params, final mean loss)``."""
+    module = Denoiser(arch)
+    key = jax.random.PRNGKey(cfg.seed)
+    init_key, train_key = jax.random.split(key)
+    x_data = jnp.asarray(data)
+    sqrt_ab = jnp.asarray(np.sqrt(schedule.alpha_bar))
+    sqrt_1mab = jnp.asarray(np.sqrt(1.0 - schedule.alpha_bar))
+    params = module.init(init_key, x_data[:2], jnp.zeros((2,), jnp.int32))["params"]
+
+    def loss_fn(p, k):
+        k_idx, k_t, k_eps = jax.random.split(k, 3)
+        idx = jax.random.randint(k_idx, (cfg.batch_size,), 0, x_data.shape[0])
+        t = jax.random.randint(k_t, (cfg.batch_size,), 0, schedule.num_timesteps)
+        x0 = x_data[idx]
+        eps = jax.random.normal(k_eps, x0.shape)
+        x_t = sqrt_ab[t][:, None] * x0 + sqrt_1mab[t][:, None] * eps
+        eps_hat, _ = module.apply({"params": p}, x_t, t)
+        return jnp.mean((eps_hat - eps) ** 2)
+
+    calls = max(1, -(-cfg.steps // cfg.steps_per_call))
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(_schedule(cfg, cfg.steps)))
+    run = _chunked_trainer(loss_fn, optimizer, min(cfg.steps_per_call, cfg.steps), cfg.ema_decay)
+    carry = (params, optimizer.init(params), params)
+    loss = float("nan")
+    for call in range(calls):
+        carry, mean_loss = run(carry, jax.random.fold_in(train_key, call))
+        loss = float(mean_loss)
+        if call % 10 == 0 or call == calls - 1:
+            log(
+                f"denoiser step {(call + 1) * min(cfg.steps_per_call, cfg.steps):>6}: loss {loss:.4f}"
+            )
+    return jax.device_get(carry[2]), loss
+
+
+def train_classifier(
+    cfg: TrainConfig, arch: ClassifierConfig, log=print
+) -> tuple[dict[str, Any], float]:
+    """Train the quality classifier on 80% of the real digits; returns ``(params, test acc)``."""
+    pixels, labels = load_real_digits()
+    x_all = digits_to_model_space(pixels)
+    order = np.random.default_rng(cfg.seed).permutation(len(x_all))
+    split = int(0.8 * len(order))
+    train_idx, test_idx = order[:split], order[split:]
+    x_train, y_train = jnp.asarray(x_all[train_idx]), jnp.asarray(labels[train_idx])
+    module = DigitsClassifier(arch)
+    key = jax.random.PRNGKey(cfg.seed + 1)
+    init_key, train_key = jax.random.split(key)
+    params = module.init(init_key, x_train[:2])["params"]
+
+    def loss_fn(p, k):
+        k_idx, k_noise = jax.random.split(k)
+        idx = jax.random.randint(k_idx, (128,), 0, x_train.shape[0])
+        # Noise augmentation: generated digits are continuous and slightly noisy, real ones are not.
+        x = x_train[idx] + cfg.classifier_noise * jax.random.normal(k_noise, (128, 64))
+        logits, _ = module.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y_train[idx]).mean()
+
+    steps = max(cfg.classifier_steps, 1)
+    per_call = min(cfg.steps_per_call, steps)
+    optimizer = optax.adamw(_schedule(cfg, steps), weight_decay=1e-4)
+    run = _chunked_trainer(loss_fn, optimizer, per_call, None)
+    carry = (params, optimizer.init(params), None)
+    for call in range(max(1, -(-steps // per_call))):
+        carry, _ = run(carry, jax.random.fold_in(train_key, call))
+    params = jax.device_get(carry[0])
+    logits, _ = module.apply({"params": params}, jnp.asarray(x_all[test_idx]))
+    accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=1) == labels[test_idx]))
+    log(f"classifier held-out accuracy: {accuracy:.3f} ({len(test_idx)} digits)")
+    return params, accuracy
+
+
+@functools.partial(jax.jit, static_argnames="num_samples")
+def _sample_fp32(
+    model: DigitsDDPM, key: jax.Array, *, num_samples: int
+) -> tuple[jax.Array, jax.Array]:
+    """fp32 ancestral sampling, the model (its parameters) an argument of the program."""
+    return model.sample(key=key, num_samples=num_samples)
+
+
+def train(
+    out: str | Path = SHIPPED_CHECKPOINT,
+    cfg: TrainConfig | None = None,
+    arch: DenoiserConfig | None = None,
+    classifier_arch: ClassifierConfig | None = None,
+    *,
+    eval_samples: int = 256,
+    log=print,
+) -> dict[str, Any]:
+    """Train both networks, measure sample quality, write the checkpoint to ``out``.
+
+    Returns the metadata written to ``model.json`` (training settings, timings, quality).
+    """
+    cfg = cfg or TrainConfig()
+    arch = arch or DenoiserConfig()
+    classifier_arch = classifier_arch or ClassifierConfig()
+    start = time.perf_counter()
+    schedule_config = {"num_timesteps": cfg.num_timesteps, "beta_start": 1e-4, "beta_end": 0.02}
+    schedule = NoiseSchedule.linear(**schedule_config)
+    data = digits_to_model_space(load_real_digits()[0])
+    classifier_params, accuracy = train_classifier(cfg, classifier_arch, log=log)
+    params, loss = train_denoiser(cfg, arch, schedule, data, log=log)
+    train_seconds = time.perf_counter() - start
+    metadata = {
+        "training": {
+            **dataclasses.asdict(cfg),
+            "final_loss": loss,
+            "seconds": round(train_seconds, 1),
+            "classifier_test_accuracy": accuracy,
+            "command": "python -m thermojax.models.train_digits",
+        }
+    }
+    save = functools.partial(
+        save_checkpoint,
+        out,
+        denoiser_config=arch,
+        schedule_config=schedule_config,
+        denoiser_params=params,
+        classifier_config=classifier_arch,
+        classifier_params=classifier_params,
+    )
+    save(metadata=metadata)
+    if eval_samples > 0:
+        model = load_checkpoint(out)
+        x0, _ = _sample_fp32(model, jax.random.PRNGKey(0), num_samples=eval_samples)
+        quality = sample_quality(model, model.to_pixels(x0))
+        metadata["quality"] = {"num_samples": eval_samples, **quality}
+        log(f"fp32 sample quality ({eval_samples} samples): {quality}")
+        save(metadata=metadata)  # again, now with the measured quality in model.json
+    log(f"wrote {out} in {time.perf_counter() - start:.0f} s (training {train_seconds:.0f} s)")
+    return metadata
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint folder to write"
+    )
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="denoiser Adam steps")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--classifier-steps", type=int, default=defaults.classifier_steps)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--eval-samples", type=int, default=256, help="samples for the quality check (0: skip)"
+    )
+    args = parser.parse_args(argv)
+    cfg = dataclasses.replace(
+        defaults,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        classifier_steps=args.classifier_steps,
+        seed=args.seed,
+    )
+    train(args.out, cfg, eval_samples=args.eval_samples)
+
+
+if __name__ == "__main__":
+    main()

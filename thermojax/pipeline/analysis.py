@@ -1,0 +1,281 @@
+"""Violation patterns and interpretation bands of a baseline (plain Python over result records).
+
+The patterns and the bands are ArrowQuant V2's (its "Common Violation Patterns" and
+"Interpretation Guidelines"), restated for this project's conventions: boundary i sits between time groups i
+and i + 1, and time group 0 holds the least noisy timesteps (t = 0), which the sampler runs last.
+The band limits come from :class:`~thermojax.pipeline.settings.InterpretationConfig`, because ArrowQuant V2
+derived them for another model (Dream 7B at INT2).
+
+Example:
+    >>> from thermojax.pipeline.settings import InterpretationConfig
+    >>> interpret(smoothness_score=0.7, violations=(), boundary_scores=(0.7, 0.8),
+    ...           cosine_similarity=0.9, bands=InterpretationConfig()).band
+    'good'
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+from thermojax.core.markov import HIGH_JUMP, SEVERITY_LABELS
+from thermojax.pipeline.results import (
+    Check,
+    Interpretation,
+    Pattern,
+    Violation,
+    ViolationAnalysis,
+)
+from thermojax.pipeline.settings import InterpretationConfig
+
+__all__ = [
+    "analyze_violations",
+    "boundary_regions",
+    "detect_patterns",
+    "interpret",
+    "severity_label",
+]
+
+_SEVERITIES = SEVERITY_LABELS[1:]
+
+
+def severity_label(severity: int) -> str:
+    """``"low"``, ``"medium"`` or ``"high"`` for the core's severity 1, 2, 3 (0 is ``"none"``)."""
+    if not 0 <= severity < len(SEVERITY_LABELS):
+        raise ValueError(f"severity={severity} is not one of 0..{len(SEVERITY_LABELS) - 1}")
+    return SEVERITY_LABELS[severity]
+
+
+def analyze_violations(
+    violations: Sequence[Violation], *, layer_names: Sequence[str], num_boundaries: int
+) -> ViolationAnalysis:
+    """Severity distribution, boundaries and layers involved, and scale-jump statistics."""
+    per_boundary = [0] * num_boundaries
+    for v in violations:
+        if not 0 <= v.boundary_idx < num_boundaries:
+            raise ValueError(f"boundary_idx={v.boundary_idx} outside 0..{num_boundaries - 1}")
+        per_boundary[v.boundary_idx] += 1
+    per_layer = {name: 0 for name in layer_names}
+    for v in violations:
+        if v.layer not in per_layer:
+            raise ValueError(f"violation names layer {v.layer!r}, not one of {list(layer_names)}")
+        per_layer[v.layer] += 1
+    most = max(per_layer.values(), default=0)
+    severities = Counter(v.severity for v in violations)
+    jumps = [v.scale_jump for v in violations]
+    return ViolationAnalysis(
+        severity_distribution={label: severities.get(label, 0) for label in _SEVERITIES},
+        boundaries_involved=tuple(i for i, n in enumerate(per_boundary) if n),
+        violations_per_boundary=tuple(per_boundary),
+        violations_per_layer=per_layer,
+        top_layers=tuple(name for name, n in per_layer.items() if n == most and most > 0),
+        max_scale_jump=max(jumps, default=0.0),
+        mean_scale_jump=math.fsum(jumps) / len(jumps) if jumps else 0.0,
+    )
+
+
+def boundary_regions(num_boundaries: int) -> tuple[range, range]:
+    """The early and late boundaries: the first and last third (at least one each)."""
+    width = max(1, math.ceil(num_boundaries / 3))
+    return range(min(width, num_boundaries)), range(max(0, num_boundaries - width), num_boundaries)
+
+
+def _at(boundaries: Sequence[int], time_groups: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(f"{i} (t={time_groups[i][1]})" for i in boundaries)
+
+
+def detect_patterns(
+    analysis: ViolationAnalysis,
+    *,
+    time_groups: Sequence[tuple[int, int]],
+    bands: InterpretationConfig,
+) -> tuple[Pattern, ...]:
+    """ArrowQuant V2's common violation patterns found in ``analysis``, plus layer concentration.
+
+    - early / late boundaries: more than half of the violations at the first / last third of the
+      boundaries (needs at least 2 boundaries);
+    - uniform spread: every boundary has violations and neither end holds a majority;
+    - few but high severity: at most ``bands.good_max_violations`` violations, one of them high
+      (scale jump above :data:`~thermojax.core.markov.HIGH_JUMP`);
+    - layer concentration: a single layer carries the most violations, at least 2 and at least
+      half of them (with 2 or more layers).
+    """
+    per_boundary = analysis.violations_per_boundary
+    num_boundaries = len(per_boundary)
+    total = sum(per_boundary)
+    patterns: list[Pattern] = []
+    if total == 0:
+        return ()
+    early, late = boundary_regions(num_boundaries)
+    early_count = sum(per_boundary[i] for i in early)
+    late_count = sum(per_boundary[i] for i in late)
+    clustered = False
+    if num_boundaries >= 2 and 2 * early_count > total:
+        clustered = True
+        patterns.append(
+            Pattern(
+                id="early_boundaries",
+                name="Early boundary violations",
+                detail=f"{early_count} of {total} violations at boundaries {_at(early, time_groups)}",
+                cause="Large parameter changes between the first time groups (small t: the least "
+                "noisy steps, which the sampler runs last)",
+                action="Phase 2 boundary smoothing with a larger window",
+            )
+        )
+    if num_boundaries >= 2 and 2 * late_count > total:
+        clustered = True
+        patterns.append(
+            Pattern(
+                id="late_boundaries",
+                name="Late boundary violations",
+                detail=f"{late_count} of {total} violations at boundaries {_at(late, time_groups)}",
+                cause="Large parameter changes between the last time groups (t near T: the "
+                "noisiest steps, where the sampler starts)",
+                action="Phase 2 boundary smoothing with sigmoid interpolation",
+            )
+        )
+    if num_boundaries >= 2 and not clustered and all(per_boundary):
+        patterns.append(
+            Pattern(
+                id="uniform_spread",
+                name="Uniform distribution",
+                detail=f"violations at all {num_boundaries} boundaries "
+                f"({', '.join(str(n) for n in per_boundary)})",
+                cause="Aggressive quantization without calibration: activation ranges drift "
+                "across every boundary",
+                action="Phase 3 transition optimization with Markov constraints",
+            )
+        )
+    high = analysis.severity_distribution.get("high", 0)
+    if high and total <= bands.good_max_violations:
+        patterns.append(
+            Pattern(
+                id="few_high_severity",
+                name="High severity jumps",
+                detail=f"only {total} violations, {high} with a scale jump above {HIGH_JUMP:.0%} "
+                f"(max {analysis.max_scale_jump:.0%})",
+                cause="Abrupt changes in the activation distribution at a few boundaries",
+                action="Phase 2 cubic smoothing + Phase 3 optimization",
+            )
+        )
+    per_layer = analysis.violations_per_layer
+    if len(per_layer) >= 2 and len(analysis.top_layers) == 1:
+        top = analysis.top_layers[0]
+        if per_layer[top] >= 2 and 2 * per_layer[top] >= total:
+            patterns.append(
+                Pattern(
+                    id="layer_concentration",
+                    name="Violations concentrated in one layer",
+                    detail=f"{top} carries {per_layer[top]} of {total} violations",
+                    cause="This layer's input range changes faster over the timesteps than the "
+                    "other layers'",
+                    action="Smooth this layer's boundaries first (Phase 2) or give it finer "
+                    "time groups",
+                )
+            )
+    return tuple(patterns)
+
+
+def interpret(
+    *,
+    smoothness_score: float,
+    violations: Sequence[Violation],
+    boundary_scores: Sequence[float],
+    cosine_similarity: float,
+    bands: InterpretationConfig,
+) -> Interpretation:
+    """ArrowQuant V2's interpretation: band from the score, the band's criteria, recommended actions.
+
+    Bands: ``poor`` if score < ``poor_below``, ``excellent`` if score > ``excellent_above``,
+    else ``good``.
+    """
+    count = len(violations)
+    severities = Counter(v.severity for v in violations)
+    high = severities.get("high", 0)
+    scores = list(boundary_scores)
+    below_poor = sum(s < bands.poor_boundary_score for s in scores)
+    above_good = sum(s > bands.good_min_boundary_score for s in scores)
+    cos = f"{cosine_similarity:.3f}"
+    if smoothness_score < bands.poor_below:
+        band = "poor"
+        checks = (
+            Check(
+                f"{bands.good_max_violations + 1}+ violations, including high severity",
+                f"{count} ({high} high)",
+                count > bands.good_max_violations and high > 0,
+            ),
+            Check(
+                f"multiple boundary scores < {bands.poor_boundary_score:.2f}",
+                f"{below_poor} of {len(scores)}",
+                below_poor >= 2,
+            ),
+            Check(
+                f"cosine similarity < {bands.good_min_cosine:.2f}",
+                cos,
+                cosine_similarity < bands.good_min_cosine,
+            ),
+        )
+        actions = [
+            "Consider INT4 weights (bit_width=4)",
+            "Increase the number of time groups (num_time_groups)",
+            "Or skip to Phase 3 (transition optimization)",
+        ]
+    elif smoothness_score > bands.excellent_above:
+        band = "excellent"
+        checks = (
+            Check(
+                f"0-{bands.excellent_max_violations} violations, low severity only",
+                f"{count} ({count - severities.get('low', 0)} above low)",
+                count <= bands.excellent_max_violations and severities.get("low", 0) == count,
+            ),
+            Check(
+                f"all boundary scores > {bands.excellent_min_boundary_score:.2f}",
+                f"min {min(scores):.3f}" if scores else "no boundaries",
+                all(s > bands.excellent_min_boundary_score for s in scores),
+            ),
+            Check(
+                f"cosine similarity > {bands.excellent_min_cosine:.2f}",
+                cos,
+                cosine_similarity > bands.excellent_min_cosine,
+            ),
+        )
+        actions = ["Smoothness is already good; Phase 2/3 can still improve accuracy"]
+    else:
+        band = "good"
+        checks = (
+            Check(
+                f"0-{bands.good_max_violations} violations, mostly low/medium severity",
+                f"{count} ({high} high)",
+                count <= bands.good_max_violations and 2 * high <= count,
+            ),
+            Check(
+                f"boundary scores mostly > {bands.good_min_boundary_score:.2f}",
+                f"{above_good} of {len(scores)}",
+                2 * above_good > len(scores) or not scores,
+            ),
+            Check(
+                f"cosine similarity >= {bands.good_min_cosine:.2f}",
+                cos,
+                cosine_similarity >= bands.good_min_cosine,
+            ),
+        )
+        actions = ["Proceed to Phase 2 (boundary smoothing) for further improvement"]
+    if band != "poor" and cosine_similarity < bands.good_min_cosine:
+        actions.append(
+            f"Weight cosine similarity {cos} is below {bands.good_min_cosine:.2f}: "
+            "consider more weight bits (bit_width=4)"
+        )
+    summary = (
+        f"Smoothness {smoothness_score:.3f} is {band} (poor < {bands.poor_below:.2f} <= good <= "
+        f"{bands.excellent_above:.2f} < excellent), with {count} violation"
+        f"{'' if count == 1 else 's'}."
+    )
+    return Interpretation(
+        band=band,
+        summary=summary,
+        poor_below=bands.poor_below,
+        excellent_above=bands.excellent_above,
+        checks=checks,
+        actions=tuple(actions),
+    )

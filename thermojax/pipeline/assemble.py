@@ -1,0 +1,283 @@
+"""Measured arrays in, a :class:`~thermojax.pipeline.results.Result` out (no model needed).
+
+The model-level figures are computed from the per-layer values exactly as they are written to the
+JSON, so anyone can recompute them from ``layers``: :func:`build_result` assembles a run's top
+level, :func:`with_enhancement` adds the baseline beside the enhanced parameters of an enhanced run,
+and :func:`with_phases` the phase table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+import thermojax
+from thermojax.core.markov import MarkovMetrics
+from thermojax.core.timegroups import group_ranges
+from thermojax.pipeline.analysis import (
+    analyze_violations,
+    detect_patterns,
+    interpret,
+    severity_label,
+)
+from thermojax.pipeline.results import (
+    BaselineSection,
+    EnhancementSection,
+    LayerResult,
+    MetricsView,
+    OptimizationSection,
+    PhasesSection,
+    QualitySection,
+    Result,
+    SamplePreview,
+    Violation,
+    float32_list,
+)
+from thermojax.pipeline.settings import BaselineConfig
+
+__all__ = ["PREVIEW_SAMPLES", "build_result", "group_means", "with_enhancement", "with_phases"]
+
+PREVIEW_SAMPLES = 16
+"""Samples of each kind kept in the ``Result`` for the report's image grids."""
+
+
+def build_result(
+    *,
+    config: BaselineConfig,
+    model_name: str,
+    layer_names: Sequence[str],
+    edges: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray,
+    metrics: MarkovMetrics,
+    act_min: np.ndarray,
+    act_max: np.ndarray,
+    layer_cosine: Sequence[float],
+    model_cosine: float,
+    compression_ratio: float,
+    model_size_mb: float,
+    quality: Mapping[str, Any],
+    fp32_x0: np.ndarray,
+    quantized_x0: np.ndarray,
+    quantization_time_s: float,
+    timings_s: Mapping[str, float],
+) -> Result:
+    """Assemble a :class:`Result` from measured arrays (no model needed; tests use it too).
+
+    The model-level figures are computed from the per-layer values exactly as they are written
+    to the JSON, so anyone can recompute them from ``layers``.
+
+    Args:
+        metrics: ``markov_metrics`` of ``scales``/``zero_points`` ``[L, G]`` at one threshold.
+        act_min, act_max: per-timestep calibration ranges ``[L, T]``.
+        quality: ``Quality.to_dict()`` of the evaluator.
+        fp32_x0, quantized_x0: samples ``[N, 8, 8]`` from the same noise.
+    """
+    metrics = jax.tree_util.tree_map(np.asarray, metrics)
+    layers = tuple(
+        LayerResult(
+            name=name,
+            scales=float32_list(scales[i]),
+            zero_points=float32_list(zero_points[i]),
+            scale_jumps=float32_list(metrics.scale_jumps[i]),
+            zero_point_jumps=float32_list(metrics.zero_point_jumps[i]),
+            boundary_scores=float32_list(metrics.boundary_scores[i]),
+            smoothness_score=float32_list(metrics.smoothness_score[i])[0],
+            cosine_similarity=float(layer_cosine[i]),
+            activation_min=float32_list(act_min[i]),
+            activation_max=float32_list(act_max[i]),
+        )
+        for i, name in enumerate(layer_names)
+    )
+    violations = tuple(
+        Violation(
+            layer=layers[i].name,
+            boundary_idx=int(b),
+            scale_jump=layers[i].scale_jumps[b],
+            zero_point_jump=layers[i].zero_point_jumps[b],
+            severity=severity_label(int(metrics.severity[i, b])),
+        )
+        for i, b in np.argwhere(metrics.violations)
+    )
+    time_groups = tuple((int(a), int(b)) for a, b in group_ranges(edges))
+    num_boundaries = len(time_groups) - 1
+    layer_boundaries = np.array([layer.boundary_scores for layer in layers], np.float64)
+    boundary_scores = tuple(float(v) for v in layer_boundaries.reshape(len(layers), -1).mean(0))
+    smoothness = float(np.mean([layer.smoothness_score for layer in layers]))
+    if boundary_scores:
+        bs = np.asarray(boundary_scores)
+        summary = (float(bs.min()), float(bs.max()), float(bs.mean()), float(bs.std()))
+    else:  # one time group: no boundaries, nothing to summarize
+        summary = (float("nan"),) * 4
+    analysis = analyze_violations(
+        violations, layer_names=layer_names, num_boundaries=num_boundaries
+    )
+    return Result(
+        model_name=model_name,
+        bit_width=config.bit_width,
+        num_time_groups=len(time_groups),
+        smoothness_score=smoothness,
+        violation_count=len(violations),
+        violations=violations,
+        boundary_scores=boundary_scores,
+        cosine_similarity=float(model_cosine),
+        compression_ratio=float(compression_ratio),
+        model_size_mb=float(model_size_mb),
+        quantization_time_s=float(quantization_time_s),
+        min_boundary_score=summary[0],
+        max_boundary_score=summary[1],
+        mean_boundary_score=summary[2],
+        std_boundary_score=summary[3],
+        common_violation_patterns=detect_patterns(
+            analysis, time_groups=time_groups, bands=config.interpretation
+        ),
+        act_bits=config.act_bits,
+        smoothness_threshold=config.smoothness_threshold,
+        num_timesteps=int(edges[-1]),
+        time_groups=time_groups,
+        layers=layers,
+        violation_analysis=analysis,
+        quality=QualitySection.from_dict(quality),
+        interpretation=interpret(
+            smoothness_score=smoothness,
+            violations=violations,
+            boundary_scores=boundary_scores,
+            cosine_similarity=float(model_cosine),
+            bands=config.interpretation,
+        ),
+        sample_preview=SamplePreview(fp32=_preview(fp32_x0), quantized=_preview(quantized_x0)),
+        timings_s=dict(timings_s),
+        environment=_environment(),
+        config=config.to_dict(),
+        samples={
+            "fp32": np.asarray(fp32_x0, np.float32),
+            "quantized": np.asarray(quantized_x0, np.float32),
+        },
+    )
+
+
+def group_means(params: np.ndarray, param_edges: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each time group's mean of ``[L, S]`` parameters (identity when ``param_edges == edges``)."""
+    per_step = np.repeat(np.asarray(params, np.float64), np.diff(param_edges), axis=1)
+    sums = np.add.reduceat(per_step, np.asarray(edges[:-1]), axis=1)
+    return (sums / np.diff(edges)[None, :]).astype(np.float32)
+
+
+def _metrics_view(metrics: MarkovMetrics) -> MetricsView:
+    """Model-level summary of per-layer metrics ``[L, G - 1]``, defined as for the top level."""
+    metrics = jax.tree_util.tree_map(np.asarray, metrics)
+    # From the float32 values as written to the JSON, exactly as build_result does.
+    scores = np.array([float32_list(row) for row in metrics.boundary_scores], np.float64)
+    return MetricsView(
+        smoothness_score=float(np.mean(float32_list(metrics.smoothness_score))),
+        violation_count=int(np.sum(metrics.violations)),
+        boundary_scores=tuple(float(v) for v in scores.reshape(scores.shape[0], -1).mean(0)),
+        scale_jumps=tuple(float32_list(row) for row in metrics.scale_jumps),
+    )
+
+
+def _enhancement_section(config: BaselineConfig, enhanced: Any) -> EnhancementSection:
+    variant = enhanced.variant
+    opt = enhanced.optimization
+    optimization = None
+    if opt is not None:
+        optimization = OptimizationSection(
+            target="timesteps" if variant.per_timestep else "groups",
+            settings={
+                **dataclasses.asdict(config.thermo.optimization),
+                "markov_weight": variant.markov_weight,
+            },
+            iterations=tuple(int(i) for i in opt.iterations),
+            converged=tuple(bool(c) for c in opt.converged),
+            initial_loss=float32_list(opt.initial_loss),
+            final_loss=float32_list(opt.final_loss),
+            quant_error_before=float32_list(opt.quant_error_before),
+            quant_error_after=float32_list(opt.quant_error_after),
+            markov_penalty_before=float32_list(opt.markov_penalty_before),
+            markov_penalty_after=float32_list(opt.markov_penalty_after),
+            loss_history=tuple(
+                float32_list(history[:steps])
+                for history, steps in zip(opt.loss_history, opt.iterations, strict=True)
+            ),
+        )
+    schedule = variant.per_timestep
+    return EnhancementSection(
+        description=variant.description,
+        strategy=variant.strategy,
+        lam=float(variant.lam),
+        smoothing=dataclasses.asdict(variant.smoothing) if variant.smoothing else None,
+        per_timestep=schedule,
+        schedule_scales=tuple(float32_list(r) for r in enhanced.scales) if schedule else None,
+        schedule_zero_points=(
+            tuple(float32_list(r) for r in enhanced.zero_points) if schedule else None
+        ),
+        group_view=_metrics_view(enhanced.metrics.groups),
+        max_step_scale_jump=float32_list(
+            np.max(enhanced.metrics.steps.scale_jumps, axis=-1, initial=0.0)
+        ),
+        optimization=optimization,
+        parameter_time_s=float(enhanced.seconds),
+    )
+
+
+def _preview(x0: np.ndarray) -> tuple[tuple[tuple[float, ...], ...], ...]:
+    images = np.asarray(x0, np.float32)[:PREVIEW_SAMPLES]
+    return tuple(tuple(float32_list(np.round(row, 3)) for row in image) for image in images)
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "thermojax": thermojax.__version__,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+def with_enhancement(
+    result: Result,
+    *,
+    config: BaselineConfig,
+    enhanced: Any,
+    edges: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray,
+    metrics: MarkovMetrics,
+    quality: Mapping[str, Any],
+    quantized_x0: np.ndarray,
+) -> Result:
+    """``result`` (built from the enhanced parameters) with the baseline's parameters, metrics,
+    quality and samples beside it, and what the enhancement did.
+
+    Args:
+        enhanced: the :class:`~thermojax.pipeline.variants.ParameterSet` the sampler used.
+        edges, scales, zero_points, metrics: the baseline's uniform, unsmoothed parameters.
+        quality: the baseline's ``Quality.to_dict()``; quantized_x0: its quantized samples.
+    """
+    return dataclasses.replace(
+        result,
+        baseline=BaselineSection(
+            time_groups=tuple((int(a), int(b)) for a, b in group_ranges(edges)),
+            scales=tuple(float32_list(row) for row in scales),
+            zero_points=tuple(float32_list(row) for row in zero_points),
+            metrics=_metrics_view(metrics),
+            quality=QualitySection.from_dict(quality),
+        ),
+        enhancement=_enhancement_section(config, enhanced),
+        samples={**result.samples, "baseline_quantized": np.asarray(quantized_x0, np.float32)},
+    )
+
+
+def with_phases(
+    result: Result, table: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+) -> Result:
+    """``result`` with the phase table and its per-run records."""
+    return dataclasses.replace(
+        result, phases=PhasesSection.from_dict(table), phase_records=tuple(records)
+    )

@@ -1,0 +1,188 @@
+"""Per-timestep activation statistics of every quantizable layer, collected in one jitted scan."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from thermojax.core.quant import QTensor
+from thermojax.errors import UserInputError
+from thermojax.files import atomic_file
+from thermojax.models.base import DiffusionModel, run_sampler
+from thermojax.pipeline.weights import dense_weights, quantize_weights
+
+__all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate"]
+
+CALIBRATION_VERSION = 1
+"""Bump when :func:`calibrate` computes different numbers for the same inputs: cached statistics
+(keyed with this version) from older code are then never used again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationStats:
+    """Input-activation statistics of each quantizable layer at each timestep.
+
+    Attributes:
+        layer_names: the L layers, in the order of the leading axis.
+        act_min, act_max, act_mean, act_std: float32 ``[L, T]`` over all samples and channels.
+        act_samples: float32 ``[L, T, K]``, K activation values drawn at random (with replacement)
+            from the values each layer saw at each timestep.
+    """
+
+    layer_names: tuple[str, ...]
+    act_min: np.ndarray
+    act_max: np.ndarray
+    act_mean: np.ndarray
+    act_std: np.ndarray
+    act_samples: np.ndarray
+
+    @property
+    def num_timesteps(self) -> int:
+        """T, the length of the time axis."""
+        return int(self.act_min.shape[1])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the statistics to an ``.npz`` file atomically (``thermojax.files.atomic_file``)."""
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                layer_names=np.asarray(self.layer_names, dtype=str),
+                act_min=self.act_min,
+                act_max=self.act_max,
+                act_mean=self.act_mean,
+                act_std=self.act_std,
+                act_samples=self.act_samples,
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CalibrationStats:
+        """Read statistics written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                layer_names=tuple(str(n) for n in data["layer_names"]),
+                act_min=np.asarray(data["act_min"], np.float32),
+                act_max=np.asarray(data["act_max"], np.float32),
+                act_mean=np.asarray(data["act_mean"], np.float32),
+                act_std=np.asarray(data["act_std"], np.float32),
+                act_samples=np.asarray(data["act_samples"], np.float32),
+            )
+
+
+@partial(jax.jit, static_argnames=("num_samples", "samples_per_step"))
+def _calibration_program(
+    model: DiffusionModel,
+    weights: dict[str, jax.Array],
+    key: jax.Array,
+    *,
+    num_samples: int,
+    samples_per_step: int,
+) -> tuple[jax.Array, jax.Array]:
+    """``(stats [T, L, 4] = min/max/mean/std, samples [T, L, K])`` from one sampler scan.
+
+    The model is a pytree argument, so models that differ only in parameters share the program.
+    """
+
+    def observe(t: jax.Array, layer_inputs: tuple[jax.Array, ...], step_key: jax.Array):
+        keys = jax.random.split(step_key, len(layer_inputs))
+        stats, picks = [], []
+        # Layers have different input widths, so they cannot be stacked into one array; this
+        # trace-time loop over the L layers unrolls into one fused program per step.
+        for h, layer_key in zip(layer_inputs, keys, strict=True):
+            flat = h.reshape(-1)
+            mean = jnp.mean(flat)
+            std = jnp.sqrt(jnp.maximum(jnp.mean(jnp.square(flat - mean)), 0.0))
+            stats.append(jnp.stack([jnp.min(flat), jnp.max(flat), mean, std]))
+            idx = jax.random.randint(layer_key, (samples_per_step,), 0, flat.shape[0])
+            picks.append(flat[idx])
+        return jnp.stack(stats), jnp.stack(picks)
+
+    _, _, (stats, picks) = run_sampler(
+        model, weights, key=key, num_samples=num_samples, observe=observe
+    )
+    return stats, picks
+
+
+def _check_qweights(
+    model: DiffusionModel, qweights: Mapping[str, QTensor], bit_width: int, group_size: int
+) -> None:
+    missing = [n for n in model.layer_names if n not in qweights]
+    if missing:
+        raise ValueError(f"qweights lack layer(s) {missing}; expected {list(model.layer_names)}")
+    wrong = [
+        f"{n} ({type(q).__name__} bits={getattr(q, 'bits', None)}, "
+        f"group_size={getattr(q, 'group_size', None)})"
+        for n, q in ((n, qweights[n]) for n in model.layer_names)
+        if not isinstance(q, QTensor) or (q.bits, q.group_size) != (bit_width, group_size)
+    ]
+    if wrong:
+        raise ValueError(
+            f"qweights must be QTensors at bit_width={bit_width}, group_size={group_size}; "
+            f"got {', '.join(wrong)}"
+        )
+
+
+def calibrate(
+    model: DiffusionModel,
+    *,
+    bit_width: int,
+    group_size: int = 64,
+    num_samples: int = 128,
+    seed: int = 0,
+    samples_per_step: int = 64,
+    qweights: Mapping[str, QTensor] | None = None,
+) -> CalibrationStats:
+    """Per-timestep input-activation statistics of every quantizable layer.
+
+    Runs the model's ancestral sampler on ``num_samples`` samples with its weights quantized at
+    ``bit_width`` (dequantized on the fly, as post-training quantization does) and full-precision
+    activations, in one jitted ``lax.scan`` over the T timesteps. The noise is the same as
+    :func:`thermojax.pipeline.sampling.sample` with the same ``seed`` and ``num_samples``.
+
+    Args:
+        model: the model.
+        bit_width: weight bits, 2, 4 or 8.
+        group_size: weight quantization group size along each layer's input dimension.
+        num_samples: N >= 1 calibration samples.
+        seed: PRNG seed of the sampler noise (and of the activation subsample).
+        samples_per_step: K >= 1 activation values kept per layer and timestep.
+        qweights: the weights already quantized at ``bit_width`` and ``group_size`` by
+            :func:`~thermojax.pipeline.weights.quantize_weights` (the pipeline has them); ``None``
+            quantizes them here.
+
+    Returns:
+        :class:`CalibrationStats` with ``[L, T]`` statistics and ``[L, T, K]`` samples.
+
+    Raises:
+        UserInputError: ``num_samples < 1``, ``samples_per_step < 1``, bad ``bit_width`` or a
+            ``group_size`` that does not divide a layer width.
+        ValueError: ``qweights`` that lack a layer or were quantized at other bits or group size.
+    """
+    for name, value in (("num_samples", num_samples), ("samples_per_step", samples_per_step)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise UserInputError(f"calibration {name} must be an integer >= 1, got {value!r}")
+    if qweights is None:
+        qweights, _ = quantize_weights(model, bits=bit_width, group_size=group_size)
+    else:
+        _check_qweights(model, qweights, bit_width, group_size)
+    stats, picks = _calibration_program(
+        model,
+        dense_weights(model, qweights),
+        jax.random.PRNGKey(seed),
+        num_samples=int(num_samples),
+        samples_per_step=int(samples_per_step),
+    )
+    stats = np.asarray(stats, np.float32).transpose(2, 1, 0)  # [4, L, T]
+    return CalibrationStats(
+        layer_names=tuple(model.layer_names),
+        act_min=stats[0].copy(),
+        act_max=stats[1].copy(),
+        act_mean=stats[2].copy(),
+        act_std=stats[3].copy(),
+        act_samples=np.asarray(picks, np.float32).transpose(1, 0, 2).copy(),
+    )

@@ -1,0 +1,502 @@
+"""The one versioned result schema of a baseline run, and its atomic JSON read/write.
+
+``baseline_metrics.json`` is ``Result.to_dict()``; the HTML report, the W&B tracker, the sweep
+comparison and the tests all read a ``Result`` through :func:`read_result`, so the schema lives in
+exactly one place: the dataclasses below. Model-level figures are defined from ``layers``:
+
+- ``smoothness_score`` = mean of the layers' ``smoothness_score``;
+- ``boundary_scores[i]`` = mean over layers of ``layers[*].boundary_scores[i]``;
+- ``violations`` = every (layer, boundary) whose scale jump exceeds ``smoothness_threshold``;
+- ``min/max/mean/std_boundary_score`` are over ``boundary_scores`` (population std).
+
+Later phases add optional sections (``None`` when absent, omitted from the JSON), so a file of an
+older schema version still reads. Schema 2: the top-level metrics describe the parameters
+the quantized sampler actually used; with smoothing, optimization or adaptive groups on, those are
+the enhanced ones (a per-timestep schedule is measured per boundary window, see
+:mod:`thermojax.core.schedule_metrics`), ``baseline`` then holds the uniform, unsmoothed parameters'
+metrics and quality from the same calibration and noise, and ``enhancement`` says what was done.
+``phases`` is the phase table of ``experiment=phases``. Version 1 files still read.
+
+Example:
+    >>> result = read_result("outputs/run/baseline_metrics.json")  # doctest: +SKIP
+    >>> result.smoothness_score, result.interpretation.band  # doctest: +SKIP
+    (0.71, 'good')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thermojax.core.markov import SEVERITY_LABELS
+from thermojax.files import atomic_write_text
+from thermojax.pipeline.typed_json import dataclass_from_json, from_json, to_json
+
+__all__ = [
+    "COMPARED_QUALITY",
+    "PHASE_SPREADS",
+    "QUALITY_FIGURES",
+    "SCHEMA_VERSION",
+    "SEVERITY_LABELS",
+    "BaselineSection",
+    "Check",
+    "EnhancementSection",
+    "Interpretation",
+    "LayerResult",
+    "MetricsView",
+    "OptimizationSection",
+    "Pattern",
+    "PhaseRow",
+    "PhasesSection",
+    "QualitySection",
+    "Result",
+    "SamplePreview",
+    "Spread",
+    "Violation",
+    "ViolationAnalysis",
+    "float32_list",
+    "read_result",
+    "write_result",
+]
+
+SCHEMA_VERSION = 2
+"""Bumped whenever a key changes meaning or a required key is added (2: the enhancement, baseline and phase sections)."""
+
+# SEVERITY_LABELS, the JSON's ``severity`` strings, are the core's (thermojax.core.markov).
+
+
+@dataclasses.dataclass(frozen=True)
+class Violation:
+    """One (layer, boundary) whose activation scale jump exceeds the smoothness threshold.
+
+    Attributes:
+        layer: layer name.
+        boundary_idx: boundary i, between time groups i and i + 1.
+        scale_jump: ``|s[i+1] - s[i]| / s[i]``.
+        zero_point_jump: ``|z[i+1] - z[i]| / qmax``.
+        severity: ``"low"``, ``"medium"`` or ``"high"``: the core's severity level
+            (:data:`~thermojax.core.markov.SEVERITY_LABELS`; medium above ``MEDIUM_JUMP``, high
+            above ``HIGH_JUMP``).
+    """
+
+    layer: str
+    boundary_idx: int
+    scale_jump: float
+    zero_point_jump: float
+    severity: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerResult:
+    """Time-group parameters and smoothness of one quantized layer's input activations.
+
+    Attributes:
+        name: layer name.
+        scales, zero_points: activation scale and zero point of each time group ``[G]``.
+        scale_jumps, zero_point_jumps, boundary_scores: one per boundary ``[G - 1]``.
+        smoothness_score: the layer's Markov smoothness score in [0, 1].
+        cosine_similarity: cosine between the fp32 and the dequantized weight.
+        activation_min, activation_max: observed input range at each timestep ``[T]``.
+    """
+
+    name: str
+    scales: tuple[float, ...]
+    zero_points: tuple[float, ...]
+    scale_jumps: tuple[float, ...]
+    zero_point_jumps: tuple[float, ...]
+    boundary_scores: tuple[float, ...]
+    smoothness_score: float
+    cosine_similarity: float
+    activation_min: tuple[float, ...]
+    activation_max: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ViolationAnalysis:
+    """Statistics of the violations that the pattern detection reads.
+
+    Attributes:
+        severity_distribution: count per label ``low``, ``medium``, ``high``.
+        boundaries_involved: boundary indices with at least one violation, ascending.
+        violations_per_boundary: count per boundary ``[G - 1]``.
+        violations_per_layer: count per layer name (every layer, zeros included).
+        top_layers: layers carrying the most violations (ties all listed; empty if none).
+        max_scale_jump, mean_scale_jump: over the violations (0.0 when there are none).
+    """
+
+    severity_distribution: dict[str, int]
+    boundaries_involved: tuple[int, ...]
+    violations_per_boundary: tuple[int, ...]
+    violations_per_layer: dict[str, int]
+    top_layers: tuple[str, ...]
+    max_scale_jump: float
+    mean_scale_jump: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """A recognised violation pattern with its likely cause and recommended action (ArrowQuant V2's)."""
+
+    id: str
+    name: str
+    detail: str
+    cause: str
+    action: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One criterion of the interpretation band, with the measured value and whether it holds."""
+
+    criterion: str
+    value: str
+    met: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Interpretation:
+    """Which band the smoothness score falls in, the band's criteria, and what to do next.
+
+    Attributes:
+        band: ``"poor"``, ``"good"`` or ``"excellent"``.
+        summary: one sentence for people.
+        poor_below, excellent_above: the band limits used (from the config).
+        checks: the band's criteria (ArrowQuant V2's), evaluated on this run.
+        actions: recommended next steps.
+    """
+
+    band: str
+    summary: str
+    poor_below: float
+    excellent_above: float
+    checks: tuple[Check, ...]
+    actions: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class QualitySection:
+    """Quality of quantized sampling against fp32 sampling from the same noise.
+
+    Attributes:
+        drift_per_timestep: mean squared difference of x_t at each timestep ``[T]``.
+        drift_per_group: the same, averaged within each time group ``[G]``.
+        drift_mean, final_mse: scalars.
+        frechet_fp32, frechet_quantized: Frechet distance to the real data (classifier features).
+        class_coverage_fp32, class_coverage_quantized: fraction of classes predicted confidently.
+        extra: any further figures the evaluator reports (kept as given).
+    """
+
+    drift_per_timestep: tuple[float, ...]
+    drift_per_group: tuple[float, ...]
+    drift_mean: float
+    final_mse: float
+    frechet_fp32: float
+    frechet_quantized: float
+    class_coverage_fp32: float
+    class_coverage_quantized: float
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON form: the named figures plus the ``extra`` ones at the same level."""
+        named = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
+        }
+        return {**self.extra, **named}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QualitySection:
+        """Inverse of :meth:`to_dict`: unnamed keys go back into ``extra``."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        named = {
+            k: from_json(typing.get_type_hints(cls)[k], data[k], f"quality.{k}")
+            for k in names
+            if k in data
+        }
+        missing = sorted(names - named.keys())
+        if missing:
+            raise ValueError(f"quality section lacks keys {missing}")
+        return cls(**named, extra={k: v for k, v in data.items() if k not in names})
+
+
+QUALITY_FIGURES = tuple(
+    f.name for f in dataclasses.fields(QualitySection) if f.type in ("float", float)
+)
+"""The scalar figures of :class:`QualitySection` (fp32 and quantized), for summaries."""
+
+COMPARED_QUALITY = ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized")
+"""The quantized-sampling figures set beside a baseline's: enhanced against baseline (report,
+W&B) and each phase variant against the baseline of the same seed (paired deltas)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePreview:
+    """A few fp32 and quantized samples (same noise), pixel values 0..16, for the report's grids."""
+
+    fp32: tuple[tuple[tuple[float, ...], ...], ...]
+    quantized: tuple[tuple[tuple[float, ...], ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsView:
+    """Markov metrics of one set of parameters, summarized like the top-level figures.
+
+    Attributes:
+        smoothness_score: mean over layers.
+        violation_count: (layer, boundary) pairs whose scale jump exceeds the threshold.
+        boundary_scores: per boundary, mean over layers ``[G - 1]``.
+        scale_jumps: per layer and boundary ``[L][G - 1]``.
+    """
+
+    smoothness_score: float
+    violation_count: int
+    boundary_scores: tuple[float, ...]
+    scale_jumps: tuple[tuple[float, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSection:
+    """The baseline (uniform groups, unsmoothed) of an enhanced run: same calibration, same noise.
+
+    Attributes:
+        time_groups: the uniform ``[start, end)`` groups.
+        scales, zero_points: ``[L][G]`` baseline parameters.
+        metrics: their Markov metrics.
+        quality: quantized sampling with them.
+    """
+
+    time_groups: tuple[tuple[int, int], ...]
+    scales: tuple[tuple[float, ...], ...]
+    zero_points: tuple[tuple[float, ...], ...]
+    metrics: MetricsView
+    quality: QualitySection
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationSection:
+    """Phase 3 outcome, per layer (``[L]``; ``loss_history[l]`` has ``iterations[l]`` entries).
+
+    Attributes:
+        target: ``groups`` (``S = G``) or ``timesteps`` (the smoothed schedule, ``S = T``).
+        settings: the ``thermo.optimization`` values used.
+    """
+
+    target: str
+    settings: dict[str, Any]
+    iterations: tuple[int, ...]
+    converged: tuple[bool, ...]
+    initial_loss: tuple[float, ...]
+    final_loss: tuple[float, ...]
+    quant_error_before: tuple[float, ...]
+    quant_error_after: tuple[float, ...]
+    markov_penalty_before: tuple[float, ...]
+    markov_penalty_after: tuple[float, ...]
+    loss_history: tuple[tuple[float, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnhancementSection:
+    """What an enhanced run did to the parameters, and the views the top level does not show.
+
+    The top-level metrics are the headline view (per boundary window for a schedule).
+
+    Attributes:
+        description: one line for people.
+        strategy, lam: time grouping (``lam`` is the YAML ``time_groups.lambda``).
+        smoothing: the ``thermo.smoothing`` values used, or ``None``.
+        per_timestep: the parameters are a per-timestep schedule ``[L][T]``.
+        schedule_scales, schedule_zero_points: that schedule (``None`` for group parameters).
+        group_view: metrics of each group's mean parameters (ArrowQuant V2's group-level view).
+        max_step_scale_jump: per layer, the largest consecutive-timestep scale jump.
+        optimization: Phase 3 outcome, or ``None``.
+        parameter_time_s: wall time of computing the enhanced parameters.
+    """
+
+    description: str
+    strategy: str
+    lam: float
+    smoothing: dict[str, Any] | None
+    per_timestep: bool
+    schedule_scales: tuple[tuple[float, ...], ...] | None
+    schedule_zero_points: tuple[tuple[float, ...], ...] | None
+    group_view: MetricsView
+    max_step_scale_jump: tuple[float, ...]
+    optimization: OptimizationSection | None
+    parameter_time_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (``ddof=1``) over the seeds."""
+
+    mean: float
+    std: float
+
+
+PHASE_SPREADS = ("smoothness_score", "violation_count", *COMPARED_QUALITY, "sampling_time_s")
+"""The :class:`PhaseRow` figures that are a :class:`Spread` over seeds: one list for the phase
+table, its CSV and its W&B table."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseRow:
+    """One variant of the phase table (figures over the seeds; see :func:`thermojax.pipeline.phases.phase_table`).
+
+    ``drift_per_group`` is on the uniform groups (comparable across variants);
+    ``drift_per_timestep`` is the mean over seeds ``[T]``. ``param_time_s`` is the warm parameter
+    computation, ``param_extra_s`` the same minus the baseline's, ``sampling_ratio`` the mean
+    quantized sampling time over the baseline's. ``paired_delta`` holds, per quality figure, the
+    mean and std over seeds of (variant - baseline with the same seed's noise).
+    """
+
+    variant: str
+    phase: str
+    description: str
+    edges: tuple[int, ...]
+    num_seeds: int
+    smoothness_score: Spread
+    violation_count: Spread
+    drift_mean: Spread
+    final_mse: Spread
+    frechet_quantized: Spread
+    class_coverage_quantized: Spread
+    sampling_time_s: Spread
+    drift_per_group: tuple[Spread, ...]
+    drift_per_timestep: tuple[float, ...]
+    paired_delta: dict[str, Spread]
+    param_time_s: float
+    param_compile_s: float
+    param_extra_s: float
+    sampling_ratio: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasesSection:
+    """The phase table (``phases.json``): every variant on one calibration, over several seeds."""
+
+    seeds: tuple[int, ...]
+    num_samples: int
+    bit_width: int
+    act_bits: int
+    num_time_groups: int
+    smoothness_threshold: float
+    drift_group_edges: tuple[int, ...]
+    fp32_frechet: Spread
+    fp32_class_coverage: Spread
+    rows: tuple[PhaseRow, ...]
+    total_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``phases.json`` and the ``phases`` key of ``baseline_metrics.json``)."""
+        return {f.name: to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhasesSection:
+        """Inverse of :meth:`to_dict`, checking keys and types."""
+        return dataclass_from_json(cls, data, "phases")
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Everything one baseline run measured; ``to_dict()`` is ``baseline_metrics.json``.
+
+    ArrowQuant V2's baseline-metrics keys come first, then thermojax's additions. ``samples`` holds the full sample arrays
+    (``fp32``/``quantized`` ``[N, 8, 8]``) for ``samples.npz``; it is not part of the JSON and is
+    ``None`` for a result read back from disk. ``phase_records`` likewise holds the phase
+    experiment's per-run records for ``phases/runs/*.json``.
+    """
+
+    model_name: str
+    bit_width: int
+    num_time_groups: int
+    smoothness_score: float
+    violation_count: int
+    violations: tuple[Violation, ...]
+    boundary_scores: tuple[float, ...]
+    cosine_similarity: float
+    compression_ratio: float
+    model_size_mb: float
+    quantization_time_s: float
+    min_boundary_score: float
+    max_boundary_score: float
+    mean_boundary_score: float
+    std_boundary_score: float
+    common_violation_patterns: tuple[Pattern, ...]
+    act_bits: int
+    smoothness_threshold: float
+    num_timesteps: int
+    time_groups: tuple[tuple[int, int], ...]
+    layers: tuple[LayerResult, ...]
+    violation_analysis: ViolationAnalysis
+    quality: QualitySection
+    interpretation: Interpretation
+    sample_preview: SamplePreview
+    timings_s: dict[str, float]
+    environment: dict[str, str]
+    config: dict[str, Any]
+    baseline: BaselineSection | None = None
+    enhancement: EnhancementSection | None = None
+    phases: PhasesSection | None = None
+    cache: dict[str, str] = dataclasses.field(default_factory=dict)  # stage -> hit/miss
+    schema_version: int = SCHEMA_VERSION
+    samples: dict[str, np.ndarray] | None = dataclasses.field(
+        default=None, compare=False, repr=False, metadata={"json": False}
+    )
+    phase_records: tuple[dict[str, Any], ...] | None = dataclasses.field(
+        default=None, compare=False, repr=False, metadata={"json": False}
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: nested dicts and lists, non-finite floats as ``null``."""
+        return {
+            f.name: to_json(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("json", True)
+            and not (f.default is None and getattr(self, f.name) is None)
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """Build a ``Result`` from its JSON form, checking keys, types and the schema version.
+
+        Raises:
+            ValueError: a newer schema version, a missing or unknown key, or a wrongly typed value.
+        """
+        version = data.get("schema_version")
+        if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version={version!r} is not supported (this thermojax reads 1..{SCHEMA_VERSION})"
+            )
+        return dataclass_from_json(cls, data, "result")
+
+
+def float32_list(values: Any) -> tuple[float, ...]:
+    """Float32 values as Python floats with their shortest float32 text (0.3, not 0.30000001...).
+
+    Keeps the JSON readable and exact: each number parses back to the same float32.
+    """
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    return tuple(float(np.format_float_positional(v, unique=True, trim="0")) for v in flat)
+
+
+def write_result(result: Result, path: str | os.PathLike[str]) -> Path:
+    """Write ``result`` as indented JSON, atomically; returns the path."""
+    text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def read_result(path: str | os.PathLike[str]) -> Result:
+    """Read a ``baseline_metrics.json`` written by :func:`write_result`.
+
+    Raises:
+        ValueError: the file is not valid JSON of a supported schema version.
+    """
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    return Result.from_dict(data)

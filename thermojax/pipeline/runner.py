@@ -1,0 +1,391 @@
+"""A run as a short sequence of named stages: ``run(settings) -> Result``.
+
+Data flows one way: settings -> model -> weight quantization -> per-timestep calibration ->
+time-group activation parameters -> Markov metrics (one vectorized call over all layers) ->
+quantized sampling and quality -> a :class:`~thermojax.pipeline.results.Result`. No Hydra here: the
+CLI, sweeps and tests call :func:`run` directly with a :class:`BaselineConfig`.
+
+With smoothing, optimization or adaptive groups on, two more stages compute the enhanced
+parameters from the same calibration and sample them from the same noise; the ``Result``'s top
+level then describes the enhanced parameters (measured on what the sampler used) with the
+baseline beside them. With ``phases.enabled`` the run ends with the phase experiment
+(:mod:`thermojax.pipeline.phases`).
+
+Example:
+    >>> from thermojax.pipeline import BaselineConfig, run
+    >>> result = run(BaselineConfig(bit_width=2, num_time_groups=4))  # doctest: +SKIP
+    >>> result.smoothness_score, result.interpretation.band  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from thermojax.core.markov import MarkovMetrics, markov_metrics
+from thermojax.core.timegroups import group_activation_params, group_ranges, uniform_edges
+from thermojax.errors import UserInputError
+from thermojax.models import load_model
+from thermojax.models.base import DiffusionModel
+from thermojax.pipeline.assemble import build_result, group_means, with_enhancement, with_phases
+from thermojax.pipeline.calibrate import CalibrationStats
+from thermojax.pipeline.quality import Quality, evaluate_quality
+from thermojax.pipeline.results import Result
+from thermojax.pipeline.sampling import ActParams, sample
+from thermojax.pipeline.settings import BaselineConfig, check_model_limits
+from thermojax.pipeline.stage_cache import QualityEntry, StageCache, sample_and_evaluate
+from thermojax.pipeline.variants import (
+    ParameterSet,
+    build_variants,
+    compute_parameters,
+    config_variant,
+)
+from thermojax.pipeline.weights import WeightReport, quantize_weights
+
+__all__ = ["STAGES", "ProgressCallback", "run", "stage_names"]
+
+log = logging.getLogger(__name__)
+
+STAGES = (
+    "load model",
+    "quantize weights",
+    "calibrate",
+    "time groups + metrics",
+    "sample fp32",
+    "sample quantized",
+    "evaluate quality",
+)
+"""The stages of a baseline run, in order (an enhanced run adds stages: :func:`stage_names`)."""
+
+ENHANCE_STAGE = "enhance parameters"
+SAMPLE_ENHANCED_STAGE = "sample enhanced"
+PHASES_STAGE = "phase experiment"
+
+
+def stage_names(config: BaselineConfig) -> tuple[str, ...]:
+    """The stages ``run(config)`` reports to its ``progress`` callback, in order."""
+    names = list(STAGES)
+    if config.enhanced:
+        names.insert(names.index("sample fp32"), ENHANCE_STAGE)
+        names.insert(names.index("evaluate quality"), SAMPLE_ENHANCED_STAGE)
+    if config.phases.enabled:
+        names.append(PHASES_STAGE)
+    return tuple(names)
+
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, index, total)``, called as each stage starts and once with ``"done"``."""
+
+
+class _Stages:
+    """Times the stages, logs them, and tells the progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None, names: Sequence[str] = STAGES) -> None:
+        self.progress = progress
+        self.names = tuple(names)
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        index, total = self.names.index(name), len(self.names)
+        if self.progress is not None:
+            self.progress(name, index, total)
+        log.info("stage %d/%d: %s", index + 1, total, name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+        log.info("stage %s took %.2f s", name, self.timings[name])
+        if self.progress is not None and index == total - 1:
+            self.progress("done", total, total)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupParameters:
+    """Uniform time groups with one activation scale and zero point per layer and group.
+
+    Attributes:
+        edges: int32 ``[G + 1]``; scales, zero_points: float32 ``[L, G]``;
+        metrics: their :class:`MarkovMetrics` at the run's threshold.
+    """
+
+    edges: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray
+    metrics: MarkovMetrics
+
+    def act_params(self, bits: int) -> ActParams:
+        """The sampler's :class:`ActParams`."""
+        return ActParams(self.scales, self.zero_points, self.edges, bits)
+
+
+def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> Result:
+    """Quantize the configured model with Markov validation and measure everything.
+
+    Args:
+        config: the validated settings (a :class:`BaselineConfig` is valid once it exists).
+        progress: optional ``progress(stage, index, total)`` callback (see :func:`stage_names`).
+
+    Returns:
+        The :class:`Result`, with the full sample arrays in ``result.samples``.
+
+    Raises:
+        UserInputError: a bad model path, ``num_time_groups`` above the model's timestep count,
+            a smoothing window larger than a group, or a ``group_size`` that does not fit the
+            model.
+    """
+    if not isinstance(config, BaselineConfig):
+        raise TypeError(
+            f"run() takes a BaselineConfig, got {type(config).__name__}; "
+            "thermojax.cli.config.to_config converts a mapping or a Hydra config"
+        )
+    stages = _Stages(progress, stage_names(config))
+    start = time.perf_counter()
+    log.info("config: %s", config.to_dict())
+    with stages("load model"):
+        model = _load_model(config)
+    with stages("quantize weights"):
+        qweights, weight_report = _quantize_weights(model, config)
+    with stages("calibrate"):
+        # Calibration, fp32 samples and quantized quality are shared by the jobs of a sweep (and
+        # later runs) through the on-disk cache: thermojax.pipeline.stage_cache says what each
+        # entry depends on.
+        cached = StageCache(model, config.to_dict())
+        stats = cached.calibration(qweights)
+    with stages("time groups + metrics"):
+        baseline = _group_parameters(stats, config)
+    enhanced = None
+    if config.enhanced:
+        with stages(ENHANCE_STAGE):
+            enhanced = _enhanced_parameters(stats, config, baseline)
+    quantization_time_s = sum(stages.timings.values())
+    with stages("sample fp32"):
+        fp32 = cached.fp32_samples()
+    with stages("sample quantized"):
+        shared = cached.quality(
+            lambda: sample_and_evaluate(
+                model,
+                fp32,
+                qweights=qweights,
+                act_params=baseline.act_params(config.act_bits),
+                weight_report=weight_report,
+                num_samples=config.sampling.num_samples,
+                seed=config.seed,
+            )
+        )
+    enhanced_x0 = enhanced_quality = None
+    if enhanced is not None:
+        with stages(SAMPLE_ENHANCED_STAGE):
+            enhanced_samples = sample(
+                model,
+                weights=qweights,
+                act_params=enhanced.act_params(config.act_bits),
+                num_samples=config.sampling.num_samples,
+                seed=config.seed,
+            )
+            enhanced_x0 = enhanced_samples.x0
+    with stages("evaluate quality"):
+        _log_quality("baseline" if enhanced is not None else "", shared.quality)
+        if enhanced is not None:
+            enhanced_quality = evaluate_quality(
+                model, fp32, enhanced_samples, enhanced.edges, weight_report
+            )
+            _log_quality("enhanced", enhanced_quality)
+    phases = None
+    if config.phases.enabled:
+        from thermojax.pipeline.phases import run_phases
+
+        with stages(PHASES_STAGE):
+            phases = run_phases(model, qweights, weight_report, stats, config)
+
+    result = _assemble(
+        config,
+        model,
+        weight_report,
+        stats,
+        baseline,
+        shared,
+        fp32_x0=fp32.x0,
+        enhanced=enhanced,
+        enhanced_quality=enhanced_quality,
+        enhanced_x0=enhanced_x0,
+        quantization_time_s=quantization_time_s,
+        timings_s={**stages.timings, "total": time.perf_counter() - start},
+    )
+    if phases is not None:
+        result = with_phases(result, *phases)
+    result = dataclasses.replace(result, cache=dict(cached.record))
+    _log_details(result)
+    return result
+
+
+def _load_model(config: BaselineConfig) -> DiffusionModel:
+    """The configured model, checked against the settings that need its T."""
+    try:
+        model = load_model(config.model.path)
+    except UserInputError as exc:
+        raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
+    check_model_limits(config, int(model.num_timesteps))
+    if config.phases.enabled:
+        build_variants(config)  # an unknown phases.variants name fails before any work
+    log.info("model %s: T=%d, layers %s", model.name, model.num_timesteps, model.layer_names)
+    return model
+
+
+def _quantize_weights(model: DiffusionModel, config: BaselineConfig) -> tuple[Any, WeightReport]:
+    qweights, report = quantize_weights(model, bits=config.bit_width, group_size=config.group_size)
+    log.info(
+        "weights at %d bits: cosine %.4f, compression %.2fx, %.4f MB",
+        config.bit_width,
+        report.model_cosine,
+        report.compression_ratio,
+        report.model_size_mb,
+    )
+    return qweights, report
+
+
+def _group_parameters(stats: CalibrationStats, config: BaselineConfig) -> GroupParameters:
+    """Uniform groups, their activation parameters, and one Markov evaluation over all layers."""
+    edges = uniform_edges(stats.num_timesteps, config.num_time_groups)
+    scales, zero_points = group_activation_params(
+        stats.act_min, stats.act_max, edges, bits=config.act_bits
+    )
+    # One evaluation over every layer: [L, G] in, [L, G-1] / [L] out.
+    metrics = markov_metrics(
+        scales, zero_points, qmax=2**config.act_bits - 1, threshold=config.smoothness_threshold
+    )
+    log.info("time groups %s", group_ranges(edges))
+    return GroupParameters(edges, np.asarray(scales), np.asarray(zero_points), metrics)
+
+
+def _enhanced_parameters(
+    stats: CalibrationStats, config: BaselineConfig, baseline: GroupParameters
+) -> ParameterSet:
+    """The parameters of the run's ``thermo.*`` / ``time_groups.*`` settings."""
+    enhanced = compute_parameters(
+        stats,
+        config_variant(config),
+        num_groups=config.num_time_groups,
+        act_bits=config.act_bits,
+        threshold=config.smoothness_threshold,
+        optimization=config.thermo.optimization,
+    )
+    log.info(
+        "enhanced (%s): smoothness %.4f (baseline %.4f), time groups %s",
+        enhanced.variant.description,
+        float(np.mean(enhanced.metrics.windows.smoothness_score)),
+        float(np.mean(np.asarray(baseline.metrics.smoothness_score))),
+        group_ranges(enhanced.edges),
+    )
+    return enhanced
+
+
+def _assemble(
+    config: BaselineConfig,
+    model: DiffusionModel,
+    weight_report: WeightReport,
+    stats: CalibrationStats,
+    baseline: GroupParameters,
+    shared: QualityEntry,
+    *,
+    fp32_x0: np.ndarray,
+    enhanced: ParameterSet | None,
+    enhanced_quality: Quality | None,
+    enhanced_x0: np.ndarray | None,
+    quantization_time_s: float,
+    timings_s: dict[str, float],
+) -> Result:
+    """The Result; its top level describes the parameters the quantized sampler used."""
+    if enhanced is None:
+        edges, scales, zero_points = baseline.edges, baseline.scales, baseline.zero_points
+        metrics, quality, quantized_x0 = baseline.metrics, shared.quality, shared.quantized_x0
+    else:
+        edges = enhanced.edges
+        scales = group_means(enhanced.scales, enhanced.param_edges, enhanced.edges)
+        zero_points = group_means(enhanced.zero_points, enhanced.param_edges, enhanced.edges)
+        metrics, quality, quantized_x0 = enhanced.metrics.windows, enhanced_quality, enhanced_x0
+    result = build_result(
+        config=config,
+        model_name=config.model.name or model.name,
+        layer_names=model.layer_names,
+        edges=edges,
+        scales=scales,
+        zero_points=zero_points,
+        metrics=metrics,
+        act_min=stats.act_min,
+        act_max=stats.act_max,
+        layer_cosine=weight_report.layer_cosine,
+        model_cosine=weight_report.model_cosine,
+        compression_ratio=weight_report.compression_ratio,
+        model_size_mb=weight_report.model_size_mb,
+        quality=quality.to_dict(),
+        fp32_x0=fp32_x0,
+        quantized_x0=quantized_x0,
+        quantization_time_s=quantization_time_s,
+        timings_s=timings_s,
+    )
+    if enhanced is None:
+        return result
+    return with_enhancement(
+        result,
+        config=config,
+        enhanced=enhanced,
+        edges=baseline.edges,
+        scales=baseline.scales,
+        zero_points=baseline.zero_points,
+        metrics=baseline.metrics,
+        quality=shared.quality.to_dict(),
+        quantized_x0=shared.quantized_x0,
+    )
+
+
+def _log_quality(label: str, quality: Quality) -> None:
+    log.info(
+        "quality%s: drift mean %.5f, final MSE %.4f, Frechet fp32 %.3f / quantized %.3f",
+        f" ({label})" if label else "",
+        quality.drift_mean,
+        quality.final_mse,
+        quality.frechet_fp32,
+        quality.frechet_quantized,
+    )
+
+
+def _log_details(result: Result) -> None:
+    """Per-layer parameters, violations, patterns and interpretation, for the run log."""
+    for layer in result.layers:
+        log.info(
+            "layer %-12s smoothness %.4f cosine %.4f scales [%s] zero points [%s]",
+            layer.name,
+            layer.smoothness_score,
+            layer.cosine_similarity,
+            ", ".join(f"{s:.4g}" for s in layer.scales),
+            ", ".join(f"{z:.0f}" for z in layer.zero_points),
+        )
+    log.info("boundary scores %s", ", ".join(f"{s:.4f}" for s in result.boundary_scores))
+    for v in result.violations:
+        log.info(
+            "violation: layer %s boundary %d scale jump %.3f zero-point jump %.4f (%s)",
+            v.layer,
+            v.boundary_idx,
+            v.scale_jump,
+            v.zero_point_jump,
+            v.severity,
+        )
+    for p in result.common_violation_patterns:
+        log.info("pattern %s: %s", p.name, p.detail)
+    log.info("interpretation: %s", result.interpretation.summary)
+    for action in result.interpretation.actions:
+        log.info("recommended: %s", action)
+    log.info(
+        "smoothness %.4f (%s), %d violations, cosine %.4f, total %.1f s",
+        result.smoothness_score,
+        result.interpretation.band,
+        result.violation_count,
+        result.cosine_similarity,
+        result.timings_s["total"],
+    )

@@ -1,0 +1,164 @@
+"""Sampling, fp32 or quantized (weights and per-time-group activations), from the same noise.
+
+Example:
+    >>> from thermojax.models import load_model
+    >>> from thermojax.pipeline.sampling import sample
+    >>> from thermojax.pipeline.weights import quantize_weights
+    >>> model = load_model()
+    >>> qweights, _ = quantize_weights(model, bits=4)
+    >>> fp32, quant = sample(model, num_samples=8), sample(model, weights=qweights, num_samples=8)
+    >>> fp32.x0.shape == quant.x0.shape == (8, 8, 8)
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from thermojax.core.quant import QTensor, fake_quantize_activations
+from thermojax.core.timegroups import group_of
+from thermojax.errors import UserInputError
+from thermojax.models.base import DiffusionModel
+from thermojax.pipeline.weights import dense_weights
+
+__all__ = ["ActParams", "Samples", "sample"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActParams:
+    """Activation fake-quantization parameters for each layer and each time group.
+
+    Attributes:
+        scales: float32 ``[L, S]`` (> 0).
+        zero_points: float32 ``[L, S]``, integer values in ``[0, 2**bits - 1]``.
+        edges: int32 ``[S + 1]`` time-group edges (``arange(T + 1)`` for a per-timestep schedule).
+        bits: activation bit width.
+    """
+
+    scales: np.ndarray
+    zero_points: np.ndarray
+    edges: np.ndarray
+    bits: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """Samples and the sampler trajectory.
+
+    Attributes:
+        x0: ``[N, *data_shape]`` (``[N, 8, 8]`` for digits) final samples in pixel range 0..16.
+        trajectory: ``[T, N, D]`` model-space state after the step at timestep t
+            (``trajectory[0]`` is the final model-space sample).
+    """
+
+    x0: np.ndarray
+    trajectory: np.ndarray
+
+
+@partial(jax.jit, static_argnames=("num_samples", "bits"))
+def _sample_program(
+    model: DiffusionModel,
+    weights: dict[str, jax.Array],
+    scales: jax.Array | None,
+    zero_points: jax.Array | None,
+    edges: jax.Array | None,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    bits: int,
+) -> tuple[jax.Array, jax.Array]:
+    """``(x0, trajectory)`` in model space. The model is a pytree argument (its parameters are
+    traced, its architecture and schedule static), so models that differ only in parameters
+    share this compiled program."""
+    act_hook = None
+    if scales is not None:
+
+        def act_hook(layer: int, h: jax.Array, t: jax.Array) -> jax.Array:
+            g = group_of(t, edges)
+            return fake_quantize_activations(h, scales[layer, g], zero_points[layer, g], bits=bits)
+
+    return model.sample(weights, key=key, num_samples=num_samples, act_hook=act_hook)
+
+
+def _check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
+    scales = np.asarray(act_params.scales)
+    zero_points = np.asarray(act_params.zero_points)
+    edges = np.asarray(act_params.edges)
+    num_layers, num_timesteps = len(model.layer_names), model.num_timesteps
+    if scales.ndim != 2 or scales.shape[0] != num_layers or scales.shape != zero_points.shape:
+        raise ValueError(
+            f"act_params scales {scales.shape} and zero_points {zero_points.shape} must both be "
+            f"[L={num_layers}, S]"
+        )
+    if edges.shape != (scales.shape[1] + 1,) or edges[0] != 0 or edges[-1] != num_timesteps:
+        raise ValueError(
+            f"act_params edges (shape {edges.shape}, first {edges[:1]}, last {edges[-1:]}) must be "
+            f"[S+1={scales.shape[1] + 1}] from 0 to T={num_timesteps}"
+        )
+    if np.any(np.diff(edges) < 1):
+        raise ValueError(f"act_params edges must be strictly increasing, got {edges.tolist()}")
+
+
+def sample(
+    model: DiffusionModel,
+    *,
+    weights: Mapping[str, QTensor | jax.Array] | None = None,
+    act_params: ActParams | None = None,
+    num_samples: int = 64,
+    seed: int = 0,
+) -> Samples:
+    """Ancestral sampling, fp32 or quantized, as one jitted ``lax.scan``.
+
+    The same ``seed`` gives the same initial and per-step noise whatever the weights and
+    activation parameters, so fp32 and quantized trajectories compare step by step.
+
+    Args:
+        model: the model.
+        weights: ``None`` for fp32, else layer name -> QTensor (from :func:`quantize_weights`) or
+            ``[in, out]`` array.
+        act_params: per-layer, per-time-group activation fake-quantization (``None``: fp32
+            activations); the row is picked with ``group_of(t, edges)`` inside jit.
+        num_samples: N >= 1.
+        seed: PRNG seed of the noise.
+
+    Returns:
+        :class:`Samples` with pixel-space ``x0`` and the model-space trajectory.
+
+    Raises:
+        UserInputError: ``num_samples < 1``.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise UserInputError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if num_samples < 1:
+        raise UserInputError(f"num_samples must be at least 1, got {num_samples}")
+    dense = dense_weights(model, weights)
+    scales = zero_points = edges = None
+    bits = 0
+    if act_params is not None:
+        _check_act_params(model, act_params)
+        # Each timestep's row, gathered here: the program then sees [L, T] parameters whatever
+        # the number of groups, so one compilation serves every num_time_groups of a sweep.
+        # The sampler picks exactly the values it would pick with group_of(t, edges).
+        num_timesteps = int(model.num_timesteps)
+        group = np.searchsorted(act_params.edges, np.arange(num_timesteps), side="right") - 1
+        scales = jnp.asarray(np.asarray(act_params.scales, np.float32)[:, group])
+        zero_points = jnp.asarray(np.asarray(act_params.zero_points, np.float32)[:, group])
+        edges = jnp.arange(num_timesteps + 1, dtype=jnp.int32)
+        bits = int(act_params.bits)
+    x0, trajectory = _sample_program(
+        model,
+        dense,
+        scales,
+        zero_points,
+        edges,
+        jax.random.PRNGKey(seed),
+        num_samples=int(num_samples),
+        bits=bits,
+    )
+    return Samples(x0=model.to_pixels(x0), trajectory=np.asarray(trajectory, np.float32))

@@ -1,0 +1,477 @@
+"""The typed settings of a run: frozen dataclasses, validated when they are made.
+
+A :class:`BaselineConfig` that exists is valid: ``__post_init__`` checks every value that the
+types alone do not constrain and raises :class:`~thermojax.errors.UserInputError` with one line
+naming the key and the value. The checks that need the model's T (:func:`check_model_limits`)
+run once the model is loaded. Nothing here knows Hydra or OmegaConf: ``thermojax.cli.config``
+turns a composed config or a plain mapping into these objects.
+
+Example:
+    >>> cfg = BaselineConfig(bit_width=4, calibration=CalibrationConfig(samples=16))
+    >>> cfg.bit_width, cfg.calibration.samples, cfg.num_time_groups
+    (4, 16, 4)
+    >>> BaselineConfig(bit_width=3)
+    Traceback (most recent call last):
+    ...
+    thermojax.errors.UserInputError: bit_width=3: weight bits must be 2, 4 or 8
+
+The YAML / command-line key ``time_groups.lambda`` is a Python keyword, so the typed object calls it
+``time_groups.lam``; :meth:`BaselineConfig.to_dict` writes it back as ``lambda``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, List, Optional  # noqa: UP035 (OmegaConf reads typing.List)
+
+from thermojax.core.quant import ACT_BITS_RANGE, WEIGHT_BITS
+from thermojax.errors import UserInputError
+
+__all__ = [
+    "SEGMENTATION_COSTS",
+    "SMOOTHING_LEVELS",
+    "SMOOTHING_METHODS",
+    "SUPPORTED_BIT_WIDTHS",
+    "TIME_GROUP_STRATEGIES",
+    "WANDB_MODES",
+    "BaselineConfig",
+    "CalibrationConfig",
+    "InterpretationConfig",
+    "ModelConfig",
+    "OptimizationConfig",
+    "PhasesConfig",
+    "SamplingConfig",
+    "SmoothingConfig",
+    "ThermoConfig",
+    "TimeGroupsConfig",
+    "WandbConfig",
+    "check_model_limits",
+    "validate_config",
+]
+
+SUPPORTED_BIT_WIDTHS = WEIGHT_BITS  # the core quantizer's rule, not a copy of it
+_BIT_WIDTHS_TEXT = ", ".join(map(str, WEIGHT_BITS[:-1])) + f" or {WEIGHT_BITS[-1]}"
+WANDB_MODES = ("offline", "online", "disabled")
+SMOOTHING_METHODS = ("linear", "cubic", "sigmoid")
+SMOOTHING_LEVELS = ("timestep", "group")
+TIME_GROUP_STRATEGIES = ("uniform", "adaptive")
+SEGMENTATION_COSTS = ("range", "mse")
+
+# OmegaConf resolves the annotations itself; keep Optional (not `X | None`) for its type checker.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model to quantize.
+
+    Attributes:
+        name: display name in the reports (defaults to the model's own name when empty).
+        path: checkpoint path; ``None`` is the digits DDPM shipped with thermojax.
+    """
+
+    name: str = "digits-ddpm"
+    path: Optional[str] = None  # noqa: UP045
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """Per-timestep calibration: how many sampler runs and stored values per step."""
+
+    samples: int = 128
+    samples_per_step: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling for the quality section and ``samples.npz`` (fp32 and quantized, same noise)."""
+
+    num_samples: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases tracking: ``offline`` (default, no network), ``online`` or ``disabled``."""
+
+    mode: str = "offline"
+    project: str = "thermojax"
+    group: Optional[str] = None  # noqa: UP045
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpretationConfig:
+    """Band limits and criteria for interpreting a baseline (ArrowQuant V2's values, which it derived for Dream 7B at INT2).
+
+    The band is set by the smoothness score: ``poor`` below ``poor_below``, ``excellent`` above
+    ``excellent_above``, ``good`` in between. The other fields are the bands' criteria.
+    """
+
+    poor_below: float = 0.65
+    excellent_above: float = 0.78
+    good_max_violations: int = 3
+    excellent_max_violations: int = 1
+    excellent_min_boundary_score: float = 0.70
+    good_min_boundary_score: float = 0.60
+    poor_boundary_score: float = 0.50
+    excellent_min_cosine: float = 0.75
+    good_min_cosine: float = 0.70
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothingConfig:
+    """Phase 2: blend activation parameters across time-group boundaries.
+
+    Attributes:
+        enabled: apply smoothing.
+        method: blend curve, ``linear``, ``cubic`` (smoothstep) or ``sigmoid``.
+        window: ``level=timestep``: timesteps blended on each side of a boundary (1..smallest
+            group); ``level=group``: neighbouring groups averaged on each side (1..G-1).
+        level: ``timestep`` (a per-timestep schedule ``[L, T]``) or ``group`` (ArrowQuant V2's
+            variant: each group blended with its neighbours, stays ``[L, G]``).
+        steepness: slope of the ``sigmoid`` blend (> 0).
+    """
+
+    enabled: bool = False
+    method: str = "linear"
+    window: int = 25
+    level: str = "timestep"
+    steepness: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationConfig:
+    """Phase 3: gradient-based transition optimization of scales and zero points (Optax Adam).
+
+    Attributes:
+        enabled: run the optimization (on the groups, or on the smoothed schedule when smoothing
+            is on at timestep level).
+        markov_weight: weight of the smoothness penalty on consecutive parameters (>= 0).
+        learning_rate: Adam step (> 0).
+        max_iterations: most steps per layer (>= 1).
+        convergence_threshold: stop once the best loss improved by less than this over the last
+            ``patience`` steps (>= 0).
+        patience: steps of that window (>= 1).
+        grad_clip: per-layer gradient-norm clip (> 0).
+        kl_weight: weight of a Gaussian transition KL term (ArrowQuant V2's) (>= 0).
+        entropy_weight: weight of the code-entropy reward (>= 0).
+    """
+
+    enabled: bool = False
+    markov_weight: float = 1.0
+    learning_rate: float = 0.01
+    max_iterations: int = 200
+    convergence_threshold: float = 1e-4
+    patience: int = 20
+    grad_clip: float = 1.0
+    kl_weight: float = 0.0
+    entropy_weight: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ThermoConfig:
+    """The enhancements beyond the baseline: Phase 2 smoothing and Phase 3 optimization."""
+
+    smoothing: SmoothingConfig = dataclasses.field(default_factory=SmoothingConfig)
+    optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeGroupsConfig:
+    """How the T timesteps are cut into ``num_time_groups`` groups.
+
+    Attributes:
+        strategy: ``uniform`` (equal widths) or ``adaptive`` (dynamic programming over the
+            calibration statistics, :func:`thermojax.core.adaptive.adaptive_edges`).
+        lam: the YAML key ``lambda``: weight of the boundary jumps in the adaptive objective (>= 0).
+        cost: within-group cost of the adaptive objective, ``range`` or ``mse``.
+        min_group_size: smallest adaptive group in timesteps (1..T//G).
+    """
+
+    strategy: str = "uniform"
+    lam: float = 0.05
+    cost: str = "range"
+    min_group_size: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasesConfig:
+    """The phase experiment (``experiment=phases``): every variant on one shared calibration.
+
+    Attributes:
+        enabled: run the phase table after the single run.
+        seeds: sampling seeds per variant (``seed``, ``seed + 1``, ...).
+        methods: Phase 2 blend methods (timestep level).
+        windows: Phase 2 windows in timesteps (each method at each window).
+        group_windows: windows of the group-level (ArrowQuant V2) variant, in groups.
+        markov_weights: Phase 3 weights (optimization on the groups).
+        lambdas: adaptive-grouping weights.
+        min_group_size: smallest adaptive group in the table's adaptive variants.
+        combinations: add adaptive + smoothing, smoothing + Phase 3, and all three.
+        variants: keep only these variant names (empty: all; ``baseline`` is always run).
+    """
+
+    enabled: bool = False
+    seeds: int = 5
+    methods: List[str] = dataclasses.field(  # noqa: UP006
+        default_factory=lambda: ["linear", "cubic", "sigmoid"]
+    )
+    windows: List[int] = dataclasses.field(default_factory=lambda: [25, 100])  # noqa: UP006
+    group_windows: List[int] = dataclasses.field(default_factory=lambda: [1])  # noqa: UP006
+    markov_weights: List[float] = dataclasses.field(  # noqa: UP006
+        default_factory=lambda: [0.1, 1.0, 10.0]
+    )
+    lambdas: List[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1])  # noqa: UP006
+    min_group_size: int = 50
+    combinations: bool = True
+    variants: List[str] = dataclasses.field(default_factory=list)  # noqa: UP006
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig:
+    """The whole configuration of ``python -m thermojax.baseline``.
+
+    Attributes:
+        bit_width: weight bits (2, 4 or 8).
+        act_bits: activation bits (2..16, fake-quantized per time group).
+        num_time_groups: G, contiguous groups of the model's T timesteps (1 <= G <= T).
+        smoothness_threshold: a scale jump above this at a boundary is a violation.
+        group_size: weight quantization group size along the input dimension.
+        seed: seeds calibration and sampling noise (same seed, same numbers).
+        thermo: Phase 2 smoothing and Phase 3 optimization (off by default).
+        time_groups: uniform or adaptive group boundaries.
+        phases: the phase experiment (off by default; ``experiment=phases``).
+    """
+
+    bit_width: int = 2
+    act_bits: int = 8
+    num_time_groups: int = 4
+    smoothness_threshold: float = 0.3
+    group_size: int = 64
+    seed: int = 0
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    interpretation: InterpretationConfig = dataclasses.field(default_factory=InterpretationConfig)
+    thermo: ThermoConfig = dataclasses.field(default_factory=ThermoConfig)
+    time_groups: TimeGroupsConfig = dataclasses.field(default_factory=TimeGroupsConfig)
+    phases: PhasesConfig = dataclasses.field(default_factory=PhasesConfig)
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    @property
+    def enhanced(self) -> bool:
+        """Whether any enhancement (smoothing, optimization, adaptive groups) is on."""
+        return (
+            self.thermo.smoothing.enabled
+            or self.thermo.optimization.enabled
+            or self.time_groups.strategy != "uniform"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain nested dicts with the YAML key names (JSON, HTML, W&B)."""
+        data = dataclasses.asdict(self)
+        data["time_groups"] = _yaml_time_groups(data["time_groups"])
+        return data
+
+
+def _yaml_time_groups(section: Mapping[str, Any]) -> dict[str, Any]:
+    """``lam`` -> ``lambda``, in field order."""
+    return {("lambda" if k == "lam" else k): v for k, v in section.items()}
+
+
+def _fail(key: str, value: Any, reason: str) -> UserInputError:
+    return UserInputError(f"{key}={value!r}: {reason}")
+
+
+def validate_config(cfg: BaselineConfig) -> None:
+    """Check every value that the types alone do not constrain.
+
+    ``num_time_groups <= T`` needs the model and is checked by the pipeline after loading it.
+
+    Raises:
+        UserInputError: naming the first offending key and its value.
+    """
+    if cfg.bit_width not in SUPPORTED_BIT_WIDTHS:
+        raise _fail("bit_width", cfg.bit_width, f"weight bits must be {_BIT_WIDTHS_TEXT}")
+    lo, hi = ACT_BITS_RANGE
+    if not lo <= cfg.act_bits <= hi:
+        raise _fail("act_bits", cfg.act_bits, f"activation bits must be between {lo} and {hi}")
+    if cfg.num_time_groups < 1:
+        raise _fail("num_time_groups", cfg.num_time_groups, "need at least 1 time group")
+    threshold = cfg.smoothness_threshold
+    if not math.isfinite(threshold) or threshold < 0:
+        raise _fail("smoothness_threshold", threshold, "must be a finite number >= 0")
+    if cfg.group_size < 1:
+        raise _fail("group_size", cfg.group_size, "must be a positive integer")
+    if cfg.seed < 0:
+        raise _fail("seed", cfg.seed, "must be >= 0")
+    if cfg.model.path is not None and not Path(cfg.model.path).expanduser().exists():
+        raise _fail("model.path", cfg.model.path, "no such file or directory")
+    if cfg.calibration.samples < 1:
+        raise _fail("calibration.samples", cfg.calibration.samples, "need at least 1 sample")
+    if cfg.calibration.samples_per_step < 1:
+        raise _fail(
+            "calibration.samples_per_step", cfg.calibration.samples_per_step, "must be >= 1"
+        )
+    if cfg.sampling.num_samples < 1:
+        raise _fail("sampling.num_samples", cfg.sampling.num_samples, "need at least 1 sample")
+    if cfg.wandb.mode not in WANDB_MODES:
+        raise _fail("wandb.mode", cfg.wandb.mode, "must be offline, online or disabled")
+    bands = cfg.interpretation
+    for name in ("poor_below", "excellent_above") + tuple(
+        f.name for f in dataclasses.fields(bands) if f.name.endswith(("_score", "_cosine"))
+    ):
+        value = getattr(bands, name)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise _fail(f"interpretation.{name}", value, "must be within [0, 1]")
+    if bands.poor_below > bands.excellent_above:
+        raise _fail(
+            "interpretation.poor_below",
+            bands.poor_below,
+            f"must not exceed interpretation.excellent_above={bands.excellent_above!r}",
+        )
+    for name in ("good_max_violations", "excellent_max_violations"):
+        if getattr(bands, name) < 0:
+            raise _fail(f"interpretation.{name}", getattr(bands, name), "must be >= 0")
+    _validate_thermo(cfg)
+    _validate_time_groups(cfg)
+    _validate_phases(cfg)
+
+
+def _check_number(key: str, value: float, *, positive: bool = False) -> None:
+    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise _fail(key, value, "must be a finite number " + ("> 0" if positive else ">= 0"))
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _fail(key, value, f"must be one of {', '.join(choices)}")
+
+
+def _check_window(key: str, window: int, *, level: str, cfg: BaselineConfig) -> None:
+    """The window checks that need no model: >= 1, groups of G, adaptive min_group_size."""
+    if window < 1:
+        raise _fail(key, window, "the smoothing window must be >= 1")
+    groups = cfg.num_time_groups
+    if level == "group" and window > groups - 1:
+        raise _fail(
+            key,
+            window,
+            f"a group-level window counts neighbouring groups and must be <= num_time_groups - 1 "
+            f"= {groups - 1}",
+        )
+
+
+def _validate_thermo(cfg: BaselineConfig) -> None:
+    smoothing = cfg.thermo.smoothing
+    _check_choice("thermo.smoothing.method", smoothing.method, SMOOTHING_METHODS)
+    _check_choice("thermo.smoothing.level", smoothing.level, SMOOTHING_LEVELS)
+    if smoothing.window < 1:
+        raise _fail(
+            "thermo.smoothing.window", smoothing.window, "the smoothing window must be >= 1"
+        )
+    _check_number("thermo.smoothing.steepness", smoothing.steepness, positive=True)
+    if smoothing.enabled:
+        _check_window("thermo.smoothing.window", smoothing.window, level=smoothing.level, cfg=cfg)
+        adaptive = cfg.time_groups
+        if (
+            smoothing.level == "timestep"
+            and adaptive.strategy == "adaptive"
+            and smoothing.window > adaptive.min_group_size
+        ):
+            raise _fail(
+                "thermo.smoothing.window",
+                smoothing.window,
+                f"larger than a group: adaptive groups may be as small as "
+                f"time_groups.min_group_size={adaptive.min_group_size} timesteps",
+            )
+    opt = cfg.thermo.optimization
+    for name in ("markov_weight", "convergence_threshold", "kl_weight", "entropy_weight"):
+        _check_number(f"thermo.optimization.{name}", getattr(opt, name))
+    for name in ("learning_rate", "grad_clip"):
+        _check_number(f"thermo.optimization.{name}", getattr(opt, name), positive=True)
+    for name in ("max_iterations", "patience"):
+        if getattr(opt, name) < 1:
+            raise _fail(f"thermo.optimization.{name}", getattr(opt, name), "must be >= 1")
+
+
+def _validate_time_groups(cfg: BaselineConfig) -> None:
+    groups = cfg.time_groups
+    _check_choice("time_groups.strategy", groups.strategy, TIME_GROUP_STRATEGIES)
+    _check_number("time_groups.lambda", groups.lam)
+    _check_choice("time_groups.cost", groups.cost, SEGMENTATION_COSTS)
+    if groups.min_group_size < 1:
+        raise _fail("time_groups.min_group_size", groups.min_group_size, "must be >= 1")
+
+
+def _validate_phases(cfg: BaselineConfig) -> None:
+    phases = cfg.phases
+    if phases.seeds < 1:
+        raise _fail("phases.seeds", phases.seeds, "need at least 1 seed")
+    for method in phases.methods:
+        _check_choice("phases.methods", method, SMOOTHING_METHODS)
+    for lam in phases.lambdas:
+        _check_number("phases.lambdas", lam)
+    for weight in phases.markov_weights:
+        _check_number("phases.markov_weights", weight)
+    if phases.min_group_size < 1:
+        raise _fail("phases.min_group_size", phases.min_group_size, "must be >= 1")
+    if not phases.enabled:
+        return
+    for window in phases.windows:
+        _check_window("phases.windows", window, level="timestep", cfg=cfg)
+    for window in phases.group_windows:
+        _check_window("phases.group_windows", window, level="group", cfg=cfg)
+
+
+def check_model_limits(cfg: BaselineConfig, num_timesteps: int) -> None:
+    """The checks that need the model's T: groups, windows and adaptive group sizes.
+
+    Raises:
+        UserInputError: naming the key, its value and the limit.
+    """
+    groups = cfg.num_time_groups
+    if groups > num_timesteps:
+        raise UserInputError(
+            f"num_time_groups={groups}: exceeds the model's {num_timesteps} timesteps"
+        )
+    smallest = num_timesteps // groups
+    smoothing = cfg.thermo.smoothing
+    if (
+        smoothing.enabled
+        and smoothing.level == "timestep"
+        and cfg.time_groups.strategy == "uniform"
+        and smoothing.window > smallest
+    ):
+        raise _fail(
+            "thermo.smoothing.window",
+            smoothing.window,
+            f"larger than a group: the smallest of the {groups} time groups has {smallest} "
+            "timesteps",
+        )
+    if cfg.time_groups.strategy == "adaptive" and cfg.time_groups.min_group_size > smallest:
+        raise _fail(
+            "time_groups.min_group_size",
+            cfg.time_groups.min_group_size,
+            f"must be <= T // num_time_groups = {smallest}",
+        )
+    if cfg.phases.enabled:
+        for window in cfg.phases.windows:
+            if window > smallest:
+                raise _fail(
+                    "phases.windows",
+                    window,
+                    f"larger than a group: the smallest of the {groups} time groups has "
+                    f"{smallest} timesteps",
+                )
+        if cfg.phases.min_group_size > smallest:
+            raise _fail(
+                "phases.min_group_size",
+                cfg.phases.min_group_size,
+                f"must be <= T // num_time_groups = {smallest}",
+            )

@@ -1,0 +1,347 @@
+"""The pipeline stages that the runs of a sweep share, cached on disk (``thermojax.pipeline.cache``).
+
+Three entries, each keyed by a hash of exactly what it depends on, so every job of a sweep, and
+every later sweep on the same cache folder (``thermojax.files.cache_dir()``), computes each one
+once; two workers asking for the same entry at the same time compute it once (per-key lock):
+
+- **calibration** statistics: the denoiser (:func:`model_fingerprint`), ``bit_width``,
+  ``group_size``, ``calibration.samples``, ``calibration.samples_per_step``, ``seed`` and
+  ``CALIBRATION_VERSION``. Not ``num_time_groups``, ``smoothness_threshold`` or ``act_bits``
+  (calibration runs with fp32 activations).
+- **fp32 samples**: the denoiser, ``seed``, ``sampling.num_samples`` and ``SAMPLING_VERSION``.
+- **quantized sampling + quality**: the denoiser and the quality reference (classifier), and the
+  resolved config minus :data:`QUALITY_INDEPENDENT_KEYS` (the threshold, the interpretation
+  bands, W&B settings and the display name), plus ``QUALITY_VERSION``. The key is computed from
+  the config dict with those keys removed, so a config section added later is part of it without
+  anyone remembering to add it: threshold variants of one configuration share everything but the
+  violation analysis.
+
+Each run records what it found in ``Result.cache`` (entry name -> ``"hit"`` or ``"miss"``) and in
+its log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from thermojax.core.quant import QTensor
+from thermojax.models.base import DiffusionModel
+from thermojax.pipeline.cache import arrays_fingerprint, cache_key, get_or_compute
+from thermojax.pipeline.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
+from thermojax.pipeline.quality import Quality, evaluate_quality
+from thermojax.pipeline.sampling import ActParams, Samples, sample
+from thermojax.pipeline.weights import WeightReport
+
+__all__ = [
+    "QUALITY_INDEPENDENT_KEYS",
+    "QUALITY_VERSION",
+    "SAMPLING_VERSION",
+    "QualityEntry",
+    "StageCache",
+    "model_fingerprint",
+    "reference_fingerprint",
+    "sample_and_evaluate",
+]
+
+log = logging.getLogger(__name__)
+
+SAMPLING_VERSION = 1
+"""Bump when :func:`thermojax.pipeline.sampling.sample` draws different numbers for the same inputs."""
+
+QUALITY_VERSION = 1
+"""Bump when quantized sampling, activation parameters or quality metrics change their numbers."""
+
+QUALITY_INDEPENDENT_KEYS = (
+    ("smoothness_threshold",),
+    ("interpretation",),
+    ("wandb",),
+    ("model", "name"),
+)
+"""Config paths that do not change quantized samples or their quality (only the analysis and
+presentation after them): removed from the config before it is hashed into the quality key."""
+
+
+def _named_arrays(tree: Any, prefix: str) -> dict[str, Any]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {f"{prefix}{jax.tree_util.keystr(path)}": leaf for path, leaf in leaves}
+
+
+def _describe(obj: Any) -> Any:
+    """A JSON-ready description of a (dataclass) config object."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    if isinstance(obj, list | tuple):
+        return [_describe(v) for v in obj]
+    return repr(obj)
+
+
+def model_fingerprint(model: DiffusionModel) -> str:
+    """A hash of everything about the denoiser that changes its samples or activations.
+
+    All of its parameters (kernels and biases: ``model.params`` when it has them, else its
+    quantizable weights), its noise schedule arrays (``schedule.arrays()``), its architecture
+    config, class, timestep count, layer names and data shape. Not its path or display name: a
+    copy of a checkpoint elsewhere shares the cache, a retrained one does not. (The schedule is
+    hashed through its float32 arrays, under the names they have always had, so keys are the same
+    as when the schedule stored them as fields.)
+    """
+    params = getattr(model, "params", None)
+    arrays = _named_arrays(params if params is not None else model.quantizable_weights(), "params")
+    schedule = getattr(model, "schedule", None)
+    if callable(getattr(schedule, "arrays", None)):
+        arrays.update({f"schedule.{name}": a for name, a in schedule.arrays().items()})
+    return cache_key(
+        kind="model",
+        type=f"{type(model).__module__}.{type(model).__qualname__}",
+        config=_describe(getattr(model, "config", None)),
+        num_timesteps=int(model.num_timesteps),
+        layer_names=list(model.layer_names),
+        data_shape=list(model.data_shape),
+        arrays=arrays_fingerprint(arrays),
+    )
+
+
+def reference_fingerprint(model: DiffusionModel) -> str | None:
+    """A hash of the model's quality reference (classifier parameters and config); ``None``
+    when it has none."""
+    reference = model.reference
+    if reference is None:
+        return None
+    return cache_key(
+        kind="reference",
+        type=f"{type(reference).__module__}.{type(reference).__qualname__}",
+        config=_describe(getattr(reference, "config", None)),
+        arrays=arrays_fingerprint(_named_arrays(getattr(reference, "params", {}), "params")),
+    )
+
+
+def _without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.items()}
+    for path in paths:
+        node: Any = out
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityEntry:
+    """What threshold variants share after calibration: quantized samples and their quality.
+
+    Attributes:
+        quality: the evaluator's :class:`~thermojax.pipeline.quality.Quality`.
+        quantized_x0: the quantized samples ``[N, *data_shape]`` (pixel range), same noise as
+            fp32. (Their trajectory is not kept: only ``quality`` needs it.)
+    """
+
+    quality: Quality
+    quantized_x0: np.ndarray
+
+    def save(self, path: Path) -> None:
+        """One ``.npz``: the samples, and the quality as JSON text (NaN allowed)."""
+        with open(path, "wb") as handle:
+            np.savez(
+                handle,
+                quality=np.asarray(json.dumps(self.quality.to_dict(), allow_nan=True)),
+                quantized_x0=np.asarray(self.quantized_x0, np.float32),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> QualityEntry:
+        """Inverse of :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            fields = json.loads(str(data["quality"]))
+            x0 = np.asarray(data["quantized_x0"], np.float32)
+        arrays = {f.name for f in dataclasses.fields(Quality) if f.type == "np.ndarray"}
+        quality = Quality(
+            **{k: np.asarray(v, np.float64) if k in arrays else v for k, v in fields.items()}
+        )
+        return cls(quality=quality, quantized_x0=x0)
+
+
+def sample_and_evaluate(
+    model: DiffusionModel,
+    fp32: Samples,
+    *,
+    qweights: Mapping[str, QTensor],
+    act_params: ActParams,
+    weight_report: WeightReport,
+    num_samples: int,
+    seed: int,
+) -> QualityEntry:
+    """Quantized sampling from the fp32 noise, and its quality against ``fp32``.
+
+    Args:
+        fp32: fp32 samples with the same ``num_samples`` and ``seed``.
+        qweights, act_params: the quantized weights and per-group activation parameters.
+        weight_report: from :func:`~thermojax.pipeline.weights.quantize_weights`.
+    """
+    quantized = sample(
+        model, weights=qweights, act_params=act_params, num_samples=num_samples, seed=seed
+    )
+    quality = evaluate_quality(model, fp32, quantized, act_params.edges, weight_report)
+    return QualityEntry(quality=quality, quantized_x0=quantized.x0)
+
+
+def _save_samples(samples: Samples, path: Path) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, x0=samples.x0, trajectory=samples.trajectory)
+
+
+def _load_samples(path: Path) -> Samples:
+    with np.load(path, allow_pickle=False) as data:
+        return Samples(
+            x0=np.asarray(data["x0"], np.float32), trajectory=np.asarray(data["trajectory"])
+        )
+
+
+class StageCache:
+    """The cached stages of one run; ``record`` tells which entries were hits or misses.
+
+    Args:
+        model: the loaded model.
+        config: the run's resolved config as a dict (``BaselineConfig.to_dict()``).
+        cache_dir: the cache folder (default ``thermojax.files.cache_dir()``).
+
+    Example:
+        >>> cached = StageCache(model, config.to_dict())  # doctest: +SKIP
+        >>> stats = cached.calibration(qweights)  # doctest: +SKIP
+        >>> cached.record  # doctest: +SKIP
+        {'calibration': 'hit'}
+    """
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        config: Mapping[str, Any],
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = dict(config)
+        self.cache_dir = cache_dir
+        self.model_id = model_fingerprint(model)
+        self.record: dict[str, str] = {}
+
+    def _get(
+        self,
+        name: str,
+        key: str,
+        compute: Callable[[], Any],
+        *,
+        save: Callable[[Any, Path], None],
+        load: Callable[[Path], Any],
+        suffix: str,
+    ) -> Any:
+        computed = False
+
+        def counted() -> Any:
+            nonlocal computed
+            computed = True
+            return compute()
+
+        value = get_or_compute(
+            key, counted, save=save, load=load, suffix=suffix, cache_dir=self.cache_dir
+        )
+        self.record[name] = "miss" if computed else "hit"
+        log.info("cache %s: %s (key %s)", self.record[name], name, key[:16])
+        return value
+
+    def calibration_key(self) -> str:
+        """The key of this run's calibration statistics."""
+        cfg = self.config
+        return cache_key(
+            kind="calibration",
+            version=CALIBRATION_VERSION,
+            model=self.model_id,
+            bit_width=cfg["bit_width"],
+            group_size=cfg["group_size"],
+            samples=cfg["calibration"]["samples"],
+            samples_per_step=cfg["calibration"]["samples_per_step"],
+            seed=cfg["seed"],
+        )
+
+    def calibration(self, qweights: Mapping[str, QTensor]) -> CalibrationStats:
+        """Calibration statistics for this run's weights, from the cache or computed.
+
+        Args:
+            qweights: the weights quantized at the config's ``bit_width`` and ``group_size``.
+        """
+        cfg = self.config
+        return self._get(
+            "calibration",
+            self.calibration_key(),
+            lambda: calibrate(
+                self.model,
+                bit_width=cfg["bit_width"],
+                group_size=cfg["group_size"],
+                num_samples=cfg["calibration"]["samples"],
+                seed=cfg["seed"],
+                samples_per_step=cfg["calibration"]["samples_per_step"],
+                qweights=qweights,
+            ),
+            save=lambda stats, path: stats.save(path),
+            load=CalibrationStats.load,
+            suffix=".npz",
+        )
+
+    def fp32_samples_key(self) -> str:
+        """The key of the fp32 samples (and their trajectory)."""
+        return cache_key(
+            kind="fp32_samples",
+            version=SAMPLING_VERSION,
+            model=self.model_id,
+            seed=self.config["seed"],
+            num_samples=self.config["sampling"]["num_samples"],
+        )
+
+    def fp32_samples(self) -> Samples:
+        """fp32 samples with the config's seed and sample count, from the cache or sampled."""
+        return self._get(
+            "fp32_samples",
+            self.fp32_samples_key(),
+            lambda: sample(
+                self.model,
+                num_samples=self.config["sampling"]["num_samples"],
+                seed=self.config["seed"],
+            ),
+            save=_save_samples,
+            load=_load_samples,
+            suffix=".npz",
+        )
+
+    def quality_key(self) -> str:
+        """The key of the quantized samples and quality: the config minus
+        ``QUALITY_INDEPENDENT_KEYS``, the denoiser and the quality reference."""
+        return cache_key(
+            kind="quality",
+            version=QUALITY_VERSION,
+            model=self.model_id,
+            reference=reference_fingerprint(self.model),
+            config=_without(self.config, QUALITY_INDEPENDENT_KEYS),
+        )
+
+    def quality(self, compute: Callable[[], QualityEntry]) -> QualityEntry:
+        """The run's samples and quality: cached, or ``compute()`` (which samples and evaluates;
+        it may call :meth:`fp32_samples`)."""
+        return self._get(
+            "quality",
+            self.quality_key(),
+            compute,
+            save=lambda entry, path: entry.save(path),
+            load=QualityEntry.load,
+            suffix=".npz",
+        )

@@ -1,0 +1,247 @@
+"""The sweep comparison page: one sweep's configurations side by side (Jinja2, inline SVG).
+
+:func:`render_comparison` reads only a :class:`SweepSummary` (the rows that
+``python -m thermojax.compare`` collects from the sweep's saved results) and draws it with the
+report's chart toolkit: the smoothness heatmap over bit width x time groups, violations against
+the threshold, sample quality against smoothness, the table of every configuration and the
+failures. The page is self-contained and every string is autoescaped.
+
+Example:
+    >>> html = render_comparison(summary)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from thermojax.report import environment
+from thermojax.report.charts import PALETTE, LineChart, ScatterChart, line_chart, scatter_chart
+from thermojax.report.grids import Heatmap, heatmap
+
+__all__ = [
+    "BIT_COLORS",
+    "COLUMNS",
+    "CONFIG_KEYS",
+    "SUMMARY_SCHEMA_VERSION",
+    "SweepSummary",
+    "quality_scatter",
+    "render_comparison",
+    "smoothness_heatmap",
+    "summary_csv",
+    "violations_chart",
+]
+
+SUMMARY_SCHEMA_VERSION = 1
+CONFIG_KEYS = ("bit_width", "act_bits", "num_time_groups", "smoothness_threshold", "seed")
+"""What tells the configurations of a sweep apart (and orders them)."""
+COLUMNS = (
+    "job",
+    "status",
+    *CONFIG_KEYS,
+    "smoothness_score",
+    "violation_count",
+    "mean_boundary_score",
+    "min_boundary_score",
+    "cosine_similarity",
+    "compression_ratio",
+    "model_size_mb",
+    "drift_mean",
+    "final_mse",
+    "frechet_fp32",
+    "frechet_quantized",
+    "class_coverage_quantized",
+    "band",
+    "quantization_time_s",
+    "error",
+)
+"""The keys of every row, in the CSV's column order."""
+BIT_COLORS = {2: "#c0392b", 4: "#2874a6", 8: "#1e8449"}
+"""Each weight bit width's colour in the scatter plots (other widths take palette colours)."""
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """Everything the comparison shows, as plain JSON-ready data.
+
+    Attributes:
+        sweep_dir: the folder read.
+        rows: one dict per configuration with the keys of ``COLUMNS`` (``None`` where a value
+            does not apply, e.g. metrics of a failed configuration).
+        failures: ``{job, overrides, error_type, message}`` per failed configuration.
+        correlations: ``smoothness_vs_<metric>`` -> ``{"pearson": r or None, "n": count}`` over
+            the distinct configurations apart from the threshold (which changes neither).
+    """
+
+    sweep_dir: str
+    rows: tuple[dict[str, Any], ...]
+    failures: tuple[dict[str, Any], ...]
+    correlations: dict[str, dict[str, Any]]
+
+    @property
+    def completed(self) -> list[dict[str, Any]]:
+        """The rows of configurations that finished."""
+        return [row for row in self.rows if row["status"] == "ok"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``sweep_summary.json`` content."""
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "sweep_dir": self.sweep_dir,
+            "num_configurations": len(self.rows),
+            "num_failed": len(self.failures),
+            "correlations": self.correlations,
+            "configurations": list(self.rows),
+            "failures": list(self.failures),
+        }
+
+
+def summary_csv(summary: SweepSummary) -> str:
+    """The ``sweep_summary.csv`` content: one row per configuration, empty cells for ``None``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in summary.rows:
+        writer.writerow({key: "" if row[key] is None else row[key] for key in COLUMNS})
+    return buffer.getvalue()
+
+
+def _bit_colors(bit_widths: Sequence[Any]) -> dict[Any, str]:
+    others = iter(c for c in PALETTE if c not in BIT_COLORS.values())
+    return {b: BIT_COLORS.get(b) or next(others) for b in sorted(set(bit_widths))}
+
+
+def smoothness_heatmap(rows: Sequence[dict[str, Any]]) -> Heatmap | None:
+    """Mean smoothness per (bit width, time groups) of completed rows, or ``None`` without any.
+
+    The mean is over the cell's thresholds and seeds (the score does not depend on the threshold).
+    """
+    if not rows:
+        return None
+    bits = sorted({row["bit_width"] for row in rows})
+    groups = sorted({row["num_time_groups"] for row in rows})
+    values: list[list[float | None]] = []
+    tooltips: list[list[str]] = []
+    for b in bits:
+        values.append([])
+        tooltips.append([])
+        for g in groups:
+            scores = [
+                r["smoothness_score"]
+                for r in rows
+                if (r["bit_width"], r["num_time_groups"]) == (b, g)
+            ]
+            mean = float(np.mean(scores)) if scores else None
+            values[-1].append(mean)
+            tooltips[-1].append(
+                f"INT{b}, {g} groups: mean smoothness {mean:.4f} over {len(scores)} run(s)"
+                if scores
+                else "not run"
+            )
+    return heatmap(
+        values,
+        row_labels=[f"INT{b}" for b in bits],
+        column_labels=[str(g) for g in groups],
+        tooltips=tooltips,
+        title="Mean smoothness score",
+        x_label="time groups",
+        y_label="weight bits",
+        missing_tooltip="not run",
+    )
+
+
+def violations_chart(rows: Sequence[dict[str, Any]]) -> LineChart | None:
+    """Mean violation count against threshold, one line per (bit width, time groups)."""
+    if not rows:
+        return None
+    thresholds = sorted({row["smoothness_threshold"] for row in rows})
+    series = []
+    for b in sorted({row["bit_width"] for row in rows}):
+        for g in sorted({row["num_time_groups"] for row in rows if row["bit_width"] == b}):
+            points = []
+            for t in thresholds:
+                counts = [
+                    r["violation_count"]
+                    for r in rows
+                    if (r["bit_width"], r["num_time_groups"], r["smoothness_threshold"])
+                    == (b, g, t)
+                ]
+                if counts:
+                    points.append((t, float(np.mean(counts))))
+            if points:
+                series.append((f"INT{b}, G={g}", [p[0] for p in points], [p[1] for p in points]))
+    return line_chart(
+        series,
+        title="Violations against the smoothness threshold",
+        x_label="smoothness threshold",
+        y_label="violations",
+        x_tick_values=thresholds,
+        x_tick_labels=[f"{t:g}" for t in thresholds],
+    )
+
+
+def quality_scatter(
+    rows: Sequence[dict[str, Any]], metric: str, label: str, correlation: dict[str, Any]
+) -> ScatterChart | None:
+    """``metric`` against smoothness for completed rows with finite values, or ``None``.
+
+    One point per configuration, coloured by bit width; ``correlation`` is the summary's
+    ``{"pearson", "n"}`` entry for the metric, shown in the title.
+    """
+    pairs = [
+        row
+        for row in rows
+        if row[metric] is not None
+        and math.isfinite(row[metric])
+        and math.isfinite(row["smoothness_score"])
+    ]
+    if not pairs:
+        return None
+    colors = _bit_colors([row["bit_width"] for row in pairs])
+    r = correlation["pearson"]
+    return scatter_chart(
+        [("", row["smoothness_score"], row[metric], 0.0) for row in pairs],
+        colors=[colors[row["bit_width"]] for row in pairs],
+        tooltips=[
+            f"INT{row['bit_width']}, {row['num_time_groups']} groups, threshold "
+            f"{row['smoothness_threshold']}: smoothness {row['smoothness_score']:.4f}, "
+            f"{label} {row[metric]:.4g}"
+            for row in pairs
+        ],
+        legend=[(f"INT{b}", color) for b, color in colors.items()],
+        title=f"{label}: Pearson r = {'n/a' if r is None else f'{r:+.3f}'} (n = {correlation['n']})",
+        x_label="smoothness score",
+        y_label=label,
+        width=510,
+        height=300,
+    )
+
+
+def render_comparison(summary: SweepSummary) -> str:
+    """The self-contained ``comparison.html`` of a summary."""
+    completed = summary.completed
+    corr = summary.correlations
+    scatters = [
+        quality_scatter(completed, "drift_mean", "mean drift", corr["smoothness_vs_drift_mean"]),
+        quality_scatter(
+            completed,
+            "frechet_quantized",
+            "Frechet (quantized)",
+            corr["smoothness_vs_frechet_quantized"],
+        ),
+    ]
+    template = environment().get_template("comparison.html.j2")
+    return template.render(
+        s=summary,
+        rows=summary.rows,
+        completed=completed,
+        heatmap=smoothness_heatmap(completed),
+        violations=violations_chart(completed),
+        scatters=[chart for chart in scatters if chart is not None],
+    )
