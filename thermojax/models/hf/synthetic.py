@@ -1,0 +1,362 @@
+"""A synthetic checkpoint with Dream-7B's exact layout, for testing without the real weights.
+
+Dream 7B (``Dream-org/Dream-v0-Base-7B``) is Qwen2.5-7B trained as a masked-diffusion language
+model: hidden size 3584, 28 layers, MLP width 18944, 28 query heads sharing 4 key-value heads
+(head_dim 128), biases on q/k/v, a 152064-token vocabulary, an untied ``lm_head``, bf16, in
+four ~5 GB shards (15.2 GB). :func:`write_dream_like` writes a checkpoint with the same tensor
+names, shapes, ``config.json`` and sharding, filled with random weights whose statistics look
+like a trained model's where quantization cares:
+
+- linear weights (and the embedding) ``[out, in]``: normal, std ``0.02 * sqrt(3584 / in)``
+  (0.02 at Dream's width, ``1/sqrt(fan_in)`` scaling elsewhere), except a few outlier input
+  channels: 0.5% of the columns (at least one), each scaled by a factor drawn from [10, 30].
+  The outlier channels depend only on the seed and the input width
+  (:func:`outlier_channels`), so every tensor reading the residual stream shares them, as
+  the hidden "massive activation" channels of real LLMs do;
+- RMSNorm weights: ``1 + 0.05 * normal``; q/k/v biases: ``0.01 * normal``.
+
+Normal values come from a 65536-entry table of standard-normal quantiles (exact to float32,
+|z| <= 4.3) indexed by 16-bit words of a PCG64 stream seeded by ``(seed, tensor name)``: about
+4x faster than ``Generator.standard_normal`` and, since everything is drawn from raw PCG64
+words (whose stream numpy keeps stable), the same bytes for a seed on every numpy version. Each tensor is generated and written on its
+own, so the full-size checkpoint is written holding one tensor (the 1.1 GB embedding) at a
+time.
+
+``scale=N`` shrinks the model about N-fold in width, keeping Dream's GQA ratio (7 query heads
+per key-value head) and an even head_dim:
+
+- ``kv_heads = max(1, 4 // N)``, ``heads = 7 * kv_heads``;
+- ``head_dim = max(2, even_round(3584 / N / heads))``, ``hidden = heads * head_dim``
+  (exactly ``3584 / N`` for N a power of two up to 256: 896 for N=4, 56 for N=64);
+- ``intermediate = max(64, 64 * round(18944 / N / 64))`` and
+  ``vocab = max(64, 64 * round(152064 / N / 64))``: multiples of 64 like Dream's.
+
+``layers`` overrides the layer count (28).
+
+Command line::
+
+    python -m thermojax.models.hf.synthetic OUT [--scale N] [--layers L] [--shard-gb G]
+        [--seed S] [--dtype BF16]
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from thermojax.models.hf import open_checkpoint
+    >>> folder = write_dream_like(pathlib.Path(tempfile.mkdtemp()) / "tiny", scale=112, layers=2)
+    >>> checkpoint = open_checkpoint(folder)
+    >>> checkpoint.config["hidden_size"], checkpoint.config["num_attention_heads"]
+    (28, 7)
+    >>> checkpoint.tensors["model.layers.1.mlp.down_proj.weight"].shape
+    (28, 192)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from thermojax.errors import UserInputError
+from thermojax.files import atomic_write_text
+from thermojax.models.hf.layouts import (
+    CONFIG_FILE,
+    DTYPES,
+    FLOAT_DTYPES,
+    expected_shapes,
+    shard_file_name,
+)
+from thermojax.models.hf.reader import TensorInfo
+from thermojax.models.hf.writer import plan_shards, write_index, write_safetensors
+
+__all__ = [
+    "DREAM_7B_CONFIG",
+    "OUTLIER_FACTORS",
+    "OUTLIER_FRACTION",
+    "dream_like_config",
+    "main",
+    "outlier_channels",
+    "write_dream_like",
+]
+
+DREAM_7B_CONFIG: dict[str, object] = {
+    "architectures": ["DreamModel"],
+    "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration_dream.DreamConfig",
+        "AutoModel": "modeling_dream.DreamModel",
+    },
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "mask_token_id": 151666,
+    "max_position_embeddings": 131072,
+    "max_window_layers": 28,
+    "model_type": "Dream",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "pad_token_id": 151643,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.46.2",
+    "use_cache": False,
+    "use_sliding_window": False,
+    "vocab_size": 152064,
+}
+"""Dream-v0-Base-7B's ``config.json`` (what ``scale=1`` writes)."""
+
+OUTLIER_FRACTION = 0.005
+"""The share of input channels of each linear weight that are outliers."""
+OUTLIER_FACTORS = (10.0, 30.0)
+"""An outlier channel's column is the normal column times a factor drawn uniformly from this."""
+
+_GQA_RATIO = 7  # Dream: 28 query heads per 4 key-value heads
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_CHUNK = 1 << 22
+"""Elements generated per step: the temporaries stay ~16 MB for any tensor."""
+_WEIGHT_STD = 0.02
+_NORM_STD = 0.05
+_BIAS_STD = 0.01
+
+
+def _positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserInputError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return multiple * math.floor(value / multiple + 0.5)
+
+
+def dream_like_config(
+    *, scale: int = 1, layers: int | None = None, dtype: str = "BF16"
+) -> dict[str, object]:
+    """The ``config.json`` :func:`write_dream_like` writes (the scale rule is in the module doc).
+
+    Example:
+        >>> config = dream_like_config(scale=4)
+        >>> [config[k] for k in ("hidden_size", "intermediate_size", "vocab_size",
+        ...                      "num_attention_heads", "num_key_value_heads")]
+        [896, 4736, 38016, 7, 1]
+    """
+    scale = _positive("scale", scale)
+    layers = DREAM_7B_CONFIG["num_hidden_layers"] if layers is None else layers
+    layers = _positive("layers", layers)
+    if dtype not in FLOAT_DTYPES:
+        raise UserInputError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+    kv_heads = max(1, DREAM_7B_CONFIG["num_key_value_heads"] // scale)
+    heads = _GQA_RATIO * kv_heads
+    head_dim = max(2, _round_to(DREAM_7B_CONFIG["hidden_size"] / scale / heads, 2))
+    return DREAM_7B_CONFIG | {
+        "hidden_size": heads * head_dim,
+        "intermediate_size": max(64, _round_to(DREAM_7B_CONFIG["intermediate_size"] / scale, 64)),
+        "vocab_size": max(64, _round_to(DREAM_7B_CONFIG["vocab_size"] / scale, 64)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": layers,
+        "max_window_layers": layers,
+        "torch_dtype": _TORCH_DTYPES[dtype],
+    }
+
+
+def outlier_channels(width: int, *, seed: int = 0) -> np.ndarray:
+    """The outlier input channels (sorted column indices) of every weight with ``width`` inputs.
+
+    Example:
+        >>> outlier_channels(3584, seed=0).size  # 0.5% of Dream's hidden size
+        18
+    """
+    count = max(1, round(OUTLIER_FRACTION * width))
+    stream = np.random.PCG64(np.random.SeedSequence([seed, width, 0x0071]))
+    # A random permutation from raw bits (not Generator.choice): stable across numpy versions.
+    return np.sort(np.argsort(stream.random_raw(width), kind="stable")[:count])
+
+
+def _uniform(stream: np.random.PCG64, low: float, high: float, size: int) -> np.ndarray:
+    """Uniform floats in [low, high) from the top 53 bits of raw words (version-stable)."""
+    return low + (high - low) * ((stream.random_raw(size) >> 11) * 2.0**-53)
+
+
+@lru_cache(maxsize=1)
+def _normal_quantiles() -> np.ndarray:
+    """The 65536 standard-normal quantiles at (i + 0.5) / 65536, float64."""
+    inverse = statistics.NormalDist().inv_cdf
+    return np.array([inverse((i + 0.5) / 65536) for i in range(65536)])
+
+
+def _tensor_stream(seed: int, name: str) -> np.random.PCG64:
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:16], "little")
+    return np.random.PCG64(np.random.SeedSequence([seed, key]))
+
+
+def _synthetic_tensor(name: str, shape: tuple[int, ...], *, dtype: str, seed: int) -> np.ndarray:
+    """One tensor's values; depends only on (seed, name, shape, dtype)."""
+    stream = _tensor_stream(seed, name)
+    cols = shape[-1]
+    rows = math.prod(shape[:-1])
+    if len(shape) == 1 and name.endswith("norm.weight"):
+        loc, std, channels = 1.0, _NORM_STD, None
+    elif len(shape) == 1:
+        loc, std, channels = 0.0, _BIAS_STD, None
+    else:
+        loc, std = 0.0, _WEIGHT_STD * math.sqrt(DREAM_7B_CONFIG["hidden_size"] / cols)
+        channels = outlier_channels(cols, seed=seed)
+        factors = _uniform(stream, *OUTLIER_FACTORS, channels.size).astype(np.float32)
+    values = (loc + std * _normal_quantiles()).astype(np.float32)
+    target = DTYPES[dtype]
+    bits = np.dtype(f"<u{target.itemsize}")
+    table = values.astype(target).view(bits)
+
+    out = np.empty((rows, cols), target)
+    out_bits = out.view(bits)
+    step = max(1, _CHUNK // cols)
+    for start in range(0, rows, step):
+        block = min(step, rows - start)
+        words = stream.random_raw(-(-block * cols // 4)).view("<u2")[: block * cols]
+        codes = words.reshape(block, cols)
+        out_bits[start : start + block] = table[codes]
+        if channels is not None:
+            outliers = values[codes[:, channels]] * factors
+            out[start : start + block, channels] = outliers.astype(target)
+    return out.reshape(shape)
+
+
+def write_dream_like(
+    out: str | os.PathLike[str],
+    *,
+    scale: int = 1,
+    layers: int | None = None,
+    max_shard_bytes: int = 5 * 10**9,
+    dtype: str = "BF16",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write a synthetic checkpoint with Dream-7B's layout (scaled) into the new folder ``out``.
+
+    Shards, then the index, then ``config.json`` (last, so a folder whose writing was
+    interrupted does not open as a checkpoint), each published atomically. Deterministic: the
+    same arguments give the same bytes.
+
+    Args:
+        out: a folder that does not exist yet, or is empty.
+        scale: the width divisor N (module doc); 1 is the full 7.6B-parameter model, 15.2 GB.
+        layers: the number of layers (default Dream's 28).
+        max_shard_bytes: the shard size limit; one shard is ``model.safetensors``, more get
+            ``model-0000k-of-0000n.safetensors`` and ``model.safetensors.index.json``.
+        dtype: ``"BF16"`` (Dream's), ``"F16"`` or ``"F32"``.
+        seed: the random seed.
+        progress: called with a line per shard written (e.g. ``print``).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        UserInputError: ``out`` exists and is not an empty folder, or a bad argument.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = write_dream_like(pathlib.Path(tempfile.mkdtemp()) / "m", scale=112,
+        ...                           layers=2, max_shard_bytes=150_000)
+        >>> sorted(p.name for p in folder.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+        ['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors',
+         'model.safetensors.index.json']
+    """
+    out = Path(out)
+    config = dream_like_config(scale=scale, layers=layers, dtype=dtype)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}")
+    max_shard_bytes = _positive("max_shard_bytes", max_shard_bytes)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"{out}: exists and is not an empty folder; choose a new one")
+
+    shapes = expected_shapes(config)
+    itemsize = DTYPES[dtype].itemsize
+    infos = [
+        TensorInfo(name, "", dtype, shape, math.prod(shape) * itemsize)
+        for name, shape in shapes.items()
+    ]
+    plan = plan_shards(infos, max_shard_bytes)
+    provenance = {"scale": scale, "layers": config["num_hidden_layers"], "seed": seed}
+    metadata = {"format": "pt", "thermojax_synthetic": json.dumps(provenance, sort_keys=True)}
+
+    def produce(name: str) -> np.ndarray:
+        return _synthetic_tensor(name, shapes[name], dtype=dtype, seed=seed)
+
+    weight_map: dict[str, str] = {}
+    for k, names in enumerate(plan):
+        file = shard_file_name(k, len(plan))
+        started = time.perf_counter()
+        path = write_safetensors(
+            out / file, [(n, dtype, shapes[n]) for n in names], produce, metadata=metadata
+        )
+        weight_map |= dict.fromkeys(names, file)
+        if progress is not None:
+            seconds = time.perf_counter() - started
+            size = path.stat().st_size
+            progress(
+                f"{file}: {len(names)} tensors, {size / 1e9:.2f} GB in {seconds:.1f} s "
+                f"({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
+            )
+    if len(plan) > 1:
+        write_index(out, weight_map, sum(info.nbytes for info in infos))
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``python -m thermojax.models.hf.synthetic OUT [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m thermojax.models.hf.synthetic",
+        description="Write a synthetic checkpoint with Dream-7B's layout (random weights).",
+    )
+    parser.add_argument("out", type=Path, help="a new (or empty) folder")
+    parser.add_argument("--scale", type=int, default=1, help="width divisor (1: full 7B)")
+    parser.add_argument("--layers", type=int, default=None, help="layer count (default 28)")
+    parser.add_argument("--shard-gb", type=float, default=5.0, help="shard size limit, GB")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=FLOAT_DTYPES, default="BF16")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        folder = write_dream_like(
+            args.out,
+            scale=args.scale,
+            layers=args.layers,
+            max_shard_bytes=max(1, round(args.shard_gb * 1e9)),
+            dtype=args.dtype,
+            seed=args.seed,
+            progress=print,
+        )
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(
+        f"wrote {folder}: {size / 1e9:.2f} GB in {seconds:.1f} s "
+        f"({size / 1e6 / max(seconds, 1e-9):.0f} MB/s), peak RSS {peak_rss:.0f} MiB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
