@@ -1,0 +1,316 @@
+"""Reloading a quantized checkpoint that thermojax exported (:mod:`thermojax.pipeline.export`
+describes the folder), bit for bit and without re-quantizing, one shard at a time.
+
+Example:
+    >>> loaded = load_quantized("outputs/dream-int4")  # doctest: +SKIP
+    >>> sorted(loaded.qtensors)[:1], loaded.activations is not None  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from thermojax.core.quant import WEIGHT_BITS, QTensor
+from thermojax.models.hf import CheckpointError
+from thermojax.models.hf.layouts import DTYPES
+from thermojax.pipeline.export import (
+    FORMAT,
+    FORMAT_VERSION,
+    ORBAX_DIR,
+    QUANTIZATION_FILE,
+    STORED_SUFFIXES,
+    orbax_item,
+    stored_entries,
+)
+from thermojax.pipeline.sampling import ActParams
+
+__all__ = ["QuantizedCheckpoint", "load_quantized", "restore_orbax_copy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedCheckpoint:
+    """A reloaded quantized checkpoint.
+
+    Attributes:
+        path: its folder.
+        config: the model's configuration (``config.json``, or the digits ``model.json``).
+        qtensors: every quantized tensor (digits: every layer) as a :class:`QTensor` with
+            numpy leaves, exactly as exported.
+        tensors: every kept tensor (biases, norms, embeddings ...) at its stored dtype.
+        quantization: ``quantization.json``, parsed.
+        activations: the activation parameters, or ``None``.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    qtensors: dict[str, QTensor]
+    tensors: dict[str, np.ndarray]
+    quantization: dict[str, Any]
+    activations: ActParams | None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _plain_file(name: object, what: str, tensor: str | None = None) -> str:
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise CheckpointError(QUANTIZATION_FILE, f"{what} {name!r} is not a file name", tensor)
+    return name
+
+
+def _read_json(folder: Path, file: str) -> Any:
+    try:
+        raw = (folder / file).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(file, f"not found in {folder}") from None
+    except OSError as err:
+        raise CheckpointError(file, f"cannot be read ({err.strerror})") from err
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(file, f"not valid JSON ({err})") from err
+
+
+def _shape(value: object, what: str, tensor: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise CheckpointError(QUANTIZATION_FILE, f"{what} {value!r} is not a shape", tensor)
+    return tuple(value)
+
+
+def _expected_stored(name: str, entry: Any) -> tuple[dict[str, tuple], dict[str, Any] | None]:
+    """The stored tensors ``entry`` must list, and the QTensor metadata (``None``: kept)."""
+    if not isinstance(entry, dict):
+        raise CheckpointError(QUANTIZATION_FILE, "tensor entry is not an object", name)
+    missing = {"file", "shape", "dtype", "bits", "stored"} - set(entry)
+    if missing:
+        raise CheckpointError(QUANTIZATION_FILE, f"tensor entry lacks {sorted(missing)}", name)
+    shape = _shape(entry["shape"], "shape", name)
+    bits = entry["bits"]
+    if bits is None:
+        if entry["dtype"] not in DTYPES:
+            raise CheckpointError(QUANTIZATION_FILE, f"unknown dtype {entry['dtype']!r}", name)
+        return {"values": (name, entry["dtype"], shape)}, None
+    group_size = entry.get("group_size")
+    symmetric = entry.get("symmetric", False)
+    if (
+        isinstance(bits, bool)
+        or bits not in WEIGHT_BITS
+        or isinstance(group_size, bool)
+        or not isinstance(group_size, int)
+        or group_size < 1
+        or not shape
+        or shape[-1] % group_size
+        or group_size % (8 // bits)
+        or not isinstance(symmetric, bool)
+    ):
+        raise CheckpointError(
+            QUANTIZATION_FILE,
+            f"bits {bits!r}, group_size {group_size!r} cannot quantize shape {list(shape)}",
+            name,
+        )
+    meta = {"shape": shape, "bits": bits, "group_size": group_size, "symmetric": symmetric}
+    return stored_entries(name, shape, bits, group_size), meta
+
+
+def _check_document(document: Any) -> None:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise CheckpointError(QUANTIZATION_FILE, f"not a {FORMAT} map (format {found!r})")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            QUANTIZATION_FILE,
+            f"format_version {document.get('format_version')!r}; this thermojax reads "
+            f"{FORMAT_VERSION}",
+        )
+    for key, kind in (("tensors", dict), ("shards", list), ("config_file", str)):
+        if not isinstance(document.get(key), kind):
+            raise CheckpointError(QUANTIZATION_FILE, f"{key!r} is missing or not a {kind.__name__}")
+
+
+def _open_safetensors(folder: Path, file: str):
+    from safetensors import safe_open
+
+    if not (folder / file).is_file():
+        raise CheckpointError(file, f"not found in {folder} ({QUANTIZATION_FILE} lists it)")
+    try:
+        return safe_open(str(folder / file), framework="np")
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(file, f"not a readable safetensors file ({err})") from err
+
+
+def _read_stored(handle: Any, file: str, expected: tuple[str, str, tuple[int, ...]]) -> np.ndarray:
+    name, dtype, shape = expected
+    stored = handle.get_slice(name)
+    if stored.get_dtype() != dtype:
+        raise CheckpointError(
+            file, f"dtype {stored.get_dtype()}, but {QUANTIZATION_FILE} says {dtype}", name
+        )
+    if tuple(stored.get_shape()) != shape:
+        raise CheckpointError(
+            file,
+            f"shape {list(stored.get_shape())}, but {QUANTIZATION_FILE} says {list(shape)}",
+            name,
+        )
+    return handle.get_tensor(name)
+
+
+def _read_activations(folder: Path, entry: Any) -> ActParams:
+    if not isinstance(entry, dict) or not {"file", "bits", "num_layers", "num_params"} <= set(
+        entry
+    ):
+        raise CheckpointError(QUANTIZATION_FILE, "'activations' entry is malformed")
+    file = _plain_file(entry["file"], "activations file")
+    num_layers, num_params = entry["num_layers"], entry["num_params"]
+    expected = {
+        "edges": ("edges", "I32", (num_params + 1,)),
+        "scales": ("scales", "F32", (num_layers, num_params)),
+        "zero_points": ("zero_points", "F32", (num_layers, num_params)),
+    }
+    with _open_safetensors(folder, file) as handle:
+        keys = set(handle.keys())
+        arrays = {}
+        for role, stored in expected.items():
+            if stored[0] not in keys:
+                raise CheckpointError(file, "missing", stored[0])
+            arrays[role] = _read_stored(handle, file, stored)
+    return ActParams(bits=int(entry["bits"]), **arrays)
+
+
+def load_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint:
+    """Reload an exported quantized checkpoint (either kind), bit for bit, without requantizing.
+
+    Every tensor ``quantization.json`` lists is read from its shard (one shard open at a time)
+    and checked against the map: present, of the listed dtype and shape, and the packed
+    layout consistent with the tensor's shape, bits and group size. Orbax is not needed.
+
+    Args:
+        path: the exported folder.
+
+    Returns:
+        The :class:`QuantizedCheckpoint`.
+
+    Raises:
+        CheckpointError: (a UserInputError) a missing or unreadable file, a malformed
+            ``quantization.json``, a tensor missing, unlisted, or of another dtype or shape
+            than the map says; one line naming the file and the tensor.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        problem = "not a folder" if folder.exists() else "no such folder"
+        raise CheckpointError(str(folder), f"{problem} (a quantized checkpoint is a folder)")
+    document = _read_json(folder, QUANTIZATION_FILE)
+    _check_document(document)
+    config = _read_json(folder, _plain_file(document["config_file"], "config_file"))
+    if not isinstance(config, dict):
+        raise CheckpointError(document["config_file"], "not a JSON object")
+
+    by_file: dict[str, list[tuple[str, dict[str, tuple], dict[str, Any] | None]]] = {}
+    for name, entry in document["tensors"].items():
+        stored, meta = _expected_stored(name, entry)
+        listed = entry["stored"]
+        if (
+            not isinstance(listed, dict)
+            or {
+                role: (e.get("name"), e.get("dtype"), tuple(e.get("shape") or ()))
+                for role, e in listed.items()
+                if isinstance(e, dict)
+            }
+            != stored
+        ):
+            raise CheckpointError(
+                QUANTIZATION_FILE,
+                f"stored tensors {listed!r} disagree with the tensor's shape, dtype, bits and "
+                "group size",
+                name,
+            )
+        file = _plain_file(entry["file"], "file", name)
+        if file not in document["shards"]:
+            raise CheckpointError(QUANTIZATION_FILE, f"file {file!r} is not among 'shards'", name)
+        by_file.setdefault(file, []).append((name, stored, meta))
+
+    qtensors: dict[str, QTensor] = {}
+    tensors: dict[str, np.ndarray] = {}
+    for file in document["shards"]:
+        members = by_file.get(_plain_file(file, "shard"), [])
+        with _open_safetensors(folder, file) as handle:
+            keys = set(handle.keys())
+            wanted = {
+                stored_name for _, stored, _ in members for stored_name, _, _ in stored.values()
+            }
+            unlisted = sorted(keys - wanted)
+            if unlisted:
+                raise CheckpointError(file, f"not listed in {QUANTIZATION_FILE}", unlisted[0])
+            for name, stored, meta in members:
+                for stored_name, _, _ in stored.values():
+                    if stored_name not in keys:
+                        raise CheckpointError(
+                            file, f"missing ({QUANTIZATION_FILE} lists it for {name})", stored_name
+                        )
+                arrays = {role: _read_stored(handle, file, entry) for role, entry in stored.items()}
+                if meta is None:
+                    tensors[name] = arrays["values"]
+                    continue
+                qtensor = QTensor(**arrays, **meta)
+                _check_groups(file, name, qtensor)
+                qtensors[name] = qtensor
+    activations = None
+    if document.get("activations") is not None:
+        activations = _read_activations(folder, document["activations"])
+    return QuantizedCheckpoint(folder, config, qtensors, tensors, document, activations)
+
+
+def _check_groups(file: str, name: str, qtensor: QTensor) -> None:
+    """Scales positive and finite, zero points within the codes' range: cheap (one value per
+    group) and catches a corrupted group that the shapes cannot."""
+    scale, zero = np.asarray(qtensor.scale), np.asarray(qtensor.zero_point)
+    if not np.all(np.isfinite(scale) & (scale > 0)):
+        raise CheckpointError(file, "has scales that are not positive finite numbers", name)
+    if zero.size and int(zero.max()) > qtensor.qmax:
+        raise CheckpointError(
+            file, f"has zero points above {qtensor.qmax}", name + STORED_SUFFIXES["zero_point"]
+        )
+
+
+def restore_orbax_copy(path: str | os.PathLike[str]) -> dict[str, QTensor]:
+    """The Orbax copy of an export's quantized tensors (``orbax/<shard>``), as ``{NAME: QTensor}``.
+
+    The QTensors' static metadata comes from ``quantization.json``; the leaves are numpy.
+
+    Raises:
+        CheckpointError: no Orbax copy, or a malformed ``quantization.json``.
+    """
+    import orbax.checkpoint as ocp
+
+    folder = Path(path)
+    document = _read_json(folder, QUANTIZATION_FILE)
+    _check_document(document)
+    if document.get("orbax") is None or not (folder / ORBAX_DIR).is_dir():
+        raise CheckpointError(ORBAX_DIR, f"not found in {folder} (exported without orbax)")
+    targets: dict[str, dict[str, QTensor]] = {}
+    for name, entry in document["tensors"].items():
+        stored, meta = _expected_stored(name, entry)
+        if meta is None:
+            continue
+        leaves = {
+            role: jax.ShapeDtypeStruct(shape, DTYPES[dtype])
+            for role, (_, dtype, shape) in stored.items()
+        }
+        targets.setdefault(entry["file"], {})[name] = QTensor(**leaves, **meta)
+    restored: dict[str, QTensor] = {}
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        for file, target in targets.items():  # one checkpoint per shard (export.orbax_item)
+            part = checkpointer.restore(folder / orbax_item(file), target)
+            restored.update(jax.tree.map(np.asarray, part))
+    finally:
+        checkpointer.close()
+    return restored
