@@ -39,8 +39,10 @@ from thermojax.core.timegroups import (
 
 __version__ = "0.1.0"
 
-# Phase 3 needs optax; load it on first use so `import thermojax` stays light.
+# Phase 3 needs optax, and reloading a quantized checkpoint the pipeline's file formats: both load
+# on first use so `import thermojax` stays light (the core only).
 _LAZY = {
+    "load_quantized": "thermojax.pipeline.quantized",
     "optimize_transitions": "thermojax.core.transition",
     "transition_terms": "thermojax.core.transition",
     "TransitionResult": "thermojax.core.transition",
@@ -71,6 +73,7 @@ __all__ = [
     "group_activation_params",
     "group_of",
     "group_ranges",
+    "load_quantized",
     "markov_metrics",
     "mse",
     "optimize_transitions",

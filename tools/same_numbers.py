@@ -37,6 +37,8 @@ NOT_NUMBERS = {
     "param_compile_s",
     "sampling_time_s",
     "sampling_ratio",
+    "seconds",
+    "bytes_per_second",
 }
 
 

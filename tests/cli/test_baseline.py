@@ -216,7 +216,13 @@ def second_run(shared):
 def without_run_details(data: dict) -> dict:
     skip = {"timings_s", "quantization_time_s", "environment", "cache"}
     config = {k: v for k, v in data["config"].items() if k != "wandb"}
-    return {**{k: v for k, v in data.items() if k not in skip}, "config": config}
+    clock = {"seconds", "bytes_per_second"}  # the weights section's wall time
+    weights = {k: v for k, v in data["weights"].items() if k not in clock}
+    return {
+        **{k: v for k, v in data.items() if k not in skip},
+        "config": config,
+        "weights": weights,
+    }
 
 
 def test_same_seed_same_numbers(first_run, second_run, metrics):

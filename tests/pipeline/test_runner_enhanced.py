@@ -255,14 +255,17 @@ def test_report_shows_baseline_beside_enhanced(runs):
     assert "Baseline vs enhanced" not in plain
 
 
-def test_schema_1_files_still_read():
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_schema_files_still_read(version):
     from result_samples import make_result
 
     from thermojax.pipeline.results import SCHEMA_VERSION, Result
 
     data = make_result(num_layers=2, num_groups=3, threshold=0.1).to_dict()
-    assert SCHEMA_VERSION == 2 and data["schema_version"] == 2
-    assert not {"baseline", "enhancement", "phases"} & set(data)  # optional, omitted when absent
-    data["schema_version"] = 1
+    assert SCHEMA_VERSION == 3 and data["schema_version"] == 3
+    assert not {"baseline", "enhancement", "phases", "weights"} & set(data)  # omitted when absent
+    del data["mode"]  # schema 3's addition
+    data["schema_version"] = version
     old = Result.from_dict(data)
-    assert old.schema_version == 1 and old.baseline is None and old.phases is None
+    assert old.schema_version == version and old.baseline is None and old.phases is None
+    assert old.mode == "diffusion" and old.weights is None

@@ -58,6 +58,13 @@ __all__ = [
     "write_comparison",
 ]
 
+_QUALITY_COLUMNS = (
+    "drift_mean",
+    "final_mse",
+    "frechet_fp32",
+    "frechet_quantized",
+    "class_coverage_quantized",
+)
 CORRELATED = ("drift_mean", "frechet_quantized", "final_mse")
 """The quality figures whose correlation with the smoothness score the summary reports."""
 
@@ -86,10 +93,17 @@ def _finite_or_none(value: Any) -> Any:
 def _row_from_report(job: str, path: Path) -> dict[str, Any]:
     result = read_result(path)
     quality = result.quality
+    measured = (
+        {name: getattr(quality, name) for name in _QUALITY_COLUMNS}
+        if quality is not None
+        else dict.fromkeys(_QUALITY_COLUMNS)
+    )
     row = {
         "job": job,
         "status": "ok",
+        "mode": result.mode,
         "bit_width": result.bit_width,
+        "group_size": result.config.get("group_size"),
         "act_bits": result.act_bits,
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
@@ -101,12 +115,8 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
         "cosine_similarity": result.cosine_similarity,
         "compression_ratio": result.compression_ratio,
         "model_size_mb": result.model_size_mb,
-        "drift_mean": quality.drift_mean,
-        "final_mse": quality.final_mse,
-        "frechet_fp32": quality.frechet_fp32,
-        "frechet_quantized": quality.frechet_quantized,
-        "class_coverage_quantized": quality.class_coverage_quantized,
-        "band": result.interpretation.band,
+        **measured,
+        "band": result.interpretation.band if result.interpretation is not None else None,
         "quantization_time_s": result.quantization_time_s,
         "error": None,
     }

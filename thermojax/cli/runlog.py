@@ -136,49 +136,67 @@ def stage_progress(console: Console) -> Iterator[ProgressCallback]:
 
 
 def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -> None:
-    """A few short lines: score and band, violations, weights, quality, where the files are."""
-    band_style = {"poor": "red", "good": "blue", "excellent": "green"}.get(
-        result.interpretation.band, "white"
-    )
-    q = result.quality
+    """A few short lines: score and band, violations, weights, quality, where the files are.
+
+    A weight-only run says so, and prints only the figures it has.
+    """
+    markov = result.smoothness_score is not None
+    mode = "weight-only, " if result.mode == "weight-only" else ""
     lines = [
-        (
-            f"[bold]{escape(result.model_name)}[/bold]: INT{result.bit_width} weights, "
-            f"A{result.act_bits}, {result.num_time_groups} time groups"
-        ),
-        (
-            f"  smoothness [bold {band_style}]{result.smoothness_score:.4f} "
-            f"({result.interpretation.band})[/], {result.violation_count} violations "
-            f"(jump > {result.smoothness_threshold})"
-        ),
-        (
-            f"  boundary scores min/mean/max {result.min_boundary_score:.3f} / "
-            f"{result.mean_boundary_score:.3f} / {result.max_boundary_score:.3f}"
-        ),
-        (
-            f"  weights: cosine {result.cosine_similarity:.4f}, {result.compression_ratio:.2f}x, "
-            f"{result.model_size_mb:.4f} MB"
-        ),
-        (
+        f"[bold]{escape(result.model_name)}[/bold]: {mode}INT{result.bit_width} weights"
+        + (f", A{result.act_bits}, {result.num_time_groups} time groups" if markov else "")
+    ]
+    if markov:
+        band_style = {"poor": "red", "good": "blue", "excellent": "green"}.get(
+            result.interpretation.band, "white"
+        )
+        lines += [
+            (
+                f"  smoothness [bold {band_style}]{result.smoothness_score:.4f} "
+                f"({result.interpretation.band})[/], {result.violation_count} violations "
+                f"(jump > {result.smoothness_threshold})"
+            ),
+            (
+                f"  boundary scores min/mean/max {result.min_boundary_score:.3f} / "
+                f"{result.mean_boundary_score:.3f} / {result.max_boundary_score:.3f}"
+            ),
+        ]
+    else:
+        lines.append("  no per-timestep activation statistics: no Markov smoothness figures")
+    lines.append(
+        f"  weights: cosine {result.cosine_similarity:.4f}, {result.compression_ratio:.2f}x, "
+        f"{result.model_size_mb:.4f} MB"
+    )
+    if result.weights is not None and result.mode == "weight-only":
+        w = result.weights
+        lines.append(
+            f"  tensors: {len(w.quantized_tensors)} of {len(w.tensors)} quantized, "
+            f"{w.total_source_bytes / 1e9:.3g} GB -> {w.total_quantized_bytes / 1e9:.3g} GB "
+            f"({w.compression_vs_source:.2f}x as stored), {w.bytes_per_second / 1e9:.2f} GB/s"
+        )
+    if result.quality is not None:
+        q = result.quality
+        lines.append(
             f"  quality: final MSE {q.final_mse:.3f}, Frechet {q.frechet_fp32:.2f} (fp32) / "
             f"{q.frechet_quantized:.2f}"
-        ),
-        (
-            f"  time: quantization {result.quantization_time_s:.1f} s, "
-            f"total {result.timings_s.get('total', float('nan')):.1f} s"
-        ),
-    ]
+        )
+    lines.append(
+        f"  time: quantization {result.quantization_time_s:.1f} s, "
+        f"total {result.timings_s.get('total', float('nan')):.1f} s"
+    )
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
     for line in [*comparison_lines(result), *phase_lines(result, files)]:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
-    patterns = ", ".join(p.name for p in result.common_violation_patterns) or "none"
     folder = Path(next(iter(files.values()))).parent if files else Path(".")
-    for line in (
-        f"  patterns: {patterns}",
-        f"  next: {'; '.join(result.interpretation.actions)}",
-        f"  outputs: {folder}/",
-    ):
+    tail = []
+    if markov:
+        patterns = ", ".join(p.name for p in result.common_violation_patterns) or "none"
+        tail += [f"  patterns: {patterns}", f"  next: {'; '.join(result.interpretation.actions)}"]
+    if result.weights is not None and result.weights.export_path:
+        tail.append(f"  quantized checkpoint: {result.weights.export_path}")
+    tail.append(f"  outputs: {folder}/")
+    for line in tail:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

@@ -45,6 +45,19 @@ log = logging.getLogger(__name__)
 
 BOUNDARY_COLUMNS = ["boundary", "t", "score", "violations"]
 LAYER_COLUMNS = ["layer", "smoothness_score", "cosine_similarity", "violations", "scales"]
+TENSOR_COLUMNS = [
+    "tensor",
+    "shape",
+    "dtype",
+    "bits",
+    "group_size",
+    "cosine",
+    "sqnr_db",
+    "outlier_share",
+    "source_bytes",
+    "quantized_bytes",
+    "rule",
+]
 VIOLATION_COLUMNS = ["layer", "boundary_idx", "scale_jump", "zero_point_jump", "severity"]
 OPTIMIZATION_COLUMNS = [
     "layer",
@@ -101,20 +114,64 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
         "max_boundary_score": result.max_boundary_score,
         "mean_boundary_score": result.mean_boundary_score,
         "std_boundary_score": result.std_boundary_score,
-        "band": result.interpretation.band,
+        "band": result.interpretation.band if result.interpretation is not None else None,
+        "mode": result.mode,
         "bit_width": result.bit_width,
         "act_bits": result.act_bits,
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "patterns": ",".join(p.id for p in result.common_violation_patterns),
     }
-    for key in QUALITY_FIGURES:
-        scalars[f"quality/{key}"] = getattr(result.quality, key)
-    return {k: v for k, v in scalars.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    if result.quality is not None:
+        for key in QUALITY_FIGURES:
+            scalars[f"quality/{key}"] = getattr(result.quality, key)
+    if result.weights is not None:
+        w = result.weights
+        scalars.update(
+            {
+                "weights/quantized_tensors": len(w.quantized_tensors),
+                "weights/tensors": len(w.tensors),
+                "weights/source_bytes": w.total_source_bytes,
+                "weights/quantized_bytes": w.total_quantized_bytes,
+                "weights/compression_vs_source": w.compression_vs_source,
+                "weights/compression_vs_fp32": w.compression_vs_fp32,
+                "weights/model_cosine": w.model_cosine,
+                "weights/bytes_per_second": w.bytes_per_second,
+            }
+        )
+    return {
+        k: v
+        for k, v in scalars.items()
+        if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+    }
+
+
+def tensor_rows(result: Result) -> list[list[Any]]:
+    """One row per tensor of the ``weights`` section (empty without one)."""
+    if result.weights is None:
+        return []
+    return [
+        [
+            row.name,
+            "x".join(str(d) for d in row.shape),
+            row.dtype,
+            row.bits,
+            row.group_size,
+            row.cosine,
+            row.sqnr_db,
+            row.outlier_share,
+            row.source_bytes,
+            row.quantized_bytes,
+            row.rule,
+        ]
+        for row in result.weights.tensors
+    ]
 
 
 def boundary_rows(result: Result) -> list[list[Any]]:
     """One row per boundary: index, timestep it sits at, model-level score, violations there."""
+    if result.violation_analysis is None:
+        return []
     return [
         [i, result.time_groups[i][1], score, result.violation_analysis.violations_per_boundary[i]]
         for i, score in enumerate(result.boundary_scores)
@@ -123,6 +180,8 @@ def boundary_rows(result: Result) -> list[list[Any]]:
 
 def layer_rows(result: Result) -> list[list[Any]]:
     """One row per layer: name, smoothness, weight cosine, violations, scales per group."""
+    if result.violation_analysis is None:
+        return []
     per_layer = result.violation_analysis.violations_per_layer
     return [
         [
@@ -323,6 +382,8 @@ class WandbTracker:
                 "layers": wandb.Table(columns=LAYER_COLUMNS, data=layer_rows(result)),
                 "violations": wandb.Table(columns=VIOLATION_COLUMNS, data=violations),
             }
+            if result.weights is not None:
+                tables["tensors"] = wandb.Table(columns=TENSOR_COLUMNS, data=tensor_rows(result))
             if result.enhancement is not None and result.enhancement.optimization is not None:
                 tables["optimization"] = wandb.Table(
                     columns=OPTIMIZATION_COLUMNS, data=optimization_rows(result)

@@ -39,17 +39,26 @@ from thermojax.pipeline.results import (
     float32_list,
 )
 from thermojax.pipeline.settings import BaselineConfig
+from thermojax.pipeline.weights_section import WeightsSection
 
-__all__ = ["PREVIEW_SAMPLES", "build_result", "group_means", "with_enhancement", "with_phases"]
+__all__ = [
+    "NO_MARKOV_FIELDS",
+    "PREVIEW_SAMPLES",
+    "build_result",
+    "build_weight_only_result",
+    "group_means",
+    "markov_fields",
+    "with_enhancement",
+    "with_phases",
+]
 
 PREVIEW_SAMPLES = 16
 """Samples of each kind kept in the ``Result`` for the report's image grids."""
 
 
-def build_result(
+def markov_fields(
     *,
     config: BaselineConfig,
-    model_name: str,
     layer_names: Sequence[str],
     edges: np.ndarray,
     scales: np.ndarray,
@@ -59,24 +68,16 @@ def build_result(
     act_max: np.ndarray,
     layer_cosine: Sequence[float],
     model_cosine: float,
-    compression_ratio: float,
-    model_size_mb: float,
-    quality: Mapping[str, Any],
-    fp32_x0: np.ndarray,
-    quantized_x0: np.ndarray,
-    quantization_time_s: float,
-    timings_s: Mapping[str, float],
-) -> Result:
-    """Assemble a :class:`Result` from measured arrays (no model needed; tests use it too).
+) -> dict[str, Any]:
+    """The Markov-smoothness fields of a :class:`Result`, from the per-layer parameters.
 
     The model-level figures are computed from the per-layer values exactly as they are written
     to the JSON, so anyone can recompute them from ``layers``.
 
     Args:
         metrics: ``markov_metrics`` of ``scales``/``zero_points`` ``[L, G]`` at one threshold.
-        act_min, act_max: per-timestep calibration ranges ``[L, T]``.
-        quality: ``Quality.to_dict()`` of the evaluator.
-        fp32_x0, quantized_x0: samples ``[N, 8, 8]`` from the same noise.
+        act_min, act_max: per-timestep activation ranges ``[L, T]``.
+        layer_cosine: each layer's weight cosine (NaN where unknown).
     """
     metrics = jax.tree_util.tree_map(np.asarray, metrics)
     layers = tuple(
@@ -117,47 +118,153 @@ def build_result(
     analysis = analyze_violations(
         violations, layer_names=layer_names, num_boundaries=num_boundaries
     )
-    return Result(
-        model_name=model_name,
-        bit_width=config.bit_width,
-        num_time_groups=len(time_groups),
-        smoothness_score=smoothness,
-        violation_count=len(violations),
-        violations=violations,
-        boundary_scores=boundary_scores,
-        cosine_similarity=float(model_cosine),
-        compression_ratio=float(compression_ratio),
-        model_size_mb=float(model_size_mb),
-        quantization_time_s=float(quantization_time_s),
-        min_boundary_score=summary[0],
-        max_boundary_score=summary[1],
-        mean_boundary_score=summary[2],
-        std_boundary_score=summary[3],
-        common_violation_patterns=detect_patterns(
+    return {
+        "num_time_groups": len(time_groups),
+        "smoothness_score": smoothness,
+        "violation_count": len(violations),
+        "violations": violations,
+        "boundary_scores": boundary_scores,
+        "min_boundary_score": summary[0],
+        "max_boundary_score": summary[1],
+        "mean_boundary_score": summary[2],
+        "std_boundary_score": summary[3],
+        "common_violation_patterns": detect_patterns(
             analysis, time_groups=time_groups, bands=config.interpretation
         ),
-        act_bits=config.act_bits,
-        smoothness_threshold=config.smoothness_threshold,
-        num_timesteps=int(edges[-1]),
-        time_groups=time_groups,
-        layers=layers,
-        violation_analysis=analysis,
-        quality=QualitySection.from_dict(quality),
-        interpretation=interpret(
+        "num_timesteps": int(edges[-1]),
+        "time_groups": time_groups,
+        "layers": layers,
+        "violation_analysis": analysis,
+        "interpretation": interpret(
             smoothness_score=smoothness,
             violations=violations,
             boundary_scores=boundary_scores,
             cosine_similarity=float(model_cosine),
             bands=config.interpretation,
         ),
+    }
+
+
+NO_MARKOV_FIELDS: dict[str, Any] = {
+    "smoothness_score": None,
+    "violation_count": None,
+    "violations": (),
+    "boundary_scores": (),
+    "min_boundary_score": float("nan"),
+    "max_boundary_score": float("nan"),
+    "mean_boundary_score": float("nan"),
+    "std_boundary_score": float("nan"),
+    "common_violation_patterns": (),
+    "num_timesteps": None,
+    "time_groups": (),
+    "layers": (),
+    "violation_analysis": None,
+    "interpretation": None,
+}
+"""The Markov fields of a weight-only result without activation statistics: unknown, not zero."""
+
+
+def build_result(
+    *,
+    config: BaselineConfig,
+    model_name: str,
+    layer_names: Sequence[str],
+    edges: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray,
+    metrics: MarkovMetrics,
+    act_min: np.ndarray,
+    act_max: np.ndarray,
+    layer_cosine: Sequence[float],
+    model_cosine: float,
+    compression_ratio: float,
+    model_size_mb: float,
+    quality: Mapping[str, Any],
+    fp32_x0: np.ndarray,
+    quantized_x0: np.ndarray,
+    quantization_time_s: float,
+    timings_s: Mapping[str, float],
+    weights: WeightsSection | None = None,
+) -> Result:
+    """Assemble a diffusion run's :class:`Result` from measured arrays (no model needed).
+
+    Args:
+        metrics, act_min, act_max, layer_cosine: as for :func:`markov_fields`.
+        quality: ``Quality.to_dict()`` of the evaluator.
+        fp32_x0, quantized_x0: samples ``[N, 8, 8]`` from the same noise.
+        weights: the per-tensor section, if measured.
+    """
+    return Result(
+        model_name=model_name,
+        bit_width=config.bit_width,
+        cosine_similarity=float(model_cosine),
+        compression_ratio=float(compression_ratio),
+        model_size_mb=float(model_size_mb),
+        quantization_time_s=float(quantization_time_s),
+        act_bits=config.act_bits,
+        smoothness_threshold=config.smoothness_threshold,
+        quality=QualitySection.from_dict(quality),
         sample_preview=SamplePreview(fp32=_preview(fp32_x0), quantized=_preview(quantized_x0)),
         timings_s=dict(timings_s),
         environment=_environment(),
         config=config.to_dict(),
+        weights=weights,
         samples={
             "fp32": np.asarray(fp32_x0, np.float32),
             "quantized": np.asarray(quantized_x0, np.float32),
         },
+        **markov_fields(
+            config=config,
+            layer_names=layer_names,
+            edges=edges,
+            scales=scales,
+            zero_points=zero_points,
+            metrics=metrics,
+            act_min=act_min,
+            act_max=act_max,
+            layer_cosine=layer_cosine,
+            model_cosine=model_cosine,
+        ),
+    )
+
+
+def build_weight_only_result(
+    *,
+    config: BaselineConfig,
+    model_name: str,
+    weights: WeightsSection,
+    markov: Mapping[str, Any] | None,
+    quantization_time_s: float,
+    timings_s: Mapping[str, float],
+) -> Result:
+    """Assemble a weight-only run's :class:`Result`.
+
+    Args:
+        weights: every tensor, block and total.
+        markov: :func:`markov_fields` of the given activation statistics, or ``None`` without
+            them (the Markov figures are then ``None``: unknown, not zero).
+    """
+    return Result(
+        model_name=model_name,
+        bit_width=config.bit_width,
+        cosine_similarity=float("nan") if weights.model_cosine is None else weights.model_cosine,
+        compression_ratio=float(weights.compression_vs_fp32),
+        model_size_mb=weights.total_quantized_bytes / 1e6,
+        quantization_time_s=float(quantization_time_s),
+        act_bits=config.act_bits,
+        smoothness_threshold=config.smoothness_threshold,
+        quality=None,
+        sample_preview=None,
+        timings_s=dict(timings_s),
+        environment=_environment(),
+        config=config.to_dict(),
+        mode="weight-only",
+        weights=weights,
+        **(
+            {"num_time_groups": config.num_time_groups, **NO_MARKOV_FIELDS}
+            if markov is None
+            else dict(markov)
+        ),
     )
 
 

@@ -38,14 +38,17 @@ import numpy as np
 from thermojax.core.markov import SEVERITY_LABELS
 from thermojax.files import atomic_write_text
 from thermojax.pipeline.typed_json import dataclass_from_json, from_json, to_json
+from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
 
 __all__ = [
     "COMPARED_QUALITY",
     "PHASE_SPREADS",
     "QUALITY_FIGURES",
+    "RUN_MODES",
     "SCHEMA_VERSION",
     "SEVERITY_LABELS",
     "BaselineSection",
+    "BlockRow",
     "Check",
     "EnhancementSection",
     "Interpretation",
@@ -59,15 +62,21 @@ __all__ = [
     "Result",
     "SamplePreview",
     "Spread",
+    "TensorRow",
     "Violation",
     "ViolationAnalysis",
+    "WeightsSection",
     "float32_list",
     "read_result",
     "write_result",
 ]
 
-SCHEMA_VERSION = 2
-"""Bumped whenever a key changes meaning or a required key is added (2: the enhancement, baseline and phase sections)."""
+SCHEMA_VERSION = 3
+"""Bumped whenever a key changes meaning or a required key is added (2: the enhancement,
+baseline and phase sections; 3: ``mode`` and ``weights``, and weight-only runs)."""
+
+RUN_MODES = ("diffusion", "weight-only")
+"""``Result.mode``: a model thermojax runs, or a checkpoint measured weight-only."""
 
 # SEVERITY_LABELS, the JSON's ``severity`` strings, are the core's (thermojax.core.markov).
 
@@ -254,8 +263,8 @@ class MetricsView:
         scale_jumps: per layer and boundary ``[L][G - 1]``.
     """
 
-    smoothness_score: float
-    violation_count: int
+    smoothness_score: float | None
+    violation_count: int | None
     boundary_scores: tuple[float, ...]
     scale_jumps: tuple[tuple[float, ...], ...]
 
@@ -406,7 +415,14 @@ class PhasesSection:
 class Result:
     """Everything one baseline run measured; ``to_dict()`` is ``baseline_metrics.json``.
 
-    ArrowQuant V2's baseline-metrics keys come first, then thermojax's additions. ``samples`` holds the full sample arrays
+    ArrowQuant V2's baseline-metrics keys come first, then thermojax's additions.
+
+    ``mode`` is ``diffusion`` for a model thermojax runs (calibration, sampling, quality) and
+    ``weight-only`` for a checkpoint whose architecture it cannot run: then ``quality``,
+    ``sample_preview`` are ``None`` (null in the JSON), and so are the Markov figures
+    (``smoothness_score``, ``violation_count``, ``violation_analysis``, ``interpretation``,
+    ``num_timesteps``) unless per-timestep activation statistics were given. ``weights`` lists
+    every tensor with its rule and size. ``samples`` holds the full sample arrays
     (``fp32``/``quantized`` ``[N, 8, 8]``) for ``samples.npz``; it is not part of the JSON and is
     ``None`` for a result read back from disk. ``phase_records`` likewise holds the phase
     experiment's per-run records for ``phases/runs/*.json``.
@@ -415,8 +431,8 @@ class Result:
     model_name: str
     bit_width: int
     num_time_groups: int
-    smoothness_score: float
-    violation_count: int
+    smoothness_score: float | None
+    violation_count: int | None
     violations: tuple[Violation, ...]
     boundary_scores: tuple[float, ...]
     cosine_similarity: float
@@ -430,16 +446,18 @@ class Result:
     common_violation_patterns: tuple[Pattern, ...]
     act_bits: int
     smoothness_threshold: float
-    num_timesteps: int
+    num_timesteps: int | None
     time_groups: tuple[tuple[int, int], ...]
     layers: tuple[LayerResult, ...]
-    violation_analysis: ViolationAnalysis
-    quality: QualitySection
-    interpretation: Interpretation
-    sample_preview: SamplePreview
+    violation_analysis: ViolationAnalysis | None
+    quality: QualitySection | None
+    interpretation: Interpretation | None
+    sample_preview: SamplePreview | None
     timings_s: dict[str, float]
     environment: dict[str, str]
     config: dict[str, Any]
+    mode: str = "diffusion"
+    weights: WeightsSection | None = None
     baseline: BaselineSection | None = None
     enhancement: EnhancementSection | None = None
     phases: PhasesSection | None = None

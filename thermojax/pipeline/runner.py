@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from thermojax.core.markov import MarkovMetrics, markov_metrics
 from thermojax.core.timegroups import group_activation_params, group_ranges, uniform_edges
 from thermojax.errors import UserInputError
-from thermojax.models import load_model
+from thermojax.models import checkpoint_format, load_model
 from thermojax.models.base import DiffusionModel
 from thermojax.pipeline.assemble import build_result, group_means, with_enhancement, with_phases
 from thermojax.pipeline.calibrate import CalibrationStats
@@ -46,7 +47,8 @@ from thermojax.pipeline.variants import (
     compute_parameters,
     config_variant,
 )
-from thermojax.pipeline.weights import WeightReport, quantize_weights
+from thermojax.pipeline.weights import WeightReport, model_weights_section, quantize_weights
+from thermojax.pipeline.weights_section import WeightsSection
 
 __all__ = ["STAGES", "ProgressCallback", "run", "stage_names"]
 
@@ -66,6 +68,7 @@ STAGES = (
 ENHANCE_STAGE = "enhance parameters"
 SAMPLE_ENHANCED_STAGE = "sample enhanced"
 PHASES_STAGE = "phase experiment"
+EXPORT_STAGE = "export"
 
 
 def stage_names(config: BaselineConfig) -> tuple[str, ...]:
@@ -76,6 +79,8 @@ def stage_names(config: BaselineConfig) -> tuple[str, ...]:
         names.insert(names.index("evaluate quality"), SAMPLE_ENHANCED_STAGE)
     if config.phases.enabled:
         names.append(PHASES_STAGE)
+    if config.export.path is not None:
+        names.append(EXPORT_STAGE)
     return tuple(names)
 
 
@@ -144,13 +149,23 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
             f"run() takes a BaselineConfig, got {type(config).__name__}; "
             "thermojax.cli.config.to_config converts a mapping or a Hydra config"
         )
-    stages = _Stages(progress, stage_names(config))
     start = time.perf_counter()
     log.info("config: %s", config.to_dict())
+    if checkpoint_format(config.model.path) in ("safetensors", "quantized"):
+        return _run_weight_only(config, progress, start)
+    if config.calibration.stats is not None:
+        raise UserInputError(
+            f"calibration.stats={config.calibration.stats!r}: only for checkpoints thermojax "
+            "cannot run; this model is calibrated by running it"
+        )
+    stages = _Stages(progress, stage_names(config))
     with stages("load model"):
         model = _load_model(config)
     with stages("quantize weights"):
         qweights, weight_report = _quantize_weights(model, config)
+    weights = model_weights_section(
+        model, qweights, weight_report, seconds=stages.timings["quantize weights"]
+    )
     with stages("calibrate"):
         # Calibration, fp32 samples and quantized quality are shared by the jobs of a sweep (and
         # later runs) through the on-disk cache: thermojax.pipeline.stage_cache says what each
@@ -216,11 +231,66 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
         enhanced_x0=enhanced_x0,
         quantization_time_s=quantization_time_s,
         timings_s={**stages.timings, "total": time.perf_counter() - start},
+        weights=weights,
     )
     if phases is not None:
         result = with_phases(result, *phases)
+    if config.export.path is not None:
+        with stages(EXPORT_STAGE):
+            result = _export(config, model, qweights, baseline, enhanced, result)
     result = dataclasses.replace(result, cache=dict(cached.record))
     _log_details(result)
+    return result
+
+
+def _run_weight_only(
+    config: BaselineConfig, progress: ProgressCallback | None, start: float
+) -> Result:
+    """A Hugging Face checkpoint: weight-only (:mod:`thermojax.pipeline.checkpoint_run`)."""
+    from thermojax.models.hf import open_checkpoint
+    from thermojax.pipeline.checkpoint_run import (
+        WEIGHT_ONLY_STAGES,
+        run_checkpoint,
+        run_quantized,
+        weight_only_stage_names,
+    )
+    from thermojax.pipeline.quantized import load_quantized
+
+    if checkpoint_format(config.model.path) == "quantized":
+        stages = _Stages(progress, WEIGHT_ONLY_STAGES)
+        with stages("open checkpoint"):
+            if config.export.path is not None:
+                raise UserInputError(
+                    f"export.path={config.export.path!r}: model.path={config.model.path!r} is "
+                    "already a quantized checkpoint"
+                )
+            try:
+                loaded = load_quantized(config.model.path)
+            except UserInputError as exc:
+                raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
+        result = run_quantized(config, loaded, stages, stages.timings)
+        return dataclasses.replace(
+            result, timings_s={**stages.timings, "total": time.perf_counter() - start}
+        )
+    stages = _Stages(progress, weight_only_stage_names(config))
+    with stages("open checkpoint"):
+        try:
+            checkpoint = open_checkpoint(config.model.path)
+        except UserInputError as exc:
+            raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
+        log.info(
+            "checkpoint %s: %s, %d tensors, %.4g GB in %d file(s)",
+            checkpoint.path,
+            checkpoint.architecture,
+            len(checkpoint.tensors),
+            checkpoint.total_bytes / 1e9,
+            len(checkpoint.shards),
+        )
+    result = run_checkpoint(config, checkpoint, stages, stages.timings)
+    result = dataclasses.replace(
+        result, timings_s={**stages.timings, "total": time.perf_counter() - start}
+    )
+    log.info("%s: done in %.1f s", result.mode, result.timings_s["total"])
     return result
 
 
@@ -299,6 +369,7 @@ def _assemble(
     enhanced_x0: np.ndarray | None,
     quantization_time_s: float,
     timings_s: dict[str, float],
+    weights: WeightsSection,
 ) -> Result:
     """The Result; its top level describes the parameters the quantized sampler used."""
     if enhanced is None:
@@ -328,6 +399,7 @@ def _assemble(
         quantized_x0=quantized_x0,
         quantization_time_s=quantization_time_s,
         timings_s=timings_s,
+        weights=weights,
     )
     if enhanced is None:
         return result
@@ -341,6 +413,32 @@ def _assemble(
         metrics=baseline.metrics,
         quality=shared.quality.to_dict(),
         quantized_x0=shared.quantized_x0,
+    )
+
+
+def _export(
+    config: BaselineConfig,
+    model: DiffusionModel,
+    qweights: Any,
+    baseline: GroupParameters,
+    enhanced: ParameterSet | None,
+    result: Result,
+) -> Result:
+    """Write the quantized checkpoint with the activation parameters the sampler used."""
+    from thermojax.pipeline.export import export_digits
+
+    act_params = (baseline if enhanced is None else enhanced).act_params(config.act_bits)
+    path = export_digits(
+        model,
+        Path(config.export.path).expanduser(),
+        qweights,
+        bits=config.bit_width,
+        group_size=config.group_size,
+        activations=act_params,
+    )
+    log.info("quantized checkpoint written to %s", path)
+    return dataclasses.replace(
+        result, weights=dataclasses.replace(result.weights, export_path=str(path))
     )
 
 

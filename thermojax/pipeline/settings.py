@@ -29,6 +29,7 @@ from typing import Any, List, Optional  # noqa: UP035 (OmegaConf reads typing.Li
 
 from thermojax.core.quant import ACT_BITS_RANGE, WEIGHT_BITS
 from thermojax.errors import UserInputError
+from thermojax.pipeline.rules import DEFAULT_RULES, QuantRule, validate_rules
 
 __all__ = [
     "SEGMENTATION_COSTS",
@@ -39,6 +40,7 @@ __all__ = [
     "WANDB_MODES",
     "BaselineConfig",
     "CalibrationConfig",
+    "ExportConfig",
     "InterpretationConfig",
     "ModelConfig",
     "OptimizationConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "ThermoConfig",
     "TimeGroupsConfig",
     "WandbConfig",
+    "WeightsConfig",
     "check_model_limits",
     "validate_config",
 ]
@@ -72,16 +75,50 @@ class ModelConfig:
         path: checkpoint path; ``None`` is the digits DDPM shipped with thermojax.
     """
 
-    name: str = "digits-ddpm"
+    name: str = ""
     path: Optional[str] = None  # noqa: UP045
 
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
-    """Per-timestep calibration: how many sampler runs and stored values per step."""
+    """Per-timestep calibration: how many sampler runs and stored values per step.
+
+    Attributes:
+        samples, samples_per_step: sampler runs, and values kept per layer and step.
+        stats: for a checkpoint thermojax cannot run, a file of per-timestep activation
+            statistics (:mod:`thermojax.pipeline.activation_stats`) that gives the Markov metrics.
+    """
 
     samples: int = 128
     samples_per_step: int = 64
+    stats: Optional[str] = None  # noqa: UP045
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsConfig:
+    """Which tensors of a checkpoint are quantized, and how (:mod:`thermojax.pipeline.rules`).
+
+    Attributes:
+        rules: ordered rules; the first whose ``include`` matches (and ``exclude`` does not)
+            takes a 2-D tensor, with its ``bits`` / ``group_size`` or the run's. The default
+            quantizes every linear weight and keeps embeddings, norms and ``lm_head``. The digits
+            DDPM quantizes its six layers at ``bit_width`` / ``group_size`` whatever the rules.
+    """
+
+    rules: List[QuantRule] = dataclasses.field(  # noqa: UP006
+        default_factory=lambda: list(DEFAULT_RULES)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Write the quantized checkpoint (:mod:`thermojax.pipeline.export`).
+
+    Attributes:
+        path: the folder to create (it must not exist, or be empty); ``None``: no export.
+    """
+
+    path: Optional[str] = None  # noqa: UP045
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +295,8 @@ class BaselineConfig:
     thermo: ThermoConfig = dataclasses.field(default_factory=ThermoConfig)
     time_groups: TimeGroupsConfig = dataclasses.field(default_factory=TimeGroupsConfig)
     phases: PhasesConfig = dataclasses.field(default_factory=PhasesConfig)
+    weights: WeightsConfig = dataclasses.field(default_factory=WeightsConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -311,6 +350,19 @@ def validate_config(cfg: BaselineConfig) -> None:
         raise _fail("seed", cfg.seed, "must be >= 0")
     if cfg.model.path is not None and not Path(cfg.model.path).expanduser().exists():
         raise _fail("model.path", cfg.model.path, "no such file or directory")
+    if cfg.calibration.stats is not None and not Path(cfg.calibration.stats).expanduser().is_file():
+        raise _fail("calibration.stats", cfg.calibration.stats, "no such file")
+    try:
+        validate_rules(cfg.weights.rules, bits=cfg.bit_width, group_size=cfg.group_size)
+    except UserInputError as exc:
+        raise UserInputError(f"weights.rules: {exc}") from None
+    export = cfg.export.path
+    if export is not None:
+        target = Path(export).expanduser()
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise _fail(
+                "export.path", export, "exists and is not an empty folder (nothing is overwritten)"
+            )
     if cfg.calibration.samples < 1:
         raise _fail("calibration.samples", cfg.calibration.samples, "need at least 1 sample")
     if cfg.calibration.samples_per_step < 1:

@@ -65,9 +65,11 @@ QUALITY_INDEPENDENT_KEYS = (
     ("interpretation",),
     ("wandb",),
     ("model", "name"),
+    ("export",),
 )
 """Config paths that do not change quantized samples or their quality (only the analysis and
-presentation after them): removed from the config before it is hashed into the quality key."""
+presentation after them, or where a copy of the quantized model is written): removed from the
+config before it is hashed into the quality key."""
 
 
 def _named_arrays(tree: Any, prefix: str) -> dict[str, Any]:

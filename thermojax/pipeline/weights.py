@@ -29,8 +29,16 @@ from thermojax.core.quant import (
 )
 from thermojax.errors import value_errors_as_user_input
 from thermojax.models.base import DiffusionModel
+from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
 
-__all__ = ["WEIGHT_BITS", "WeightReport", "dense_weights", "quantize_weights"]
+__all__ = [
+    "WEIGHT_BITS",
+    "WeightReport",
+    "dense_weights",
+    "model_weights_section",
+    "outlier_share",
+    "quantize_weights",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,3 +173,96 @@ def dense_weights(
         n: dequantize(weights[n]).T if isinstance(weights[n], QTensor) else jnp.asarray(weights[n])
         for n in model.layer_names
     }
+
+
+def outlier_share(weight: np.ndarray, *, sigmas: float = 6.0) -> float:
+    """Share of a 2-D weight's values more than ``sigmas`` row standard deviations from their
+    row's mean (float64; the definition :mod:`thermojax.pipeline.weight_only` uses)."""
+    w = np.asarray(weight, np.float64)
+    mean = w.mean(axis=1, keepdims=True)
+    std = w.std(axis=1, keepdims=True)
+    return float(np.mean(np.abs(w - mean) > sigmas * std))
+
+
+def model_weights_section(
+    model: DiffusionModel,
+    qweights: Mapping[str, QTensor],
+    report: WeightReport,
+    *,
+    seconds: float,
+) -> WeightsSection:
+    """The result's ``weights`` section for a model thermojax runs: each quantizable layer's
+    kernel (quantized, ``[out, in]`` as stored) and every other parameter (kept, float32).
+
+    ``seconds`` is the weight quantization's wall time."""
+
+    kernels = model.quantizable_weights()
+    params = getattr(model, "params", None) or {}
+    rows, blocks = [], []
+    for i, name in enumerate(model.layer_names):
+        q = qweights[name]
+        text = f"the model's quantizable layers: {q.bits} bits, group {q.group_size}"
+        kernel = np.asarray(kernels[name], np.float32).T
+        layer_rows = [
+            TensorRow(
+                name=f"{name}.kernel",
+                shape=tuple(int(d) for d in kernel.shape),
+                dtype="F32",
+                rule=text,
+                bits=q.bits,
+                group_size=q.group_size,
+                cosine=float(report.layer_cosine[i]),
+                sqnr_db=float(report.layer_sqnr_db[i]),
+                outlier_share=outlier_share(kernel),
+                source_bytes=4 * kernel.size,
+                quantized_bytes=int(storage_bytes(q)),
+                block=name,
+            )
+        ]
+        for leaf, value in sorted(params.get(name, {}).items()):
+            if leaf == "kernel":
+                continue
+            size = int(np.size(value))
+            layer_rows.append(
+                TensorRow(
+                    name=f"{name}.{leaf}",
+                    shape=tuple(int(d) for d in np.shape(value)),
+                    dtype="F32",
+                    rule=None,
+                    bits=None,
+                    group_size=None,
+                    cosine=None,
+                    sqnr_db=None,
+                    outlier_share=None,
+                    source_bytes=4 * size,
+                    quantized_bytes=4 * size,
+                    block=name,
+                )
+            )
+        rows += layer_rows
+        blocks.append(
+            BlockRow(
+                name=name,
+                tensors=len(layer_rows),
+                quantized_tensors=1,
+                source_bytes=sum(r.source_bytes for r in layer_rows),
+                quantized_bytes=sum(r.quantized_bytes for r in layer_rows),
+                cosine=float(report.layer_cosine[i]),
+                min_cosine=float(report.layer_cosine[i]),
+            )
+        )
+    source = sum(r.source_bytes for r in rows)
+    quantized = sum(r.quantized_bytes for r in rows)
+    return WeightsSection(
+        tensors=tuple(rows),
+        blocks=tuple(blocks),
+        total_source_bytes=source,
+        total_quantized_bytes=quantized,
+        fp32_bytes=int(report.fp32_bytes),
+        compression_vs_source=source / max(quantized, 1),
+        compression_vs_fp32=float(report.compression_ratio),
+        model_cosine=float(report.model_cosine),
+        seconds=float(seconds),
+        bytes_per_second=source / seconds if seconds > 0 else 0.0,
+        source={"format": "thermojax-digits-ddpm", "architecture": type(model).__name__},
+    )

@@ -32,7 +32,7 @@ from thermojax.report.charts import (
 )
 from thermojax.report.grids import DigitGrid, digit_grid
 
-__all__ = ["BAND_COLORS", "SEVERITY_COLORS", "environment", "render_report"]
+__all__ = ["BAND_COLORS", "SEVERITY_COLORS", "WEIGHTS_SHOWN", "environment", "render_report"]
 
 BAND_COLORS = {"poor": "#c0392b", "good": "#2874a6", "excellent": "#1e8449"}
 SEVERITY_COLORS = {"low": "#b7950b", "medium": "#ca6f1e", "high": "#c0392b"}
@@ -340,28 +340,51 @@ def _phase_drift_charts(phases: PhasesSection) -> list[LineChart]:
     return [absolute, relative]
 
 
+WEIGHTS_SHOWN = 40
+"""Tensors in the report's "worst tensors first" table; the blocks below it list every one."""
+
+
+def _filesize(value: Any) -> str:
+    """Bytes as B / kB / MB / GB (decimal units, as the JSON's byte counts)."""
+    if value is None:
+        return "n/a"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{int(value)} B"
+
+
 def render_report(result: Result) -> str:
-    """Render the full HTML report of ``result`` as one self-contained string."""
-    fp32_grid, quantized_grid = _digit_grids(result)
-    template = environment().get_template("report.html.j2")
-    return template.render(
-        r=result,
-        band_color=BAND_COLORS.get(result.interpretation.band, "#555"),
-        severity_colors=SEVERITY_COLORS,
-        boundary_chart=_boundary_chart(result),
-        scale_chart=_scale_chart(result),
-        activation_charts=_activation_charts(result),
-        drift_chart=_drift_chart(result),
-        fp32_grid=fp32_grid,
-        quantized_grid=quantized_grid,
-        config_text=json.dumps(result.config, indent=2, sort_keys=False),
-        extra_quality=sorted(
-            (k, v) for k, v in result.quality.extra.items() if isinstance(v, int | float)
+    """Render the full HTML report of ``result`` as one self-contained string.
+
+    A weight-only result (``mode == "weight-only"``) shows the tensors, and the Markov sections
+    only when it has them; a run without samples shows no sample quality.
+    """
+    markov = result.smoothness_score is not None
+    weight_only = result.mode == "weight-only"
+    env = environment()
+    env.filters["filesize"] = _filesize
+    template = env.get_template("report.html.j2")
+    context: dict[str, Any] = {
+        "r": result,
+        "weight_only": weight_only,
+        "markov": markov,
+        "severity_colors": SEVERITY_COLORS,
+        "band_color": BAND_COLORS.get(result.interpretation.band, "#555")
+        if result.interpretation is not None
+        else "#555",
+        "config_text": json.dumps(result.config, indent=2, sort_keys=False),
+        "weights_shown": WEIGHTS_SHOWN,
+        "block_tensors": result.weights.tensors_by_block() if result.weights is not None else {},
+        "rules_used": sorted(
+            {row.rule for row in result.weights.tensors if row.rule}
+            if result.weights is not None
+            else set()
         ),
-        comparison=_comparison_rows(result) if result.baseline is not None else [],
-        loss_chart=_loss_chart(result),
-        schedule_chart=_schedule_chart(result),
-        phase_charts=(
+        "comparison": _comparison_rows(result) if result.baseline is not None else [],
+        "loss_chart": _loss_chart(result),
+        "schedule_chart": _schedule_chart(result),
+        "phase_charts": (
             [
                 _phase_scatter(result.phases, "final_mse", "final-sample MSE"),
                 _phase_scatter(result.phases, "frechet_quantized", "Frechet distance"),
@@ -369,7 +392,24 @@ def render_report(result: Result) -> str:
             if result.phases is not None
             else []
         ),
-        phase_drift_charts=(
+        "phase_drift_charts": (
             _phase_drift_charts(result.phases) if result.phases is not None else []
         ),
-    )
+    }
+    if markov:
+        context.update(
+            boundary_chart=_boundary_chart(result),
+            scale_chart=_scale_chart(result),
+            activation_charts=_activation_charts(result),
+        )
+    if result.quality is not None:
+        fp32_grid, quantized_grid = _digit_grids(result)
+        context.update(
+            drift_chart=_drift_chart(result),
+            fp32_grid=fp32_grid,
+            quantized_grid=quantized_grid,
+            extra_quality=sorted(
+                (k, v) for k, v in result.quality.extra.items() if isinstance(v, int | float)
+            ),
+        )
+    return template.render(**context)

@@ -39,11 +39,19 @@ __all__ = [
 ]
 
 SUMMARY_SCHEMA_VERSION = 1
-CONFIG_KEYS = ("bit_width", "act_bits", "num_time_groups", "smoothness_threshold", "seed")
+CONFIG_KEYS = (
+    "bit_width",
+    "group_size",
+    "act_bits",
+    "num_time_groups",
+    "smoothness_threshold",
+    "seed",
+)
 """What tells the configurations of a sweep apart (and orders them)."""
 COLUMNS = (
     "job",
     "status",
+    "mode",
     *CONFIG_KEYS,
     "smoothness_score",
     "violation_count",
@@ -156,6 +164,40 @@ def smoothness_heatmap(rows: Sequence[dict[str, Any]]) -> Heatmap | None:
     )
 
 
+def cosine_heatmap(rows: Sequence[dict[str, Any]]) -> Heatmap | None:
+    """Weight cosine per (bit width, group size) of completed rows, or ``None`` without any.
+
+    Shown for sweeps over weight quantization (a weight-only checkpoint has no smoothness)."""
+    rows = [r for r in rows if r["cosine_similarity"] is not None and r["group_size"] is not None]
+    if not rows:
+        return None
+    bits = sorted({row["bit_width"] for row in rows})
+    sizes = sorted({row["group_size"] for row in rows})
+    values: list[list[float | None]] = []
+    tooltips: list[list[str]] = []
+    for b in bits:
+        values.append([])
+        tooltips.append([])
+        for g in sizes:
+            cell = [r for r in rows if (r["bit_width"], r["group_size"]) == (b, g)]
+            mean = float(np.mean([r["cosine_similarity"] for r in cell])) if cell else None
+            values[-1].append(mean)
+            size = f", {cell[0]['model_size_mb']:.4g} MB" if cell else ""
+            tooltips[-1].append(
+                f"INT{b}, group {g}: weight cosine {mean:.5f}{size}" if cell else "not run"
+            )
+    return heatmap(
+        values,
+        row_labels=[f"INT{b}" for b in bits],
+        column_labels=[str(g) for g in sizes],
+        tooltips=tooltips,
+        title="Weight cosine",
+        x_label="group size",
+        y_label="weight bits",
+        missing_tooltip="not run",
+    )
+
+
 def violations_chart(rows: Sequence[dict[str, Any]]) -> LineChart | None:
     """Mean violation count against threshold, one line per (bit width, time groups)."""
     if not rows:
@@ -226,11 +268,13 @@ def quality_scatter(
 def render_comparison(summary: SweepSummary) -> str:
     """The self-contained ``comparison.html`` of a summary."""
     completed = summary.completed
+    # Weight-only runs without activation statistics have no smoothness to chart.
+    markov = [row for row in completed if row["smoothness_score"] is not None]
     corr = summary.correlations
     scatters = [
-        quality_scatter(completed, "drift_mean", "mean drift", corr["smoothness_vs_drift_mean"]),
+        quality_scatter(markov, "drift_mean", "mean drift", corr["smoothness_vs_drift_mean"]),
         quality_scatter(
-            completed,
+            markov,
             "frechet_quantized",
             "Frechet (quantized)",
             corr["smoothness_vs_frechet_quantized"],
@@ -241,7 +285,8 @@ def render_comparison(summary: SweepSummary) -> str:
         s=summary,
         rows=summary.rows,
         completed=completed,
-        heatmap=smoothness_heatmap(completed),
-        violations=violations_chart(completed),
+        heatmap=smoothness_heatmap(markov),
+        cosine_heatmap=cosine_heatmap(completed) if len(markov) < len(completed) else None,
+        violations=violations_chart(markov),
         scatters=[chart for chart in scatters if chart is not None],
     )
