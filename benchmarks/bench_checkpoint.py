@@ -14,7 +14,8 @@ in a fresh process so that its peak RSS is its own:
   (default rules: linear weights quantized, embeddings, norms and ``lm_head`` kept), warm and
   cold (the shards' pages dropped first with ``posix_fadvise(DONTNEED)``);
 - **export**: the same, writing the quantized checkpoint;
-- **reload**: ``load_quantized`` of the export, bit-exact codes.
+- **reload**: ``load_quantized`` of the export, bit-exact codes: right after the export (its
+  pages partly evicted: a 15 GB source and its export do not fit in 24 GB), then again (warm).
 
 GB/s are checkpoint bytes (as stored) per second; for reload, exported bytes per second. The
 export's size is checked against the honest formula (codes + one fp32 scale and one uint8 zero
@@ -192,6 +193,8 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         exported = measure({**base, "kind": "export", "bits": bits, "out": str(out)})
         rows.append((f"export W{bits}", "warm", exported, exported["bytes"]))
+        cold_reload = measure({**base, "kind": "reload", "bits": bits, "out": str(out)})
+        rows.append((f"reload W{bits}", "first", cold_reload, cold_reload["bytes"]))
         reload = measure({**base, "kind": "reload", "bits": bits, "out": str(out)})
         rows.append((f"reload W{bits}", "warm", reload, reload["bytes"]))
         formula = exported["quantized_bytes"]
