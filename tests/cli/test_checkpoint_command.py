@@ -92,10 +92,12 @@ def test_a_weight_only_sweep_and_its_comparison_page(checkpoint, tmp_path):
     assert proc.returncode == 0, proc.stderr
     reports = sorted(sweep.glob("*/baseline_metrics.json"))
     assert len(reports) == 4
+    data = [json.loads(p.read_text()) for p in reports]
     sizes = {
         (d["bit_width"], d["config"]["group_size"]): d["weights"]["total_quantized_bytes"]
-        for d in (json.loads(p.read_text()) for p in reports)
+        for d in data
     }
+    cosine = {(d["bit_width"], d["config"]["group_size"]): d["cosine_similarity"] for d in data}
     assert sizes[(4, 8)] < sizes[(8, 8)] and sizes[(4, 8)] < sizes[(4, 4)]
     compare = subprocess.run(
         [sys.executable, "-m", "thermojax.compare", str(sweep)],
@@ -107,4 +109,6 @@ def test_a_weight_only_sweep_and_its_comparison_page(checkpoint, tmp_path):
     assert compare.returncode == 0, compare.stderr
     page = (sweep / "comparison.html").read_text()
     assert "Weight cosine over bit width and group size" in page
+    for (bits, group), value in cosine.items():  # each cell shows its run's cosine
+        assert f"INT{bits}, group {group}: weight cosine {value:.5f}" in page
     assert "Smoothness over bit width" not in page  # no smoothness without statistics

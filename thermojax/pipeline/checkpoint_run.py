@@ -77,7 +77,7 @@ def run_checkpoint(
         report, export_path = _quantize(config, checkpoint, stats, activations)
     weights = weights_section(report, checkpoint, export_path=export_path)
     if markov is not None:
-        markov = _with_layer_cosines(config, markov, stats, weights)
+        markov = _with_layer_cosines(markov, weights)
     log.info(
         "weight-only: %d of %d tensors quantized, %.4g GB -> %.4g GB (%.2fx), cosine %.4f, %.2f GB/s",
         len(weights.quantized_tensors),
@@ -147,13 +147,13 @@ def _markov(config: BaselineConfig, stats: ActivationStats) -> tuple[dict[str, A
     return fields, ActParams(scales, zero_points, np.asarray(edges), config.act_bits)
 
 
-def _with_layer_cosines(
-    config: BaselineConfig, fields: dict[str, Any], stats: ActivationStats, weights: WeightsSection
-) -> dict[str, Any]:
-    """The Markov fields, each statistics layer with its weight's cosine (NaN if it has none)."""
+def _with_layer_cosines(fields: dict[str, Any], weights: WeightsSection) -> dict[str, Any]:
+    """The Markov fields, each layer (``fields["layer_names"]``) with its weight's cosine (NaN if
+    the checkpoint has no ``NAME.weight`` or ``NAME`` for it)."""
     cosine = {row.name: row.cosine for row in weights.tensors if row.cosine is not None}
     layer_cosine = [
-        cosine.get(f"{name}.weight", cosine.get(name, float("nan"))) for name in stats.layer_names
+        cosine.get(f"{name}.weight", cosine.get(name, float("nan")))
+        for name in fields["layer_names"]
     ]
     model_cosine = float("nan") if weights.model_cosine is None else weights.model_cosine
     return markov_fields(**fields, layer_cosine=layer_cosine, model_cosine=model_cosine)
@@ -335,7 +335,7 @@ def run_quantized(
         export_path=str(loaded.path),
     )
     if loaded.activations is not None:
-        markov = _with_layer_cosines(config, markov_inputs, _NamesOnly(names), weights)
+        markov = _with_layer_cosines(markov_inputs, weights)
     return build_weight_only_result(
         config=config,
         model_name=config.model.name or Path(loaded.path).resolve().name,
@@ -344,10 +344,3 @@ def run_quantized(
         quantization_time_s=time.perf_counter() - start,
         timings_s=timings,
     )
-
-
-class _NamesOnly:
-    """What :func:`_with_layer_cosines` reads of statistics: the layer names."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.layer_names = names

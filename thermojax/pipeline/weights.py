@@ -29,6 +29,7 @@ from thermojax.core.quant import (
 )
 from thermojax.errors import value_errors_as_user_input
 from thermojax.models.base import DiffusionModel
+from thermojax.pipeline.weight_only import OUTLIER_SIGMAS
 from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
 
 __all__ = [
@@ -175,9 +176,10 @@ def dense_weights(
     }
 
 
-def outlier_share(weight: np.ndarray, *, sigmas: float = 6.0) -> float:
+def outlier_share(weight: np.ndarray, *, sigmas: float = OUTLIER_SIGMAS) -> float:
     """Share of a 2-D weight's values more than ``sigmas`` row standard deviations from their
-    row's mean (float64; the definition :mod:`thermojax.pipeline.weight_only` uses)."""
+    row's mean: :mod:`thermojax.pipeline.weight_only`'s definition, in float64 numpy for the
+    small tensors of a model thermojax runs (no extra compiled program per layer shape)."""
     w = np.asarray(weight, np.float64)
     mean = w.mean(axis=1, keepdims=True)
     std = w.std(axis=1, keepdims=True)

@@ -125,6 +125,23 @@ def _bit_colors(bit_widths: Sequence[Any]) -> dict[Any, str]:
     return {b: BIT_COLORS.get(b) or next(others) for b in sorted(set(bit_widths))}
 
 
+def _cell_means(
+    rows: Sequence[dict[str, Any]], column: str, value: str
+) -> tuple[list[int], list[Any], list[list[list[dict[str, Any]]]], list[list[float | None]]]:
+    """Rows grouped by (bit width, ``column``): the bit widths, the columns, each cell's rows and
+    each cell's mean ``value`` (``None`` for an empty cell)."""
+    bits = sorted({row["bit_width"] for row in rows})
+    columns = sorted({row[column] for row in rows})
+    cells = [
+        [[r for r in rows if (r["bit_width"], r[column]) == (b, c)] for c in columns] for b in bits
+    ]
+    means = [
+        [float(np.mean([r[value] for r in cell])) if cell else None for cell in line]
+        for line in cells
+    ]
+    return bits, columns, cells, means
+
+
 def smoothness_heatmap(rows: Sequence[dict[str, Any]]) -> Heatmap | None:
     """Mean smoothness per (bit width, time groups) of completed rows, or ``None`` without any.
 
@@ -132,28 +149,18 @@ def smoothness_heatmap(rows: Sequence[dict[str, Any]]) -> Heatmap | None:
     """
     if not rows:
         return None
-    bits = sorted({row["bit_width"] for row in rows})
-    groups = sorted({row["num_time_groups"] for row in rows})
-    values: list[list[float | None]] = []
-    tooltips: list[list[str]] = []
-    for b in bits:
-        values.append([])
-        tooltips.append([])
-        for g in groups:
-            scores = [
-                r["smoothness_score"]
-                for r in rows
-                if (r["bit_width"], r["num_time_groups"]) == (b, g)
-            ]
-            mean = float(np.mean(scores)) if scores else None
-            values[-1].append(mean)
-            tooltips[-1].append(
-                f"INT{b}, {g} groups: mean smoothness {mean:.4f} over {len(scores)} run(s)"
-                if scores
-                else "not run"
-            )
+    bits, groups, cells, means = _cell_means(rows, "num_time_groups", "smoothness_score")
+    tooltips = [
+        [
+            f"INT{b}, {g} groups: mean smoothness {mean:.4f} over {len(cell)} run(s)"
+            if cell
+            else "not run"
+            for g, cell, mean in zip(groups, line, mean_line, strict=True)
+        ]
+        for b, line, mean_line in zip(bits, cells, means, strict=True)
+    ]
     return heatmap(
-        values,
+        means,
         row_labels=[f"INT{b}" for b in bits],
         column_labels=[str(g) for g in groups],
         tooltips=tooltips,
@@ -171,23 +178,18 @@ def cosine_heatmap(rows: Sequence[dict[str, Any]]) -> Heatmap | None:
     rows = [r for r in rows if r["cosine_similarity"] is not None and r["group_size"] is not None]
     if not rows:
         return None
-    bits = sorted({row["bit_width"] for row in rows})
-    sizes = sorted({row["group_size"] for row in rows})
-    values: list[list[float | None]] = []
-    tooltips: list[list[str]] = []
-    for b in bits:
-        values.append([])
-        tooltips.append([])
-        for g in sizes:
-            cell = [r for r in rows if (r["bit_width"], r["group_size"]) == (b, g)]
-            mean = float(np.mean([r["cosine_similarity"] for r in cell])) if cell else None
-            values[-1].append(mean)
-            size = f", {cell[0]['model_size_mb']:.4g} MB" if cell else ""
-            tooltips[-1].append(
-                f"INT{b}, group {g}: weight cosine {mean:.5f}{size}" if cell else "not run"
-            )
+    bits, sizes, cells, means = _cell_means(rows, "group_size", "cosine_similarity")
+    tooltips = [
+        [
+            f"INT{b}, group {g}: weight cosine {mean:.5f}, {cell[0]['model_size_mb']:.4g} MB"
+            if cell
+            else "not run"
+            for g, cell, mean in zip(sizes, line, mean_line, strict=True)
+        ]
+        for b, line, mean_line in zip(bits, cells, means, strict=True)
+    ]
     return heatmap(
-        values,
+        means,
         row_labels=[f"INT{b}" for b in bits],
         column_labels=[str(g) for g in sizes],
         tooltips=tooltips,
