@@ -14,8 +14,11 @@ in a fresh process so that its peak RSS is its own:
   (default rules: linear weights quantized, embeddings, norms and ``lm_head`` kept), warm and
   cold (the shards' pages dropped first with ``posix_fadvise(DONTNEED)``);
 - **export**: the same, writing the quantized checkpoint;
-- **reload**: ``load_quantized`` of the export, bit-exact codes: right after the export (its
-  pages partly evicted: a 15 GB source and its export do not fit in 24 GB), then again (warm).
+- **reload**: ``load_quantized(mmap=False)`` of the export, every tensor read into memory:
+  right after the export (its pages partly evicted: a 15 GB source and its export do not fit
+  in 24 GB), then again (warm); then the default ``load_quantized()``, which maps the shards
+  (headers, scales and zero points read and checked), alone and followed by paging in every
+  4 KiB page of every tensor, as a first use of the whole model would.
 
 GB/s are checkpoint bytes (as stored) per second; for reload, exported bytes per second. The
 export's size is checked against the honest formula (codes + one fp32 scale and one uint8 zero
@@ -38,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _peak_rss_mib() -> float:
@@ -99,9 +104,14 @@ def worker(task: dict[str, Any]) -> dict[str, Any]:
     elif task["kind"] == "reload":
         from thermojax.pipeline.quantized import load_quantized
 
-        loaded = load_quantized(task["out"])
+        loaded = load_quantized(task["out"], mmap=task["mmap"])
         out["bytes"] = _folder_bytes(Path(task["out"]))
         out["tensors"] = len(loaded.qtensors) + len(loaded.tensors)
+        if task.get("touch"):  # page in every 4 KiB page of every tensor, as a first use would
+            arrays = [*loaded.tensors.values()]
+            arrays += [leaf for q in loaded.qtensors.values() for leaf in (q.codes, q.scale)]
+            arrays += [q.zero_point for q in loaded.qtensors.values()]
+            out["touched"] = sum(int(a.reshape(-1).view(np.uint8)[::4096].sum()) for a in arrays)
     out["seconds"] = time.perf_counter() - start
     out["peak_rss_mib"] = _peak_rss_mib()
     return out
@@ -193,10 +203,15 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         exported = measure({**base, "kind": "export", "bits": bits, "out": str(out)})
         rows.append((f"export W{bits}", "warm", exported, exported["bytes"]))
-        cold_reload = measure({**base, "kind": "reload", "bits": bits, "out": str(out)})
-        rows.append((f"reload W{bits}", "first", cold_reload, cold_reload["bytes"]))
-        reload = measure({**base, "kind": "reload", "bits": bits, "out": str(out)})
-        rows.append((f"reload W{bits}", "warm", reload, reload["bytes"]))
+        reload = {**base, "kind": "reload", "bits": bits, "out": str(out)}
+        for label, cache, options in (
+            ("reload", "first", {"mmap": False}),  # read into memory, right after the export
+            ("reload", "warm", {"mmap": False}),
+            ("reload mapped", "warm", {"mmap": True}),  # the default: headers, scales, zeros
+            ("+ page in", "warm", {"mmap": True, "touch": True}),  # and every page of it
+        ):
+            figures = measure({**reload, **options})
+            rows.append((f"{label} W{bits}", cache, figures, figures["bytes"]))
         formula = exported["quantized_bytes"]
         print(
             f"W{bits} group {args.group_size}: export {exported['written_bytes'] / 1e9:.3f} GB of "

@@ -4,6 +4,7 @@ and every corruption reported as one line naming the file and the tensor."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -104,6 +105,49 @@ def test_round_trip_is_bit_exact(sources, tmp_path, dtype, bits):
     assert (out / "model.safetensors").stat().st_size < ckpt.total_bytes
 
 
+def test_mapped_and_read_reloads_are_the_same_bits(sharded_export):
+    _, out, _, _ = sharded_export
+    mapped, read = load_quantized(out), load_quantized(out, mmap=False)
+    assert set(mapped.qtensors) == set(read.qtensors) and set(mapped.tensors) == set(read.tensors)
+    pairs = [(mapped.tensors[n], read.tensors[n]) for n in read.tensors]
+    for name, q in read.qtensors.items():
+        pairs += [
+            (getattr(mapped.qtensors[name], r), getattr(q, r))
+            for r in ("codes", "scale", "zero_point")
+        ]
+    for view, own in pairs:
+        assert view.dtype == own.dtype and np.array_equal(view, own)
+        # a read-only view of the file's map, not a copy
+        assert not view.flags.writeable and not view.flags.owndata
+    codes = next(iter(mapped.qtensors.values())).codes
+    with pytest.raises(ValueError, match="read-only"):
+        codes[...] = 0
+
+
+def test_tokenizer_and_other_companion_files_are_copied(tmp_path):
+    source = write_dream_like(tmp_path / "src", scale=SCALE, layers=1)
+    companions = {
+        "tokenizer.json": b'{"model": {"type": "BPE"}}',
+        "tokenizer_config.json": b'{"mask_token": "<|mask|>"}',
+        "generation_config.json": b"{}",
+        "merges.txt": b"a b\nab c\n",
+        "modeling_dream.py": b"# remote code\n",
+    }
+    for name, data in companions.items():
+        (source / name).write_bytes(data)
+    (source / "pytorch_model.bin").write_bytes(b"\0" * 64)  # weights in another format
+    (source / ".cache.json").write_bytes(b"{}")
+    out, _ = export_checkpoint(
+        open_checkpoint(source), tmp_path / "q", [QuantRule()], bits=4, group_size=8, orbax=False
+    )
+    for name, data in companions.items():
+        assert (out / name).read_bytes() == data, name
+    assert not (out / "pytorch_model.bin").exists() and not (out / ".cache.json").exists()
+    document = json.loads((out / QUANTIZATION_FILE).read_text())
+    assert document["copied"] == sorted(companions)
+    assert load_quantized(out).config == json.loads((source / "config.json").read_text())
+
+
 def test_sharded_like_the_source(sharded_export):
     ckpt, out, report, _ = sharded_export
     assert len(ckpt.shards) == 4
@@ -171,6 +215,34 @@ def test_the_orbax_copy_reloads_to_the_same_codes(sharded_export):
         assert (r.shape, r.bits, r.group_size) == (q.shape, q.bits, q.group_size)
         for leaf in ("codes", "scale", "zero_point"):
             assert np.array_equal(getattr(r, leaf), getattr(q, leaf)), (name, leaf)
+
+
+def test_the_orbax_copy_is_saved_in_bounded_parts(sources, tmp_path, monkeypatch):
+    """Orbax holds a saved tree in memory twice: each part holds at most ORBAX_PART_BYTES (a
+    larger tensor alone), and the parts restore to the whole."""
+    from thermojax.pipeline import export
+
+    monkeypatch.setattr(export, "ORBAX_PART_BYTES", 1500)
+    ckpt = open_checkpoint(sources["sharded"])
+    out, _ = export_checkpoint(ckpt, tmp_path / "q", [QuantRule()], bits=4, group_size=8)
+    tensors = json.loads((out / QUANTIZATION_FILE).read_text())["tensors"]
+    parts: dict[str, list[int]] = {}
+    for name, entry in tensors.items():
+        if entry["bits"] is None:
+            assert "orbax" not in entry, name
+            continue
+        stem = Path(entry["file"]).stem
+        assert re.fullmatch(rf"orbax/{re.escape(stem)}/part-\d{{3}}", entry["orbax"]), name
+        assert (out / entry["orbax"]).is_dir(), name
+        stored = sum(math.prod(s["shape"]) * (4 if s["dtype"] == "F32" else 1)
+                     for s in entry["stored"].values())  # fmt: skip
+        parts.setdefault(entry["orbax"], []).append(stored)
+    assert len(parts) > len(ckpt.shards)  # split within shards
+    assert all(sum(sizes) <= 1500 or len(sizes) == 1 for sizes in parts.values()), parts
+    restored, loaded = restore_orbax_copy(out), load_quantized(out)
+    assert set(restored) == set(loaded.qtensors)
+    for name, q in loaded.qtensors.items():
+        assert np.array_equal(restored[name].codes, q.codes), name
 
 
 def test_an_existing_folder_is_never_overwritten(sharded_export, sources):

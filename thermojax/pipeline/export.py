@@ -4,6 +4,9 @@ floats, in safetensors, with a JSON map of what is where.
 An exported folder (a Hugging Face checkpoint, :func:`export_checkpoint`)::
 
     config.json                        the source's config.json, byte for byte
+    tokenizer.json, *.py, ...          the source's other small files a loader reads (the
+                                         tokenizer, generation settings, remote code:
+                                         COMPANION_PATTERNS), copied as they are
     model.safetensors                  or the source's shards, same names, same tensor -> shard
     model-00001-of-0000N.safetensors   assignment, in the source's order:
                                          NAME.qcodes  uint8, the packed codes of a quantized NAME
@@ -15,10 +18,11 @@ An exported folder (a Hugging Face checkpoint, :func:`export_checkpoint`)::
                                          [S + 1], "scales" float32 [L, S], "zero_points"
                                          float32 [L, S] (S = G time groups, or S = T for a
                                          per-timestep schedule, edges = 0, 1, ..., T)
-    orbax/<shard stem>/                the same quantized tensors as Orbax (OCDBT) checkpoints of
-                                         {NAME: QTensor}, one per shard, since Orbax holds a whole
-                                         pytree in memory while it saves (restore_orbax_copy);
-                                         optional, reloading never needs it
+    orbax/<shard stem>/part-NNN/       the same quantized tensors as Orbax (OCDBT) checkpoints of
+                                         {NAME: QTensor}, each at most 256 MiB of one shard's
+                                         tensors, since Orbax holds a whole pytree in memory
+                                         while it saves (restore_orbax_copy); optional,
+                                         reloading never needs it
     quantization.json                  the map (written last)
 
 For the digits DDPM (:func:`export_digits`) the folder holds the digits ``model.json`` instead
@@ -43,11 +47,12 @@ codes of the group's elements ``b + k * group_size / p``, element ``k`` in bits
      "source": {"fingerprint": ..., "path": ..., ...}, "bits": 4, "group_size": 64,
      "outlier_sigmas": 6.0,
      "rules": [{"include", "exclude", "bits", "group_size", "text"}, ...] (null for digits),
-     "shards": [file, ...],
+     "shards": [file, ...], "copied": [file, ...] (the companion files; [] for digits),
      "tensors": {NAME: {"file", "shape", "dtype" (as stored in the source),
                         "bits", "group_size", "symmetric", "rule"     (null when kept),
                         "stored": {"codes"|"scale"|"zero_point"|"values":
                                    {"name", "dtype", "shape"}},
+                        "orbax": the Orbax checkpoint holding it (quantized, with orbax),
                         "report": {"cosine", "sqnr_db", "outlier_share",
                                    "source_bytes", "quantized_bytes"},
                         digits kernels also: "source_name" ("block0/kernel"),
@@ -100,26 +105,29 @@ from thermojax.core.quant import ACT_BITS_RANGE, QTensor, storage_bytes
 from thermojax.errors import UserInputError
 from thermojax.files import TEMPORARY_SUFFIX, atomic_file, atomic_write_bytes, atomic_write_text
 from thermojax.models.hf import write_index, write_safetensors
-from thermojax.models.hf.layouts import DTYPES, SINGLE_FILE
+from thermojax.models.hf.layouts import DTYPES, INDEX_FILE, SINGLE_FILE
 from thermojax.pipeline.rules import QuantRule
 from thermojax.pipeline.sampling import ActParams
 from thermojax.pipeline.weight_only import (
     OUTLIER_SIGMAS,
     CheckpointQuantizer,
     QuantizedTensor,
-    TensorReport,
     TensorSums,
     WeightOnlyReport,
+    block_name,
     build_report,
     measure_qtensor,
 )
+from thermojax.pipeline.weights_section import TensorRow
 
 __all__ = [
     "ACTIVATIONS_FILE",
+    "COMPANION_PATTERNS",
     "FORMAT",
     "FORMAT_VERSION",
     "HF_FORMAT",
     "ORBAX_DIR",
+    "ORBAX_PART_BYTES",
     "QUANTIZATION_FILE",
     "STORED_SUFFIXES",
     "export_checkpoint",
@@ -139,6 +147,10 @@ _HF_CONFIG = "config.json"
 _DIGITS_CONFIG = "model.json"
 _DIGITS_CLASSIFIER = "classifier.safetensors"
 STORED_SUFFIXES = {"codes": ".qcodes", "scale": ".qscale", "zero_point": ".qzero"}
+COMPANION_PATTERNS = ("*.json", "*.txt", "*.py", "*.model", "*.tiktoken", "*.jinja", "*.md")
+"""The source's top-level files an export copies beside the weights (tokenizer files, generation
+settings, remote modelling code, the model card): not ``config.json`` (copied anyway), the
+safetensors index (written anew) or a ``quantization.json``; weights in other formats never."""
 _DTYPE_NAMES = {np.dtype(dtype): name for name, dtype in DTYPES.items()}
 _T = TypeVar("_T")
 
@@ -199,12 +211,24 @@ def stored_entries(name: str, qtensor_shape: tuple[int, ...], bits: int, group_s
     }
 
 
+def _companion_files(source: Path) -> list[str]:
+    """The source's companion files (:data:`COMPANION_PATTERNS`), sorted."""
+    skip = {_HF_CONFIG, INDEX_FILE, QUANTIZATION_FILE}
+    found = {
+        path.name
+        for pattern in COMPANION_PATTERNS
+        for path in source.glob(pattern)
+        if path.is_file() and not path.name.startswith(".") and path.name not in skip
+    }
+    return sorted(found)
+
+
 def _entry_json(entry: tuple[str, str, tuple[int, ...]]) -> dict[str, Any]:
     name, dtype, shape = entry
     return {"name": name, "dtype": dtype, "shape": list(shape)}
 
 
-def _figures(report: TensorReport) -> dict[str, Any]:
+def _figures(report: TensorRow) -> dict[str, Any]:
     return {
         key: getattr(report, key)
         for key in ("cosine", "sqnr_db", "outlier_share", "source_bytes", "quantized_bytes")
@@ -286,34 +310,70 @@ def _memmap_file(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def orbax_item(file: str) -> str:
-    """The Orbax checkpoint of one shard's quantized tensors: ``orbax/<shard name stem>``."""
-    return f"{ORBAX_DIR}/{Path(file).stem}"
+ORBAX_PART_BYTES = 256 * 2**20
+"""The most stored bytes one Orbax checkpoint of an export holds (a larger tensor goes alone)."""
 
 
-def _write_orbax(folder: Path, tensors: Mapping[str, dict[str, Any]]) -> None:
-    """Save ``{NAME: QTensor}`` with Orbax, one checkpoint per shard (:func:`orbax_item`).
+def orbax_item(file: str, part: int = 0) -> str:
+    """One Orbax checkpoint of an export: part ``part`` of shard ``file``'s quantized tensors,
+    ``orbax/<shard name stem>/part-<part>``."""
+    return f"{ORBAX_DIR}/{Path(file).stem}/part-{part:03d}"
 
-    The leaves are memory maps of the shard just written, not a second copy of the model in
-    memory, and one shard's tensors are saved at a time: Orbax saves a pytree at once, so a
-    single checkpoint of a 7B model would hold the whole quantized model in memory. Each save
-    writes into a temporary folder of Orbax's own and renames it when done.
+
+def _stored_bytes(entry: Mapping[str, Any]) -> int:
+    return sum(
+        math.prod(stored["shape"]) * DTYPES[stored["dtype"]].itemsize
+        for stored in entry["stored"].values()
+    )
+
+
+def _plan_orbax(tensors: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Assign each quantized tensor to an Orbax checkpoint (its entry's ``"orbax"``): in
+    order, shard by shard, at most :data:`ORBAX_PART_BYTES` per checkpoint. Returns item ->
+    tensor names."""
+    parts: dict[str, list[str]] = {}
+    current: dict[str, tuple[int, int]] = {}  # shard -> (part, bytes in it)
+    for name, entry in tensors.items():
+        if entry["bits"] is None:
+            continue
+        size = _stored_bytes(entry)
+        part, used = current.get(entry["file"], (0, 0))
+        if used and used + size > ORBAX_PART_BYTES:
+            part, used = part + 1, 0
+        current[entry["file"]] = (part, used + size)
+        entry["orbax"] = orbax_item(entry["file"], part)
+        parts.setdefault(entry["orbax"], []).append(name)
+    return parts
+
+
+def _write_orbax(folder: Path, tensors: dict[str, dict[str, Any]]) -> None:
+    """Save ``{NAME: QTensor}`` with Orbax in parts of at most :data:`ORBAX_PART_BYTES`
+    (:func:`_plan_orbax`, which records each tensor's part in its entry).
+
+    Orbax saves a pytree at once and holds about two copies of it while it does (measured: a
+    1 GiB tree of memory-mapped leaves peaked at 2 GiB over the process), so a single
+    checkpoint of a 7B model would hold the quantized model twice in memory; parts bound that
+    to ~0.5 GiB. The leaves are memory maps of the shard just written. Compression is off:
+    packed codes hardly compress, and zstd halved the save speed. Each save writes into a
+    temporary folder of Orbax's own and renames it when done.
     """
     import orbax.checkpoint as ocp  # only here: Orbax is heavy, and reloading never needs it
 
-    by_file: dict[str, list[str]] = {}
-    for name, entry in tensors.items():
-        if entry["bits"] is not None:
-            by_file.setdefault(entry["file"], []).append(name)
-    # Synchronous (the export waits for it anyway) and at most 1 GB being written at a time.
-    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(save_concurrent_gb=1))
+    parts = _plan_orbax(tensors)
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, use_compression=False)
+    checkpointer = ocp.Checkpointer(handler)  # synchronous: the export waits for it anyway
+    maps: dict[str, dict[str, np.ndarray]] = {}
     try:
-        for file, names in by_file.items():
-            maps = _memmap_file(folder / file)
+        for item, names in parts.items():
+            file = tensors[names[0]]["file"]
+            if file not in maps:
+                maps = {file: _memmap_file(folder / file)}  # the last shard's maps dropped
             tree = {}
             for name in names:
                 entry = tensors[name]
-                stored = {role: maps[entry["stored"][role]["name"]] for role in STORED_SUFFIXES}
+                stored = {
+                    role: maps[file][entry["stored"][role]["name"]] for role in STORED_SUFFIXES
+                }
                 tree[name] = QTensor(
                     **stored,
                     shape=tuple(entry["shape"]),
@@ -321,8 +381,8 @@ def _write_orbax(folder: Path, tensors: Mapping[str, dict[str, Any]]) -> None:
                     group_size=entry["group_size"],
                     symmetric=entry["symmetric"],
                 )
-            checkpointer.save(folder / orbax_item(file), args=ocp.args.PyTreeSave(tree))
-            del tree, maps
+            checkpointer.save(folder / item, args=ocp.args.PyTreeSave(tree))
+            del tree
     finally:
         checkpointer.close()
 
@@ -336,6 +396,7 @@ def _quantization_json(
     group_size: int,
     rules: list[dict[str, Any]] | None,
     shards: Sequence[str],
+    copied: Sequence[str],
     tensors: dict[str, dict[str, Any]],
     report: WeightOnlyReport,
     activations: dict[str, Any] | None,
@@ -352,6 +413,7 @@ def _quantization_json(
         "outlier_sigmas": OUTLIER_SIGMAS,
         "rules": rules,
         "shards": list(shards),
+        "copied": list(copied),
         "tensors": tensors,
         "report": _report_json(report),
         "activations": activations,
@@ -389,7 +451,7 @@ def _dump(document: dict[str, Any]) -> str:
     return "{\n" + lines(document, " ", ("tensors", "rules")) + "\n}\n"
 
 
-def _tensor_entry(item_report: TensorReport, file: str, stored: dict[str, tuple]) -> dict:
+def _tensor_entry(item_report: TensorRow, file: str, stored: dict[str, tuple]) -> dict:
     quantized = item_report.bits is not None
     return {
         "file": file,
@@ -420,7 +482,7 @@ def export_checkpoint(
     layer_names: Sequence[str] | None = None,
     source: Mapping[str, Any] | None = None,
     orbax: bool = True,
-    progress: Callable[[TensorReport], None] | None = None,
+    progress: Callable[[TensorRow], None] | None = None,
 ) -> tuple[Path, WeightOnlyReport]:
     """Quantize a Hugging Face checkpoint and write the quantized checkpoint (module doc).
 
@@ -439,7 +501,7 @@ def export_checkpoint(
         source: extra JSON-ready provenance recorded in ``quantization.json`` (the run's
             settings, say), beside the source's fingerprint and path.
         orbax: also save the quantized tensors as an Orbax checkpoint (``orbax/``).
-        progress: called with each tensor's :class:`TensorReport` once it is quantized, just
+        progress: called with each tensor's :class:`TensorRow` once it is quantized, just
             before it is written (a command's progress line).
 
     Returns:
@@ -463,6 +525,7 @@ def export_checkpoint(
     provenance |= dict(source or {})
     json.dumps(provenance)  # a TypeError now, not after the whole export
 
+    companions = _companion_files(Path(ckpt.path))
     # What each shard holds, in the source's order (the order the stream reads them in).
     layout: dict[str, list[tuple[str, str, dict[str, tuple]]]] = {file: [] for file in ckpt.shards}
     owner: dict[str, tuple[str, str]] = {}
@@ -483,6 +546,8 @@ def export_checkpoint(
 
     def write(folder: Path) -> WeightOnlyReport:
         atomic_write_bytes(folder / _HF_CONFIG, ckpt.config_text.encode("utf-8"))
+        for file in companions:
+            shutil.copyfile(Path(ckpt.path) / file, folder / file)
         stream = iter(quantizer)
         current: list[QuantizedTensor | None] = [None]
         entries_json: dict[str, dict[str, Any]] = {}
@@ -537,6 +602,7 @@ def export_checkpoint(
             group_size=group_size,
             rules=_rules_json(rules, quantizer),
             shards=list(ckpt.shards),
+            copied=companions,
             tensors=entries_json,
             report=report,
             activations=act_entry,
@@ -633,7 +699,7 @@ def export_digits(
         weight = np.asarray(kernels[name], np.float32).T
         tensor_sums = measure_qtensor(weight, q)
         source_name = f"{name}/kernel"
-        report = TensorReport(
+        report = TensorRow(
             name=name,
             shape=q.shape,
             dtype="F32",
@@ -645,14 +711,15 @@ def export_digits(
             outlier_share=tensor_sums.outlier_share,
             source_bytes=4 * weight.size,
             quantized_bytes=storage_bytes(q),
+            block=block_name(name),
         )
         stored = stored_entries(name, q.shape, bits, group_size)
         arrays |= {stored[role][0]: getattr(q, role) for role in STORED_SUFFIXES}
         bias_name = f"{name}/bias"
         bias = np.ascontiguousarray(np.asarray(model.params[name]["bias"], np.float32))
-        bias_report = TensorReport(
+        bias_report = TensorRow(
             bias_name, bias.shape, "F32", None, None, None, None, None, None, bias.nbytes,
-            bias.nbytes,
+            bias.nbytes, block_name(bias_name),
         )  # fmt: skip
         arrays[bias_name] = bias
         bias_stored = {"values": (bias_name, "F32", bias.shape)}
@@ -687,6 +754,7 @@ def export_digits(
             group_size=group_size,
             rules=None,
             shards=[SINGLE_FILE],
+            copied=[],
             tensors=tensors_json,
             report=report,
             activations=act_entry,

@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
+from mmap import ACCESS_READ
+from mmap import mmap as memory_map
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,6 @@ from thermojax.pipeline.export import (
     ORBAX_DIR,
     QUANTIZATION_FILE,
     STORED_SUFFIXES,
-    orbax_item,
     stored_entries,
 )
 from thermojax.pipeline.sampling import ActParams
@@ -42,8 +44,10 @@ class QuantizedCheckpoint:
         path: its folder.
         config: the model's configuration (``config.json``, or the digits ``model.json``).
         qtensors: every quantized tensor (digits: every layer) as a :class:`QTensor` with
-            numpy leaves, exactly as exported.
-        tensors: every kept tensor (biases, norms, embeddings ...) at its stored dtype.
+            numpy leaves, exactly as exported: read-only views of the memory-mapped shards
+            (``load_quantized(mmap=True)``, the default) or arrays of their own.
+        tensors: every kept tensor (biases, norms, embeddings ...) at its stored dtype, mapped
+            or read like ``qtensors``.
         quantization: ``quantization.json``, parsed.
         activations: the activation parameters, or ``None``.
     """
@@ -147,7 +151,35 @@ def _open_safetensors(folder: Path, file: str):
         raise CheckpointError(file, f"not a readable safetensors file ({err})") from err
 
 
-def _read_stored(handle: Any, file: str, expected: tuple[str, str, tuple[int, ...]]) -> np.ndarray:
+def _mapped_tensors(folder: Path, file: str) -> dict[str, np.ndarray]:
+    """Read-only views of every tensor of a safetensors file, over one memory map of the file.
+
+    Nothing is read until a view is used; the map lives as long as any view does. The header
+    has been validated by ``safetensors`` (:func:`_open_safetensors`) before this is called.
+    """
+    with open(folder / file, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        mapped = memory_map(handle.fileno(), 0, access=ACCESS_READ)
+    header.pop("__metadata__", None)
+    views = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        dtype = np.dtype(DTYPES[entry["dtype"]])
+        views[name] = np.frombuffer(
+            mapped, dtype, count=(end - begin) // dtype.itemsize, offset=8 + length + begin
+        ).reshape(entry["shape"])
+    return views
+
+
+def _read_stored(
+    handle: Any,
+    file: str,
+    expected: tuple[str, str, tuple[int, ...]],
+    mapped: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The stored tensor ``expected`` names, checked against its dtype and shape: its view in
+    ``mapped`` when given, else read from ``handle`` into memory."""
     name, dtype, shape = expected
     stored = handle.get_slice(name)
     if stored.get_dtype() != dtype:
@@ -160,7 +192,7 @@ def _read_stored(handle: Any, file: str, expected: tuple[str, str, tuple[int, ..
             f"shape {list(stored.get_shape())}, but {QUANTIZATION_FILE} says {list(shape)}",
             name,
         )
-    return handle.get_tensor(name)
+    return handle.get_tensor(name) if mapped is None else mapped[name]
 
 
 def _read_activations(folder: Path, entry: Any) -> ActParams:
@@ -185,15 +217,22 @@ def _read_activations(folder: Path, entry: Any) -> ActParams:
     return ActParams(bits=int(entry["bits"]), **arrays)
 
 
-def load_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint:
+def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> QuantizedCheckpoint:
     """Reload an exported quantized checkpoint (either kind), bit for bit, without requantizing.
 
-    Every tensor ``quantization.json`` lists is read from its shard (one shard open at a time)
-    and checked against the map: present, of the listed dtype and shape, and the packed
-    layout consistent with the tensor's shape, bits and group size. Orbax is not needed.
+    Every tensor ``quantization.json`` lists is found in its shard and checked against the map:
+    present, of the listed dtype and shape, the packed layout consistent with the tensor's
+    shape, bits and group size, every scale positive and finite and every zero point in range.
+    Orbax is not needed.
+
+    By default the tensors are read-only views of the memory-mapped shards: reloading reads
+    the headers, scales and zero points, and the codes are paged in from the page cache when
+    they are used, with no copy in process memory (a 7B model's codes are gigabytes). With
+    ``mmap=False`` every tensor is read into memory of its own, one shard open at a time.
 
     Args:
         path: the exported folder.
+        mmap: map the shards (default) or read them.
 
     Returns:
         The :class:`QuantizedCheckpoint`.
@@ -242,6 +281,7 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint:
     for file in document["shards"]:
         members = by_file.get(_plain_file(file, "shard"), [])
         with _open_safetensors(folder, file) as handle:
+            mapped = _mapped_tensors(folder, file) if mmap else None
             keys = set(handle.keys())
             wanted = {
                 stored_name for _, stored, _ in members for stored_name, _, _ in stored.values()
@@ -255,7 +295,10 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint:
                         raise CheckpointError(
                             file, f"missing ({QUANTIZATION_FILE} lists it for {name})", stored_name
                         )
-                arrays = {role: _read_stored(handle, file, entry) for role, entry in stored.items()}
+                arrays = {
+                    role: _read_stored(handle, file, entry, mapped)
+                    for role, entry in stored.items()
+                }
                 if meta is None:
                     tensors[name] = arrays["values"]
                     continue
@@ -281,7 +324,8 @@ def _check_groups(file: str, name: str, qtensor: QTensor) -> None:
 
 
 def restore_orbax_copy(path: str | os.PathLike[str]) -> dict[str, QTensor]:
-    """The Orbax copy of an export's quantized tensors (``orbax/<shard>``), as ``{NAME: QTensor}``.
+    """The Orbax copy of an export's quantized tensors (``orbax/<shard>/part-NNN``), as
+    ``{NAME: QTensor}``.
 
     The QTensors' static metadata comes from ``quantization.json``; the leaves are numpy.
 
@@ -304,12 +348,15 @@ def restore_orbax_copy(path: str | os.PathLike[str]) -> dict[str, QTensor]:
             role: jax.ShapeDtypeStruct(shape, DTYPES[dtype])
             for role, (_, dtype, shape) in stored.items()
         }
-        targets.setdefault(entry["file"], {})[name] = QTensor(**leaves, **meta)
+        item = entry.get("orbax")
+        if not isinstance(item, str) or not item.startswith(ORBAX_DIR + "/") or ".." in item:
+            raise CheckpointError(QUANTIZATION_FILE, f"orbax item {item!r} is not in orbax/", name)
+        targets.setdefault(item, {})[name] = QTensor(**leaves, **meta)
     restored: dict[str, QTensor] = {}
     checkpointer = ocp.StandardCheckpointer()
     try:
-        for file, target in targets.items():  # one checkpoint per shard (export.orbax_item)
-            part = checkpointer.restore(folder / orbax_item(file), target)
+        for item, target in targets.items():  # parts of at most 256 MiB (export._plan_orbax)
+            part = checkpointer.restore(folder / item, target)
             restored.update(jax.tree.map(np.asarray, part))
     finally:
         checkpointer.close()
