@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -174,3 +175,20 @@ def test_a_quantized_digits_checkpoint_says_what_it_cannot_do(tmp_path):
     assert first.weights.export_path == str(out) and (out / "quantization.json").is_file()
     with pytest.raises(UserInputError, match="needs the full-precision model"):
         run(to_config({"model": {"path": str(out)}}))
+
+
+def test_weights_are_cached_by_fingerprint_rules_and_bits(checkpoint, tmp_path, monkeypatch):
+    """A threshold variant of a weight-only run reuses the streamed weights; other bits, an
+    edited file or an export stream the checkpoint again."""
+    monkeypatch.setenv("THERMOJAX_CACHE_DIR", str(tmp_path / "cache"))
+    first = run(settings(checkpoint))
+    again = run(settings(checkpoint, smoothness_threshold=0.5))
+    assert (first.cache, again.cache) == ({"weights": "miss"}, {"weights": "hit"})
+    assert again.weights.to_dict() == first.weights.to_dict()
+    assert run(settings(checkpoint, bit_width=8)).cache == {"weights": "miss"}
+    shard = next(checkpoint.glob("*.safetensors"))
+    stat = shard.stat()
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # edited in place
+    assert run(settings(checkpoint)).cache == {"weights": "miss"}
+    exported = run(settings(checkpoint, export={"path": str(tmp_path / "q")}))
+    assert exported.cache == {} and exported.weights.export_path == str(tmp_path / "q")

@@ -12,6 +12,7 @@ the result says so (``mode: weight-only``, ``quality: null``) instead of inventi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,14 @@ from thermojax.pipeline.assemble import build_weight_only_result, markov_fields
 from thermojax.pipeline.results import Result
 from thermojax.pipeline.sampling import ActParams
 from thermojax.pipeline.settings import BaselineConfig
-from thermojax.pipeline.weight_only import WeightOnlyReport, block_name, quantize_checkpoint
+from thermojax.pipeline.stage_cache import weights_key
+from thermojax.pipeline.stage_cache import weights_section as cached_weights_section
+from thermojax.pipeline.weight_only import (
+    OUTLIER_SIGMAS,
+    WeightOnlyReport,
+    block_name,
+    quantize_checkpoint,
+)
 from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
 
 __all__ = [
@@ -73,9 +81,18 @@ def run_checkpoint(
         with stages("time groups + metrics"):
             stats = read_activation_stats(config.calibration.stats)
             markov, activations = _markov(config, stats)
+    record = {}
     with stages("quantize weights"):
-        report, export_path = _quantize(config, checkpoint, stats, activations)
-    weights = weights_section(report, checkpoint, export_path=export_path)
+        if config.export.path is None:  # an export writes the codes: it always streams
+            key = weights_key(config.to_dict(), checkpoint, outlier_sigmas=OUTLIER_SIGMAS)
+            weights, record["weights"] = cached_weights_section(
+                key,
+                lambda: weights_section(_quantize(config, checkpoint, None, None)[0], checkpoint),
+            )
+            weights = dataclasses.replace(weights, source=_source(checkpoint))  # this path
+        else:
+            report, export_path = _quantize(config, checkpoint, stats, activations)
+            weights = weights_section(report, checkpoint, export_path=export_path)
     if markov is not None:
         markov = _with_layer_cosines(markov, weights)
     log.info(
@@ -88,7 +105,7 @@ def run_checkpoint(
         weights.model_cosine if weights.model_cosine is not None else float("nan"),
         weights.bytes_per_second / 1e9,
     )
-    return build_weight_only_result(
+    result = build_weight_only_result(
         config=config,
         model_name=config.model.name or checkpoint.path.resolve().name,
         weights=weights,
@@ -96,6 +113,7 @@ def run_checkpoint(
         quantization_time_s=time.perf_counter() - start,
         timings_s=timings,
     )
+    return dataclasses.replace(result, cache=record)
 
 
 def _refuse_diffusion_settings(config: BaselineConfig) -> None:
@@ -191,38 +209,9 @@ def weights_section(
     report: WeightOnlyReport, checkpoint: Any, *, export_path: str | None = None
 ) -> WeightsSection:
     """The result schema's ``weights`` section from a :class:`WeightOnlyReport`."""
-    rows = tuple(
-        TensorRow(
-            name=t.name,
-            shape=tuple(int(d) for d in t.shape),
-            dtype=t.dtype,
-            rule=t.rule,
-            bits=t.bits,
-            group_size=t.group_size,
-            cosine=t.cosine,
-            sqnr_db=t.sqnr_db,
-            outlier_share=t.outlier_share,
-            source_bytes=int(t.source_bytes),
-            quantized_bytes=int(t.quantized_bytes),
-            block=block_name(t.name),
-        )
-        for t in report.tensors
-    )
-    blocks = tuple(
-        BlockRow(
-            name=b.name,
-            tensors=b.tensors,
-            quantized_tensors=b.quantized_tensors,
-            source_bytes=int(b.source_bytes),
-            quantized_bytes=int(b.quantized_bytes),
-            cosine=b.cosine,
-            min_cosine=b.min_cosine,
-        )
-        for b in report.blocks
-    )
     return WeightsSection(
-        tensors=rows,
-        blocks=blocks,
+        tensors=report.tensors,
+        blocks=report.blocks,
         total_source_bytes=int(report.total_source_bytes),
         total_quantized_bytes=int(report.total_quantized_bytes),
         fp32_bytes=int(report.fp32_bytes),
@@ -231,14 +220,18 @@ def weights_section(
         model_cosine=report.model_cosine,
         seconds=float(report.seconds),
         bytes_per_second=float(report.bytes_per_second),
-        source={
-            "path": str(checkpoint.path),
-            "fingerprint": checkpoint.fingerprint(),
-            "architecture": checkpoint.architecture,
-            "format": "safetensors",
-        },
+        source=_source(checkpoint),
         export_path=export_path,
     )
+
+
+def _source(checkpoint: Any) -> dict[str, Any]:
+    return {
+        "path": str(checkpoint.path),
+        "fingerprint": checkpoint.fingerprint(),
+        "architecture": checkpoint.architecture,
+        "format": "safetensors",
+    }
 
 
 def run_quantized(

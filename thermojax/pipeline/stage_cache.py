@@ -1,6 +1,6 @@
 """The pipeline stages that the runs of a sweep share, cached on disk (``thermojax.pipeline.cache``).
 
-Three entries, each keyed by a hash of exactly what it depends on, so every job of a sweep, and
+Four entries, each keyed by a hash of exactly what it depends on, so every job of a sweep, and
 every later sweep on the same cache folder (``thermojax.files.cache_dir()``), computes each one
 once; two workers asking for the same entry at the same time compute it once (per-key lock):
 
@@ -15,6 +15,13 @@ once; two workers asking for the same entry at the same time compute it once (pe
   the config dict with those keys removed, so a config section added later is part of it without
   anyone remembering to add it: threshold variants of one configuration share everything but the
   violation analysis.
+
+- **weights** of a weight-only run (a checkpoint thermojax cannot run, without ``export.path``):
+  the checkpoint's fingerprint (its config and every shard's header and size, cheap for any
+  size; :meth:`~thermojax.models.hf.SafetensorsFolder.fingerprint`) with each file's
+  modification time (an edit of the weights in place keeps the headers but not the time), the
+  rules, ``bit_width``, ``group_size``, the outlier threshold and ``WEIGHTS_VERSION``: a sweep's
+  threshold and time-group variants of one checkpoint stream it once.
 
 Each run records what it found in ``Result.cache`` (entry name -> ``"hit"`` or ``"miss"``) and in
 its log.
@@ -40,16 +47,20 @@ from thermojax.pipeline.calibrate import CALIBRATION_VERSION, CalibrationStats, 
 from thermojax.pipeline.quality import Quality, evaluate_quality
 from thermojax.pipeline.sampling import ActParams, Samples, sample
 from thermojax.pipeline.weights import WeightReport
+from thermojax.pipeline.weights_section import WeightsSection
 
 __all__ = [
     "QUALITY_INDEPENDENT_KEYS",
     "QUALITY_VERSION",
     "SAMPLING_VERSION",
+    "WEIGHTS_VERSION",
     "QualityEntry",
     "StageCache",
     "model_fingerprint",
     "reference_fingerprint",
     "sample_and_evaluate",
+    "weights_key",
+    "weights_section",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,10 @@ SAMPLING_VERSION = 1
 
 QUALITY_VERSION = 1
 """Bump when quantized sampling, activation parameters or quality metrics change their numbers."""
+
+WEIGHTS_VERSION = 1
+"""Bump when weight-only quantization (:mod:`thermojax.pipeline.weight_only`) or its measures
+change their numbers."""
 
 QUALITY_INDEPENDENT_KEYS = (
     ("smoothness_threshold",),
@@ -347,3 +362,56 @@ class StageCache:
             load=QualityEntry.load,
             suffix=".npz",
         )
+
+
+def weights_key(config: Mapping[str, Any], checkpoint: Any, *, outlier_sigmas: float) -> str:
+    """The key of a weight-only run's ``weights`` section (module doc).
+
+    Args:
+        config: the run's resolved config as a dict.
+        checkpoint: the opened :class:`~thermojax.models.hf.SafetensorsFolder`.
+        outlier_sigmas: the outlier threshold the measures use.
+    """
+    files = ["config.json", *checkpoint.shards]
+    return cache_key(
+        kind="weights",
+        version=WEIGHTS_VERSION,
+        checkpoint=checkpoint.fingerprint(),
+        modified={file: os.stat(Path(checkpoint.path) / file).st_mtime_ns for file in files},
+        rules=config["weights"]["rules"],
+        bit_width=config["bit_width"],
+        group_size=config["group_size"],
+        outlier_sigmas=outlier_sigmas,
+    )
+
+
+def weights_section(
+    key: str,
+    compute: Callable[[], WeightsSection],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[WeightsSection, str]:
+    """A weight-only run's ``weights`` section from the cache, or ``compute()``d and stored;
+    with ``"hit"`` or ``"miss"``. On a hit its ``seconds`` and ``bytes_per_second`` are those of
+    the run that computed it."""
+    computed = False
+
+    def counted() -> WeightsSection:
+        nonlocal computed
+        computed = True
+        return compute()
+
+    def save(section: WeightsSection, path: Path) -> None:
+        path.write_text(json.dumps(section.to_dict(), allow_nan=False))
+
+    section = get_or_compute(
+        key,
+        counted,
+        save=save,
+        load=lambda path: WeightsSection.from_dict(json.loads(path.read_text())),
+        suffix=".json",
+        cache_dir=cache_dir,
+    )
+    state = "miss" if computed else "hit"
+    log.info("cache %s: weights (key %s)", state, key[:16])
+    return section, state

@@ -65,13 +65,12 @@ from thermojax.core.quant import (
     storage_bytes,
 )
 from thermojax.pipeline.rules import QuantRule, ResolvedRule, resolve_rules
+from thermojax.pipeline.weights_section import BlockRow, TensorRow
 
 __all__ = [
     "OUTLIER_SIGMAS",
-    "BlockReport",
     "CheckpointQuantizer",
     "QuantizedTensor",
-    "TensorReport",
     "TensorSums",
     "WeightOnlyReport",
     "block_name",
@@ -330,75 +329,11 @@ def measure_qtensor(
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorReport:
-    """One tensor: how it was stored, whether and how it was quantized, how far it moved.
-
-    Attributes:
-        name: its checkpoint name.
-        shape: as stored.
-        dtype: as stored (``"BF16"``, ``"F16"``, ``"F32"``).
-        rule: the text of the rule that quantized it, or ``None`` (kept).
-        bits, group_size: its quantization, or ``None`` (kept).
-        cosine: cosine similarity of the dequantized with the stored weight; ``None`` if kept.
-        sqnr_db: signal-to-quantization-noise ratio, dB; ``None`` if kept.
-        outlier_share: share of weights beyond :data:`OUTLIER_SIGMAS` row standard deviations
-            of their row's mean; ``None`` if kept.
-        source_bytes: its size as stored.
-        quantized_bytes: its size in the quantized checkpoint: packed codes + one float32 scale
-            and one uint8 zero point per group (``storage_bytes``), or ``source_bytes`` if kept.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    rule: str | None
-    bits: int | None
-    group_size: int | None
-    cosine: float | None
-    sqnr_db: float | None
-    outlier_share: float | None
-    source_bytes: int
-    quantized_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (the shape as a list)."""
-        return dataclasses.asdict(self) | {"shape": list(self.shape)}
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockReport:
-    """The tensors of one transformer block (``model.layers.3``), or of none (``other``).
-
-    Attributes:
-        name: the name prefix up to the first numbered component (``model.layers.3``), or
-            ``"other"`` for tensors outside numbered blocks (embeddings, final norm, head).
-        tensors: how many tensors it has.
-        quantized_tensors: how many of them are quantized.
-        source_bytes, quantized_bytes: their sizes as stored and quantized.
-        cosine: cosine similarity over all its quantized weights together (from their summed
-            squares, exactly, not a mean of per-tensor cosines); ``None`` if none is quantized.
-        min_cosine: the smallest per-tensor cosine; ``None`` if none is quantized.
-    """
-
-    name: str
-    tensors: int
-    quantized_tensors: int
-    source_bytes: int
-    quantized_bytes: int
-    cosine: float | None
-    min_cosine: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
 class WeightOnlyReport:
     """A whole checkpoint's weight-only quantization.
 
     Attributes:
-        tensors: per tensor, in checkpoint order.
+        tensors: per tensor, in checkpoint order (the rows of the result's ``weights``).
         blocks: per block, in order of first appearance.
         total_source_bytes: the checkpoint's tensors as stored.
         total_quantized_bytes: the quantized checkpoint's tensors (quantized + kept).
@@ -410,8 +345,8 @@ class WeightOnlyReport:
         bytes_per_second: ``total_source_bytes / seconds``.
     """
 
-    tensors: tuple[TensorReport, ...]
-    blocks: tuple[BlockReport, ...]
+    tensors: tuple[TensorRow, ...]
+    blocks: tuple[BlockRow, ...]
     total_source_bytes: int
     total_quantized_bytes: int
     fp32_bytes: int
@@ -428,8 +363,8 @@ class WeightOnlyReport:
             for field in dataclasses.fields(self)
             if field.name not in ("tensors", "blocks")
         } | {
-            "tensors": [t.to_dict() for t in self.tensors],
-            "blocks": [b.to_dict() for b in self.blocks],
+            "tensors": [dataclasses.asdict(t) | {"shape": list(t.shape)} for t in self.tensors],
+            "blocks": [dataclasses.asdict(b) for b in self.blocks],
         }
 
 
@@ -449,18 +384,18 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def build_report(
-    tensors: Sequence[TensorReport], sums: Sequence[TensorSums], seconds: float
+    tensors: Sequence[TensorRow], sums: Sequence[TensorSums], seconds: float
 ) -> WeightOnlyReport:
     """The checkpoint's report from its tensors' reports and sums (``_NO_SUMS`` for kept ones)."""
     blocks: dict[str, list[int]] = {}
     for index, report in enumerate(tensors):
-        blocks.setdefault(block_name(report.name), []).append(index)
+        blocks.setdefault(report.block, []).append(index)
     block_reports = []
     for name, members in blocks.items():
         quantized = [i for i in members if tensors[i].bits is not None]
         block_sums = sum((sums[i] for i in quantized), _NO_SUMS)
         block_reports.append(
-            BlockReport(
+            BlockRow(
                 name=name,
                 tensors=len(members),
                 quantized_tensors=len(quantized),
@@ -498,7 +433,7 @@ class QuantizedTensor(NamedTuple):
     info: Any
     qtensor: QTensor | None
     array: np.ndarray
-    report: TensorReport
+    report: TensorRow
 
 
 class CheckpointQuantizer:
@@ -529,7 +464,7 @@ class CheckpointQuantizer:
             bits=bits,
             group_size=group_size,
         )
-        self._reports: list[TensorReport] = []
+        self._reports: list[TensorRow] = []
         self._sums: list[TensorSums] = []
         self._seconds: float | None = None
 
@@ -541,13 +476,13 @@ class CheckpointQuantizer:
             rule = self.plan[info.name]
             if rule is None:
                 qtensor, sums = None, _NO_SUMS
-                report = TensorReport(
+                report = TensorRow(
                     info.name, tuple(info.shape), info.dtype, None, None, None, None, None, None,
-                    info.nbytes, info.nbytes,
+                    info.nbytes, info.nbytes, block_name(info.name),
                 )  # fmt: skip
             else:
                 qtensor, sums = quantize_tensor(array, bits=rule.bits, group_size=rule.group_size)
-                report = TensorReport(
+                report = TensorRow(
                     name=info.name,
                     shape=tuple(info.shape),
                     dtype=info.dtype,
@@ -559,6 +494,7 @@ class CheckpointQuantizer:
                     outlier_share=sums.outlier_share,
                     source_bytes=info.nbytes,
                     quantized_bytes=storage_bytes(qtensor),
+                    block=block_name(info.name),
                 )
             self._reports.append(report)
             self._sums.append(sums)
