@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from result_samples import reference_metrics
+from safetensors.numpy import load_file, save_file
 
 from thermojax.cli.config import to_config
 from thermojax.errors import UserInputError
@@ -17,6 +21,11 @@ from thermojax.pipeline.activation_stats import write_activation_stats
 from thermojax.pipeline.results import Result
 
 GROUP = 8  # divides every width of the scale-64 layout (hidden 56)
+_TOOL = Path(__file__).resolve().parents[2] / "tools" / "same_numbers.py"
+_spec = importlib.util.spec_from_file_location("same_numbers", _TOOL)
+same_numbers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(same_numbers)
+differences = same_numbers.differences  # every path where two results' numbers differ
 
 
 @pytest.fixture(scope="module")
@@ -161,20 +170,53 @@ def test_the_exported_checkpoint_reports_the_same_numbers_as_its_source(checkpoi
         run(settings(out, export={"path": str(tmp_path / "twice")}))
 
 
-def test_a_quantized_digits_checkpoint_says_what_it_cannot_do(tmp_path):
+def test_a_quantized_digits_checkpoint_runs_with_the_same_numbers(tmp_path):
+    """The exported codes, sampled against the recorded fp32 source, give the source run's
+    JSON, number for number (only the settings' model.path / export.path differ)."""
     out = tmp_path / "digits-q"
-    first = run(
-        to_config(
-            {
-                "calibration": {"samples": 4, "samples_per_step": 4},
-                "sampling": {"num_samples": 4},
-                "export": {"path": str(out)},
-            }
-        )
-    )
+    small = {"calibration": {"samples": 4, "samples_per_step": 4}, "sampling": {"num_samples": 4}}
+    small |= {"bit_width": 4, "group_size": 16, "num_time_groups": 4}
+    first = run(to_config({**small, "export": {"path": str(out)}}))
     assert first.weights.export_path == str(out) and (out / "quantization.json").is_file()
-    with pytest.raises(UserInputError, match="needs the full-precision model"):
-        run(to_config({"model": {"path": str(out)}}))
+    again = run(to_config({**small, "model": {"path": str(out)}}))
+    assert again.mode == first.mode and again.model_name == first.model_name
+    before, after = first.to_dict(), again.to_dict()
+    for data in (before, after):
+        data["config"]["model"]["path"] = data["config"]["export"]["path"] = None
+        data["weights"]["export_path"] = None
+    assert list(differences(before, after)) == []
+    assert again.quality.frechet_quantized == first.quality.frechet_quantized  # not vacuous
+    edited = tmp_path / "edited"  # the exported codes are what runs: an edited code shows
+    shutil.copytree(out, edited)
+    arrays = load_file(str(edited / "model.safetensors"))
+    arrays["block0.qcodes"][0, :4] ^= 0xFF
+    save_file(arrays, str(edited / "model.safetensors"))
+    changed = run(to_config({**small, "model": {"path": str(edited)}}))
+    cosines = [
+        {row.name: row.cosine for row in r.weights.tensors if row.quantized}
+        for r in (first, changed)
+    ]
+    assert (
+        cosines[1].pop("block0.kernel") < cosines[0].pop("block0.kernel")
+        and cosines[1] == cosines[0]
+    )
+    with pytest.raises(UserInputError, match="holds 4-bit weights in groups of 16; run it with"):
+        run(to_config({**small, "bit_width": 2, "model": {"path": str(out)}}))
+    with pytest.raises(UserInputError, match="already a quantized checkpoint"):
+        run(
+            to_config(
+                {**small, "model": {"path": str(out)}, "export": {"path": str(tmp_path / "twice")}}
+            )
+        )
+    document = json.loads((out / "quantization.json").read_text())
+    document["source"]["fingerprint"] = "0" * 64  # exported from another model
+    (out / "quantization.json").write_text(json.dumps(document))
+    with pytest.raises(UserInputError, match="is not the model it was exported from"):
+        run(to_config({**small, "model": {"path": str(out)}}))
+    document["source"]["path"] = str(tmp_path / "gone")
+    (out / "quantization.json").write_text(json.dumps(document))
+    with pytest.raises(UserInputError, match="gone .needed for the reference samples. cannot be"):
+        run(to_config({**small, "model": {"path": str(out)}}))
 
 
 def test_weights_are_cached_by_fingerprint_rules_and_bits(checkpoint, tmp_path, monkeypatch):

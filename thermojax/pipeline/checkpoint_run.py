@@ -245,9 +245,9 @@ def run_quantized(
     The shipped activation parameters, when there are any, give the Markov metrics again.
 
     Raises:
-        UserInputError: a quantized digits checkpoint (its run needs the full-precision model for
-            the reference samples, which a quantized checkpoint does not carry), or settings that
-            need a runnable model.
+        UserInputError: a quantized digits checkpoint (``thermojax.pipeline.run`` samples it
+            against its recorded full-precision source), or settings that need a runnable
+            model.
     """
     from thermojax.core.quant import storage_bytes
 
@@ -255,8 +255,8 @@ def run_quantized(
     if document.get("model_format") != "huggingface-safetensors":
         raise UserInputError(
             f"model.path={config.model.path!r}: a quantized {document.get('model_format')} "
-            "checkpoint; running the baseline from it needs the full-precision model for the "
-            "reference samples, which it does not carry (thermojax.load_quantized reloads it)"
+            "checkpoint runs through thermojax.pipeline.run, which samples it against the "
+            "full-precision model it was exported from"
         )
     _refuse_diffusion_settings(config)
     start = time.perf_counter()

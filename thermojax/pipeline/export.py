@@ -44,7 +44,8 @@ codes of the group's elements ``b + k * group_size / p``, element ``k`` in bits
     {"format": "thermojax-quantized", "format_version": 1,
      "model_format": "huggingface-safetensors" | "thermojax-digits-ddpm",
      "config_file": "config.json" | "model.json",
-     "source": {"fingerprint": ..., "path": ..., ...}, "bits": 4, "group_size": 64,
+     "source": {"fingerprint": ..., "path": ..., ...} (digits: also "model", "num_parameters";
+                "path" null for the shipped model), "bits": 4, "group_size": 64,
      "outlier_sigmas": 6.0,
      "rules": [{"include", "exclude", "bits", "group_size", "text"}, ...] (null for digits),
      "shards": [file, ...], "copied": [file, ...] (the companion files; [] for digits),
@@ -651,9 +652,14 @@ def export_digits(
     bits: int,
     group_size: int,
     activations: ActParams | None = None,
+    source_path: str | os.PathLike[str] | None = None,
     orbax: bool = True,
 ) -> Path:
     """Write the digits DDPM's quantized weights as a quantized checkpoint (module doc).
+
+    ``quantization.json``'s ``source`` records the full-precision checkpoint (its path, ``null``
+    for the shipped one, and :func:`~thermojax.pipeline.stage_cache.model_fingerprint`): a
+    baseline run from the export samples the exported codes against that model's fp32 samples.
 
     Args:
         model: the digits model (:func:`thermojax.models.load_model`).
@@ -664,6 +670,7 @@ def export_digits(
         group_size: their group size.
         activations: the run's activation parameters (:class:`ActParams`, ``[L, S]`` for the
             model's layers), or ``None``.
+        source_path: the folder ``model`` was loaded from, ``None`` for the shipped model.
         orbax: also save the QTensors as an Orbax checkpoint (``orbax/``).
 
     Returns:
@@ -693,6 +700,14 @@ def export_digits(
         except ValueError as err:
             raise UserInputError(f"activations: {err}") from err
 
+    from thermojax.pipeline.stage_cache import model_fingerprint
+
+    source = {
+        "model": model.name,
+        "num_parameters": int(model.num_parameters()),
+        "path": None if source_path is None else str(Path(source_path).expanduser().resolve()),
+        "fingerprint": model_fingerprint(model),
+    }
     reports, sums, arrays, tensors_json, entries = [], [], {}, {}, []
     for name in names:
         q = jax.tree.map(np.asarray, qweights[name])
@@ -749,7 +764,7 @@ def export_digits(
         document = _quantization_json(
             model_format=DIGITS_FORMAT,
             config_file=_DIGITS_CONFIG,
-            source={"model": model.name, "num_parameters": int(model.num_parameters())},
+            source=source,
             bits=bits,
             group_size=group_size,
             rules=None,

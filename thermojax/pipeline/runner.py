@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from thermojax.core.markov import MarkovMetrics, markov_metrics
@@ -36,6 +39,7 @@ from thermojax.models import checkpoint_format, load_model
 from thermojax.models.base import DiffusionModel
 from thermojax.pipeline.assemble import build_result, group_means, with_enhancement, with_phases
 from thermojax.pipeline.calibrate import CalibrationStats
+from thermojax.pipeline.export import DIGITS_FORMAT, QUANTIZATION_FILE
 from thermojax.pipeline.quality import Quality, evaluate_quality
 from thermojax.pipeline.results import Result
 from thermojax.pipeline.sampling import ActParams, sample
@@ -47,7 +51,12 @@ from thermojax.pipeline.variants import (
     compute_parameters,
     config_variant,
 )
-from thermojax.pipeline.weights import WeightReport, model_weights_section, quantize_weights
+from thermojax.pipeline.weights import (
+    WeightReport,
+    measure_weights,
+    model_weights_section,
+    quantize_weights,
+)
 from thermojax.pipeline.weights_section import WeightsSection
 
 __all__ = ["STAGES", "ProgressCallback", "run", "stage_names"]
@@ -151,7 +160,9 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
         )
     start = time.perf_counter()
     log.info("config: %s", config.to_dict())
-    if checkpoint_format(config.model.path) in ("safetensors", "quantized"):
+    kind = checkpoint_format(config.model.path)
+    from_export = kind == "quantized" and _exported_model_format(config.model.path) == DIGITS_FORMAT
+    if kind in ("safetensors", "quantized") and not from_export:
         return _run_weight_only(config, progress, start)
     if config.calibration.stats is not None:
         raise UserInputError(
@@ -159,10 +170,18 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
             "cannot run; this model is calibrated by running it"
         )
     stages = _Stages(progress, stage_names(config))
+    exported = None
     with stages("load model"):
-        model = _load_model(config)
+        if from_export:
+            exported, model = _exported_digits(config)
+        else:
+            model = _load_model(config)
     with stages("quantize weights"):
-        qweights, weight_report = _quantize_weights(model, config)
+        if exported is None:
+            qweights, weight_report = _quantize_weights(model, config)
+        else:  # the exported codes, as they are
+            qweights = {name: jax.tree.map(jnp.asarray, q) for name, q in exported.qtensors.items()}
+            weight_report = measure_weights(model, qweights)
     weights = model_weights_section(
         model, qweights, weight_report, seconds=stages.timings["quantize weights"]
     )
@@ -307,6 +326,66 @@ def _load_model(config: BaselineConfig) -> DiffusionModel:
     return model
 
 
+def _exported_model_format(path: str) -> str | None:
+    """The ``model_format`` of an exported folder's ``quantization.json``, ``None`` if it
+    cannot be read (the loader then names the problem)."""
+    try:
+        document = json.loads((Path(path).expanduser() / QUANTIZATION_FILE).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return document.get("model_format") if isinstance(document, dict) else None
+
+
+def _exported_digits(config: BaselineConfig) -> tuple[Any, DiffusionModel]:
+    """A digits DDPM's quantized checkpoint (``model.path``) and the full-precision model it
+    was exported from (its ``source``), which the reference samples need.
+
+    Raises:
+        UserInputError: the export is unreadable; its source model is missing or is not the
+            one it was exported from (fingerprint); ``bit_width`` / ``group_size`` / ``export.path``
+            that contradict it; limits the source's T breaks.
+    """
+    from thermojax.pipeline.quantized import load_quantized
+    from thermojax.pipeline.stage_cache import model_fingerprint
+
+    where = f"model.path={config.model.path!r}"
+    if config.export.path is not None:
+        raise UserInputError(
+            f"export.path={config.export.path!r}: {where} is already a quantized checkpoint"
+        )
+    try:
+        exported = load_quantized(config.model.path)
+    except UserInputError as exc:
+        raise UserInputError(f"{where}: {exc}") from None
+    document = exported.quantization
+    bits, group_size = document.get("bits"), document.get("group_size")
+    if (config.bit_width, config.group_size) != (bits, group_size):
+        raise UserInputError(
+            f"bit_width={config.bit_width} group_size={config.group_size}: {where} holds "
+            f"{bits}-bit weights in groups of {group_size}; run it with bit_width={bits} "
+            f"group_size={group_size}"
+        )
+    source = document.get("source") if isinstance(document.get("source"), dict) else {}
+    shown = source.get("path") or "the shipped digits DDPM"
+    try:
+        model = load_model(source.get("path"))
+    except UserInputError as exc:
+        raise UserInputError(
+            f"{where}: its full-precision source {shown} (needed for the reference samples) "
+            f"cannot be loaded: {exc}"
+        ) from None
+    if model_fingerprint(model) != source.get("fingerprint"):
+        raise UserInputError(
+            f"{where}: its full-precision source {shown} is not the model it was exported from "
+            "(fingerprints differ); the reference samples need that model"
+        )
+    check_model_limits(config, int(model.num_timesteps))
+    if config.phases.enabled:
+        build_variants(config)
+    log.info("quantized checkpoint %s of %s (%s)", exported.path, model.name, shown)
+    return exported, model
+
+
 def _quantize_weights(model: DiffusionModel, config: BaselineConfig) -> tuple[Any, WeightReport]:
     qweights, report = quantize_weights(model, bits=config.bit_width, group_size=config.group_size)
     log.info(
@@ -435,6 +514,7 @@ def _export(
         bits=config.bit_width,
         group_size=config.group_size,
         activations=act_params,
+        source_path=config.model.path,
     )
     log.info("quantized checkpoint written to %s", path)
     return dataclasses.replace(

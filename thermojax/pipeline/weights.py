@@ -36,6 +36,7 @@ __all__ = [
     "WEIGHT_BITS",
     "WeightReport",
     "dense_weights",
+    "measure_weights",
     "model_weights_section",
     "outlier_share",
     "quantize_weights",
@@ -91,25 +92,32 @@ def _check_weight_options(model: DiffusionModel, bits: int, group_size: int) -> 
 
 
 @partial(jax.jit, static_argnames=("bits", "group_size"))
-def _weights_program(
+def _quantize_program(
     kernels: tuple[jax.Array, ...], *, bits: int, group_size: int
-) -> tuple[tuple[QTensor, ...], jax.Array, jax.Array, jax.Array]:
-    """Every layer quantized and compared with fp32 in one compiled program.
+) -> tuple[QTensor, ...]:
+    """Every layer's transposed kernel quantized, in one compiled program.
 
     One program instead of a few eager ops per layer: a fresh process (a sweep worker) pays one
     compilation, which the persistent compilation cache then serves. Layers go in as a tuple
     (not a dict, whose keys a jit would sort) so the outputs keep the model's layer order.
-
-    Returns:
-        ``(QTensor of each transposed kernel, cosine [L], SQNR dB [L], model cosine)``.
     """
-    qweights = tuple(quantize(w.T, bits=bits, group_size=group_size) for w in kernels)
+    return tuple(quantize(w.T, bits=bits, group_size=group_size) for w in kernels)
+
+
+@jax.jit
+def _compare_program(
+    kernels: tuple[jax.Array, ...], qweights: tuple[QTensor, ...]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(cosine [L], SQNR dB [L], model cosine)`` of the dequantized weights against fp32.
+
+    A program of its own, so that weights quantized here and weights reloaded from an export
+    (:func:`measure_weights`) are measured by the same compiled code, to the last bit."""
     deq = tuple(dequantize(q).T for q in qweights)
     cos = jnp.stack([cosine_similarity(w, d) for w, d in zip(kernels, deq, strict=True)])
     sqnr = jnp.stack([sqnr_db(w, d) for w, d in zip(kernels, deq, strict=True)])
     flat_fp32 = jnp.concatenate([w.reshape(-1) for w in kernels])
     flat_deq = jnp.concatenate([d.reshape(-1) for d in deq])
-    return qweights, cos, sqnr, cosine_similarity(flat_fp32, flat_deq)
+    return cos, sqnr, cosine_similarity(flat_fp32, flat_deq)
 
 
 def quantize_weights(
@@ -133,22 +141,29 @@ def quantize_weights(
             width or hold whole bytes of codes (the core's check, as a user error).
     """
     weights = model.quantizable_weights()
-    fp32 = {name: weights[name] for name in model.layer_names}
+    fp32 = tuple(weights[name] for name in model.layer_names)
     # The options are user input: this stage's ValueErrors (the core quantizer's argument checks
     # included) become UserInputErrors here, once.
     with value_errors_as_user_input():
         _check_weight_options(model, bits, group_size)
-        quantized, cos, sqnr, model_cos = _weights_program(
-            tuple(fp32.values()), bits=int(bits), group_size=int(group_size)
-        )
+        quantized = _quantize_program(fp32, bits=int(bits), group_size=int(group_size))
     qweights = dict(zip(model.layer_names, quantized, strict=True))
+    return qweights, measure_weights(model, qweights)
+
+
+def measure_weights(model: DiffusionModel, qweights: Mapping[str, QTensor]) -> WeightReport:
+    """How far ``qweights`` (layer name -> QTensor of the transposed kernel, as
+    :func:`quantize_weights` makes them or an export holds them) are from the model's fp32
+    weights, and the model's quantized size."""
+    weights = model.quantizable_weights()
+    fp32 = {name: weights[name] for name in model.layer_names}
+    ordered = tuple(qweights[name] for name in model.layer_names)
+    cos, sqnr, model_cos = _compare_program(tuple(fp32.values()), ordered)
     cos, sqnr = np.asarray(cos, np.float64), np.asarray(sqnr, np.float64)
     total = 4 * int(model.num_parameters())
     quantized_params = sum(int(np.prod(fp32[n].shape)) for n in model.layer_names)
-    quantized_bytes = sum(storage_bytes(q) for q in qweights.values()) + (
-        total - 4 * quantized_params
-    )
-    report = WeightReport(
+    quantized_bytes = sum(storage_bytes(q) for q in ordered) + (total - 4 * quantized_params)
+    return WeightReport(
         layer_names=tuple(model.layer_names),
         layer_cosine=cos,
         layer_sqnr_db=sqnr,
@@ -158,7 +173,6 @@ def quantize_weights(
         compression_ratio=total / max(int(quantized_bytes), 1),
         model_size_mb=quantized_bytes / 1e6,
     )
-    return qweights, report
 
 
 def dense_weights(
