@@ -237,3 +237,22 @@ def test_training_command_end_to_end(tmp_path):
     assert spec["training"]["steps"] == 10 and spec["quality"]["num_samples"] == 8
     assert 0.0 <= spec["quality"]["class_coverage"] <= 1.0
     assert load_model(str(out)).num_timesteps == 1000
+
+
+def test_load_model_opens_a_qwen2_folder_as_a_masked_diffusion_lm(tmp_path):
+    from pathlib import Path
+
+    from thermojax.models.dream import DreamLM, load_dream
+    from thermojax.models.hf import write_dream_like
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "qwen2_tiny"
+    lm = load_model(fixture)
+    assert isinstance(lm, DreamLM) and lm.config == load_dream(fixture).config
+    dream = load_model(write_dream_like(tmp_path / "dream", scale=112, layers=1))
+    assert isinstance(dream, DreamLM) and 0 <= dream.mask_token_id < dream.config.vocab_size
+    other = tmp_path / "llama"
+    shutil.copytree(fixture, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(config | {"model_type": "llama"}))
+    with pytest.raises(UserInputError, match="a 'llama' checkpoint; thermojax runs digits DDPMs"):
+        load_model(other)

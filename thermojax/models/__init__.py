@@ -1,17 +1,23 @@
-"""Models thermojax quantizes: ``load_model()`` gives the shipped digits DDPM; users' Hugging Face
-checkpoints open with :func:`thermojax.models.hf.open_checkpoint` (:func:`checkpoint_format` says
-which a folder is)."""
+"""Models thermojax quantizes: ``load_model()`` gives the shipped digits DDPM, ``load_model(DIR)``
+a digits folder or a Qwen2 / Dream masked-diffusion LM; any Hugging Face checkpoint opens with
+:func:`thermojax.models.hf.open_checkpoint` (:func:`checkpoint_format` says which a folder is)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from thermojax.errors import UserInputError
 from thermojax.models.base import ActHook, DiffusionModel, QualityReference, run_sampler
 from thermojax.models.digits.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from thermojax.models.digits.ddpm import DigitsDDPM
 
+if TYPE_CHECKING:
+    from thermojax.models.dream import DreamLM
+
 __all__ = [
+    "DREAM_ARCHITECTURES",
     "SHIPPED_CHECKPOINT",
     "ActHook",
     "DiffusionModel",
@@ -23,13 +29,37 @@ __all__ = [
 ]
 
 
-def load_model(path: str | os.PathLike[str] | None = None) -> DiffusionModel:
-    """Load a diffusion model checkpoint; ``None`` loads the digits DDPM shipped in the package.
+DREAM_ARCHITECTURES = ("qwen2", "Dream")
+"""``config.json`` architectures (``model_type``, else the first ``architectures``) that
+:func:`load_model` opens as a :class:`~thermojax.models.dream.DreamLM`."""
+
+
+def load_model(path: str | os.PathLike[str] | None = None) -> DiffusionModel | DreamLM:
+    """Load a model thermojax can run; ``None`` loads the digits DDPM shipped in the package.
+
+    A digits DDPM folder (``model.json``) gives a :class:`DigitsDDPM`; a Hugging Face folder of
+    a Qwen2 / Dream architecture (``config.json`` + safetensors, sharded or not, any float
+    dtype) gives a masked-diffusion :class:`~thermojax.models.dream.DreamLM` with float32
+    parameters under their Hugging Face names.
 
     Raises:
-        thermojax.errors.UserInputError: ``path`` does not exist or is not a checkpoint of a
-            model thermojax knows (one line naming the path).
+        thermojax.errors.UserInputError: ``path`` does not exist, is not a checkpoint of a
+            model thermojax can run (a Hugging Face folder of another architecture is measured
+            weight-only by the baseline command instead), or is corrupt (one line naming the
+            file and tensor).
     """
+    if checkpoint_format(path) == "safetensors":
+        from thermojax.models.dream import load_dream
+        from thermojax.models.hf import open_checkpoint
+
+        architecture = open_checkpoint(path).architecture
+        if architecture not in DREAM_ARCHITECTURES:
+            raise UserInputError(
+                f"{path}: a {architecture!r} checkpoint; thermojax runs digits DDPMs and "
+                f"{'/'.join(DREAM_ARCHITECTURES)} masked-diffusion LMs (the baseline command "
+                "measures any architecture weight-only)"
+            )
+        return load_dream(path)
     return load_checkpoint(SHIPPED_CHECKPOINT if path is None else path)
 
 

@@ -165,10 +165,18 @@ def dream_like_config(
     kv_heads = max(1, DREAM_7B_CONFIG["num_key_value_heads"] // scale)
     heads = _GQA_RATIO * kv_heads
     head_dim = max(2, _round_to(DREAM_7B_CONFIG["hidden_size"] / scale / heads, 2))
-    return DREAM_7B_CONFIG | {
+    vocab = max(64, _round_to(DREAM_7B_CONFIG["vocab_size"] / scale, 64))
+    # The special tokens keep their distance from the end of the vocabulary, so that a scaled
+    # model can embed its mask token (the last id, in a vocabulary too small for that).
+    special = {
+        key: vocab - from_end if from_end <= vocab else vocab - 1
+        for key in ("bos_token_id", "eos_token_id", "mask_token_id", "pad_token_id")
+        for from_end in [DREAM_7B_CONFIG["vocab_size"] - DREAM_7B_CONFIG[key]]
+    }
+    return DREAM_7B_CONFIG | special | {
         "hidden_size": heads * head_dim,
         "intermediate_size": max(64, _round_to(DREAM_7B_CONFIG["intermediate_size"] / scale, 64)),
-        "vocab_size": max(64, _round_to(DREAM_7B_CONFIG["vocab_size"] / scale, 64)),
+        "vocab_size": vocab,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "num_hidden_layers": layers,

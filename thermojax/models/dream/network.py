@@ -1,0 +1,403 @@
+"""Dream's network in JAX: a Qwen2 decoder stack with bidirectional attention, and its model pytree.
+
+Per block (``x`` the residual stream, ``[B, L, H]``)::
+
+    h = rms_norm(x) * input_layernorm
+    q, k, v = h @ q_proj.T + q_bias, h @ k_proj.T + k_bias, h @ v_proj.T + v_bias
+    q, k = rope(q), rope(k)                      # positions 0..L-1, HF's rotate_half pairing
+    a = softmax(q k^T / sqrt(head_dim) [+ mask]) v   # every query sees every key (no causal mask)
+    x = x + a @ o_proj.T
+    h = rms_norm(x) * post_attention_layernorm
+    x = x + (silu(h @ gate_proj.T) * (h @ up_proj.T)) @ down_proj.T
+
+then ``logits = (rms_norm(x) * norm) @ lm_head.T``. Weights stay in the checkpoint's layout
+(torch ``Linear``: ``[out, in]``) and dtype; every weight is upcast to float32 where it is used,
+so the whole computation is float32 whatever the storage (:func:`load_dream
+<thermojax.models.dream.checkpoint.load_dream>` upcasts on load by default, or keeps bf16 to
+halve the memory).
+
+The blocks are a Python loop, not a ``lax.scan``: every linear layer's activation hook then gets
+a static Python layer index (as :data:`thermojax.models.base.ActHook` promises), and the
+parameters stay one array per checkpoint tensor, never copied into stacked ``[layers, ...]``
+arrays (15 GB more for Dream 7B). The price, compile time growing with depth, is small: about a second
+for 28 layers on a CPU.
+
+The 2-D weights of the linear layers are the quantizable layers (:attr:`DreamLM.layer_names`:
+per block q, k, v, o, gate, up, down, then ``lm_head``); :meth:`DreamLM.forward` runs with any
+of them replaced and returns each one's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from thermojax.models.dream.config import LOGIT_SHIFT, DreamConfig
+
+__all__ = [
+    "LINEAR_SUFFIXES",
+    "DreamLM",
+    "LayerInputHook",
+    "linear_layer_names",
+    "shift_logits",
+]
+
+Array = jax.Array
+
+LayerInputHook = Callable[[int, Array], Array]
+"""``hook(layer_index, layer_input) -> layer_input'``, applied to the input of each linear layer
+(``layer_index`` a static Python int in :attr:`DreamLM.layer_names` order; q, k and v each get
+their own call on the same input). ``None`` means full precision."""
+
+LINEAR_SUFFIXES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+"""The linear layers of one block, in forward order."""
+LM_HEAD = "lm_head.weight"
+EMBED = "model.embed_tokens.weight"
+
+
+def linear_layer_names(num_layers: int) -> tuple[str, ...]:
+    """The weight name of every linear layer: per block :data:`LINEAR_SUFFIXES`, then lm_head.
+
+    Example:
+        >>> names = linear_layer_names(2)
+        >>> len(names), names[0], names[-1]
+        (15, 'model.layers.0.self_attn.q_proj.weight', 'lm_head.weight')
+    """
+    blocks = tuple(
+        f"model.layers.{i}.{suffix}.weight" for i in range(num_layers) for suffix in LINEAR_SUFFIXES
+    )
+    return (*blocks, LM_HEAD)
+
+
+def shift_logits(logits: Array) -> Array:
+    """Dream's logit convention: ``out[:, i] = logits[:, i - 1]`` for ``i >= 1``, ``out[:, 0] =
+    logits[:, 0]``.
+
+    Dream was trained, like the autoregressive Qwen2.5 it started from, to predict token ``i``
+    at position ``i - 1``; its sampler reads the distribution of a masked token at position
+    ``i`` from ``shift_logits(logits)[:, i]``. Position 0 is never masked (a prompt starts the
+    sequence) and keeps its own logits.
+
+    Args:
+        logits: raw network output ``[B, L, V]``.
+
+    Returns:
+        The shifted logits, same shape and dtype.
+
+    Example:
+        >>> shift_logits(jnp.arange(4.0).reshape(1, 4, 1))[0, :, 0]
+        Array([0., 0., 1., 2.], dtype=float32)
+    """
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [B, L, V], got shape {logits.shape}")
+    return jnp.concatenate([logits[:, :LOGIT_SHIFT], logits[:, :-LOGIT_SHIFT]], axis=1)
+
+
+def _f32(a: Array) -> Array:
+    return jnp.asarray(a).astype(jnp.float32)
+
+
+def _trailing(vector: Array, ndim: int) -> Array:
+    """``vector [D]`` reshaped to broadcast along the last axis of an ``ndim`` array."""
+    return vector.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _rms_norm(x: Array, weight: Array, eps: float) -> Array:
+    variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(variance + eps) * _trailing(_f32(weight), x.ndim)
+
+
+def _rotary(positions: Array, config: DreamConfig) -> tuple[Array, Array]:
+    """``(cos, sin)``, each ``[B, L, 1, head_dim]`` (broadcast over heads)."""
+    half = config.head_dim // 2
+    # The frequencies are config constants; computed in float64 then rounded, like HF's float32.
+    exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim
+    inv_freq = jnp.asarray(1.0 / config.rope_theta**exponents, jnp.float32)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq.reshape(1, 1, half)
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def _rotate(x: Array, cos: Array, sin: Array) -> Array:
+    """HF's rotary convention: dimension ``d`` pairs with ``d + head_dim / 2`` (rotate_half)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _key_mask(attention_mask: Array | None, batch: int, length: int) -> Array | None:
+    """The mask as ``[B, 1, 1, Lq or 1, Lk]`` booleans (True: attend), broadcastable to scores."""
+    if attention_mask is None:
+        return None
+    mask = jnp.asarray(attention_mask)
+    if mask.shape == (batch, length):
+        return mask.astype(bool)[:, None, None, None, :]
+    if mask.shape == (batch, length, length):
+        return mask.astype(bool)[:, None, None, :, :]
+    raise ValueError(
+        f"attention_mask must be [B, L] or [B, L, L] = {(batch, length)} or "
+        f"{(batch, length, length)}, got shape {mask.shape}"
+    )
+
+
+def _precision(name: str) -> jax.lax.Precision:
+    try:
+        return jax.lax.Precision[name.upper()]
+    except KeyError:
+        choices = ", ".join(p.name.lower() for p in jax.lax.Precision)
+        raise ValueError(f"matmul_precision must be one of {choices}, got {name!r}") from None
+
+
+@struct.dataclass(eq=False)
+class DreamLM:
+    """A Dream / Qwen2 masked-diffusion language model: parameters plus static architecture.
+
+    A pytree whose leaves are exactly the checkpoint's tensors, ``params``, keyed by their
+    Hugging Face names (``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.
+    weight`` / ``.bias``, ..., ``model.norm.weight``, ``lm_head.weight``), in torch's ``[out,
+    in]`` layout, float32 or the stored bf16/f16 (upcast to float32 where used). The
+    :class:`DreamConfig` and the matmul precision are static fields, so jitted programs take the
+    model as an argument and no parameter is baked into a program as a constant.
+
+    Invariant: ``params`` holds exactly ``config.tensor_shapes()``, with those shapes, so
+    ``sum(leaf.size for leaf in jax.tree.leaves(model)) == model.num_parameters()``.
+
+    Attributes:
+        params: tensor name -> array.
+        config: the architecture (static).
+        matmul_precision: ``jax.lax.Precision`` name for every matmul (static). ``"highest"``
+            (the default) is true float32 on every backend; ``"default"`` lets GPUs and TPUs use
+            TF32 / bf16 passes, faster and less exact.
+    """
+
+    params: dict[str, Array]
+    config: DreamConfig = struct.field(pytree_node=False)
+    matmul_precision: str = struct.field(pytree_node=False, default="highest")
+
+    name: ClassVar[str] = "dream"
+    logit_shift: ClassVar[int] = LOGIT_SHIFT
+    """See :func:`shift_logits`: the prediction for position ``i`` is output ``i - 1``."""
+
+    @classmethod
+    def create(
+        cls,
+        config: DreamConfig,
+        params: Mapping[str, Array | np.ndarray],
+        *,
+        dtype: jnp.dtype | str | None = jnp.float32,
+    ) -> DreamLM:
+        """The model from its architecture and tensors (checked against ``config``).
+
+        Args:
+            config: the architecture.
+            params: every tensor ``config.tensor_shapes()`` names, with that shape.
+            dtype: convert every tensor to this dtype; ``None`` keeps each as given.
+
+        Raises:
+            ValueError: a tensor missing, unexpected, or of the wrong shape (named).
+        """
+        expected = config.tensor_shapes()
+        missing = [name for name in expected if name not in params]
+        unexpected = [name for name in params if name not in expected]
+        if missing or unexpected:
+            raise ValueError(
+                f"params do not match the config: missing {missing[:3]}"
+                f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                f"{'...' if len(unexpected) > 3 else ''}"
+            )
+        for name, shape in expected.items():
+            if tuple(np.shape(params[name])) != shape:
+                raise ValueError(
+                    f"{name}: shape {list(np.shape(params[name]))} but the config implies "
+                    f"{list(shape)}"
+                )
+        convert = (lambda a: jnp.asarray(a)) if dtype is None else (lambda a: jnp.asarray(a, dtype))
+        return cls(params={name: convert(params[name]) for name in expected}, config=config)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"DreamLM(hidden={c.hidden_size}, layers={c.num_hidden_layers}, "
+            f"heads={c.num_attention_heads}/{c.num_key_value_heads}, vocab={c.vocab_size})"
+        )
+
+    # ---------------------------------------------------------------- conventions
+
+    @property
+    def mask_token_id(self) -> int | None:
+        """Dream's ``[MASK]`` token id (``config.json``'s ``mask_token_id``), or ``None``."""
+        return self.config.mask_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        """V."""
+        return self.config.vocab_size
+
+    # ---------------------------------------------------------------- quantizable layers
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """The linear layers' weight names in forward order (the hook's ``layer_index`` order).
+
+        The last is ``"lm_head.weight"``, the output projection, also for a checkpoint with
+        tied embeddings (where its weight is ``model.embed_tokens.weight``).
+        """
+        return linear_layer_names(self.config.num_hidden_layers)
+
+    @property
+    def layer_input_widths(self) -> tuple[int, ...]:
+        """Each linear layer's input width (``in`` of its ``[out, in]`` weight)."""
+        c = self.config
+        attention_width = c.num_attention_heads * c.head_dim
+        block = (c.hidden_size,) * 3 + (attention_width, c.hidden_size, c.hidden_size)
+        return (*block, c.intermediate_size) * c.num_hidden_layers + (c.hidden_size,)
+
+    def quantizable_weights(self) -> dict[str, Array]:
+        """Each linear layer's weight ``[out, in]`` as stored, keyed by :attr:`layer_names`."""
+        weights = {name: self.params[name] for name in self.layer_names[:-1]}
+        weights[LM_HEAD] = self.params[EMBED if self.config.tie_word_embeddings else LM_HEAD]
+        return weights
+
+    def num_parameters(self) -> int:
+        """Every parameter of the network (the sizes of the model's leaves)."""
+        return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(self.params)))
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        weights: Mapping[str, Array] | None,
+        tokens: Array,
+        *,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+        act_hook: LayerInputHook | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """The raw logits with some linear weights replaced, and every linear layer's input.
+
+        Args:
+            weights: layer name -> ``[out, in]`` weight to use instead of the model's (e.g.
+                dequantized), for any subset of :attr:`layer_names`; ``None`` for none.
+            tokens: int ``[B, L]`` token ids in ``[0, V)`` (an id outside gives NaN logits).
+            attention_mask: optional; ``[B, L]`` (False/0 at padding keys, which no query then
+                sees) or ``[B, L, L]`` (query x key). Without it every position sees every
+                other. A query that sees no key at all averages all values, like transformers'
+                additive ``finfo.min`` masks (finite, not NaN).
+            positions: optional int ``[B, L]`` rotary positions (default ``0 .. L-1``; Dream's
+                sampler gives left-padded rows ``cumsum(mask) - 1``).
+            act_hook: optional transform of each linear layer's input.
+
+        Returns:
+            ``(logits, layer_inputs)``: float32 ``[B, L, V]`` raw network output (not shifted,
+            see :func:`shift_logits`), and ``layer_inputs[j]`` the input of layer ``j`` before
+            the hook, float32 ``[B, L, layer_input_widths[j]]``.
+
+        Raises:
+            ValueError: a weight name that is not a linear layer, or a shape mismatch.
+        """
+        weights = dict(weights or {})
+        names = self.layer_names
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"weights: {unknown[:3]} are not linear layers of the model")
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integer [B, L], got {tokens.dtype} {tokens.shape}")
+        batch, length = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
+        else:
+            positions = jnp.asarray(positions)
+            if positions.shape != (batch, length) or not jnp.issubdtype(
+                positions.dtype, jnp.integer
+            ):
+                raise ValueError(
+                    f"positions must be integer {(batch, length)}, got {positions.dtype} "
+                    f"{positions.shape}"
+                )
+        mask = _key_mask(attention_mask, batch, length)
+
+        c, p = self.config, self.params
+        precision = _precision(self.matmul_precision)
+        layer_inputs: list[Array] = []
+
+        def linear(index: int, x: Array, bias: str | None = None) -> Array:
+            name = names[index]
+            layer_inputs.append(x)
+            if act_hook is not None:
+                x = act_hook(index, x)
+            weight = weights.get(name)
+            if weight is None:
+                weight = p[EMBED if name == LM_HEAD and c.tie_word_embeddings else name]
+            y = jnp.einsum("bli,oi->blo", x, _f32(weight), precision=precision)
+            return y if bias is None else y + _trailing(_f32(p[bias]), 3)
+
+        embed = jnp.take(p[EMBED], tokens, axis=0, mode="fill", fill_value=jnp.nan)
+        x = _f32(embed)
+        cos, sin = _rotary(positions, c)
+        heads, kv_heads, head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        for i in range(c.num_hidden_layers):
+            prefix, first = f"model.layers.{i}", len(LINEAR_SUFFIXES) * i
+            h = _rms_norm(x, p[f"{prefix}.input_layernorm.weight"], c.rms_norm_eps)
+            q, k, v = (
+                linear(first + j, h, f"{prefix}.{LINEAR_SUFFIXES[j]}.bias") for j in range(3)
+            )
+            q = _rotate(q.reshape(batch, length, heads, head_dim), cos, sin)
+            k = _rotate(k.reshape(batch, length, kv_heads, head_dim), cos, sin)
+            v = v.reshape(batch, length, kv_heads, head_dim)
+            # Query head h reads key/value head h // group (transformers' repeat_kv order).
+            q = q.reshape(batch, length, kv_heads, c.kv_group_size, head_dim)
+            scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, precision=precision)
+            scores = scores * (head_dim**-0.5)
+            if mask is not None:
+                scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1)
+            attended = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, precision=precision)
+            x = x + linear(first + 3, attended.reshape(batch, length, heads * head_dim))
+            h = _rms_norm(x, p[f"{prefix}.post_attention_layernorm.weight"], c.rms_norm_eps)
+            gated = jax.nn.silu(linear(first + 4, h)) * linear(first + 5, h)
+            x = x + linear(first + 6, gated)
+        h = _rms_norm(x, p["model.norm.weight"], c.rms_norm_eps)
+        logits = linear(len(names) - 1, h)
+        return logits, tuple(layer_inputs)
+
+    def logits(
+        self,
+        tokens: Array,
+        *,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+    ) -> Array:
+        """The raw network output, float32 ``[B, L, V]``: position ``i``'s logits are the
+        network's output at ``i`` (for Dream's predictions use :meth:`token_logits`).
+
+        Example:
+            >>> import jax
+            >>> logits = jax.jit(lambda m, t: m.logits(t))  # the model is an argument
+        """
+        return self.forward(None, tokens, attention_mask=attention_mask, positions=positions)[0]
+
+    def token_logits(
+        self,
+        tokens: Array,
+        *,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+    ) -> Array:
+        """The predicted distribution of each position's token, Dream's way:
+        ``shift_logits(self.logits(tokens))``, so ``[:, i]`` is the network's output at
+        ``i - 1`` (``[:, 0]`` its own)."""
+        return shift_logits(self.logits(tokens, attention_mask=attention_mask, positions=positions))
