@@ -173,16 +173,22 @@ def dream_like_config(
         for key in ("bos_token_id", "eos_token_id", "mask_token_id", "pad_token_id")
         for from_end in [DREAM_7B_CONFIG["vocab_size"] - DREAM_7B_CONFIG[key]]
     }
-    return DREAM_7B_CONFIG | special | {
-        "hidden_size": heads * head_dim,
-        "intermediate_size": max(64, _round_to(DREAM_7B_CONFIG["intermediate_size"] / scale, 64)),
-        "vocab_size": vocab,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "num_hidden_layers": layers,
-        "max_window_layers": layers,
-        "torch_dtype": _TORCH_DTYPES[dtype],
-    }
+    return (
+        DREAM_7B_CONFIG
+        | special
+        | {
+            "hidden_size": heads * head_dim,
+            "intermediate_size": max(
+                64, _round_to(DREAM_7B_CONFIG["intermediate_size"] / scale, 64)
+            ),
+            "vocab_size": vocab,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "num_hidden_layers": layers,
+            "max_window_layers": layers,
+            "torch_dtype": _TORCH_DTYPES[dtype],
+        }
+    )
 
 
 def outlier_channels(width: int, *, seed: int = 0) -> np.ndarray:
