@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "TEMPORARY_GLOB",
     "TEMPORARY_SUFFIX",
     "atomic_file",
+    "atomic_folder",
     "atomic_write_bytes",
     "atomic_write_text",
     "cache_dir",
@@ -135,6 +137,64 @@ def atomic_file(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Publish the folder ``path`` atomically: yields a temporary sibling folder to fill.
+
+    On a clean exit the folder is fsynced and renamed to ``path``, so a reader (or a killed
+    writer) sees no folder, the old one, or the whole new one, never one half written; on an
+    exception it is removed. The temporary is ``.NAME.<random>.tmp`` (:data:`TEMPORARY_GLOB`).
+
+    Args:
+        path: the folder to create.
+        replace: an existing ``path`` is replaced (renamed aside, then deleted once the new
+            one is in place); without it only a missing or empty ``path`` is filled.
+
+    Raises:
+        FileExistsError: ``path`` exists, is not empty and ``replace`` is false (checked
+            again at the rename, which never overwrites such a folder).
+    """
+    path = Path(path)
+    if not replace and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path}: exists and is not an empty folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    )
+    old = None
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        yield staging
+        _fsync_dir(staging)
+        if replace and path.exists():
+            old = Path(
+                tempfile.mkdtemp(
+                    dir=path.parent, prefix=f".{path.name}.old.", suffix=TEMPORARY_SUFFIX
+                )
+            )
+            os.replace(path, old)  # onto the empty temporary folder
+        try:
+            os.replace(staging, path)  # replaces an empty folder, refuses a non-empty one
+        except OSError as err:
+            raise FileExistsError(
+                f"{path}: appeared while writing and is not an empty folder ({err.strerror})"
+            ) from err
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

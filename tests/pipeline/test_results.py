@@ -97,7 +97,7 @@ def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
         (lambda d: d.update(surprise=1), "unknown keys ['surprise']"),
         (lambda d: d.update(bit_width="two"), "result.bit_width: expected an integer"),
         (lambda d: d["layers"][0].update(scales="wide"), "result.layers[0].scales"),
-        (lambda d: d["quality"].pop("final_mse"), "quality section lacks keys ['final_mse']"),
+        (lambda d: d["quality"].pop("drift_mean"), "quality section lacks keys ['drift_mean']"),
     ],
     ids=["newer-version", "missing-key", "unknown-key", "wrong-type", "nested-type", "quality"],
 )

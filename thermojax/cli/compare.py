@@ -64,8 +64,12 @@ _QUALITY_COLUMNS = (
     "frechet_fp32",
     "frechet_quantized",
     "class_coverage_quantized",
+    "token_agreement",
+    "generative_perplexity_quantized",
+    "heldout_perplexity_quantized",
 )
-CORRELATED = ("drift_mean", "frechet_quantized", "final_mse")
+"""Quality columns of the summary: the DDPM's and a masked-diffusion LM's (empty for the other)."""
+CORRELATED = ("drift_mean", "frechet_quantized", "final_mse", "generative_perplexity_quantized")
 """The quality figures whose correlation with the smoothness score the summary reports."""
 
 
@@ -93,11 +97,8 @@ def _finite_or_none(value: Any) -> Any:
 def _row_from_report(job: str, path: Path) -> dict[str, Any]:
     result = read_result(path)
     quality = result.quality
-    measured = (
-        {name: getattr(quality, name) for name in _QUALITY_COLUMNS}
-        if quality is not None
-        else dict.fromkeys(_QUALITY_COLUMNS)
-    )
+    figures = quality.figures() if quality is not None else {}
+    measured = {name: figures.get(name) for name in _QUALITY_COLUMNS}
     row = {
         "job": job,
         "status": "ok",

@@ -174,7 +174,20 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
             f"{w.total_source_bytes / 1e9:.3g} GB -> {w.total_quantized_bytes / 1e9:.3g} GB "
             f"({w.compression_vs_source:.2f}x as stored), {w.bytes_per_second / 1e9:.2f} GB/s"
         )
-    if result.quality is not None:
+    if result.quality is not None and result.quality.is_text:
+        q = result.quality.extra
+        heldout = q.get("heldout_perplexity_fp32")
+        lines.append(
+            f"  quality: token agreement {q['token_agreement']:.3f}, generative perplexity "
+            f"{q['generative_perplexity_fp32']:.2f} (fp32) / "
+            f"{q['generative_perplexity_quantized']:.2f}"
+            + (
+                f", held-out perplexity {heldout:.2f} / {q['heldout_perplexity_quantized']:.2f}"
+                if heldout is not None
+                else ""
+            )
+        )
+    elif result.quality is not None:
         q = result.quality
         lines.append(
             f"  quality: final MSE {q.final_mse:.3f}, Frechet {q.frechet_fp32:.2f} (fp32) / "

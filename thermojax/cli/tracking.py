@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from thermojax.files import PHASES_CSV, PHASES_JSON, REPORT_HTML, REPORT_JSON
-from thermojax.pipeline.results import COMPARED_QUALITY, PHASE_SPREADS, QUALITY_FIGURES, Result
+from thermojax.pipeline.results import COMPARED_QUALITY, PHASE_SPREADS, Result
 from thermojax.pipeline.settings import WandbConfig
 
 __all__ = [
@@ -122,9 +122,9 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
         "smoothness_threshold": result.smoothness_threshold,
         "patterns": ",".join(p.id for p in result.common_violation_patterns),
     }
-    if result.quality is not None:
-        for key in QUALITY_FIGURES:
-            scalars[f"quality/{key}"] = getattr(result.quality, key)
+    if result.quality is not None:  # the figures this kind of model has (DDPM or LM)
+        for key, value in result.quality.figures().items():
+            scalars[f"quality/{key}"] = value
     if result.weights is not None:
         w = result.weights
         scalars.update(

@@ -26,6 +26,7 @@ __all__ = [
     "checkpoint_format",
     "load_model",
     "run_sampler",
+    "shipped_path",
 ]
 
 
@@ -34,8 +35,23 @@ DREAM_ARCHITECTURES = ("qwen2", "Dream")
 :func:`load_model` opens as a :class:`~thermojax.models.dream.DreamLM`."""
 
 
+def shipped_path(name: str) -> Path:
+    """The folder of a model shipped with thermojax: ``"digits"`` or ``"pydoc-mdlm"``.
+
+    Raises:
+        UserInputError: another name.
+    """
+    from thermojax.models.dream.corpus import SHIPPED_LM
+
+    folders = {"digits": SHIPPED_CHECKPOINT, "pydoc-mdlm": SHIPPED_LM}
+    if name not in folders:
+        raise UserInputError(f"model.shipped={name!r}: must be one of {', '.join(folders)}")
+    return Path(folders[name])
+
+
 def load_model(path: str | os.PathLike[str] | None = None) -> DiffusionModel | DreamLM:
-    """Load a model thermojax can run; ``None`` loads the digits DDPM shipped in the package.
+    """Load a model thermojax can run; ``None`` loads the digits DDPM shipped in the package
+    (:func:`shipped_path` names the others).
 
     A digits DDPM folder (``model.json``) gives a :class:`DigitsDDPM`; a Hugging Face folder of
     a Qwen2 / Dream architecture (``config.json`` + safetensors, sharded or not, any float

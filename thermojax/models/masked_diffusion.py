@@ -68,8 +68,10 @@ __all__ = [
     "DEFAULT_EPS",
     "UNMASKING_RULES",
     "MaskedDiffusionSamples",
+    "UnmaskingOptions",
     "reveal_schedule",
     "sample",
+    "unmask_step",
 ]
 
 Array = jax.Array
@@ -262,6 +264,70 @@ def _propose(
     return candidates, scores
 
 
+@dataclasses.dataclass(frozen=True)
+class UnmaskingOptions:
+    """How one step draws candidates and picks the positions it reveals (static, hashable).
+
+    Attributes: as :func:`sample`'s arguments of the same names.
+    """
+
+    mask_token_id: int
+    vocab_size: int
+    unmasking: str = "random"
+    temperature: float = 0.0
+    top_p: float | None = None
+    unmasking_temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        vocab_size = _check_int("vocab_size", self.vocab_size, low=2)
+        mask_token_id = _check_int("mask_token_id", self.mask_token_id, low=0)
+        if mask_token_id >= vocab_size:
+            raise ValueError(
+                f"mask_token_id must be in [0, vocab_size={vocab_size}), got {mask_token_id}"
+            )
+        if self.unmasking not in UNMASKING_RULES:
+            raise ValueError(f"unmasking must be one of {UNMASKING_RULES}, got {self.unmasking!r}")
+        _check_number("temperature", self.temperature, low=0.0)
+        if self.top_p is not None:
+            _check_number("top_p", self.top_p, low=0.0, high=1.0, open_low=True)
+        _check_number("unmasking_temperature", self.unmasking_temperature, low=0.0)
+
+
+def unmask_step(
+    tokens: Array, logits: Array, count: Array, key: Array, options: UnmaskingOptions
+) -> tuple[Array, Array]:
+    """One step: draw a candidate for every position, reveal the ``count`` best-scoring masked
+    positions (a traced count is fine), keep every other token.
+
+    Args:
+        tokens: int32 ``[N, L]``, the current tokens (``[MASK]`` where still hidden).
+        logits: ``[N, L, V]`` with ``logits[:, i]`` predicting token ``i``.
+        count: how many masked positions to reveal in each row (at most the masked ones).
+        key: this step's PRNG key (split here into the draw's and the order's).
+        options: the rule, temperature and ids.
+
+    Returns:
+        ``(tokens after the step, revealed [N, L] bool)``.
+    """
+    draw_key, order_key = jax.random.split(key)
+    candidates, scores = _propose(
+        logits,
+        draw_key,
+        unmasking=options.unmasking,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        mask_token_id=options.mask_token_id,
+        vocab_size=options.vocab_size,
+    )
+    if scores is None:
+        scores = jax.random.uniform(order_key, tokens.shape)
+    elif options.unmasking_temperature > 0:
+        noise = jax.random.gumbel(order_key, tokens.shape)
+        scores = scores / options.unmasking_temperature + noise
+    reveal = top_positions(scores, count, eligible=tokens == options.mask_token_id)
+    return jnp.where(reveal, candidates, tokens), reveal
+
+
 def sample(
     logits_fn: MaskedLogitsFn,
     *,
@@ -318,18 +384,14 @@ def sample(
     num_samples = _check_int("num_samples", num_samples, low=1)
     length = _check_int("length", length, low=1)
     num_steps = _check_int("num_steps", num_steps, low=1)
-    vocab_size = _check_int("vocab_size", vocab_size, low=2)
-    mask_token_id = _check_int("mask_token_id", mask_token_id, low=0)
-    if mask_token_id >= vocab_size:
-        raise ValueError(
-            f"mask_token_id must be in [0, vocab_size={vocab_size}), got {mask_token_id}"
-        )
-    if unmasking not in UNMASKING_RULES:
-        raise ValueError(f"unmasking must be one of {UNMASKING_RULES}, got {unmasking!r}")
-    temperature = _check_number("temperature", temperature, low=0.0)
-    if top_p is not None:
-        top_p = _check_number("top_p", top_p, low=0.0, high=1.0, open_low=True)
-    unmasking_temperature = _check_number("unmasking_temperature", unmasking_temperature, low=0.0)
+    options = UnmaskingOptions(
+        mask_token_id=mask_token_id,
+        vocab_size=vocab_size,
+        unmasking=unmasking,
+        temperature=temperature,
+        top_p=top_p,
+        unmasking_temperature=unmasking_temperature,
+    )
     if observe is not None and not callable(observe):
         raise ValueError(f"observe must be callable or None, got {observe!r}")
     prompt_ids = _prompt_tokens(
@@ -341,16 +403,8 @@ def sample(
     )
     prompt_size = prompt_ids.shape[1]
     counts = reveal_schedule(length - prompt_size, num_steps, eps=eps)
-    propose = partial(
-        _propose,
-        unmasking=unmasking,
-        temperature=temperature,
-        top_p=top_p,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-    )
     expected = (num_samples, length, vocab_size)
-    draw_key, order_key, observe_key = jax.random.split(key, 3)
+    step_key, observe_key = jax.random.split(key)
 
     def body(carry: tuple[Array, Array], step_and_count: tuple[Array, Array]):
         tokens, reveal_step = carry
@@ -362,16 +416,9 @@ def sample(
                 f"logits_fn must return logits [N, L, V] = {list(expected)}, got shape "
                 f"{tuple(jnp.shape(logits))}"
             )
-        candidates, scores = propose(logits, jax.random.fold_in(draw_key, step))
-        step_order_key = jax.random.fold_in(order_key, step)
-        if scores is None:
-            scores = jax.random.uniform(step_order_key, tokens.shape)
-        elif unmasking_temperature > 0:
-            noise = jax.random.gumbel(step_order_key, tokens.shape)
-            scores = scores / unmasking_temperature + noise
-        masked = tokens == mask_token_id
-        reveal = top_positions(scores, count, eligible=masked)
-        tokens = jnp.where(reveal, candidates, tokens)
+        tokens, reveal = unmask_step(
+            tokens, logits, count, jax.random.fold_in(step_key, step), options
+        )
         reveal_step = jnp.where(reveal, step, reveal_step)
         seen = None
         if observe is not None:

@@ -191,9 +191,11 @@ def build_result(
     Args:
         metrics, act_min, act_max, layer_cosine: as for :func:`markov_fields`.
         quality: ``Quality.to_dict()`` of the evaluator.
-        fp32_x0, quantized_x0: samples ``[N, 8, 8]`` from the same noise.
+        fp32_x0, quantized_x0: samples ``[N, 8, 8]`` (tokens ``[N, L]`` for an LM) from the
+            same noise.
         weights: the per-tensor section, if measured.
     """
+    text = quality.get("kind") == "text"
     return Result(
         model_name=model_name,
         bit_width=config.bit_width,
@@ -204,15 +206,15 @@ def build_result(
         act_bits=config.act_bits,
         smoothness_threshold=config.smoothness_threshold,
         quality=QualitySection.from_dict(quality),
-        sample_preview=SamplePreview(fp32=_preview(fp32_x0), quantized=_preview(quantized_x0)),
+        # Text samples are shown as text (the quality section's sample_text_*), not as grids.
+        sample_preview=None
+        if text
+        else SamplePreview(fp32=_preview(fp32_x0), quantized=_preview(quantized_x0)),
         timings_s=dict(timings_s),
         environment=_environment(),
         config=config.to_dict(),
         weights=weights,
-        samples={
-            "fp32": np.asarray(fp32_x0, np.float32),
-            "quantized": np.asarray(quantized_x0, np.float32),
-        },
+        samples={"fp32": _samples(fp32_x0), "quantized": _samples(quantized_x0)},
         **markov_fields(
             config=config,
             layer_names=layer_names,
@@ -332,6 +334,12 @@ def _enhancement_section(config: BaselineConfig, enhanced: Any) -> EnhancementSe
     )
 
 
+def _samples(x0: np.ndarray) -> np.ndarray:
+    """Samples as ``samples.npz`` keeps them: token ids int32, pixels float32."""
+    x0 = np.asarray(x0)
+    return x0.astype(np.int32 if np.issubdtype(x0.dtype, np.integer) else np.float32)
+
+
 def _preview(x0: np.ndarray) -> tuple[tuple[tuple[float, ...], ...], ...]:
     images = np.asarray(x0, np.float32)[:PREVIEW_SAMPLES]
     return tuple(tuple(float32_list(np.round(row, 3)) for row in image) for image in images)
@@ -377,7 +385,7 @@ def with_enhancement(
             quality=QualitySection.from_dict(quality),
         ),
         enhancement=_enhancement_section(config, enhanced),
-        samples={**result.samples, "baseline_quantized": np.asarray(quantized_x0, np.float32)},
+        samples={**result.samples, "baseline_quantized": _samples(quantized_x0)},
     )
 
 

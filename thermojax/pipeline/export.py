@@ -94,7 +94,6 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,7 +103,7 @@ import numpy as np
 
 from thermojax.core.quant import ACT_BITS_RANGE, QTensor, storage_bytes
 from thermojax.errors import UserInputError
-from thermojax.files import TEMPORARY_SUFFIX, atomic_file, atomic_write_bytes, atomic_write_text
+from thermojax.files import atomic_file, atomic_folder, atomic_write_bytes, atomic_write_text
 from thermojax.models.hf import write_index, write_safetensors
 from thermojax.models.hf.layouts import DTYPES, INDEX_FILE, SINGLE_FILE
 from thermojax.pipeline.rules import QuantRule
@@ -164,43 +163,14 @@ def _check_target(out_dir: Path) -> None:
         raise UserInputError(f"{out_dir}: exists and is not an empty folder; choose a new one")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _stage_and_publish(out_dir: Path, write: Callable[[Path], _T]) -> _T:
-    """``write(staging_folder)``, then the folder renamed to ``out_dir``; removed on failure.
-
-    Returns what ``write`` returns."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=TEMPORARY_SUFFIX)
-    )
+    """``write(staging_folder)``, then the folder renamed to ``out_dir``
+    (:func:`thermojax.files.atomic_folder`); removed on failure. Returns what ``write`` returns."""
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
-        result = write(staging)
-        _fsync_dir(staging)
-        try:
-            os.replace(staging, out_dir)  # replaces an empty folder, refuses a non-empty one
-        except OSError as err:
-            raise UserInputError(
-                f"{out_dir}: appeared while exporting and is not an empty folder ({err.strerror})"
-            ) from err
-        _fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return result
+        with atomic_folder(out_dir) as staging:
+            return write(staging)
+    except FileExistsError as err:
+        raise UserInputError(str(err)) from err
 
 
 def stored_entries(name: str, qtensor_shape: tuple[int, ...], bits: int, group_size: int):

@@ -16,14 +16,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from thermojax.core.quant import QTensor
 from thermojax.core.sample_metrics import frechet_distance
 from thermojax.models.base import DiffusionModel, sample_quality
-from thermojax.pipeline.sampling import Samples
+from thermojax.pipeline.sampling import ActParams, Samples
+from thermojax.pipeline.text_quality import TextQuality, evaluate_text_quality
 from thermojax.pipeline.weights import WeightReport
 
 __all__ = ["Quality", "evaluate_quality"]
@@ -98,8 +100,14 @@ def evaluate_quality(
     quantized: Samples,
     edges: Sequence[int] | np.ndarray,
     weight_report: WeightReport,
-) -> Quality:
-    """Drift, final MSE, Frechet distances, class coverage and weight cosine.
+    *,
+    qweights: Mapping[str, QTensor] | None = None,
+    act_params: ActParams | None = None,
+    seed: int = 0,
+) -> Quality | TextQuality:
+    """Drift, final MSE, Frechet distances, class coverage and weight cosine; for a
+    masked-diffusion LM (``model.family == "text"``) its own figures
+    (:func:`~thermojax.pipeline.text_quality.evaluate_text_quality`).
 
     Args:
         model: the model both sample sets came from.
@@ -107,10 +115,23 @@ def evaluate_quality(
         quantized: samples with quantized weights (and activations) from the same seed.
         edges: int ``[G+1]`` time-group edges for ``drift_per_group``.
         weight_report: from :func:`quantize_weights`.
+        qweights, act_params, seed: the quantized model and a seed, for an LM's held-out
+            perplexity (unused for images).
 
     Raises:
         ValueError: the two sample sets or the edges do not match the model.
     """
+    if getattr(model, "family", "image") == "text":
+        return evaluate_text_quality(
+            model,
+            fp32,
+            quantized,
+            edges,
+            weight_report,
+            qweights=qweights,
+            act_params=act_params,
+            seed=seed,
+        )
     traj_f = np.asarray(fp32.trajectory, np.float64)
     traj_q = np.asarray(quantized.trajectory, np.float64)
     if traj_f.shape != traj_q.shape or traj_f.shape[0] != model.num_timesteps:

@@ -47,6 +47,7 @@ __all__ = [
     "RUN_MODES",
     "SCHEMA_VERSION",
     "SEVERITY_LABELS",
+    "TEXT_QUALITY_FIGURES",
     "BaselineSection",
     "BlockRow",
     "Check",
@@ -71,9 +72,10 @@ __all__ = [
     "write_result",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped whenever a key changes meaning or a required key is added (2: the enhancement,
-baseline and phase sections; 3: ``mode`` and ``weights``, and weight-only runs)."""
+baseline and phase sections; 3: ``mode`` and ``weights``, and weight-only runs; 4: the quality
+section of a masked-diffusion LM, whose image figures are ``null``)."""
 
 RUN_MODES = ("diffusion", "weight-only")
 """``Result.mode``: a model thermojax runs, or a checkpoint measured weight-only."""
@@ -194,23 +196,36 @@ class QualitySection:
     """Quality of quantized sampling against fp32 sampling from the same noise.
 
     Attributes:
-        drift_per_timestep: mean squared difference of x_t at each timestep ``[T]``.
+        drift_per_timestep: at each timestep ``[T]``, how far the quantized sampler's state is
+            from the fp32 one's: the mean squared difference of x_t (DDPM), the fraction of
+            positions whose token differs (masked-diffusion LM).
         drift_per_group: the same, averaged within each time group ``[G]``.
-        drift_mean, final_mse: scalars.
-        frechet_fp32, frechet_quantized: Frechet distance to the real data (classifier features).
-        class_coverage_fp32, class_coverage_quantized: fraction of classes predicted confidently.
-        extra: any further figures the evaluator reports (kept as given).
+        drift_mean: its mean.
+        final_mse: mean squared difference of the final samples (pixels); ``None`` for text.
+        frechet_fp32, frechet_quantized: Frechet distance to the real data (classifier
+            features); ``None`` for a model without an image reference.
+        class_coverage_fp32, class_coverage_quantized: fraction of classes predicted
+            confidently; ``None`` likewise.
+        extra: any further figures the evaluator reports (kept as given): for a
+            masked-diffusion LM ``token_agreement``, ``generative_perplexity_fp32`` /
+            ``_quantized``, ``heldout_perplexity_fp32`` / ``_quantized`` (per token),
+            ``sample_text_fp32`` / ``_quantized`` and ``kind: "text"``.
     """
 
     drift_per_timestep: tuple[float, ...]
     drift_per_group: tuple[float, ...]
     drift_mean: float
-    final_mse: float
-    frechet_fp32: float
-    frechet_quantized: float
-    class_coverage_fp32: float
-    class_coverage_quantized: float
+    final_mse: float | None = None
+    frechet_fp32: float | None = None
+    frechet_quantized: float | None = None
+    class_coverage_fp32: float | None = None
+    class_coverage_quantized: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_text(self) -> bool:
+        """Whether these are a masked-diffusion LM's figures (token agreement, perplexities)."""
+        return self.extra.get("kind") == "text"
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON form: the named figures plus the ``extra`` ones at the same level."""
@@ -228,16 +243,33 @@ class QualitySection:
             for k in names
             if k in data
         }
-        missing = sorted(names - named.keys())
+        required = {"drift_per_timestep", "drift_per_group", "drift_mean"}
+        missing = sorted(required - named.keys())
         if missing:
             raise ValueError(f"quality section lacks keys {missing}")
         return cls(**named, extra={k: v for k, v in data.items() if k not in names})
 
+    def figures(self) -> dict[str, float]:
+        """Every scalar figure this run has (:data:`QUALITY_FIGURES` and
+        :data:`TEXT_QUALITY_FIGURES` that are not ``None``)."""
+        values = {name: getattr(self, name) for name in QUALITY_FIGURES}
+        values |= {name: self.extra.get(name) for name in TEXT_QUALITY_FIGURES}
+        return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+
 
 QUALITY_FIGURES = tuple(
-    f.name for f in dataclasses.fields(QualitySection) if f.type in ("float", float)
+    f.name for f in dataclasses.fields(QualitySection) if f.type in ("float", float, "float | None")
 )
 """The scalar figures of :class:`QualitySection` (fp32 and quantized), for summaries."""
+
+TEXT_QUALITY_FIGURES = (
+    "token_agreement",
+    "generative_perplexity_fp32",
+    "generative_perplexity_quantized",
+    "heldout_perplexity_fp32",
+    "heldout_perplexity_quantized",
+)
+"""A masked-diffusion LM's scalar quality figures (in :attr:`QualitySection.extra`)."""
 
 COMPARED_QUALITY = ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized")
 """The quantized-sampling figures set beside a baseline's: enhanced against baseline (report,

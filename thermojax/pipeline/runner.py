@@ -35,7 +35,7 @@ import numpy as np
 from thermojax.core.markov import MarkovMetrics, markov_metrics
 from thermojax.core.timegroups import group_activation_params, group_ranges, uniform_edges
 from thermojax.errors import UserInputError
-from thermojax.models import checkpoint_format, load_model
+from thermojax.models import checkpoint_format, load_model, shipped_path
 from thermojax.models.base import DiffusionModel
 from thermojax.pipeline.assemble import build_result, group_means, with_enhancement, with_phases
 from thermojax.pipeline.calibrate import CalibrationStats
@@ -45,6 +45,7 @@ from thermojax.pipeline.results import Result
 from thermojax.pipeline.sampling import ActParams, sample
 from thermojax.pipeline.settings import BaselineConfig, check_model_limits
 from thermojax.pipeline.stage_cache import QualityEntry, StageCache, sample_and_evaluate
+from thermojax.pipeline.text_quality import TextQuality
 from thermojax.pipeline.variants import (
     ParameterSet,
     build_variants,
@@ -159,11 +160,15 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
             "thermojax.cli.config.to_config converts a mapping or a Hydra config"
         )
     start = time.perf_counter()
+    config = _with_shipped_path(config)
     log.info("config: %s", config.to_dict())
     kind = checkpoint_format(config.model.path)
     from_export = kind == "quantized" and _exported_model_format(config.model.path) == DIGITS_FORMAT
-    if kind in ("safetensors", "quantized") and not from_export:
+    language_model = kind == "safetensors" and _runs_as_language_model(config)
+    if kind in ("safetensors", "quantized") and not (from_export or language_model):
         return _run_weight_only(config, progress, start)
+    if not language_model:
+        _refuse_language_model_settings(config)
     if config.calibration.stats is not None:
         raise UserInputError(
             f"calibration.stats={config.calibration.stats!r}: only for checkpoints thermojax "
@@ -174,6 +179,8 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
     with stages("load model"):
         if from_export:
             exported, model = _exported_digits(config)
+        elif language_model:
+            model = _load_language_model(config)
         else:
             model = _load_model(config)
     with stages("quantize weights"):
@@ -227,7 +234,14 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
         _log_quality("baseline" if enhanced is not None else "", shared.quality)
         if enhanced is not None:
             enhanced_quality = evaluate_quality(
-                model, fp32, enhanced_samples, enhanced.edges, weight_report
+                model,
+                fp32,
+                enhanced_samples,
+                enhanced.edges,
+                weight_report,
+                qweights=qweights,
+                act_params=enhanced.act_params(config.act_bits),
+                seed=config.seed,
             )
             _log_quality("enhanced", enhanced_quality)
     phases = None
@@ -323,6 +337,94 @@ def _load_model(config: BaselineConfig) -> DiffusionModel:
     if config.phases.enabled:
         build_variants(config)  # an unknown phases.variants name fails before any work
     log.info("model %s: T=%d, layers %s", model.name, model.num_timesteps, model.layer_names)
+    return model
+
+
+def _with_shipped_path(config: BaselineConfig) -> BaselineConfig:
+    """``model.path`` of a shipped model other than the default digits DDPM filled in."""
+    if config.model.path is not None or config.model.shipped == "digits":
+        return config
+    path = str(shipped_path(config.model.shipped))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, path=path))
+
+
+def _runs_as_language_model(config: BaselineConfig) -> bool:
+    """Whether a Hugging Face folder runs as a masked-diffusion LM (``model.run``)."""
+    from thermojax.models.dream.diffusion import TRAINING_FILE
+
+    if config.model.run == "diffusion":
+        return True
+    if config.model.run == "weight-only":
+        return False
+    trained_here = (Path(config.model.path).expanduser() / TRAINING_FILE).is_file()
+    if not trained_here:
+        log.info(
+            "model.path=%s: measured weight-only (model.run=diffusion runs a Qwen2 / Dream "
+            "checkpoint as a masked-diffusion LM)",
+            config.model.path,
+        )
+    return trained_here
+
+
+def _refuse_language_model_settings(config: BaselineConfig) -> None:
+    """The masked-diffusion LM's sampler settings, given for another model: one line each."""
+    sampling = config.sampling
+    given = {
+        "sampling.steps": sampling.steps,
+        "sampling.length": sampling.length,
+        "sampling.prompt": sampling.prompt or None,
+        "sampling.unmasking": sampling.unmasking,
+        "sampling.temperature": sampling.temperature,
+        "sampling.top_p": sampling.top_p,
+    }
+    for key, value in given.items():
+        if value is not None:
+            raise UserInputError(
+                f"{key}={value!r}: only for a masked-diffusion LM (model=pydoc-mdlm, or "
+                "model.run=diffusion on a Qwen2 / Dream folder); the digits DDPM samples with "
+                "its own 1000-step ancestral sampler"
+            )
+    if config.model.run == "weight-only" and checkpoint_format(config.model.path) == "digits":
+        raise UserInputError(
+            "model.run=weight-only: the digits DDPM is run, not measured weight-only "
+            "(that is for Hugging Face folders)"
+        )
+
+
+def _load_language_model(config: BaselineConfig) -> DiffusionModel:
+    """The configured folder as a masked-diffusion LM with the run's sampler settings."""
+    from thermojax.models.dream.diffusion import load_masked_diffusion
+
+    sampling = config.sampling
+    try:
+        model = load_masked_diffusion(
+            config.model.path,
+            steps=sampling.steps,
+            length=sampling.length,
+            unmasking=sampling.unmasking,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            prompt=sampling.prompt,
+            name=config.model.name or None,
+        )
+    except UserInputError as exc:
+        raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
+    check_model_limits(config, int(model.num_timesteps))
+    if config.phases.enabled or config.enhanced:
+        what = "phases.enabled=True" if config.phases.enabled else "thermo.* / time_groups.*"
+        raise UserInputError(
+            f"{what}: the enhancement and phase tables compare the DDPM's image figures and do "
+            "not take a masked-diffusion LM yet; its baseline runs (and sweeps over it)"
+        )
+    log.info(
+        "masked-diffusion LM %s: %d parameters, L=%d, T=%d steps, %s unmasking, layers %d",
+        model.name,
+        model.num_parameters(),
+        model.length,
+        model.num_timesteps,
+        model.options.unmasking,
+        len(model.layer_names),
+    )
     return model
 
 
@@ -522,10 +624,24 @@ def _export(
     )
 
 
-def _log_quality(label: str, quality: Quality) -> None:
+def _log_quality(label: str, quality: Any) -> None:
+    where = f" ({label})" if label else ""
+    if isinstance(quality, TextQuality):
+        log.info(
+            "quality%s: drift mean %.4f, token agreement %.4f, generative perplexity fp32 %.3f / "
+            "quantized %.3f, held-out perplexity fp32 %s / quantized %s",
+            where,
+            quality.drift_mean,
+            quality.token_agreement,
+            quality.generative_perplexity_fp32,
+            quality.generative_perplexity_quantized,
+            quality.heldout_perplexity_fp32,
+            quality.heldout_perplexity_quantized,
+        )
+        return
     log.info(
         "quality%s: drift mean %.5f, final MSE %.4f, Frechet fp32 %.3f / quantized %.3f",
-        f" ({label})" if label else "",
+        where,
         quality.drift_mean,
         quality.final_mse,
         quality.frechet_fp32,

@@ -54,7 +54,8 @@ class Samples:
     Attributes:
         x0: ``[N, *data_shape]`` (``[N, 8, 8]`` for digits) final samples in pixel range 0..16.
         trajectory: ``[T, N, D]`` model-space state after the step at timestep t
-            (``trajectory[0]`` is the final model-space sample).
+            (``trajectory[0]`` is the final model-space sample): float32, or int32 token ids
+            for a masked-diffusion LM.
     """
 
     x0: np.ndarray
@@ -161,4 +162,8 @@ def sample(
         num_samples=int(num_samples),
         bits=bits,
     )
-    return Samples(x0=model.to_pixels(x0), trajectory=np.asarray(trajectory, np.float32))
+    trajectory = np.asarray(trajectory)
+    integer = np.issubdtype(trajectory.dtype, np.integer)  # token states stay token ids
+    return Samples(
+        x0=model.to_pixels(x0), trajectory=trajectory.astype(np.int32 if integer else np.float32)
+    )

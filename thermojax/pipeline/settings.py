@@ -29,10 +29,13 @@ from typing import Any, List, Optional  # noqa: UP035 (OmegaConf reads typing.Li
 
 from thermojax.core.quant import ACT_BITS_RANGE, WEIGHT_BITS
 from thermojax.errors import UserInputError
+from thermojax.models.masked_diffusion import UNMASKING_RULES
 from thermojax.pipeline.rules import DEFAULT_RULES, QuantRule, validate_rules
 
 __all__ = [
+    "MODEL_RUNS",
     "SEGMENTATION_COSTS",
+    "SHIPPED_MODELS",
     "SMOOTHING_LEVELS",
     "SMOOTHING_METHODS",
     "SUPPORTED_BIT_WIDTHS",
@@ -72,11 +75,20 @@ class ModelConfig:
 
     Attributes:
         name: display name in the reports (defaults to the model's own name when empty).
-        path: checkpoint path; ``None`` is the digits DDPM shipped with thermojax.
+        path: checkpoint path; ``None`` is the shipped model ``shipped`` names.
+        shipped: which model shipped with thermojax runs when ``path`` is ``None``:
+            ``"digits"`` (the digits DDPM) or ``"pydoc-mdlm"`` (the byte-level masked-diffusion
+            LM); ``model=<name>`` on the command line sets it.
+        run: ``auto`` runs the digits DDPM and a masked-diffusion LM thermojax trained
+            (``training.json`` beside it) and measures any other Hugging Face folder
+            weight-only; ``diffusion`` runs a Qwen2 / Dream folder as a masked-diffusion LM
+            (it must fit in memory at float32); ``weight-only`` measures one without running it.
     """
 
     name: str = ""
     path: Optional[str] = None  # noqa: UP045
+    shipped: str = "digits"
+    run: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +135,29 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling for the quality section and ``samples.npz`` (fp32 and quantized, same noise)."""
+    """Sampling for the quality section and ``samples.npz`` (fp32 and quantized, same noise).
+
+    Attributes:
+        num_samples: N samples of each.
+        steps: a masked-diffusion LM's unmasking steps T (``None``: the model's default); the
+            digits DDPM's sampler has its own 1000 steps.
+        length: a masked-diffusion LM's sequence length L, prompt included (``None``: its
+            default).
+        unmasking: the LM's unmasking rule (``random``, ``confidence``, ``margin``,
+            ``entropy``); ``None``: the model's default.
+        temperature: the LM's sampling temperature (0: the most likely token); ``None``: the
+            model's default.
+        top_p: the LM's nucleus (``1``: off); ``None``: the model's default.
+        prompt: text every LM sample starts with (encoded with the model's tokenizer).
+    """
 
     num_samples: int = 64
+    steps: Optional[int] = None  # noqa: UP045
+    length: Optional[int] = None  # noqa: UP045
+    unmasking: Optional[str] = None  # noqa: UP045
+    temperature: Optional[float] = None  # noqa: UP045
+    top_p: Optional[float] = None  # noqa: UP045
+    prompt: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +403,7 @@ def validate_config(cfg: BaselineConfig) -> None:
         )
     if cfg.sampling.num_samples < 1:
         raise _fail("sampling.num_samples", cfg.sampling.num_samples, "need at least 1 sample")
+    _validate_model_choice(cfg)
     if cfg.wandb.mode not in WANDB_MODES:
         raise _fail("wandb.mode", cfg.wandb.mode, "must be offline, online or disabled")
     bands = cfg.interpretation
@@ -392,6 +425,31 @@ def validate_config(cfg: BaselineConfig) -> None:
     _validate_thermo(cfg)
     _validate_time_groups(cfg)
     _validate_phases(cfg)
+
+
+SHIPPED_MODELS = ("digits", "pydoc-mdlm")
+"""The models that ship with thermojax (``model.shipped``; ``model=<name>``)."""
+
+MODEL_RUNS = ("auto", "diffusion", "weight-only")
+"""``model.run``: how a checkpoint is measured (:class:`ModelConfig`)."""
+
+
+def _validate_model_choice(cfg: BaselineConfig) -> None:
+    """The shipped model's name and the masked-diffusion LM's sampler settings."""
+    _check_choice("model.shipped", cfg.model.shipped, SHIPPED_MODELS)
+    _check_choice("model.run", cfg.model.run, MODEL_RUNS)
+    sampling = cfg.sampling
+    for key in ("steps", "length"):
+        value = getattr(sampling, key)
+        if value is not None and value < (2 if key == "length" else 1):
+            raise _fail(f"sampling.{key}", value, f"must be >= {2 if key == 'length' else 1}")
+    if sampling.unmasking is not None:
+        _check_choice("sampling.unmasking", sampling.unmasking, UNMASKING_RULES)
+    if sampling.temperature is not None:
+        _check_number("sampling.temperature", sampling.temperature)
+    top_p = sampling.top_p
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise _fail("sampling.top_p", top_p, "must be in (0, 1]")
 
 
 def _check_number(key: str, value: float, *, positive: bool = False) -> None:

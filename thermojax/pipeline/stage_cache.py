@@ -46,6 +46,7 @@ from thermojax.pipeline.cache import arrays_fingerprint, cache_key, get_or_compu
 from thermojax.pipeline.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
 from thermojax.pipeline.quality import Quality, evaluate_quality
 from thermojax.pipeline.sampling import ActParams, Samples, sample
+from thermojax.pipeline.text_quality import TextQuality
 from thermojax.pipeline.weights import WeightReport
 from thermojax.pipeline.weights_section import WeightsSection
 
@@ -164,7 +165,7 @@ class QualityEntry:
             fp32. (Their trajectory is not kept: only ``quality`` needs it.)
     """
 
-    quality: Quality
+    quality: Quality | TextQuality
     quantized_x0: np.ndarray
 
     def save(self, path: Path) -> None:
@@ -173,7 +174,7 @@ class QualityEntry:
             np.savez(
                 handle,
                 quality=np.asarray(json.dumps(self.quality.to_dict(), allow_nan=True)),
-                quantized_x0=np.asarray(self.quantized_x0, np.float32),
+                quantized_x0=_sample_array(self.quantized_x0),
             )
 
     @classmethod
@@ -181,12 +182,20 @@ class QualityEntry:
         """Inverse of :meth:`save`."""
         with np.load(path, allow_pickle=False) as data:
             fields = json.loads(str(data["quality"]))
-            x0 = np.asarray(data["quantized_x0"], np.float32)
+            x0 = _sample_array(data["quantized_x0"])
+        if fields.get("kind") == "text":
+            return cls(quality=TextQuality.from_dict(fields), quantized_x0=x0)
         arrays = {f.name for f in dataclasses.fields(Quality) if f.type == "np.ndarray"}
         quality = Quality(
             **{k: np.asarray(v, np.float64) if k in arrays else v for k, v in fields.items()}
         )
         return cls(quality=quality, quantized_x0=x0)
+
+
+def _sample_array(x0: Any) -> np.ndarray:
+    """Samples as stored: token ids stay int32, pixels float32."""
+    x0 = np.asarray(x0)
+    return x0.astype(np.int32 if np.issubdtype(x0.dtype, np.integer) else np.float32)
 
 
 def sample_and_evaluate(
@@ -209,7 +218,16 @@ def sample_and_evaluate(
     quantized = sample(
         model, weights=qweights, act_params=act_params, num_samples=num_samples, seed=seed
     )
-    quality = evaluate_quality(model, fp32, quantized, act_params.edges, weight_report)
+    quality = evaluate_quality(
+        model,
+        fp32,
+        quantized,
+        act_params.edges,
+        weight_report,
+        qweights=qweights,
+        act_params=act_params,
+        seed=seed,
+    )
     return QualityEntry(quality=quality, quantized_x0=quantized.x0)
 
 
@@ -220,9 +238,7 @@ def _save_samples(samples: Samples, path: Path) -> None:
 
 def _load_samples(path: Path) -> Samples:
     with np.load(path, allow_pickle=False) as data:
-        return Samples(
-            x0=np.asarray(data["x0"], np.float32), trajectory=np.asarray(data["trajectory"])
-        )
+        return Samples(x0=_sample_array(data["x0"]), trajectory=np.asarray(data["trajectory"]))
 
 
 class StageCache:

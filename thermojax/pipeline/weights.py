@@ -214,6 +214,8 @@ def model_weights_section(
 
     kernels = model.quantizable_weights()
     params = getattr(model, "params", None) or {}
+    if params and not any(isinstance(v, Mapping) for v in params.values()):
+        return _flat_weights_section(model, qweights, report, seconds=seconds)
     rows, blocks = [], []
     for i, name in enumerate(model.layer_names):
         q = qweights[name]
@@ -282,3 +284,91 @@ def model_weights_section(
         bytes_per_second=source / seconds if seconds > 0 else 0.0,
         source={"format": "thermojax-digits-ddpm", "architecture": type(model).__name__},
     )
+
+
+def _flat_weights_section(
+    model: DiffusionModel,
+    qweights: Mapping[str, QTensor],
+    report: WeightReport,
+    *,
+    seconds: float,
+) -> WeightsSection:
+    """:func:`model_weights_section` of a model whose ``params`` are flat, named as in its
+    checkpoint (a masked-diffusion LM: ``model.layers.3.mlp.up_proj.weight``): one row per
+    tensor in checkpoint order, blocks by name (``model.layers.3``)."""
+    from thermojax.pipeline.weight_only import block_name  # the checkpoint run's blocks
+
+    kernels = model.quantizable_weights()
+    layer = {name: i for i, name in enumerate(model.layer_names)}
+    rows = []
+    for name, value in model.params.items():
+        shape, size = tuple(int(d) for d in np.shape(value)), int(np.size(value))
+        kept = dict.fromkeys(("rule", "bits", "group_size", "cosine", "sqnr_db", "outlier_share"))
+        quantized_bytes = 4 * size
+        if name in layer:
+            q, i = qweights[name], layer[name]
+            kept = {
+                "rule": f"the model's quantizable layers: {q.bits} bits, group {q.group_size}",
+                "bits": q.bits,
+                "group_size": q.group_size,
+                "cosine": float(report.layer_cosine[i]),
+                "sqnr_db": float(report.layer_sqnr_db[i]),
+                "outlier_share": outlier_share(np.asarray(kernels[name], np.float32).T),
+            }
+            quantized_bytes = int(storage_bytes(q))
+        rows.append(
+            TensorRow(
+                name=name,
+                shape=shape,
+                dtype="F32",
+                source_bytes=4 * size,
+                quantized_bytes=quantized_bytes,
+                block=block_name(name),
+                **kept,
+            )
+        )
+    blocks = []
+    for block in dict.fromkeys(row.block for row in rows):
+        members = [row for row in rows if row.block == block]
+        cosines = [row.cosine for row in members if row.cosine is not None]
+        indices = [layer[row.name] for row in members if row.name in layer]
+        blocks.append(
+            BlockRow(
+                name=block,
+                tensors=len(members),
+                quantized_tensors=len(cosines),
+                source_bytes=sum(r.source_bytes for r in members),
+                quantized_bytes=sum(r.quantized_bytes for r in members),
+                cosine=_block_cosine(kernels, qweights, [model.layer_names[i] for i in indices]),
+                min_cosine=min(cosines) if cosines else None,
+            )
+        )
+    source = sum(r.source_bytes for r in rows)
+    quantized = sum(r.quantized_bytes for r in rows)
+    return WeightsSection(
+        tensors=tuple(rows),
+        blocks=tuple(blocks),
+        total_source_bytes=source,
+        total_quantized_bytes=quantized,
+        fp32_bytes=int(report.fp32_bytes),
+        compression_vs_source=source / max(quantized, 1),
+        compression_vs_fp32=float(report.compression_ratio),
+        model_cosine=float(report.model_cosine),
+        seconds=float(seconds),
+        bytes_per_second=source / seconds if seconds > 0 else 0.0,
+        source={"format": "huggingface-safetensors", "architecture": type(model).__name__},
+    )
+
+
+def _block_cosine(
+    kernels: Mapping[str, jax.Array], qweights: Mapping[str, QTensor], names: list[str]
+) -> float | None:
+    """Cosine over a block's quantized weights together (``None`` without any)."""
+    if not names:
+        return None
+    dot = norm_a = norm_b = 0.0
+    for name in names:
+        a = np.asarray(kernels[name], np.float64).T
+        b = np.asarray(dequantize(qweights[name]), np.float64)
+        dot, norm_a, norm_b = dot + np.sum(a * b), norm_a + np.sum(a * a), norm_b + np.sum(b * b)
+    return float(dot / np.sqrt(norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else 0.0

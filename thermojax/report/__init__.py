@@ -155,13 +155,28 @@ def _activation_charts(result: Result) -> list[LineChart]:
 def _drift_chart(result: Result) -> LineChart:
     drift = np.asarray(result.quality.drift_per_timestep, np.float64)
     edges = _edges(result)
+    text = result.quality.is_text
     return line_chart(
-        [("mean squared drift of x_t", np.arange(drift.size), drift)],
-        title="Trajectory drift, quantized vs fp32 (same noise)",
-        x_label="timestep t (the sampler runs T-1 down to 0)",
-        y_label="drift (log)",
+        [
+            (
+                "fraction of positions whose token differs" if text else "mean squared drift of x_t",
+                np.arange(drift.size),
+                drift,
+            )
+        ],
+        title=(
+            "Token disagreement, quantized vs fp32 (same seed)"
+            if text
+            else "Trajectory drift, quantized vs fp32 (same noise)"
+        ),
+        x_label=(
+            "timestep t (the sampler runs T-1, all masked, down to 0)"
+            if text
+            else "timestep t (the sampler runs T-1 down to 0)"
+        ),
+        y_label="disagreement" if text else "drift (log)",
         v_rules=[(e, f"b{i}") for i, e in enumerate(edges[1:-1])],
-        log_y=True,
+        log_y=not text,
         width=1040,
         height=260,
     )
@@ -402,7 +417,15 @@ def render_report(result: Result) -> str:
             scale_chart=_scale_chart(result),
             activation_charts=_activation_charts(result),
         )
-    if result.quality is not None:
+    if result.quality is not None and result.quality.is_text:
+        extra = result.quality.extra
+        context.update(
+            drift_chart=_drift_chart(result),
+            text_pairs=list(
+                zip(extra.get("sample_text_fp32") or (), extra.get("sample_text_quantized") or ())
+            ),
+        )
+    elif result.quality is not None:
         fp32_grid, quantized_grid = _digit_grids(result)
         context.update(
             drift_chart=_drift_chart(result),

@@ -1,0 +1,376 @@
+"""A masked-diffusion LM as a :class:`~thermojax.models.base.DiffusionModel`: the same
+calibration, time groups, Markov metrics, quantized sampling and reports as the digits DDPM.
+
+The state is the token sequence ``x_t`` (int32 ``[N, L]``); the time axis is the sampler's ``T``
+unmasking steps, run as timesteps ``T - 1 .. 0`` like every sampler of the protocol (timestep
+``t`` is step ``k = T - 1 - t`` of :mod:`thermojax.models.masked_diffusion`: ``t = T - 1`` is the
+all-``[MASK]`` start, ``t = 0`` the step that reveals the last tokens). One step runs the network
+on ``x_t`` with the given linear weights (and the activation hook on every linear layer's input),
+takes Dream's shifted predictions and reveals ``reveal_schedule(...)[k]`` positions by the
+unmasking rule. The quantizable layers are the network's linear weights, offered ``[in, out]``
+like every model of the protocol (the network stores them ``[out, in]``); their inputs per step
+are ``[N, L, in]``.
+
+Example:
+    >>> import tempfile, pathlib, jax
+    >>> from thermojax.models.hf import write_dream_like
+    >>> from thermojax.models.dream import load_dream
+    >>> lm = load_dream(write_dream_like(pathlib.Path(tempfile.mkdtemp()) / "m", scale=112, layers=1))
+    >>> model = MaskedDiffusionLM.create(lm, length=6, steps=3, unmasking="confidence")
+    >>> x0, trajectory = model.sample(key=jax.random.key(0), num_samples=2)
+    >>> x0.shape, trajectory.shape, bool((x0 != lm.mask_token_id).all())
+    ((2, 6), (3, 2, 6), True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from thermojax.errors import UserInputError
+from thermojax.models.base import ActHook, run_sampler
+from thermojax.models.dream import corpus
+from thermojax.models.dream.checkpoint import load_dream
+from thermojax.models.dream.network import DreamLM, shift_logits
+from thermojax.models.masked_diffusion import UnmaskingOptions, reveal_schedule, unmask_step
+
+__all__ = [
+    "DEFAULT_LENGTH",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
+    "HELDOUT_WINDOWS",
+    "TRAINING_FILE",
+    "ByteTextReference",
+    "MaskedDiffusionLM",
+    "TextReference",
+    "load_masked_diffusion",
+]
+
+TRAINING_FILE = "training.json"
+"""thermojax's metadata beside a model it trained (:mod:`thermojax.models.dream.train`)."""
+DEFAULT_LENGTH = 64
+"""L for a checkpoint without ``training.json``."""
+DEFAULT_STEPS = 64
+"""T for a checkpoint without ``training.json``."""
+DEFAULT_SAMPLER = {"unmasking": "random", "temperature": 0.8, "top_p": 0.95}
+"""The sampler settings of :func:`load_masked_diffusion` when not given."""
+HELDOUT_WINDOWS = 32
+"""Held-out windows of a byte-level model's quality figures (of its training length)."""
+
+Array = jax.Array
+
+
+@runtime_checkable
+class TextReference(Protocol):
+    """Held-out text and a decoder, for an LM's quality figures (hashable, equal by content).
+
+    Attributes:
+        description: what the text is (e.g. the corpus and its held-out split).
+    """
+
+    description: str
+
+    def heldout_tokens(self) -> np.ndarray:
+        """Fixed held-out windows, int32 ``[M, L]``, for the masked-diffusion bound."""
+        ...
+
+    def decode(self, tokens: np.ndarray) -> str:
+        """One sequence of token ids as text (``[MASK]`` shown visibly)."""
+        ...
+
+
+@struct.dataclass(eq=False)
+class MaskedDiffusionLM:
+    """A :class:`DreamLM` with its sampler settings, as a diffusion model (module doc).
+
+    A pytree: its only child is the network (whose leaves are the parameters); the sampler
+    settings and the reference are static.
+
+    Attributes:
+        lm: the network.
+        length: L, the generated sequence length (prompt included).
+        num_timesteps: T, the unmasking steps.
+        options: the unmasking rule and temperature.
+        prompt: token ids kept at the start of every sample (never masked).
+        reference: held-out text and a decoder, or ``None``.
+        label: the model's name in reports.
+    """
+
+    lm: DreamLM
+    length: int = struct.field(pytree_node=False)
+    num_timesteps: int = struct.field(pytree_node=False)
+    options: UnmaskingOptions = struct.field(pytree_node=False)
+    prompt: tuple[int, ...] = struct.field(pytree_node=False, default=())
+    reference: Any = struct.field(pytree_node=False, default=None)
+    label: str = struct.field(pytree_node=False, default="dream")
+
+    family: ClassVar[str] = "text"
+
+    @classmethod
+    def create(
+        cls,
+        lm: DreamLM,
+        *,
+        length: int,
+        steps: int,
+        unmasking: str = "confidence",
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        prompt: tuple[int, ...] | list[int] = (),
+        reference: TextReference | None = None,
+        name: str = "dream",
+    ) -> MaskedDiffusionLM:
+        """The model with its sampler settings, checked.
+
+        Raises:
+            ValueError: no mask token, a length or step count below 1, a prompt that leaves
+                no position to generate or holds ids outside the vocabulary or the mask id, a
+                bad rule or temperature (each naming the value).
+        """
+        mask = lm.config.checked_mask_token_id()
+        options = UnmaskingOptions(
+            mask_token_id=mask,
+            vocab_size=lm.vocab_size,
+            unmasking=unmasking,
+            temperature=temperature,
+            top_p=None if top_p is None or top_p >= 1 else top_p,
+        )
+        for key, value in (("length", length), ("steps", steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        prompt = tuple(int(i) for i in prompt)
+        if len(prompt) >= length:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens leaves nothing to generate in length {length}"
+            )
+        bad = [i for i in prompt if not 0 <= i < lm.vocab_size or i == mask]
+        if bad:
+            raise ValueError(
+                f"prompt ids {bad[:5]} are outside [0, {lm.vocab_size}) or the mask id {mask}"
+            )
+        return cls(
+            lm=lm,
+            length=int(length),
+            num_timesteps=int(steps),
+            options=options,
+            prompt=prompt,
+            reference=reference,
+            label=name,
+        )
+
+    # ---------------------------------------------------------------- the protocol
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.lm.layer_names
+
+    @property
+    def layer_input_widths(self) -> tuple[int, ...]:
+        return self.lm.layer_input_widths
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return (self.length,)
+
+    @property
+    def state_size(self) -> int:
+        return self.length
+
+    @property
+    def params(self) -> dict[str, Array]:
+        """The network's tensors (the model's fingerprint hashes them)."""
+        return self.lm.params
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything static that changes samples: architecture and sampler settings."""
+        return {
+            "network": self.lm.config,
+            "length": self.length,
+            "steps": self.num_timesteps,
+            "options": self.options,
+            "prompt": self.prompt,
+        }
+
+    @property
+    def schedule(self) -> np.ndarray:
+        """int32 ``[T]``: the positions revealed at each step ``k`` (step order)."""
+        return reveal_schedule(self.length - len(self.prompt), self.num_timesteps)
+
+    def quantizable_weights(self) -> dict[str, Array]:
+        """Each linear layer's weight ``[in, out]`` (the transposed ``[out, in]`` tensor)."""
+        return {name: w.T for name, w in self.lm.quantizable_weights().items()}
+
+    def num_parameters(self) -> int:
+        return self.lm.num_parameters()
+
+    def initial_state(self, key: Array, num_samples: int) -> Array:
+        """The prompt, then ``[MASK]`` everywhere: int32 ``[num_samples, L]`` (``key`` unused)."""
+        del key
+        row = np.full(self.length, self.options.mask_token_id, np.int32)
+        row[: len(self.prompt)] = self.prompt
+        return jnp.broadcast_to(jnp.asarray(row), (num_samples, self.length))
+
+    def step(
+        self,
+        weights: Mapping[str, Array],
+        x_t: Array,
+        t: Array,
+        key: Array,
+        *,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """One unmasking step from timestep ``t``: ``(x_prev, layer_inputs)`` (jit-safe)."""
+        hook = None if act_hook is None else (lambda index, x: act_hook(index, x, t))
+        stored = {name: jnp.asarray(w).T for name, w in weights.items()}
+        logits, layer_inputs = self.lm.forward(stored, x_t, act_hook=hook)
+        count = jnp.asarray(self.schedule)[self.num_timesteps - 1 - t]
+        x_prev, _ = unmask_step(x_t, shift_logits(logits), count, key, self.options)
+        return x_prev, layer_inputs
+
+    def denoise(
+        self,
+        weights: Mapping[str, Array],
+        x_t: Array,
+        t: Array,
+        *,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """The network's predictions for ``x_t`` (Dream's shifted logits ``[N, L, V]``)."""
+        hook = None if act_hook is None else (lambda index, x: act_hook(index, x, t))
+        stored = {name: jnp.asarray(w).T for name, w in weights.items()}
+        logits, layer_inputs = self.lm.forward(stored, x_t, act_hook=hook)
+        return shift_logits(logits), layer_inputs
+
+    def sample(
+        self,
+        weights: Mapping[str, Array] | None = None,
+        *,
+        key: Array,
+        num_samples: int,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, Array]:
+        """``(x0 [N, L], trajectory [T, N, L])``, ``trajectory[t]`` after the step at ``t``."""
+        weights = self.quantizable_weights() if weights is None else weights
+        x0, trajectory, _ = run_sampler(
+            self, weights, key=key, num_samples=num_samples, act_hook=act_hook
+        )
+        return x0, trajectory
+
+    def to_pixels(self, x: Array | np.ndarray) -> np.ndarray:
+        """The samples as they are: int32 token ids ``[N, L]``."""
+        return np.asarray(x, np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTextReference:
+    """The byte-level corpus's fixed held-out windows and its decoder
+    (:mod:`thermojax.models.dream.corpus`), a :class:`TextReference`.
+
+    Attributes:
+        length: tokens (bytes) per window; count: windows.
+    """
+
+    length: int
+    count: int = HELDOUT_WINDOWS
+
+    @property
+    def description(self) -> str:
+        return f"{self.count} windows of {self.length} bytes: {corpus.SPLIT_RULE}"
+
+    def heldout_tokens(self) -> np.ndarray:
+        return corpus.heldout_batch(self.length, self.count)
+
+    def decode(self, tokens: np.ndarray) -> str:
+        return corpus.decode(np.asarray(tokens))
+
+
+def _training_metadata(folder: Path) -> dict[str, Any]:
+    path = folder / TRAINING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserInputError(f"{path}: not readable JSON ({err})") from err
+    return data if isinstance(data, dict) else {}
+
+
+def load_masked_diffusion(
+    path: str | os.PathLike[str],
+    *,
+    steps: int | None = None,
+    length: int | None = None,
+    unmasking: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    prompt: str = "",
+    name: str | None = None,
+) -> MaskedDiffusionLM:
+    """A Dream-format folder as a :class:`MaskedDiffusionLM` with its sampler settings.
+
+    ``steps`` and ``length`` default to the ``training.json`` thermojax writes beside a model
+    it trained (else :data:`DEFAULT_STEPS`, :data:`DEFAULT_LENGTH`); ``unmasking``,
+    ``temperature`` and ``top_p`` to :data:`DEFAULT_SAMPLER` (random order, temperature 0.8,
+    nucleus 0.95: greedy most-confident-first decoding of the shipped 0.8M-parameter model
+    degenerates into runs of spaces, measured); a byte-level model (its
+    ``tokenizer`` ``bytes``) gets the corpus's held-out text as its reference and a ``prompt``
+    encoded as UTF-8 bytes; another tokenizer is not available here, so ``prompt`` is refused
+    and the held-out figures are absent.
+
+    Raises:
+        UserInputError: a bad checkpoint (one line naming the file and tensor), or sampler
+            settings that do not fit it (naming the ``sampling.*`` key).
+    """
+    folder = Path(path).expanduser()
+    lm = load_dream(folder)
+    meta = _training_metadata(folder)
+    tokenizer = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+    byte_level = tokenizer.get("type") == "bytes"
+    sampling = meta.get("sampling") if isinstance(meta.get("sampling"), dict) else {}
+    steps = int(sampling.get("num_steps", DEFAULT_STEPS)) if steps is None else steps
+    length = int(sampling.get("length", DEFAULT_LENGTH)) if length is None else length
+    if length > lm.config.max_position_embeddings:
+        raise UserInputError(
+            f"sampling.length={length}: exceeds the model's max_position_embeddings="
+            f"{lm.config.max_position_embeddings}"
+        )
+    prompt_ids: tuple[int, ...] = ()
+    if prompt:
+        if not byte_level:
+            raise UserInputError(
+                f"sampling.prompt={prompt!r}: {folder} has no tokenizer thermojax can run "
+                "(only byte-level models take a text prompt)"
+            )
+        prompt_ids = tuple(int(i) for i in corpus.encode(prompt))
+    reference = None
+    if byte_level:
+        reference = ByteTextReference(int(meta.get("heldout", {}).get("length", length)))
+    defaults = DEFAULT_SAMPLER
+    try:
+        return MaskedDiffusionLM.create(
+            lm,
+            length=length,
+            steps=steps,
+            unmasking=defaults["unmasking"] if unmasking is None else unmasking,
+            temperature=defaults["temperature"] if temperature is None else temperature,
+            top_p=defaults["top_p"] if top_p is None else top_p,
+            prompt=prompt_ids,
+            reference=reference,
+            name=name or folder.resolve().name,
+        )
+    except ValueError as err:
+        raise UserInputError(f"sampling: {err}") from None
