@@ -269,6 +269,18 @@ def model_weights_section(
                 min_cosine=float(report.layer_cosine[i]),
             )
         )
+    return _section(rows, blocks, report, seconds, "thermojax-digits-ddpm", model)
+
+
+def _section(
+    rows: list[TensorRow],
+    blocks: list[BlockRow],
+    report: WeightReport,
+    seconds: float,
+    source_format: str,
+    model: DiffusionModel,
+) -> WeightsSection:
+    """The section's totals over ``rows``."""
     source = sum(r.source_bytes for r in rows)
     quantized = sum(r.quantized_bytes for r in rows)
     return WeightsSection(
@@ -282,7 +294,7 @@ def model_weights_section(
         model_cosine=float(report.model_cosine),
         seconds=float(seconds),
         bytes_per_second=source / seconds if seconds > 0 else 0.0,
-        source={"format": "thermojax-digits-ddpm", "architecture": type(model).__name__},
+        source={"format": source_format, "architecture": type(model).__name__},
     )
 
 
@@ -343,21 +355,7 @@ def _flat_weights_section(
                 min_cosine=min(cosines) if cosines else None,
             )
         )
-    source = sum(r.source_bytes for r in rows)
-    quantized = sum(r.quantized_bytes for r in rows)
-    return WeightsSection(
-        tensors=tuple(rows),
-        blocks=tuple(blocks),
-        total_source_bytes=source,
-        total_quantized_bytes=quantized,
-        fp32_bytes=int(report.fp32_bytes),
-        compression_vs_source=source / max(quantized, 1),
-        compression_vs_fp32=float(report.compression_ratio),
-        model_cosine=float(report.model_cosine),
-        seconds=float(seconds),
-        bytes_per_second=source / seconds if seconds > 0 else 0.0,
-        source={"format": "huggingface-safetensors", "architecture": type(model).__name__},
-    )
+    return _section(rows, blocks, report, seconds, "huggingface-safetensors", model)
 
 
 def _block_cosine(

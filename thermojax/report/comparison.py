@@ -65,11 +65,15 @@ COLUMNS = (
     "frechet_fp32",
     "frechet_quantized",
     "class_coverage_quantized",
+    "token_agreement",
+    "generative_perplexity_quantized",
+    "heldout_perplexity_quantized",
     "band",
     "quantization_time_s",
     "error",
 )
-"""The keys of every row, in the CSV's column order."""
+"""The keys of every row, in the CSV's column order (the DDPM's image figures and a
+masked-diffusion LM's text figures: each empty for the other kind of model)."""
 BIT_COLORS = {2: "#c0392b", 4: "#2874a6", 8: "#1e8449"}
 """Each weight bit width's colour in the scatter plots (other widths take palette colours)."""
 

@@ -234,11 +234,9 @@ class MaskedDiffusionLM:
         act_hook: ActHook | None = None,
     ) -> tuple[Array, tuple[Array, ...]]:
         """One unmasking step from timestep ``t``: ``(x_prev, layer_inputs)`` (jit-safe)."""
-        hook = None if act_hook is None else (lambda index, x: act_hook(index, x, t))
-        stored = {name: jnp.asarray(w).T for name, w in weights.items()}
-        logits, layer_inputs = self.lm.forward(stored, x_t, act_hook=hook)
+        logits, layer_inputs = self.denoise(weights, x_t, t, act_hook=act_hook)
         count = jnp.asarray(self.schedule)[self.num_timesteps - 1 - t]
-        x_prev, _ = unmask_step(x_t, shift_logits(logits), count, key, self.options)
+        x_prev, _ = unmask_step(x_t, logits, count, key, self.options)
         return x_prev, layer_inputs
 
     def denoise(
