@@ -220,3 +220,26 @@ def test_the_shipped_language_model_through_the_command(tmp_path):
         shown = f'<pre class="sample">{markupsafe.escape(text)}</pre>'  # Jinja2's escaping
         assert shown in page
         assert html.unescape(str(markupsafe.escape(text))) == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=gpt", "error: Could not find 'model/gpt'; Available options in 'model': digits"),
+        ("sampling.steps=0", "error: sampling.steps=0: must be >= 1"),
+        ("sampling.prompt=" + "a" * 130, "prompt of 130 tokens leaves nothing to generate"),
+    ],
+    ids=["model", "steps", "prompt"],
+)
+def test_bad_lm_values_on_the_command_line_are_one_line_and_exit_2(tmp_path, override, message):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "thermojax.baseline", "model=pydoc-mdlm", override]
+    command += ["wandb.mode=disabled", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "run" / "baseline_metrics.json").exists()
