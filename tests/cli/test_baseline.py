@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import chromium_screenshot, png_size
+from html_reading import check_report_shows_the_run
+from quality_reference import assert_sample_figures, frechet, sample_figures
 from result_samples import ADDED_KEYS, ARROWQUANT_KEYS, check_model_level_figures
 from wandb_readback import inspect_run, offline_run_dir
+
+from thermojax.models import SHIPPED_CHECKPOINT, load_model
+from thermojax.report import BAND_COLORS
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +124,38 @@ def test_quality_section(metrics):
     assert set(quality["layer_cosine"]) == {layer["name"] for layer in metrics["layers"]}
 
 
+def test_every_quality_figure_recomputed_from_samples_npz(first_run, metrics):
+    """Frechet, coverage, confidence and final MSE of the JSON, from samples.npz through the
+    shipped classifier's own features and probabilities, in float64 numpy; drift per group and
+    its mean from the per-step drift and the time groups."""
+    out, _ = first_run
+    quality = metrics["quality"]
+    reference = load_model().reference
+    with np.load(out / "samples.npz") as samples:
+        fp32, quantized = samples["fp32"], samples["quantized"]
+    assert_sample_figures(quality, sample_figures(reference, fp32, quantized), frechet_rtol=1e-8)
+    drift = np.asarray(quality["drift_per_timestep"], np.float64)
+    per_group = [drift[a:b].mean() for a, b in metrics["time_groups"]]
+    np.testing.assert_allclose(quality["drift_per_group"], per_group, rtol=1e-12)
+    np.testing.assert_allclose(quality["drift_mean"], drift.mean(), rtol=1e-12)
+    assert quality["num_samples"] == len(fp32) == metrics["config"]["sampling"]["num_samples"]
+    real = reference.real_pixels()
+    subset = real[np.random.default_rng(0).choice(len(real), size=len(fp32), replace=False)]
+    want = frechet(reference.features(subset), reference.features(real))
+    np.testing.assert_allclose(quality["frechet_real_subset"], want, rtol=1e-8)
+    # The layer cosines are the layers' own, and the model cosine the top-level one.
+    assert quality["layer_cosine"] == {
+        layer["name"]: layer["cosine_similarity"] for layer in metrics["layers"]
+    }
+    assert quality["model_cosine"] == metrics["cosine_similarity"]
+
+
+def test_html_shows_this_runs_values_where_it_shows_them(first_run, metrics):
+    out, _ = first_run
+    html = (out / "baseline_metrics.html").read_text()
+    check_report_shows_the_run(html, metrics, BAND_COLORS)
+
+
 def test_samples_npz(first_run, metrics):
     out, _ = first_run
     with np.load(out / "samples.npz") as samples:
@@ -156,6 +194,36 @@ def test_log_has_the_full_run(first_run, metrics):
         assert f"layer {layer['name']}" in text
     assert text.count("violation: layer") == metrics["violation_count"]
     assert "wrote json" in text and "W&B run" in text and text.rstrip().endswith("done")
+    # This run's figures, as the log prints them.
+    for layer in metrics["layers"]:
+        assert (
+            f"layer {layer['name']:<12} smoothness {layer['smoothness_score']:.4f} "
+            f"cosine {layer['cosine_similarity']:.4f} "
+            f"scales [{', '.join(f'{s:.4g}' for s in layer['scales'])}] "
+            f"zero points [{', '.join(f'{z:.0f}' for z in layer['zero_points'])}]"
+        ) in text, layer["name"]
+    for v in metrics["violations"]:
+        assert (
+            f"violation: layer {v['layer']} boundary {v['boundary_idx']} scale jump "
+            f"{v['scale_jump']:.3f} zero-point jump {v['zero_point_jump']:.4f} ({v['severity']})"
+        ) in text
+    scores = ", ".join(f"{b:.4f}" for b in metrics["boundary_scores"])
+    assert f"boundary scores {scores}" in text
+    quality = metrics["quality"]
+    assert (
+        f"quality: drift mean {quality['drift_mean']:.5f}, final MSE {quality['final_mse']:.4f}, "
+        f"Frechet fp32 {quality['frechet_fp32']:.3f} / quantized {quality['frechet_quantized']:.3f}"
+    ) in text
+    assert (
+        f"weights at {metrics['bit_width']} bits: cosine {metrics['cosine_similarity']:.4f}, "
+        f"compression {metrics['compression_ratio']:.2f}x, {metrics['model_size_mb']:.4f} MB"
+    ) in text
+    assert f"interpretation: {metrics['interpretation']['summary']}" in text
+    assert (
+        f"smoothness {metrics['smoothness_score']:.4f} ({metrics['interpretation']['band']}), "
+        f"{metrics['violation_count']} violations, cosine {metrics['cosine_similarity']:.4f}, "
+        f"total {metrics['timings_s']['total']:.1f} s"
+    ) in text
 
 
 def plain(text: str) -> str:
@@ -169,7 +237,14 @@ def test_console_shows_progress_and_a_short_summary(first_run, metrics):
     assert "7/7" in stderr and "evaluate quality" in stderr  # the progress bar
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert 4 <= len(lines) <= 12
-    assert f"smoothness {metrics['smoothness_score']:.4f}" in stdout
+    band = metrics["interpretation"]["band"]
+    assert f"smoothness {metrics['smoothness_score']:.4f} ({band}), " in stdout
+    assert f"{metrics['violation_count']} violations (jump > 0.3)" in stdout
+    q = metrics["quality"]
+    assert (
+        f"quality: final MSE {q['final_mse']:.3f}, Frechet {q['frechet_fp32']:.2f} (fp32) / "
+        f"{q['frechet_quantized']:.2f}"
+    ) in stdout
     assert "Traceback" not in stderr
 
 
@@ -232,6 +307,39 @@ def test_same_seed_same_numbers(first_run, second_run, metrics):
     assert without_run_details(again) == without_run_details(metrics)
     out1, _ = first_run
     with np.load(out1 / "samples.npz") as a, np.load(out2 / "samples.npz") as b:
+        np.testing.assert_array_equal(a["quantized"], b["quantized"])
+
+
+def test_a_custom_model_path_runs_that_checkpoint(first_run, metrics, shared):
+    """A copy of the shipped checkpoint in a folder of its own, given as ``model.path``: the run
+    reads it (its path is in the config) and, with the same weights and seed, measures exactly
+    what the default model's run measured, computed afresh (a cache folder of its own)."""
+    root, home, _ = shared
+    checkpoint = shutil.copytree(SHIPPED_CHECKPOINT, root / "my checkpoints" / "digits")
+    out = root / "custom"
+    proc = baseline(
+        [
+            "bit_width=2",
+            "num_time_groups=4",
+            f"model.name='{MODEL_NAME}'",
+            f"model.path='{checkpoint}'",
+            *FAST,
+            "wandb=disabled",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=root,
+        env=command_env(home, root / "cache-custom"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "baseline_metrics.json").read_text())
+    assert data["config"]["model"]["path"] == str(checkpoint)
+    assert set(data["cache"].values()) == {"miss"}
+    assert "error:" not in proc.stderr and "Traceback" not in proc.stderr
+    mine, default = without_run_details(data), without_run_details(metrics)
+    for config in (mine["config"], default["config"]):
+        config["model"] = {k: v for k, v in config["model"].items() if k != "path"}
+    assert mine == default
+    with np.load(out / "samples.npz") as a, np.load(first_run[0] / "samples.npz") as b:
         np.testing.assert_array_equal(a["quantized"], b["quantized"])
 
 

@@ -14,9 +14,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from html_reading import cards, parse, table_after, table_rows
 
 from thermojax.cli.compare import COLUMNS, collect, pearson
+from thermojax.cli.compare import main as compare_main
+from thermojax.report.comparison import (
+    BIT_COLORS,
+    SweepSummary,
+    cosine_heatmap,
+    quality_scatter,
+    render_comparison,
+    smoothness_heatmap,
+    violations_chart,
+)
 
 TEMPLATE = json.loads(
     (Path(__file__).parents[1] / "fixtures" / "compare" / "report_template.json").read_text()
@@ -31,6 +43,7 @@ FIGURES = {
     (4, 4): (0.99, 0.05, 160.0),
 }
 THRESHOLDS = (0.1, 0.3)
+BANDS = {(2, 2): "poor", (2, 4): "good", (4, 2): "excellent", (4, 4): "excellent"}
 
 
 def _violations(bits: int, groups: int, threshold: float) -> int:
@@ -48,6 +61,14 @@ def _write_report(job_dir: Path, bits: int, groups: int, threshold: float) -> No
         violation_count=_violations(bits, groups, threshold),
     )
     report["quality"].update(drift_mean=drift, frechet_quantized=frechet)
+    report["interpretation"]["band"] = BANDS[bits, groups]
+    # Figures that differ per configuration, so that a column shown from another row shows.
+    report.update(
+        cosine_similarity=0.9 + bits / 100 + groups / 1000,
+        compression_ratio=32 / bits - threshold,
+        min_boundary_score=0.5 + groups / 100 + threshold,
+        quantization_time_s=bits * 10 + groups + threshold,
+    )
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "baseline_metrics.json").write_text(json.dumps(report))
 
@@ -87,10 +108,9 @@ def _compare(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_summary_lists_every_configuration_and_failure(sweep):
-    proc = _compare(str(sweep))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("8 configurations compared, 1 failed")
+def test_summary_lists_every_configuration_and_failure(sweep, capsys):
+    compare_main([str(sweep)])  # in this process, so that mutation testing sees the code
+    assert capsys.readouterr().out.startswith("8 configurations compared, 1 failed")
 
     with open(sweep / "sweep_summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -129,7 +149,9 @@ def test_summary_lists_every_configuration_and_failure(sweep):
 
 
 def test_dashboard_is_self_contained_escaped_and_shows_each_part(sweep):
-    assert _compare(str(sweep)).returncode == 0
+    proc = _compare(str(sweep))  # the command itself, as a user runs it
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("8 configurations compared, 1 failed")
     page = (sweep / "comparison.html").read_text()
     # Self-contained: no fetched resources of any kind.
     for needle in ("<script", "src=", "http://", "https://", "<link", "@import"):
@@ -143,6 +165,135 @@ def test_dashboard_is_self_contained_escaped_and_shows_each_part(sweep):
     r = statistics.correlation([f[0] for f in FIGURES.values()], [f[1] for f in FIGURES.values()])
     assert f"mean drift: Pearson r = {r:+.3f} (n = 4)" in page
     assert page.count("<tr>") >= 9 + 1  # every configuration and the failure
+
+
+def test_dashboard_table_shows_each_configurations_own_values(sweep, capsys):
+    """Each row of "Every configuration" holds that job's figures from sweep_summary.json.
+
+    In this process (``main``), so that mutation testing sees which code the page comes from.
+    """
+    compare_main([str(sweep)])
+    assert capsys.readouterr().out.startswith("8 configurations compared, 1 failed")
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    root = parse((sweep / "comparison.html").read_text())
+    rows = table_rows(table_after(root, "Every configuration"))
+
+    def cell(value, digits=None):
+        if value is None:
+            return "" if digits is None else "n/a"
+        return str(value) if digits is None else f"{value:.{digits}f}"
+
+    want = [
+        [
+            row["job"],
+            cell(row["bit_width"]),
+            cell(row["act_bits"]),
+            cell(row["num_time_groups"]),
+            cell(row["smoothness_threshold"]),
+            cell(row["seed"]),
+            cell(row["smoothness_score"], 4),
+            row["band"] or "",
+            cell(row["violation_count"]),
+            cell(row["min_boundary_score"], 3),
+            cell(row["cosine_similarity"], 4),
+            cell(row["compression_ratio"], 2),
+            cell(row["drift_mean"], 4),
+            cell(row["frechet_quantized"], 3),
+            cell(row["quantization_time_s"], 1),
+            row["status"],
+        ]
+        for row in summary["configurations"]
+    ]
+    assert rows == want
+    assert len(rows) == 9
+    shown = {r[0]: r for r in rows}
+    for job in range(8):
+        report = json.loads((sweep / str(job) / "baseline_metrics.json").read_text())
+        assert shown[str(job)][7] == report["interpretation"]["band"]
+        assert shown[str(job)][6] == f"{report['smoothness_score']:.4f}"
+    failures = table_rows(table_after(root, "Failures"))
+    assert failures == [
+        [
+            "8",
+            "bit_width=8 num_time_groups=16 smoothness_threshold=0.3",
+            "UserInputError: model.name=<script>alert(1)</script> crashed",
+        ]
+    ]
+    page = root.text()
+    for (bits, groups), (smoothness, _, _) in FIGURES.items():  # the heatmap's cells
+        assert f"INT{bits}, {groups} groups: mean smoothness {smoothness:.4f} over 2 run(s)" in (
+            (sweep / "comparison.html").read_text()
+        )
+    headings = [h.text() for h in root.find_all("h2")]
+    assert headings[:4] == [
+        "Smoothness over bit width \u00d7 time groups",
+        "Violations against the threshold",
+        "Sample quality against smoothness",
+        "Every configuration",
+    ]
+    for metric, label in (
+        ("drift_mean", "mean drift"),
+        ("frechet_quantized", "Frechet (quantized)"),
+    ):
+        r = summary["correlations"][f"smoothness_vs_{metric}"]
+        assert f"{label}: Pearson r = {r['pearson']:+.3f} (n = {r['n']})" in page
+    assert "Violations against the smoothness threshold" in page
+    sub = root.find("p", "sub").text()
+    assert sub == f"{sweep} · 8 configurations completed, 1 failed"
+    cards_shown = cards(root)
+    assert cards_shown["configurations"]["value"] == "9"
+    assert cards_shown["failed"]["value"] == "1"
+    r = summary["correlations"]["smoothness_vs_drift_mean"]
+    assert cards_shown["r(smoothness, mean drift)"]["value"] == f"{r['pearson']:.3f}"
+    assert cards_shown["r(smoothness, mean drift)"]["note"] == f"Pearson, n = {r['n']}"
+
+
+def axis(ticks):
+    """Pixel position -> data value, through an axis' first and last tick."""
+    (p0, v0), (p1, v1) = [(t.pos, float(t.label)) for t in (ticks[0], ticks[-1])]
+    return lambda pos: v0 + (pos - p0) * (v1 - v0) / (p1 - p0)
+
+
+def chart_values(chart) -> dict[str, list[tuple[float, float]]]:
+    """Each series' points in data units, read back through the axes' ticks."""
+    to_x, to_y = axis(chart.x_ticks), axis(chart.y_ticks)
+    return {
+        series.name: [
+            (to_x(float(x)), to_y(float(y)))
+            for x, y in (pair.split(",") for pair in series.points.split())
+        ]
+        for series in chart.series
+    }
+
+
+def test_violations_chart_is_the_mean_count_per_threshold_for_each_configuration(sweep):
+    rows = collect(sweep).completed
+    chart = violations_chart(rows)
+    assert [t.label for t in chart.x_ticks] == [f"{t:g}" for t in THRESHOLDS]
+    values = chart_values(chart)
+    assert list(values) == [f"INT{b}, G={g}" for b, g in FIGURES]
+    for (bits, groups), name in zip(FIGURES, values, strict=True):
+        want = [(t, _violations(bits, groups, t)) for t in THRESHOLDS]
+        np.testing.assert_allclose(values[name], want, rtol=1e-9, atol=1e-9)
+    assert [name for name, _ in chart.legend] == list(values)
+
+
+def test_scatter_points_sit_at_each_configurations_smoothness_and_quality(sweep):
+    summary = collect(sweep)
+    for metric in ("drift_mean", "frechet_quantized"):
+        correlation = summary.correlations[f"smoothness_vs_{metric}"]
+        chart = quality_scatter(summary.completed, metric, metric, correlation)
+        to_x, to_y = axis(chart.x_ticks), axis(chart.y_ticks)
+        got = sorted((round(to_x(p.x), 6), round(to_y(p.y), 6)) for p in chart.points)
+        want = sorted(
+            (round(r["smoothness_score"], 6), round(r[metric], 6)) for r in summary.completed
+        )
+        assert got == want, metric
+        colors = {p.tooltip.split(",")[0]: p.color for p in chart.points}
+        assert colors == {"INT2": BIT_COLORS[2], "INT4": BIT_COLORS[4]}
+        assert chart.title == (
+            f"{metric}: Pearson r = {correlation['pearson']:+.3f} (n = {correlation['n']})"
+        )
 
 
 @pytest.mark.skipif(
@@ -218,3 +369,76 @@ def test_pearson_matches_the_standard_library(xs, ys):
 )
 def test_pearson_is_none_when_undefined(xs, ys):
     assert pearson(xs, ys) is None
+
+
+def test_smoothness_heatmap_cells_are_each_configurations_mean_smoothness(sweep):
+    h = smoothness_heatmap(collect(sweep).completed)
+    assert [t.label for t in h.row_ticks] == ["INT2", "INT4"]
+    assert [t.label for t in h.column_ticks] == ["2", "4"]
+    assert (h.title, h.x_label, h.y_label) == (
+        "Mean smoothness score",
+        "time groups",
+        "weight bits",
+    )
+    # Row-major: bits, then groups; two thresholds per cell with the same smoothness.
+    assert [c.text for c in h.cells] == [f"{FIGURES[k][0]:.3f}" for k in FIGURES]
+    assert [c.tooltip for c in h.cells] == [
+        f"INT{b}, {g} groups: mean smoothness {FIGURES[b, g][0]:.4f} over 2 run(s)"
+        for b, g in FIGURES
+    ]
+    assert (h.low, h.high) == (0.91, 0.99)
+
+
+def weight_only_row(bits: int, group_size: int, cosine: float, size_mb: float) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(
+        job=f"{bits}-{group_size}",
+        status="ok",
+        mode="weight-only",
+        bit_width=bits,
+        group_size=group_size,
+        cosine_similarity=cosine,
+        model_size_mb=size_mb,
+    )
+    return row
+
+
+def test_cosine_heatmap_of_a_weight_only_sweep_is_each_cells_cosine_and_size():
+    rows = [
+        weight_only_row(2, 32, 0.90, 1.5),
+        weight_only_row(2, 64, 0.875, 1.25),
+        weight_only_row(4, 32, 0.98, 2.5),
+        weight_only_row(4, 32, 0.99, 2.5),  # a second seed of one cell: the mean is shown
+    ]
+    h = cosine_heatmap(rows)
+    assert [t.label for t in h.row_ticks] == ["INT2", "INT4"]
+    assert [t.label for t in h.column_ticks] == ["32", "64"]
+    assert (h.title, h.x_label, h.y_label) == ("Weight cosine", "group size", "weight bits")
+    assert [c.text for c in h.cells] == ["0.900", "0.875", "0.985", "-"]
+    assert [c.tooltip for c in h.cells] == [
+        "INT2, group 32: weight cosine 0.90000, 1.5 MB",
+        "INT2, group 64: weight cosine 0.87500, 1.25 MB",
+        "INT4, group 32: weight cosine 0.98500, 2.5 MB",
+        "not run",
+    ]
+    assert (h.low, h.high) == (0.875, 0.985)
+    assert cosine_heatmap([weight_only_row(2, 32, None, 1.0)]) is None
+
+
+def test_weight_only_sweep_page_shows_the_cosine_heatmap_and_no_smoothness_one():
+    rows = (weight_only_row(2, 32, 0.9, 1.5), weight_only_row(4, 64, 0.98, 2.5))
+    empty = {"pearson": None, "n": 0}
+    summary = SweepSummary(
+        sweep_dir="/sweep",
+        rows=rows,
+        failures=(),
+        correlations={
+            "smoothness_vs_drift_mean": empty,
+            "smoothness_vs_frechet_quantized": empty,
+        },
+    )
+    page = parse(render_comparison(summary))
+    headings = [h.text() for h in page.find_all("h2")]
+    assert "Weight cosine over bit width and group size" in headings
+    assert "Smoothness over bit width × time groups" not in headings
+    assert "Violations against the threshold" not in headings

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
@@ -136,3 +141,49 @@ def test_struct_mode_rejects_new_keys_after_composition():
     assert OmegaConf.is_struct(cfg)
     with pytest.raises(OmegaConfBaseException):
         cfg.bit_widht = 2
+
+
+def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "thermojax.baseline", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_help_lists_every_config_group_and_option_and_the_defaults(tmp_path):
+    proc = _command("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("python -m thermojax.baseline [key=value ...]")
+    groups_part = text[text.index("== Configuration groups ==") : text.index("== Config ==")]
+    listed = {
+        line.split(":")[0]: line.split(":")[1].strip().split(", ")
+        for line in groups_part.splitlines()
+        if re.match(r"^[a-z_]+: ", line)
+    }
+    folders = {
+        d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in CONF.iterdir() if d.is_dir()
+    }
+    assert listed == folders
+    assert "full" in listed["sweep"]
+    config_part = text[text.index("== Config ==") :].split("\n", 2)[2]
+    defaults = yaml.safe_load(config_part[: config_part.index("\n\n\n")])
+    assert to_config(defaults) == BaselineConfig()
+    assert list(tmp_path.iterdir()) == []  # --help runs nothing and writes nothing
+
+
+def test_cfg_job_prints_the_composed_config_with_the_overrides(tmp_path):
+    proc = _command(
+        "bit_width=4", "num_time_groups=8", "calibration=quick", "--cfg", "job", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = to_config(yaml.safe_load(proc.stdout))
+    assert printed == to_config(composed("bit_width=4", "num_time_groups=8", "calibration=quick"))
+    assert (printed.bit_width, printed.num_time_groups, printed.calibration.samples) == (4, 8, 16)
+    assert list(tmp_path.iterdir()) == []

@@ -12,12 +12,15 @@ import io
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import pytest
 from result_samples import FRECHET_DELTAS, enhanced_result, make_result, phases_result
 from rich.console import Console
 
+import thermojax.cli.tracking
+import thermojax.pipeline
 from thermojax.cli import baseline as baseline_module
 from thermojax.cli.config import to_config
 from thermojax.cli.runlog import (
@@ -102,6 +105,61 @@ def test_run_log_is_collected_and_written(tmp_path):
 
 
 # --- the completion marker comes last --------------------------------------------------------
+
+
+class RecordingTracker:
+    """A tracker that only says when it was called."""
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def log(self, result, files) -> None:
+        self.events.append(("tracker", "log"))
+
+    def finish(self) -> None:
+        self.events.append(("tracker", "finish"))
+
+
+def test_execute_publishes_every_output_then_the_log_then_the_json(tmp_path, monkeypatch):
+    """The order as an event record: each rename into place, and the tracker's calls."""
+    out = tmp_path / "job"
+    events: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        dst = Path(dst)
+        if dst.parent == out:
+            events.append(("rename", dst.name))
+            if dst.name == "baseline_metrics.log":
+                # The log goes into place whole, already saying the run is done, before the JSON.
+                assert Path(src).read_text().rstrip().endswith("done")
+                assert not (out / "baseline_metrics.json").exists()
+        real_replace(src, dst)
+
+    result = make_result()
+    monkeypatch.setattr(thermojax.pipeline, "run", lambda config, progress=None: result)
+    monkeypatch.setattr(
+        thermojax.cli.tracking, "make_tracker", lambda *a, **k: RecordingTracker(events)
+    )
+    monkeypatch.setattr(baseline_module, "enable_compilation_cache", lambda: tmp_path / "no-jax")
+    monkeypatch.setattr(os, "replace", replace)
+    files = baseline_module.execute(to_config({"wandb": {"mode": "disabled"}}), out)
+    monkeypatch.undo()
+    assert events == [
+        ("rename", "baseline_metrics.html"),
+        ("rename", "samples.npz"),
+        ("rename", ".baseline_metrics.json.pending.tmp"),
+        ("tracker", "log"),
+        ("tracker", "finish"),
+        ("rename", "baseline_metrics.log"),
+        ("rename", "baseline_metrics.json"),
+    ]
+    assert files["json"] == out / "baseline_metrics.json"
+    assert json.loads(files["json"].read_text()) == json.loads(json.dumps(result.to_dict()))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["baseline_metrics.html", "samples.npz", "baseline_metrics.log", "baseline_metrics.json"]
+    )
+
 
 FAST = {
     "calibration": {"samples": 16, "samples_per_step": 32},

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -71,6 +72,7 @@ def _reports(sweep_dir) -> dict[tuple[int, float], dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_smoke_sweep_killed_resumed_with_a_failing_configuration_shared_cache_and_compare(
     tmp_path,
 ):
@@ -86,11 +88,10 @@ def test_smoke_sweep_killed_resumed_with_a_failing_configuration_shared_cache_an
         ]  # fmt: skip
 
         # Kill the whole sweep (driver, Ray, workers) as soon as its first report lands.
+        # A sweep that hangs before its first report is stopped by the test's timeout marker.
         proc = _start(command, env)
-        deadline = time.monotonic() + 240
         while not list(sweep_dir.glob("*/baseline_metrics.json")):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no report within 240 s"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -131,7 +132,11 @@ def test_smoke_sweep_killed_resumed_with_a_failing_configuration_shared_cache_an
                 assert run["cache"]["calibration"] == "hit", (key, run["cache"])
         for groups in (2, 4):
             pair = [runs[(groups, t)]["cache"]["quality"] for t in (0.1, 0.3)]
-            assert sorted(pair) == ["hit", "miss"], (groups, pair)
+            # Computed once per pair: a miss here, or in the killed attempt after its quality
+            # entry landed and before its report did (then both variants hit).
+            assert pair.count("miss") <= 1, (groups, pair)
+        entries = sorted(p.name for p in (Path(cache) / "entries").glob("*.npz"))
+        assert len(entries) == 4, entries  # calibration, fp32 samples, one quality per G
         logs = [p.read_text() for p in sweep_dir.glob("*/baseline_metrics.log")]
         assert sum("cache hit: calibration" in text for text in logs) == 3
 

@@ -296,9 +296,31 @@ def test_activation_params_match_reference(bits):
     ref_scale, ref_zp = ref_activation_params(x_min, x_max, bits)
     assert scale.dtype == jnp.float32 and zp.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(scale), ref_scale, rtol=2e-6)
+    # Round to nearest: equal to the float64 reference except where -lo / scale sits within
+    # float32 round-off of a half-integer (the two precisions may round a tie apart).
+    raw = -np.minimum(x_min.astype(np.float64), 0.0) / ref_scale
+    tie = np.abs(raw - np.floor(raw) - 0.5) < 1e-6 * np.maximum(raw, 1.0)
+    np.testing.assert_array_equal(np.asarray(zp)[~tie], ref_zp[~tie])
     assert np.max(np.abs(np.asarray(zp) - ref_zp)) <= 1
-    assert np.all(np.asarray(zp) == np.round(np.asarray(zp)))
     assert float(scale[0, 0]) == 1.0 and float(zp[0, 0]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("x_min", "x_max", "bits", "scale", "zero_point"),
+    [
+        (-1.8, 1.2, 2, 1.0, 2.0),  # -lo / scale = 1.8: to nearest 2, not down to 1
+        (-1.2, 1.8, 2, 1.0, 1.0),  # 1.2 -> 1
+        (-0.6, 14.4, 4, 1.0, 1.0),  # 0.6 -> 1
+        (-2.5, 0.5, 2, 1.0, 2.0),  # 2.5: half to even
+        (0.5, 3.5, 4, 3.5 / 15, 0.0),  # range widened to include zero: lo = 0
+        (-3.0, -1.0, 2, 1.0, 3.0),  # hi widened to 0: the zero point is qmax
+    ],
+    ids=["1.8", "1.2", "0.6", "tie-2.5", "positive", "negative"],
+)
+def test_activation_params_worked_cases(x_min, x_max, bits, scale, zero_point):
+    s, z = activation_params(jnp.float32(x_min), jnp.float32(x_max), bits=bits)
+    assert float(s) == pytest.approx(scale, rel=1e-6)
+    assert float(z) == zero_point
 
 
 def test_fake_quantize_activations_matches_reference():

@@ -168,25 +168,34 @@ def test_bad_key_is_rejected(tmp_path):
 def test_racing_processes_compute_once_and_never_see_half_entries(tmp_path):
     compute_log = tmp_path / "computed.log"
     compute_log.touch()
-    go = tmp_path / "go"
+    go, ready = tmp_path / "go", tmp_path / "ready"
+    ready.mkdir()
+    count = 4
+    command = [sys.executable, str(FIXTURE), str(tmp_path / "cache"), str(compute_log), str(go)]
     contenders = [
         subprocess.Popen(
-            [sys.executable, str(FIXTURE), str(tmp_path / "cache"), str(compute_log), str(go)],
+            [*command, str(ready), str(count)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for _ in range(count)
     ]
-    time.sleep(1.0)  # let the interpreters start and reach the barrier
+    # The barrier: every interpreter has started and waits for the signal.
+    while len(list(ready.glob("ready-*"))) < count:
+        assert all(p.poll() is None for p in contenders), [p.communicate() for p in contenders]
+        time.sleep(0.01)
     go.touch()
     # Meanwhile, read the entry's final path as often as we can: whenever it exists it is whole.
     final = entry_path(cache_key(kind="race", n=50), suffix=".json", cache_dir=tmp_path / "cache")
     seen_whole = 0
-    while any(p.poll() is None for p in contenders):
+    while True:
+        running = any(p.poll() is None for p in contenders)
         if final.exists():
             assert len(json.loads(final.read_text())["rows"]) == 50
             seen_whole += 1
+        if not running:
+            break
         time.sleep(0.01)
     outputs = [p.communicate() for p in contenders]
     for proc, (out, err) in zip(contenders, outputs, strict=True):

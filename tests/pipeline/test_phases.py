@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from smoothing_reference import ref_smooth_boundaries, ref_smooth_groups
 
 from thermojax.cli.config import to_config
 from thermojax.core.timegroups import group_activation_params, uniform_edges
@@ -102,14 +103,18 @@ def test_smoothed_schedule_is_measured_per_window(stats, method):
     variant = Variant("s", "phase 2", smoothing=Smoothing(method, 5))
     p = compute(stats, variant)
     assert p.scales.shape == (3, 48) and p.param_edges.tolist() == list(range(49))
-    # Zero points as applied: integers in [0, qmax].
-    assert np.all(p.zero_points == np.round(p.zero_points))
+    # The schedule is the baseline's group parameters blended across each boundary; zero points
+    # as applied: the blend rounded to the nearest integer in [0, qmax].
+    base = compute(stats, baseline_variant())
+    want_scales = ref_smooth_boundaries(base.scales, base.edges, 5, method)
+    want_zps = ref_smooth_boundaries(base.zero_points, base.edges, 5, method)
+    np.testing.assert_allclose(p.scales, want_scales, rtol=2e-6)
+    assert_rounded_to_nearest(p.zero_points, want_zps)
     assert p.zero_points.min() >= 0 and p.zero_points.max() <= QMAX
     expected = window_max_jumps(p.scales, p.edges)
     np.testing.assert_allclose(p.metrics.windows.scale_jumps, expected, rtol=1e-5)
     # The windowed view never reports more than the baseline's boundary jump for a linear blend
     # of increasing ranges (each step is a fraction of it).
-    base = compute(stats, baseline_variant())
     if method == "linear":
         assert np.all(p.metrics.windows.scale_jumps <= base.metrics.windows.scale_jumps + 1e-6)
 
@@ -124,18 +129,35 @@ def test_reference_window_helper_matches_group_metrics_for_constant_groups(stats
     )
 
 
-def test_group_level_smoothing_stays_per_group(stats):
-    p = compute(stats, Variant("g", "phase 2 (groups)", smoothing=Smoothing("linear", 1, "group")))
+def assert_rounded_to_nearest(zero_points: np.ndarray, blended: np.ndarray) -> None:
+    """``zero_points`` is ``blended`` rounded to the nearest integer, ties (float32 round-off
+    of a half-integer) either way."""
+    want = np.clip(np.round(blended), 0, QMAX)
+    tie = np.abs(blended - np.floor(blended) - 0.5) < 1e-3
+    assert np.any(want != np.floor(blended))  # the case tells nearest from rounding down
+    np.testing.assert_array_equal(zero_points[~tie], want[~tie])
+    assert np.all(np.abs(zero_points - want) <= tie)
+
+
+@pytest.mark.parametrize(("method", "window"), [("linear", 1), ("cubic", 2), ("sigmoid", 3)])
+def test_group_level_smoothing_stays_per_group(stats, method, window):
+    variant = Variant("g", "phase 2 (groups)", smoothing=Smoothing(method, window, "group"))
+    p = compute(stats, variant)
     assert p.scales.shape == (3, 4) and p.param_edges.tolist() == p.edges.tolist()
     base = compute(stats, baseline_variant())
-    assert p.metrics.windows.smoothness_score.mean() >= base.metrics.windows.smoothness_score.mean()
+    # Each group's parameters become the kernel-weighted mean of its neighbours' (float64 loop).
+    want_scales = ref_smooth_groups(base.scales, window, method)
+    assert not np.allclose(want_scales, base.scales)  # smoothing changes them
+    np.testing.assert_allclose(p.scales, want_scales, rtol=2e-6)
+    assert_rounded_to_nearest(p.zero_points, ref_smooth_groups(base.zero_points, window, method))
+    assert p.metrics.windows.smoothness_score.mean() > base.metrics.windows.smoothness_score.mean()
 
 
 def test_phase3_reports_iterations_and_keeps_integer_zero_points(stats):
     p = compute(stats, Variant("o", "phase 3", markov_weight=10.0))
     opt = p.optimization
     assert opt.iterations.shape == (3,) and np.all(opt.iterations >= 1)
-    assert np.all(p.zero_points == np.round(p.zero_points))
+    np.testing.assert_array_equal(p.zero_points, np.clip(np.round(opt.zero_points), 0, QMAX))
     np.testing.assert_array_equal(p.scales, opt.scales)
     base = compute(stats, baseline_variant())
     assert np.mean(opt.markov_penalty_after) <= np.mean(opt.markov_penalty_before)
@@ -183,6 +205,22 @@ def test_config_variant_describes_the_single_run():
     assert variant.phase == "combination" and variant.per_timestep
     assert variant.lam == 0.2 and variant.smoothing == Smoothing("cubic", 10, "timestep", 10.0)
     assert variant.markov_weight is None
+
+
+def test_group_level_config_smooths_the_groups_of_the_single_run(stats):
+    cfg = to_config(
+        {
+            "thermo": {
+                "smoothing": {"enabled": True, "level": "group", "window": 2, "method": "cubic"}
+            }
+        }
+    )
+    variant = config_variant(cfg)
+    assert variant.phase == "phase 2" and not variant.per_timestep
+    assert variant.smoothing == Smoothing("cubic", 2, "group", 10.0)
+    p = compute(stats, variant)
+    base = compute(stats, baseline_variant())
+    np.testing.assert_allclose(p.scales, ref_smooth_groups(base.scales, 2, "cubic"), rtol=2e-6)
 
 
 def fake_records(rng, variants=("baseline", "a", "b"), seeds=(3, 4, 5)):

@@ -1,4 +1,5 @@
-"""Weight quantization report, quantized sampling from the fp32 noise, and quality metrics."""
+"""Weight quantization report, quantized sampling from the fp32 noise, and quality metrics of the
+digits model (every figure on a toy model and the metrics themselves: test_quality_figures.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-import scipy.linalg
+from quality_reference import assert_sample_figures, sample_figures
 
-from thermojax.core.sample_metrics import class_coverage, frechet_distance
 from thermojax.core.timegroups import expand_to_timesteps, group_activation_params, uniform_edges
 from thermojax.errors import UserInputError
 from thermojax.models import load_model
@@ -101,8 +101,9 @@ def test_quality_fields_against_numpy(model, fp32, by_bits):
     payload = json.loads(json.dumps(quality.to_dict()))
     assert len(payload["drift_per_timestep"]) == 1000 and len(payload["drift_per_group"]) == 10
     assert payload["num_samples"] == N
-    for key in ("frechet_fp32", "frechet_quantized", "class_coverage_fp32"):
-        assert np.isfinite(payload[key]), key
+    # Frechet, coverage and confidence from the classifier's own outputs, recomputed in numpy.
+    expected = sample_figures(model.reference, fp32.x0, quantized.x0)
+    assert_sample_figures(payload, expected, frechet_rtol=1e-6)
 
 
 def test_quantized_quality_degrades_with_bits(by_bits):
@@ -146,28 +147,6 @@ def test_group_rows_are_picked_per_timestep_inside_jit(model):
     swapped = ActParams(scales[:, ::-1].copy(), zero_points, edges, bits=8)
     c = sample(model, act_params=swapped, num_samples=4, seed=2)
     assert not np.array_equal(a.trajectory, c.trajectory)
-
-
-def test_frechet_distance_matches_scipy_sqrtm():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(80, 6))
-    b = rng.normal(size=(120, 6)) @ rng.normal(size=(6, 6)) + 0.5
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    cross = scipy.linalg.sqrtm(ca @ cb).real
-    want = np.sum((mu_a - mu_b) ** 2) + np.trace(ca + cb - 2 * cross)
-    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-8)
-    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
-
-
-def test_class_coverage_counts_confident_classes():
-    probs = np.full((4, 10), 0.01)
-    probs[0, 3] = probs[1, 3] = 0.91
-    probs[2, 5] = 0.91
-    probs[3, 7] = 0.5
-    coverage, confidence = class_coverage(probs)
-    assert coverage == pytest.approx(0.2)
-    assert confidence == pytest.approx((0.91 * 3 + 0.5) / 4)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from smoothing_reference import ref_smooth_groups
 from test_phases import window_max_jumps
 
 from thermojax.cli.baseline import main
@@ -157,6 +158,10 @@ ENHANCED = {
     },
     "time_groups": {"strategy": "adaptive", "lambda": 0.05, "min_group_size": 40},
 }
+GROUP_SMOOTHED = {
+    **COMMON,
+    "thermo": {"smoothing": {"enabled": True, "level": "group", "method": "linear", "window": 1}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +172,12 @@ def runs(tmp_path_factory):
     try:
         plain = run(to_config(COMMON))
         enhanced = run(to_config(ENHANCED))
+        grouped = run(to_config(GROUP_SMOOTHED))  # same calibration and fp32 samples (cache)
     finally:
         mp.undo()
     write_outputs(plain, root / "plain")
     write_outputs(enhanced, root / "enhanced")
+    write_outputs(grouped, root / "groups")
     return root
 
 
@@ -225,6 +232,37 @@ def test_top_level_measures_the_schedule_used(runs):
 
 
 @pytest.mark.slow
+def test_group_level_smoothing_is_what_the_enhanced_run_samples_with(runs):
+    plain = json.loads((runs / "plain" / "baseline_metrics.json").read_text())
+    data = json.loads((runs / "groups" / "baseline_metrics.json").read_text())
+    enh = data["enhancement"]
+    assert not enh["per_timestep"] and enh["smoothing"]["level"] == "group"
+    assert data["time_groups"] == plain["time_groups"]
+    base_scales = np.array([layer["scales"] for layer in plain["layers"]], np.float64)
+    base_zps = np.array([layer["zero_points"] for layer in plain["layers"]], np.float64)
+    assert data["baseline"]["scales"] == base_scales.tolist()
+    # The top level holds the smoothed group parameters: each group the kernel-weighted mean of
+    # itself and its neighbours (float64 loop), zero points rounded to the nearest integer.
+    scales = np.array([layer["scales"] for layer in data["layers"]], np.float64)
+    zps = np.array([layer["zero_points"] for layer in data["layers"]], np.float64)
+    want = ref_smooth_groups(base_scales, 1, "linear")
+    assert not np.allclose(want, base_scales)
+    np.testing.assert_allclose(scales, want, rtol=2e-6)
+    blended = ref_smooth_groups(base_zps, 1, "linear")
+    tie = np.abs(blended - np.floor(blended) - 0.5) < 1e-3
+    np.testing.assert_array_equal(zps[~tie], np.round(blended)[~tie])
+    # ... and the sampler used them: other samples than the baseline's, from the same noise.
+    assert data["baseline"]["quality"] == plain["quality"]
+    assert data["quality"]["final_mse"] != plain["quality"]["final_mse"]
+    with np.load(runs / "groups" / "samples.npz") as samples:
+        np.testing.assert_array_equal(
+            samples["fp32"], np.load(runs / "plain" / "samples.npz")["fp32"]
+        )
+        mse = np.mean((samples["quantized"].astype(np.float64) - samples["fp32"]) ** 2)
+    assert mse == pytest.approx(data["quality"]["final_mse"], rel=1e-12)
+
+
+@pytest.mark.slow
 def test_optimization_reports_iterations_convergence_and_history(runs):
     data = json.loads((runs / "enhanced" / "baseline_metrics.json").read_text())
     opt = data["enhancement"]["optimization"]
@@ -262,7 +300,7 @@ def test_older_schema_files_still_read(version):
     from thermojax.pipeline.results import SCHEMA_VERSION, Result
 
     data = make_result(num_layers=2, num_groups=3, threshold=0.1).to_dict()
-    assert SCHEMA_VERSION == 3 and data["schema_version"] == 3
+    assert SCHEMA_VERSION == 4 and data["schema_version"] == 4
     assert not {"baseline", "enhancement", "phases", "weights"} & set(data)  # omitted when absent
     del data["mode"]  # schema 3's addition
     data["schema_version"] = version
