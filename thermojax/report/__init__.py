@@ -159,7 +159,9 @@ def _drift_chart(result: Result) -> LineChart:
     return line_chart(
         [
             (
-                "fraction of positions whose token differs" if text else "mean squared drift of x_t",
+                "fraction of positions whose token differs"
+                if text
+                else "mean squared drift of x_t",
                 np.arange(drift.size),
                 drift,
             )
