@@ -13,7 +13,7 @@ in a fresh process so that its peak RSS is its own:
 - **quantize**: weight-only quantization and measurement of every tensor at each bit width
   (default rules: linear weights quantized, embeddings, norms and ``lm_head`` kept), warm and
   cold (the shards' pages dropped first with ``posix_fadvise(DONTNEED)``);
-- **export**: the same, writing the quantized checkpoint;
+- **export**: the same, writing the quantized checkpoint (with its Orbax copy, then without);
 - **reload**: ``load_quantized(mmap=False)`` of the export, every tensor read into memory:
   right after the export (its pages partly evicted: a 15 GB source and its export do not fit
   in 24 GB), then again (warm); then the default ``load_quantized()``, which maps the shards
@@ -95,6 +95,7 @@ def worker(task: dict[str, Any]) -> dict[str, Any]:
             list(DEFAULT_RULES),
             bits=task["bits"],
             group_size=task["group_size"],
+            orbax=task.get("orbax", True),
         )
         out.update(
             bytes=checkpoint.total_bytes,
@@ -203,6 +204,13 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         exported = measure({**base, "kind": "export", "bits": bits, "out": str(out)})
         rows.append((f"export W{bits}", "warm", exported, exported["bytes"]))
+        plain = work / f"export-w{bits}-no-orbax"
+        shutil.rmtree(plain, ignore_errors=True)
+        no_orbax = measure(
+            {**base, "kind": "export", "bits": bits, "out": str(plain), "orbax": False}
+        )
+        rows.append((f"  no Orbax W{bits}", "warm", no_orbax, no_orbax["bytes"]))
+        shutil.rmtree(plain, ignore_errors=True)
         reload = {**base, "kind": "reload", "bits": bits, "out": str(out)}
         for label, cache, options in (
             ("reload", "first", {"mmap": False}),  # read into memory, right after the export

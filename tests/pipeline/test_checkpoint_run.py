@@ -234,3 +234,14 @@ def test_weights_are_cached_by_fingerprint_rules_and_bits(checkpoint, tmp_path, 
     assert run(settings(checkpoint)).cache == {"weights": "miss"}
     exported = run(settings(checkpoint, export={"path": str(tmp_path / "q")}))
     assert exported.cache == {} and exported.weights.export_path == str(tmp_path / "q")
+
+
+def test_export_without_the_orbax_copy(checkpoint, tmp_path):
+    from thermojax.pipeline.quantized import load_quantized
+
+    out = tmp_path / "plain"
+    result = run(settings(checkpoint, export={"path": str(out), "orbax": False}))
+    assert result.weights.export_path == str(out) and not (out / "orbax").exists()
+    assert json.loads((out / "quantization.json").read_text())["orbax"] is None
+    loaded = load_quantized(out)
+    assert {row.name for row in result.weights.quantized_tensors} == set(loaded.qtensors)

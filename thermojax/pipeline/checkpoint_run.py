@@ -200,6 +200,7 @@ def _quantize(
         activations=activations,
         layer_names=stats.layer_names if stats is not None else None,
         source={"path": str(checkpoint.path), "fingerprint": checkpoint.fingerprint()},
+        orbax=config.export.orbax,
     )
     log.info("quantized checkpoint written to %s", path)
     return report, str(path)

@@ -617,6 +617,7 @@ def _export(
         group_size=config.group_size,
         activations=act_params,
         source_path=config.model.path,
+        orbax=config.export.orbax,
     )
     log.info("quantized checkpoint written to %s", path)
     return dataclasses.replace(

@@ -128,9 +128,12 @@ class ExportConfig:
 
     Attributes:
         path: the folder to create (it must not exist, or be empty); ``None``: no export.
+        orbax: also save the quantized tensors as Orbax checkpoints (``orbax/``); reloading
+            never needs them, and without them an export writes each quantized byte once.
     """
 
     path: Optional[str] = None  # noqa: UP045
+    orbax: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
