@@ -287,10 +287,12 @@ def phases_result() -> Result:
         num_time_groups=4,
         smoothness_threshold=0.05,
         drift_group_edges=(0, 25, 50, 75, 100),
-        fp32_frechet=Spread(mean=3.0, std=0.25),
-        fp32_class_coverage=Spread(mean=1.0, std=0.0),
         rows=tuple(rows),
         total_time_s=12.5,
+        fp32={
+            "frechet_fp32": Spread(mean=3.0, std=0.25),
+            "class_coverage_fp32": Spread(mean=1.0, std=0.0),
+        },
     )
     return dataclasses.replace(make_result(num_layers=2, threshold=0.05), phases=section)
 

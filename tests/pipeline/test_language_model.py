@@ -124,7 +124,7 @@ def settings(folder, **extra):
         "sampling": {"num_samples": 4, "steps": 8, "length": 16},
     }
     for key, value in extra.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return to_config(base)
 
 
@@ -177,6 +177,54 @@ def test_settings_that_do_not_fit_the_model_are_refused(folder):
         run(to_config({"sampling": {"steps": 50}}))
     with pytest.raises(UserInputError, match="num_time_groups=9: exceeds the model's 8"):
         run(settings(folder, num_time_groups=9))
+
+
+def test_phases_and_enhancements_compare_a_language_models_text_figures(folder):
+    """``experiment=phases`` and ``thermo.*`` on an LM: the table holds the text figures (token
+    agreement, generative perplexity), none of the DDPM's; without held-out text, no held-out
+    column either. The paired deltas are recomputed from the per-run records."""
+    phases = {
+        "enabled": True,
+        "seeds": 2,
+        "windows": [1],
+        "min_group_size": 1,
+        "variants": ["smooth-linear-w1", "phase3-mw1"],
+    }
+    result = run(settings(folder, phases=phases))
+    table = result.phases
+    assert table.family == "text" and [r.variant for r in table.rows] == [
+        "baseline",
+        "smooth-linear-w1",
+        "phase3-mw1",
+    ]
+    assert table.compared() == ("drift_mean", "token_agreement", "generative_perplexity_quantized")
+    assert set(table.fp32) == {"generative_perplexity_fp32"}
+    records = result.phase_records
+    assert len(records) == 6 and all("final_mse" not in r for r in records)
+    for row in table.rows:
+        assert row.final_mse is None and row.frechet_quantized is None
+        assert row.heldout_perplexity_quantized is None
+        runs = [r for r in records if r["variant"] == row.variant]
+        base = {r["seed"]: r for r in records if r["variant"] == "baseline"}
+        for name in table.compared():
+            values = np.array([r[name] for r in runs], np.float64)
+            assert getattr(row, name).mean == pytest.approx(values.mean(), rel=1e-12)
+            delta = values - np.array([base[r["seed"]][name] for r in runs])
+            assert row.paired_delta[name].mean == pytest.approx(delta.mean(), abs=1e-12)
+    from thermojax.report import render_report
+
+    page = render_report(result)
+    assert "&Delta; token agreement (paired)" in page and "Frechet" not in page
+    # The table's baseline of the run's own seed is the run's baseline.
+    first = next(r for r in records if r["variant"] == "baseline" and r["seed"] == 0)
+    assert first["token_agreement"] == result.quality.extra["token_agreement"]
+
+    enhanced = run(settings(folder, thermo={"smoothing": {"enabled": True, "window": 1}}))
+    assert enhanced.baseline is not None and enhanced.baseline.quality.is_text
+    assert enhanced.baseline.quality.figure("token_agreement") == pytest.approx(
+        result.quality.extra["token_agreement"]
+    )
+    assert enhanced.quality.figure("final_mse") is None
 
 
 @pytest.mark.slow

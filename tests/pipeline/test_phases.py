@@ -20,7 +20,8 @@ from thermojax.cli.config import to_config
 from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.errors import UserInputError
 from thermojax.pipeline.calibrate import CalibrationStats
-from thermojax.pipeline.phases import PAIRED_METRICS, RECORD_METRICS, phase_table, record_file_name
+from thermojax.pipeline.phases import phase_table, record_file_name
+from thermojax.pipeline.results import COMPARED, phase_spreads
 from thermojax.pipeline.variants import (
     Smoothing,
     Variant,
@@ -223,11 +224,11 @@ def test_group_level_config_smooths_the_groups_of_the_single_run(stats):
     np.testing.assert_allclose(p.scales, ref_smooth_groups(base.scales, 2, "cubic"), rtol=2e-6)
 
 
-def fake_records(rng, variants=("baseline", "a", "b"), seeds=(3, 4, 5)):
+def fake_records(rng, variants=("baseline", "a", "b"), seeds=(3, 4, 5), family="image"):
     records = []
     for i, name in enumerate(variants):
         for seed in seeds:
-            record = {m: float(rng.normal()) for m in RECORD_METRICS}
+            record = {m: float(rng.normal()) for m in phase_spreads(family)}
             record.update(
                 index=i,
                 variant=name,
@@ -245,15 +246,29 @@ def fake_records(rng, variants=("baseline", "a", "b"), seeds=(3, 4, 5)):
     return records
 
 
-def test_phase_table_is_mean_and_sample_std_of_the_records():
+@pytest.mark.parametrize("family", ["image", "text"])
+def test_phase_table_is_mean_and_sample_std_of_the_records(family):
     rng = np.random.default_rng(1)
-    records = fake_records(rng)
-    rows = phase_table(records)
+    records = fake_records(rng, family=family)
+    rows = phase_table(records, family=family)
     assert [r["variant"] for r in rows] == ["baseline", "a", "b"]
-    check_table(rows, records)
+    check_table(rows, records, family)
+    other = COMPARED["text" if family == "image" else "image"]
+    assert not any(m in row or m in row["paired_delta"] for row in rows for m in other[1:])
 
 
-def check_table(rows, records):
+def test_a_figure_missing_from_the_records_is_left_out_not_averaged():
+    """A masked-diffusion LM without held-out text has no held-out perplexity: no row and no
+    paired delta carries one (rather than a NaN mean)."""
+    records = fake_records(np.random.default_rng(2), family="text")
+    for record in records:
+        del record["heldout_perplexity_quantized"]
+    rows = phase_table(records, family="text")
+    assert all("heldout_perplexity_quantized" not in row for row in rows)
+    assert all(set(row["paired_delta"]) == set(COMPARED["text"][:-1]) for row in rows)
+
+
+def check_table(rows, records, family="image"):
     """Every figure of the table from the records, recomputed with numpy (float64)."""
     by = {}
     for r in records:
@@ -263,7 +278,7 @@ def check_table(rows, records):
     for row in rows:
         runs = by[row["variant"]]
         assert row["num_seeds"] == len(runs)
-        for m in RECORD_METRICS:
+        for m in phase_spreads(family):
             values = np.array([r[m] for r in runs], np.float64)
             assert row[m]["mean"] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
             std = values.std(ddof=1) if len(values) > 1 else 0.0
@@ -277,7 +292,7 @@ def check_table(rows, records):
             np.mean([r["drift_per_timestep"] for r in runs], axis=0),
             rtol=1e-12,
         )
-        for m in PAIRED_METRICS:
+        for m in COMPARED[family]:
             delta = np.array([r[m] - base[r["seed"]][m] for r in runs], np.float64)
             assert row["paired_delta"][m]["mean"] == pytest.approx(delta.mean(), abs=1e-12)
             assert row["paired_delta"][m]["std"] == pytest.approx(delta.std(ddof=1), abs=1e-12)
@@ -349,7 +364,7 @@ def test_phase_experiment_end_to_end(phase_run):
         fp32 = {r["frechet_fp32"] for r in records if r["seed"] == seed}
         assert len(fp32) == 1
     fp32_by_seed = [next(r["frechet_fp32"] for r in records if r["seed"] == s) for s in (0, 1)]
-    assert table["fp32_frechet"]["mean"] == pytest.approx(np.mean(fp32_by_seed), rel=1e-12)
+    assert table["fp32"]["frechet_fp32"]["mean"] == pytest.approx(np.mean(fp32_by_seed), rel=1e-12)
     # Parameters do not depend on the seed: no spread in smoothness or violations.
     for row in table["rows"]:
         assert row["smoothness_score"]["std"] == 0 and row["violation_count"]["std"] == 0

@@ -300,10 +300,36 @@ def test_older_schema_files_still_read(version):
     from thermojax.pipeline.results import SCHEMA_VERSION, Result
 
     data = make_result(num_layers=2, num_groups=3, threshold=0.1).to_dict()
-    assert SCHEMA_VERSION == 4 and data["schema_version"] == 4
+    assert SCHEMA_VERSION == 5 and data["schema_version"] == 5
     assert not {"baseline", "enhancement", "phases", "weights"} & set(data)  # omitted when absent
     del data["mode"]  # schema 3's addition
     data["schema_version"] = version
     old = Result.from_dict(data)
     assert old.schema_version == version and old.baseline is None and old.phases is None
     assert old.mode == "diffusion" and old.weights is None
+
+
+def test_a_schema_4_phase_table_reads_as_the_image_familys():
+    """Before schema 5 the fp32 reference sat at the top of the table as ``fp32_frechet`` and
+    ``fp32_class_coverage``; such a file reads back with those figures in ``fp32``."""
+    from result_samples import phases_result
+
+    from thermojax.pipeline.results import Result
+
+    data = phases_result().to_dict()
+    table = data["phases"]
+    fp32 = table.pop("fp32")
+    del table["family"]
+    table["fp32_frechet"], table["fp32_class_coverage"] = (
+        fp32["frechet_fp32"],
+        fp32["class_coverage_fp32"],
+    )
+    data["schema_version"] = 4
+    old = Result.from_dict(data).phases
+    assert old.family == "image" and old.fp32 == phases_result().phases.fp32
+    assert old.compared() == (
+        "drift_mean",
+        "final_mse",
+        "frechet_quantized",
+        "class_coverage_quantized",
+    )

@@ -30,8 +30,6 @@ from thermojax.files import (
 )
 from thermojax.pipeline.phases import record_file_name
 from thermojax.pipeline.results import (
-    COMPARED_QUALITY,
-    PHASE_SPREADS,
     PhasesSection,
     Result,
     write_result,
@@ -73,9 +71,10 @@ def phases_csv(phases: PhasesSection) -> str:
     """One row per variant: mean and std columns, paired deltas, per-group drift, timings."""
     groups = len(phases.drift_group_edges) - 1
     header = ["variant", "phase", "description", "num_seeds"]
-    for name in PHASE_SPREADS:
+    spreads, compared = phases.spreads(), phases.compared()
+    for name in spreads:
         header += [f"{name}_mean", f"{name}_std"]
-    for name in COMPARED_QUALITY:
+    for name in compared:
         header += [f"{name}_paired_delta_mean", f"{name}_paired_delta_std"]
     for g in range(groups):
         header += [f"drift_group{g}_mean", f"drift_group{g}_std"]
@@ -85,10 +84,10 @@ def phases_csv(phases: PhasesSection) -> str:
     writer.writerow(header)
     for row in phases.rows:
         line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
-        for name in PHASE_SPREADS:
+        for name in spreads:
             spread = getattr(row, name)
             line += [repr(spread.mean), repr(spread.std)]
-        for name in COMPARED_QUALITY:
+        for name in compared:
             line += [repr(row.paired_delta[name].mean), repr(row.paired_delta[name].std)]
         for spread in row.drift_per_group:
             line += [repr(spread.mean), repr(spread.std)]

@@ -12,7 +12,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,7 +46,22 @@ __all__ = [
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _QUIET_LOGGERS = ("jax", "absl", "urllib3", "wandb", "git", "matplotlib")
 PHASE_ROWS_SHOWN = 6
-"""Variants the console shows besides the baseline (the best by paired Frechet change)."""
+"""Variants the console shows besides the baseline (the best by the family's second
+:data:`HEADLINE` figure: paired Frechet change for the DDPM)."""
+
+HEADLINE = {
+    "image": (
+        ("final_mse", "final MSE", "MSE", True),
+        ("frechet_quantized", "Frechet", "Frechet", True),
+    ),
+    "text": (
+        ("token_agreement", "agreement", "agreement", False),
+        ("heldout_perplexity_quantized", "held-out ppl", "held-out ppl", True),
+    ),
+}
+"""Per model family, the two quality figures the console sets beside a baseline's:
+``(name, label, short label, lower is better)``. A masked-diffusion LM without held-out text
+falls back to its generative perplexity."""
 
 
 class RunLog:
@@ -232,9 +247,11 @@ def comparison_lines(result: Result) -> list[str]:
     rows = [
         ("smoothness", base.metrics.smoothness_score, result.smoothness_score, ".4f"),
         ("violations", base.metrics.violation_count, result.violation_count, "d"),
-        ("final MSE", base.quality.final_mse, result.quality.final_mse, ".3f"),
-        ("Frechet", base.quality.frechet_quantized, result.quality.frechet_quantized, ".3f"),
     ]
+    for name, label, _, _ in _headline(result.quality.family, result.quality.figures()):
+        before, after = base.quality.figure(name), result.quality.figure(name)
+        if before is not None and after is not None:
+            rows.append((label, before, after, ".3f"))
     lines = [
         f"  enhanced: {result.enhancement.description}",
         f"  {'':<12}{'baseline':>10}{'enhanced':>10}",
@@ -259,36 +276,51 @@ def phase_lines(result: Result, files: Mapping[str, Path]) -> list[str]:
     if result.phases is None:
         return []
     table = result.phases
+    (first, _, first_label, _), (key, _, key_label, lower_is_better) = _headline(
+        table.family, table.compared()
+    )
+    sign = 1.0 if lower_is_better else -1.0
     baseline = [row for row in table.rows if row.phase == "baseline"]
     others = sorted(
         (row for row in table.rows if row.phase != "baseline"),
-        key=lambda row: _sort_key(row.paired_delta["frechet_quantized"].mean),
+        key=lambda row: _sort_key(sign * row.paired_delta[key].mean),
     )
     shown = [*baseline, *others[:PHASE_ROWS_SHOWN]]
     width = max([len("variant"), *(len(row.variant) for row in shown)])
+    first_head, key_head = f"Δ {first_label} paired", f"Δ {key_label} paired"
     lines = [
         (
             f"  phase table: {len(table.rows)} variants x {len(table.seeds)} seeds, "
             f"INT{table.bit_width}; baseline and the best {min(PHASE_ROWS_SHOWN, len(others))} "
-            "by paired Δ Frechet (mean±std over seeds)"
+            f"by paired Δ {key_label} (mean±std over seeds)"
         ),
         (
             f"  {'variant':<{width}}  {'smoothness':>10}  {'violations':>10}  "
-            f"{'Δ MSE paired':>15}  {'Δ Frechet paired':>16}"
+            f"{first_head:>15}  {key_head:>16}"
         ),
     ]
     for row in shown:
-        mse, frechet = row.paired_delta["final_mse"], row.paired_delta["frechet_quantized"]
+        a, b = row.paired_delta[first], row.paired_delta[key]
         lines.append(
             f"  {row.variant:<{width}}  {row.smoothness_score.mean:>10.4f}  "
-            f"{row.violation_count.mean:>10.1f}  {_pm(mse.mean, mse.std):>15}  "
-            f"{_pm(frechet.mean, frechet.std):>16}"
+            f"{row.violation_count.mean:>10.1f}  {_pm(a.mean, a.std):>15}  "
+            f"{_pm(b.mean, b.std):>16}"
         )
     if len(shown) < len(table.rows):
         lines.append(f"  ... {len(table.rows) - len(shown)} more variants")
     if "phases_csv" in files:
         lines.append(f"  full phase table: {files['phases_csv']}")
     return lines
+
+
+def _headline(family: str, present: Iterable[str]) -> tuple[tuple[str, str, str, bool], ...]:
+    """:data:`HEADLINE` of ``family`` with figures the run lacks replaced where there is a
+    stand-in (held-out perplexity -> generative perplexity)."""
+    present = set(present)
+    fallback = ("generative_perplexity_quantized", "gen. ppl", "gen. ppl", True)
+    return tuple(
+        entry if entry[0] in present or family != "text" else fallback for entry in HEADLINE[family]
+    )
 
 
 def _pm(mean: float, std: float) -> str:

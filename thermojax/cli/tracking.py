@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from thermojax.files import PHASES_CSV, PHASES_JSON, REPORT_HTML, REPORT_JSON
-from thermojax.pipeline.results import COMPARED_QUALITY, PHASE_SPREADS, Result
+from thermojax.pipeline.results import COMPARED, Result
 from thermojax.pipeline.settings import WandbConfig
 
 __all__ = [
@@ -219,8 +219,10 @@ def comparison_metrics(result: Result) -> dict[str, float | int | str]:
         "enhancement/per_timestep": enh.per_timestep,
         "enhancement/parameter_time_s": enh.parameter_time_s,
     }
-    for key in COMPARED_QUALITY:
-        before, after = getattr(base.quality, key), getattr(result.quality, key)
+    for key in COMPARED[result.quality.family]:
+        before, after = base.quality.figure(key), result.quality.figure(key)
+        if before is None or after is None:
+            continue
         metrics[f"baseline/{key}"] = before
         metrics[f"enhanced/{key}"] = after
         metrics[f"delta/{key}"] = after - before
@@ -281,9 +283,9 @@ def phase_columns(result: Result) -> list[str]:
     """Columns of the W&B phase table: names, means and spreads, paired deltas, timings."""
     if result.phases is None:
         return []
-    paired = list(result.phases.rows[0].paired_delta) if result.phases.rows else []
+    paired = result.phases.compared()
     columns = ["variant", "phase", "description", "num_seeds"]
-    for name in PHASE_SPREADS:
+    for name in result.phases.spreads():
         columns += [f"{name}_mean", f"{name}_std"]
     for name in paired:
         columns += [f"{name}_paired_delta_mean", f"{name}_paired_delta_std"]
@@ -294,11 +296,11 @@ def phase_rows(result: Result) -> list[list[Any]]:
     """One row per variant of the phase table, in :func:`phase_columns` order."""
     if result.phases is None:
         return []
-    paired = list(result.phases.rows[0].paired_delta) if result.phases.rows else []
+    paired, spreads = result.phases.compared(), result.phases.spreads()
     rows = []
     for row in result.phases.rows:
         line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
-        for name in PHASE_SPREADS:
+        for name in spreads:
             spread = getattr(row, name)
             line += [spread.mean, spread.std]
         for name in paired:

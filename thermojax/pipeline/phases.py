@@ -27,15 +27,13 @@ import numpy as np
 from thermojax.core.timegroups import uniform_edges
 from thermojax.pipeline.calibrate import CalibrationStats
 from thermojax.pipeline.quality import evaluate_quality
-from thermojax.pipeline.results import COMPARED_QUALITY, PHASE_SPREADS
+from thermojax.pipeline.results import COMPARED, FP32_REFERENCE, phase_spreads
 from thermojax.pipeline.sampling import sample
 from thermojax.pipeline.settings import BaselineConfig
 from thermojax.pipeline.variants import ParameterSet, Variant, build_variants, compute_parameters
 from thermojax.pipeline.weights import WeightReport
 
 __all__ = [
-    "PAIRED_METRICS",
-    "RECORD_METRICS",
     "phase_table",
     "record_file_name",
     "run_phases",
@@ -43,17 +41,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RECORD_METRICS = PHASE_SPREADS
-"""Scalar figures of every per-run record that the table summarizes as mean and std over seeds."""
-
 WARM_REPEATS = 3
 """Warm parameter computations per variant; the fastest is the reported ``param_time_s``."""
-
-PAIRED_METRICS = COMPARED_QUALITY
-"""Quality figures also given as paired differences to the baseline run of the same seed.
-
-Every variant of a seed samples from the same noise, so the seed-to-seed spread is shared; the
-paired difference's spread is the one to compare a change against."""
 
 
 def record_file_name(index: int, variant: str, seed: int) -> str:
@@ -88,6 +77,7 @@ def run_phases(
         record per variant and seed (plain dicts, in run order).
     """
     start = time.perf_counter()
+    family = _family(model)
     variants = build_variants(config)
     num_groups = config.num_time_groups
     uniform = uniform_edges(stats.num_timesteps, num_groups)
@@ -138,15 +128,22 @@ def run_phases(
             )
             sampling_s = time.perf_counter() - t0
             # Drift per group on the uniform groups, so the columns line up across variants.
-            quality = evaluate_quality(model, fp32, quantized, uniform, weight_report)
-            records.append(_record(index, p, seed, quality, sampling_s, compile_s))
-            _tell(
-                progress,
-                f"seed {seed} {p.variant.name}: final MSE {quality.final_mse:.3f}, "
-                f"Frechet {quality.frechet_quantized:.2f}",
+            quality = evaluate_quality(
+                model,
+                fp32,
+                quantized,
+                uniform,
+                weight_report,
+                qweights=qweights,
+                act_params=p.act_params(config.act_bits),
+                seed=seed,
             )
+            record = _record(index, p, seed, quality, sampling_s, compile_s, family)
+            records.append(record)
+            shown = ", ".join(f"{m} {record[m]:.4g}" for m in COMPARED[family] if m in record)
+            _tell(progress, f"seed {seed} {p.variant.name}: {shown}")
         fp32_quality.append(
-            {"frechet": quality.frechet_fp32, "class_coverage": quality.class_coverage_fp32}
+            {m: float(v) for m in FP32_REFERENCE[family] if (v := getattr(quality, m)) is not None}
         )
         del fp32
     table = {
@@ -157,12 +154,21 @@ def run_phases(
         "num_time_groups": num_groups,
         "smoothness_threshold": config.smoothness_threshold,
         "drift_group_edges": [int(e) for e in uniform],
-        "fp32_frechet": _mean_std([q["frechet"] for q in fp32_quality]),
-        "fp32_class_coverage": _mean_std([q["class_coverage"] for q in fp32_quality]),
-        "rows": phase_table(records),
+        "rows": phase_table(records, family=family),
         "total_time_s": time.perf_counter() - start,
+        "family": family,
+        "fp32": {
+            m: _mean_std([q[m] for q in fp32_quality])
+            for m in FP32_REFERENCE[family]
+            if all(m in q for q in fp32_quality)
+        },
     }
     return table, records
+
+
+def _family(model: Any) -> str:
+    """The model's family of quality figures (:data:`thermojax.pipeline.results.COMPARED`)."""
+    return "text" if getattr(model, "family", "image") == "text" else "image"
 
 
 def _tell(progress: ProgressFn | None, line: str) -> None:
@@ -178,9 +184,17 @@ def _record(
     quality: Any,
     sampling_s: float,
     compile_s: Mapping[str, float],
+    family: str,
 ) -> dict[str, Any]:
+    """One run's record: the variant's Markov figures and the family's quality figures
+    (:data:`COMPARED` and :data:`FP32_REFERENCE`; one the run has none of is left out)."""
     windows, groups = p.metrics.windows, p.metrics.groups
     opt = p.optimization
+    figures = {
+        m: float(v)
+        for m in (*COMPARED[family], *FP32_REFERENCE[family])
+        if (v := getattr(quality, m)) is not None
+    }
     return {
         "index": index,
         "variant": p.variant.name,
@@ -193,14 +207,9 @@ def _record(
         "violation_count": int(np.sum(windows.violations)),
         "group_view_smoothness_score": float(np.mean(groups.smoothness_score)),
         "max_step_scale_jump": float(np.max(p.metrics.steps.scale_jumps, initial=0.0)),
-        "drift_mean": float(quality.drift_mean),
+        **figures,
         "drift_per_group": [float(v) for v in quality.drift_per_group],
         "drift_per_timestep": [float(v) for v in quality.drift_per_timestep],
-        "final_mse": float(quality.final_mse),
-        "frechet_quantized": float(quality.frechet_quantized),
-        "frechet_fp32": float(quality.frechet_fp32),
-        "class_coverage_quantized": float(quality.class_coverage_quantized),
-        "class_coverage_fp32": float(quality.class_coverage_fp32),
         "param_time_s": float(p.seconds),
         "param_compile_s": float(compile_s[p.variant.name]),
         "sampling_time_s": float(sampling_s),
@@ -216,13 +225,18 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "std": std}
 
 
-def phase_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def phase_table(
+    records: Sequence[Mapping[str, Any]], *, family: str = "image"
+) -> list[dict[str, Any]]:
     """One row per variant (in first-seen order) from per-run records.
 
-    Each figure of :data:`RECORD_METRICS` becomes ``{"mean", "std"}`` over the variant's seeds
-    (sample std, ``ddof=1``), as do the per-group drifts (``drift_per_group``: one per group); the
-    per-timestep drift is averaged over seeds. ``paired_delta[m]`` for ``m`` in
-    :data:`PAIRED_METRICS` is the mean and std over seeds of (variant - baseline of the same seed). Timings relative to the ``baseline`` row:
+    Each figure of ``phase_spreads(family)`` the records have becomes ``{"mean", "std"}`` over
+    the variant's seeds (sample std, ``ddof=1``), as do the per-group drifts
+    (``drift_per_group``: one per group); the per-timestep drift is averaged over seeds.
+    ``paired_delta[m]`` for the family's quality figures ``m`` (:data:`COMPARED`) is the mean
+    and std over seeds of (variant - baseline of the same seed): every variant of a seed samples
+    from the same noise, so the seed-to-seed spread is shared and the paired difference's spread
+    is the one to compare a change against. Timings relative to the ``baseline`` row:
     ``param_extra_s`` (parameter computation, warm, minus the baseline's), ``sampling_ratio``
     (mean quantized sampling time over the baseline's). Rows keep the records' ``edges``.
     """
@@ -240,8 +254,9 @@ def phase_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "edges": list(first["edges"]),
             "num_seeds": len(runs),
         }
-        for metric in RECORD_METRICS:
-            row[metric] = _mean_std([r[metric] for r in runs])
+        for metric in phase_spreads(family):
+            if all(metric in r for r in runs):
+                row[metric] = _mean_std([r[metric] for r in runs])
         row["drift_per_group"] = [_mean_std(col) for col in drift_groups.T]
         row["drift_per_timestep"] = [
             float(v) for v in np.mean([r["drift_per_timestep"] for r in runs], axis=0)
@@ -254,7 +269,9 @@ def phase_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     base_runs = {r["seed"]: r for r in by_variant.get(base["variant"], [])} if base else {}
     for row in rows:
         runs = [r for r in by_variant[row["variant"]] if r["seed"] in base_runs]
-        for metric in PAIRED_METRICS:
+        for metric in COMPARED[family]:
+            if metric not in row:
+                continue
             row["paired_delta"][metric] = _mean_std(
                 [r[metric] - base_runs[r["seed"]][metric] for r in runs]
             )

@@ -41,7 +41,10 @@ from thermojax.pipeline.typed_json import dataclass_from_json, from_json, to_jso
 from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
 
 __all__ = [
+    "COMPARED",
     "COMPARED_QUALITY",
+    "FIGURE_LABELS",
+    "FP32_REFERENCE",
     "PHASE_SPREADS",
     "QUALITY_FIGURES",
     "RUN_MODES",
@@ -52,6 +55,7 @@ __all__ = [
     "BlockRow",
     "Check",
     "EnhancementSection",
+    "FigureLabel",
     "Interpretation",
     "LayerResult",
     "MetricsView",
@@ -68,14 +72,16 @@ __all__ = [
     "ViolationAnalysis",
     "WeightsSection",
     "float32_list",
+    "phase_spreads",
     "read_result",
     "write_result",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped whenever a key changes meaning or a required key is added (2: the enhancement,
 baseline and phase sections; 3: ``mode`` and ``weights``, and weight-only runs; 4: the quality
-section of a masked-diffusion LM, whose image figures are ``null``)."""
+section of a masked-diffusion LM, whose image figures are ``null``; 5: the phase table's
+``family`` and its text figures, image figures ``null`` for a masked-diffusion LM)."""
 
 RUN_MODES = ("diffusion", "weight-only")
 """``Result.mode``: a model thermojax runs, or a checkpoint measured weight-only."""
@@ -227,6 +233,16 @@ class QualitySection:
         """Whether these are a masked-diffusion LM's figures (token agreement, perplexities)."""
         return self.extra.get("kind") == "text"
 
+    @property
+    def family(self) -> str:
+        """``text`` for a masked-diffusion LM's figures, ``image`` otherwise (:data:`COMPARED`)."""
+        return "text" if self.is_text else "image"
+
+    def figure(self, name: str) -> float | None:
+        """One scalar figure by name, named or in ``extra``; ``None`` where this run has none."""
+        value = getattr(self, name) if name in QUALITY_FIGURES else self.extra.get(name)
+        return float(value) if isinstance(value, int | float) else None
+
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON form: the named figures plus the ``extra`` ones at the same level."""
         named = {
@@ -271,9 +287,56 @@ TEXT_QUALITY_FIGURES = (
 )
 """A masked-diffusion LM's scalar quality figures (in :attr:`QualitySection.extra`)."""
 
-COMPARED_QUALITY = ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized")
-"""The quantized-sampling figures set beside a baseline's: enhanced against baseline (report,
-W&B) and each phase variant against the baseline of the same seed (paired deltas)."""
+COMPARED = {
+    "image": ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized"),
+    "text": (
+        "drift_mean",
+        "token_agreement",
+        "generative_perplexity_quantized",
+        "heldout_perplexity_quantized",
+    ),
+}
+"""Per model family, the quantized-sampling figures set beside a baseline's: enhanced against
+baseline (report, W&B) and each phase variant against the baseline of the same seed (paired
+deltas). ``image``: the digits DDPM; ``text``: a masked-diffusion LM."""
+
+COMPARED_QUALITY = COMPARED["image"]
+"""The image family's :data:`COMPARED` figures (the DDPM's)."""
+
+FP32_REFERENCE = {
+    "image": ("frechet_fp32", "class_coverage_fp32"),
+    "text": ("generative_perplexity_fp32", "heldout_perplexity_fp32"),
+}
+"""Per family, the fp32 figures a phase table gives as its reference (mean and std over seeds)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureLabel:
+    """How a quality figure is shown: its label, whether higher is better, its digits after the
+    point (beside a baseline; ``table_digits`` in the phase table's mean +- std cells), and
+    whether it is a fraction shown as a percentage."""
+
+    label: str
+    higher_is_better: bool
+    digits: int
+    table_digits: int
+    percent: bool = False
+
+
+FIGURE_LABELS = {
+    "drift_mean": FigureLabel("trajectory drift (mean)", False, 5, 4),
+    "final_mse": FigureLabel("final-sample MSE", False, 4, 3),
+    "frechet_quantized": FigureLabel("Frechet distance", False, 3, 2),
+    "frechet_fp32": FigureLabel("Frechet distance", False, 3, 2),
+    "class_coverage_quantized": FigureLabel("class coverage", True, 2, 0, percent=True),
+    "class_coverage_fp32": FigureLabel("class coverage", True, 2, 0, percent=True),
+    "token_agreement": FigureLabel("token agreement", True, 4, 1, percent=True),
+    "generative_perplexity_quantized": FigureLabel("generative perplexity", False, 3, 2),
+    "generative_perplexity_fp32": FigureLabel("generative perplexity", False, 3, 2),
+    "heldout_perplexity_quantized": FigureLabel("held-out perplexity bound", False, 3, 2),
+    "heldout_perplexity_fp32": FigureLabel("held-out perplexity bound", False, 3, 2),
+}
+"""Display of every :data:`COMPARED` and :data:`FP32_REFERENCE` figure (report, run log)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,9 +443,14 @@ class Spread:
     std: float
 
 
-PHASE_SPREADS = ("smoothness_score", "violation_count", *COMPARED_QUALITY, "sampling_time_s")
-"""The :class:`PhaseRow` figures that are a :class:`Spread` over seeds: one list for the phase
-table, its CSV and its W&B table."""
+def phase_spreads(family: str) -> tuple[str, ...]:
+    """The :class:`PhaseRow` figures that are a :class:`Spread` over seeds for a model family
+    (:data:`COMPARED`): one list for the phase table, its CSV and its W&B table."""
+    return ("smoothness_score", "violation_count", *COMPARED[family], "sampling_time_s")
+
+
+PHASE_SPREADS = phase_spreads("image")
+"""The DDPM's :func:`phase_spreads`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,7 +461,9 @@ class PhaseRow:
     ``drift_per_timestep`` is the mean over seeds ``[T]``. ``param_time_s`` is the warm parameter
     computation, ``param_extra_s`` the same minus the baseline's, ``sampling_ratio`` the mean
     quantized sampling time over the baseline's. ``paired_delta`` holds, per quality figure, the
-    mean and std over seeds of (variant - baseline with the same seed's noise).
+    mean and std over seeds of (variant - baseline with the same seed's noise). The quality
+    figures are the model family's (:data:`COMPARED`); the other family's are ``None``, and so
+    is a figure the run has none of (held-out perplexity without held-out text).
     """
 
     variant: str
@@ -404,9 +474,6 @@ class PhaseRow:
     smoothness_score: Spread
     violation_count: Spread
     drift_mean: Spread
-    final_mse: Spread
-    frechet_quantized: Spread
-    class_coverage_quantized: Spread
     sampling_time_s: Spread
     drift_per_group: tuple[Spread, ...]
     drift_per_timestep: tuple[float, ...]
@@ -415,11 +482,20 @@ class PhaseRow:
     param_compile_s: float
     param_extra_s: float
     sampling_ratio: float
+    final_mse: Spread | None = None
+    frechet_quantized: Spread | None = None
+    class_coverage_quantized: Spread | None = None
+    token_agreement: Spread | None = None
+    generative_perplexity_quantized: Spread | None = None
+    heldout_perplexity_quantized: Spread | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PhasesSection:
-    """The phase table (``phases.json``): every variant on one calibration, over several seeds."""
+    """The phase table (``phases.json``): every variant on one calibration, over several seeds.
+
+    ``family`` is the model's (:data:`COMPARED`); ``fp32`` holds its :data:`FP32_REFERENCE`
+    figures over the seeds (those the run has)."""
 
     seeds: tuple[int, ...]
     num_samples: int
@@ -428,10 +504,23 @@ class PhasesSection:
     num_time_groups: int
     smoothness_threshold: float
     drift_group_edges: tuple[int, ...]
-    fp32_frechet: Spread
-    fp32_class_coverage: Spread
     rows: tuple[PhaseRow, ...]
     total_time_s: float
+    family: str = "image"
+    fp32: dict[str, Spread] = dataclasses.field(default_factory=dict)
+
+    def spreads(self) -> tuple[str, ...]:
+        """The :func:`phase_spreads` of this table's family that its rows have (not ``None``)."""
+        first = self.rows[0] if self.rows else None
+        return tuple(
+            name
+            for name in phase_spreads(self.family)
+            if first is not None and getattr(first, name) is not None
+        )
+
+    def compared(self) -> tuple[str, ...]:
+        """The quality figures with paired deltas (:data:`COMPARED` that the rows have)."""
+        return tuple(name for name in COMPARED[self.family] if name in self.spreads())
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``phases.json`` and the ``phases`` key of ``baseline_metrics.json``)."""
@@ -439,7 +528,12 @@ class PhasesSection:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PhasesSection:
-        """Inverse of :meth:`to_dict`, checking keys and types."""
+        """Inverse of :meth:`to_dict`, checking keys and types; a table written before schema 5
+        (``fp32_frechet`` and ``fp32_class_coverage`` at the top) reads as the image family's."""
+        data = dict(data)
+        legacy = {"fp32_frechet": "frechet_fp32", "fp32_class_coverage": "class_coverage_fp32"}
+        if any(key in data for key in legacy):
+            data["fp32"] = {new: data.pop(old) for old, new in legacy.items() if old in data}
         return dataclass_from_json(cls, data, "phases")
 
 

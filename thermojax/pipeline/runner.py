@@ -410,12 +410,6 @@ def _load_language_model(config: BaselineConfig) -> DiffusionModel:
     except UserInputError as exc:
         raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
     check_model_limits(config, int(model.num_timesteps))
-    if config.phases.enabled or config.enhanced:
-        what = "phases.enabled=True" if config.phases.enabled else "thermo.* / time_groups.*"
-        raise UserInputError(
-            f"{what}: the enhancement and phase tables compare the DDPM's image figures and do "
-            "not take a masked-diffusion LM yet; its baseline runs (and sweeps over it)"
-        )
     log.info(
         "masked-diffusion LM %s: %d parameters, L=%d, T=%d steps, %s unmasking, layers %d",
         model.name,

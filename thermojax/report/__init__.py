@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from thermojax.pipeline.results import PhasesSection, Result
+from thermojax.pipeline.results import COMPARED, FIGURE_LABELS, PhasesSection, Result
 from thermojax.report.charts import (
     BarChart,
     LineChart,
@@ -46,6 +46,13 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _signed(value: Any, digits: int = 3) -> str:
+    """Fixed decimals with a sign; ``n/a`` for missing or non-finite values."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}"
+
+
 def _percent(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -62,6 +69,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["num"] = _number
+    env.filters["signed"] = _signed
     env.filters["pct"] = _percent
     return env
 
@@ -191,6 +199,18 @@ def _digit_grids(result: Result) -> tuple[DigitGrid, DigitGrid]:
     )
 
 
+_COMPARISON_LABELS = {
+    "drift_mean": "Trajectory drift (mean)",
+    "final_mse": "Final-sample MSE vs fp32",
+    "frechet_quantized": "Frechet distance to real digits",
+    "class_coverage_quantized": "Class coverage",
+    "token_agreement": "Token agreement with fp32",
+    "generative_perplexity_quantized": "Generative perplexity (fp32 model)",
+    "heldout_perplexity_quantized": "Held-out perplexity bound",
+}
+"""The comparison table's label of each :data:`COMPARED` figure."""
+
+
 def _comparison_rows(result: Result) -> list[dict[str, Any]]:
     """Baseline beside enhanced: ``label, baseline, enhanced, change, better`` (True/False/None).
 
@@ -216,11 +236,14 @@ def _comparison_rows(result: Result) -> list[dict[str, Any]]:
             4,
             True,
         ),
-        ("Trajectory drift (mean)", bq.drift_mean, q.drift_mean, 5, False),
-        ("Final-sample MSE vs fp32", bq.final_mse, q.final_mse, 4, False),
-        ("Frechet distance to real digits", bq.frechet_quantized, q.frechet_quantized, 3, False),
-        ("Class coverage", bq.class_coverage_quantized, q.class_coverage_quantized, 2, True),
     ]
+    for name in COMPARED[q.family]:
+        before, after = bq.figure(name), q.figure(name)
+        if before is not None and after is not None:
+            shown = FIGURE_LABELS[name]
+            rows.append(
+                (_COMPARISON_LABELS[name], before, after, shown.digits, shown.higher_is_better)
+            )
     out = []
     for label, before, after, digits, higher_is_better in rows:
         change = after - before
@@ -283,6 +306,38 @@ _PHASE_COLORS = {
     "adaptive": "#2ca02c",
     "combination": "#9467bd",
 }
+
+
+def _phase_figures(phases: PhasesSection) -> list[dict[str, Any]]:
+    """The phase table's quality columns after the drift: the family's :data:`COMPARED` figures
+    the table has, with their label, digits and formats (the first two also get paired deltas)."""
+    out = []
+    for name in phases.compared()[1:]:
+        shown = FIGURE_LABELS[name]
+        out.append(
+            {
+                "name": name,
+                "label": shown.label,
+                "percent": shown.percent,
+                "digits": shown.table_digits,
+                "delta_digits": shown.digits if shown.percent else shown.table_digits,
+            }
+        )
+    return out
+
+
+def _phase_fp32(phases: PhasesSection) -> list[dict[str, str]]:
+    """The fp32 reference figures of a phase table, formatted: ``label, mean, std``."""
+    out = []
+    for name, spread in phases.fp32.items():
+        shown = FIGURE_LABELS[name]
+        if shown.percent:
+            mean, std = _percent(spread.mean, shown.table_digits), _percent(spread.std, 0)
+        else:
+            digits = shown.table_digits
+            mean, std = _number(spread.mean, digits), _number(spread.std, digits)
+        out.append({"label": shown.label, "mean": mean, "std": std})
+    return out
 
 
 def _phase_scatter(phases: PhasesSection, metric: str, label: str) -> ScatterChart:
@@ -403,8 +458,8 @@ def render_report(result: Result) -> str:
         "schedule_chart": _schedule_chart(result),
         "phase_charts": (
             [
-                _phase_scatter(result.phases, "final_mse", "final-sample MSE"),
-                _phase_scatter(result.phases, "frechet_quantized", "Frechet distance"),
+                _phase_scatter(result.phases, name, FIGURE_LABELS[name].label)
+                for name in result.phases.compared()[1:3]
             ]
             if result.phases is not None
             else []
@@ -412,6 +467,8 @@ def render_report(result: Result) -> str:
         "phase_drift_charts": (
             _phase_drift_charts(result.phases) if result.phases is not None else []
         ),
+        "phase_figures": _phase_figures(result.phases) if result.phases is not None else [],
+        "phase_fp32": _phase_fp32(result.phases) if result.phases is not None else [],
     }
     if markov:
         context.update(
