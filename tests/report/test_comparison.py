@@ -100,3 +100,28 @@ def test_page_with_only_failures_has_no_charts_but_lists_them():
     assert "<svg" not in page
     assert "ValueError: &lt;b&gt;bad&lt;/b&gt;" in page
     assert "0 configurations completed" in page
+
+
+def test_a_language_model_sweep_sets_its_held_out_perplexity_against_smoothness():
+    """A masked-diffusion LM's runs have no Frechet distance: the page's second scatter, card
+    and table column are its held-out perplexity bound, with that figure's correlation."""
+    rows = []
+    for bits, smoothness, ppl in ((2, 0.97, 8.4), (4, 0.98, 7.2), (8, 0.99, 7.17)):
+        values = row(bits, 4, 0.3, smoothness, 0.1)
+        values["heldout_perplexity_quantized"] = ppl
+        rows.append(values)
+    correlation = {"pearson": -0.875, "n": 3}
+    summary = SweepSummary(
+        sweep_dir="/sweep",
+        rows=tuple(rows),
+        failures=(),
+        correlations={
+            "smoothness_vs_drift_mean": {"pearson": None, "n": 3},
+            "smoothness_vs_heldout_perplexity_quantized": correlation,
+        },
+    )
+    page = render_comparison(summary)
+    assert "Frechet" not in page
+    assert "r(smoothness, held-out perplexity (quantized))" in page and "-0.875" in page
+    assert "held-out perplexity (quantized): Pearson r = -0.875 (n = 3)" in page
+    assert all(f'<td class="num">{ppl:.3f}</td>' in page for ppl in (8.4, 7.2, 7.17))

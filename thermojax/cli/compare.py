@@ -69,7 +69,14 @@ _QUALITY_COLUMNS = (
     "heldout_perplexity_quantized",
 )
 """Quality columns of the summary: the DDPM's and a masked-diffusion LM's (empty for the other)."""
-CORRELATED = ("drift_mean", "frechet_quantized", "final_mse", "generative_perplexity_quantized")
+CORRELATED = (
+    "drift_mean",
+    "frechet_quantized",
+    "final_mse",
+    "token_agreement",
+    "generative_perplexity_quantized",
+    "heldout_perplexity_quantized",
+)
 """The quality figures whose correlation with the smoothness score the summary reports."""
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,14 +277,11 @@ def render_comparison(summary: SweepSummary) -> str:
     # Weight-only runs without activation statistics have no smoothness to chart.
     markov = [row for row in completed if row["smoothness_score"] is not None]
     corr = summary.correlations
+    key, label = headline_quality(markov)
+    empty = {"pearson": None, "n": 0}
     scatters = [
         quality_scatter(markov, "drift_mean", "mean drift", corr["smoothness_vs_drift_mean"]),
-        quality_scatter(
-            markov,
-            "frechet_quantized",
-            "Frechet (quantized)",
-            corr["smoothness_vs_frechet_quantized"],
-        ),
+        quality_scatter(markov, key, label, corr.get(f"smoothness_vs_{key}", empty)),
     ]
     template = environment().get_template("comparison.html.j2")
     return template.render(
@@ -295,4 +292,23 @@ def render_comparison(summary: SweepSummary) -> str:
         cosine_heatmap=cosine_heatmap(completed) if len(markov) < len(completed) else None,
         violations=violations_chart(markov),
         scatters=[chart for chart in scatters if chart is not None],
+        headline={"key": key, "label": label, **corr.get(f"smoothness_vs_{key}", empty)},
     )
+
+
+HEADLINE_QUALITY = (
+    ("frechet_quantized", "Frechet (quantized)"),
+    ("heldout_perplexity_quantized", "held-out perplexity (quantized)"),
+    ("generative_perplexity_quantized", "generative perplexity (quantized)"),
+)
+"""The quality figure the comparison page sets against smoothness beside the drift: the first
+the runs have (the DDPM's Frechet distance; a masked-diffusion LM's held-out perplexity bound,
+or its generative perplexity without held-out text)."""
+
+
+def headline_quality(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """``(key, label)`` of the :data:`HEADLINE_QUALITY` figure that any of ``rows`` has."""
+    for key, label in HEADLINE_QUALITY:
+        if any(row.get(key) is not None for row in rows):
+            return key, label
+    return HEADLINE_QUALITY[0]
