@@ -1,8 +1,9 @@
 """thermojax: time-group-aware quantization of diffusion models in JAX.
 
-The names here are the pure-JAX core (:mod:`thermojax.core`: quantization kernels, time groups,
-Markov smoothness metrics, smoothing, adaptive groups, transition optimization). The other rings
-are imported explicitly, so ``import thermojax`` stays light (no Hydra, Ray, W&B, Jinja2 or Flax):
+The names here are the pure-JAX core (:mod:`thermojax.core`: quantization kernels, weight
+quantizers, time groups, Markov smoothness metrics, smoothing, adaptive groups, transition
+optimization). The other rings are imported explicitly, so ``import thermojax`` stays light (no
+Hydra, Ray, W&B, Jinja2 or Flax):
 
 - :mod:`thermojax.models`: the model protocol, the model families and their checkpoints;
 - :mod:`thermojax.pipeline`: settings in, a typed ``Result`` out (``run``);
@@ -36,6 +37,13 @@ from thermojax.core.timegroups import (
     group_ranges,
     uniform_edges,
 )
+from thermojax.core.weight_quant import (
+    WEIGHT_METHODS,
+    GptqOptions,
+    HqqOptions,
+    MseClipOptions,
+    quantize_weight,
+)
 
 __version__ = "0.1.0"
 
@@ -58,7 +66,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "WEIGHT_METHODS",
+    "GptqOptions",
+    "HqqOptions",
     "MarkovMetrics",
+    "MseClipOptions",
     "QTensor",
     "ScheduleMetrics",
     "TransitionResult",
@@ -78,6 +90,7 @@ __all__ = [
     "mse",
     "optimize_transitions",
     "quantize",
+    "quantize_weight",
     "schedule_metrics",
     "segmentation_objective",
     "smooth_boundaries",
