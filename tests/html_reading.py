@@ -135,10 +135,11 @@ def pct(value, digits: int = 1) -> str:
 
 def check_report_shows_the_run(html: str, data: dict, band_colors: dict[str, str]) -> None:
     """Every figure of a diffusion run's ``baseline_metrics.json`` ``data`` where the HTML report
-    shows it: title, hero score and band, cards, the boundary, layer and violation tables, the
-    interpretation, the quality cards and the extra quality figures."""
+    shows it: title, hero score, verdict and smoothness band, cards, the boundary, layer and
+    violation tables, the interpretation, the quality cards and the extra quality figures."""
     root = parse(html)
     name, band = data["model_name"], data["interpretation"]["band"]
+    verdict = data["interpretation"].get("verdict")
     title = root.find("title").text()
     assert name in title and f"INT{data['bit_width']}" in title, title
     assert f"{data['num_time_groups']} time groups" in title, title
@@ -147,8 +148,14 @@ def check_report_shows_the_run(html: str, data: dict, band_colors: dict[str, str
 
     hero = root.find("section", "hero")
     assert hero.find(cls="score").text() == num(data["smoothness_score"], 3)
-    assert hero.find("span", "band").text() == band
-    assert f"--band: {band_colors[band]}" in hero.attrs["style"]
+    smoothness = hero.find("span", "smoothness")
+    assert smoothness.text() == f"smoothness band: {band}"
+    assert f"background: {band_colors[band]}" in smoothness.attrs["style"]
+    if verdict is None:
+        assert not hero.find_all("span", "verdict")
+    else:
+        assert hero.find("span", "verdict").text() == f"quality band: {verdict}"
+        assert f"--band: {band_colors[verdict]}" in hero.attrs["style"]
     assert hero.find("p").text() == re.sub(r"\s+", " ", data["interpretation"]["summary"])
 
     shown = cards(root)
@@ -243,12 +250,17 @@ def check_report_shows_the_run(html: str, data: dict, band_colors: dict[str, str
             for v in data["violations"]
         ]
     headings = [h.text() for h in root.find_all("h3")]
-    assert f"Interpretation: {band} baseline" in headings, headings
-    checks = [li.text() for li in root.find("ul", "checks").find_all("li")]
-    assert checks == [
-        f"{CHECK_MARKS[c['met']]} {c['criterion']}: {c['value']}"
-        for c in data["interpretation"]["checks"]
-    ]
+    assert f"Smoothness band: {band}" in headings, headings
+    interpretation = data["interpretation"]
+    for cls, key in (("smoothness-checks", "checks"), ("quality-checks", "quality_checks")):
+        shown = root.find_all("ul", cls)
+        checks = [li.text() for ul in shown for li in ul.find_all("li")]
+        assert checks == [
+            f"{CHECK_MARKS[c['met']]} {c['criterion']}: {c['value']}"
+            for c in interpretation.get(key, [])
+        ], cls
+    quality_band = interpretation.get("quality_band")
+    assert (f"Quality band: {quality_band} (the verdict)" in headings) is (quality_band is not None)
     named = {
         "drift_per_timestep",
         "drift_per_group",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import chromium_screenshot, png_size
-from html_reading import check_report_shows_the_run
+from html_reading import check_report_shows_the_run, parse
 from quality_reference import assert_sample_figures, frechet, sample_figures
 from result_samples import ADDED_KEYS, ARROWQUANT_KEYS, check_model_level_figures
 from wandb_readback import inspect_run, offline_run_dir
@@ -156,6 +156,26 @@ def test_html_shows_this_runs_values_where_it_shows_them(first_run, metrics):
     check_report_shows_the_run(html, metrics, BAND_COLORS)
 
 
+def test_int2_headlines_its_destroyed_samples_not_its_smoothness(first_run, metrics):
+    """``make baseline`` (INT2): the parameters score in the excellent smoothness band while the
+    digits are destroyed; the headline is the quality band, and the smoothness band is labelled."""
+    out, proc = first_run
+    interpretation, quality = metrics["interpretation"], metrics["quality"]
+    assert quality["frechet_quantized"] > 3 * quality["frechet_fp32"]  # measured, not assumed
+    assert interpretation["verdict"] == interpretation["quality_band"] == "poor"
+    assert interpretation["quality_detail"].startswith("Frechet ")
+    hero = parse((out / "baseline_metrics.html").read_text()).find("section", "hero")
+    assert hero.find("span", "verdict").text() == "quality band: poor"
+    assert hero.find("span", "smoothness").text() == f"smoothness band: {interpretation['band']}"
+    assert hero.find("p").text().startswith("Sample quality is poor against fp32")
+    stdout = plain(proc.stdout)
+    assert f"quality band: poor ({interpretation['quality_detail']})" in stdout
+    assert "a better weight quantizer" in stdout  # the next step, not Phase 2/3
+    if interpretation["band"] != "poor":
+        assert "rather than in jumps between groups" in interpretation["summary"]
+        assert "Phase 2" not in " ".join(interpretation["actions"])
+
+
 def test_samples_npz(first_run, metrics):
     out, _ = first_run
     with np.load(out / "samples.npz") as samples:
@@ -215,13 +235,15 @@ def test_log_has_the_full_run(first_run, metrics):
         f"Frechet fp32 {quality['frechet_fp32']:.3f} / quantized {quality['frechet_quantized']:.3f}"
     ) in text
     assert (
-        f"weights at {metrics['bit_width']} bits: cosine {metrics['cosine_similarity']:.4f}, "
+        f"weights at {metrics['bit_width']} bits ({metrics['config']['quant']['method']}): "
+        f"cosine {metrics['cosine_similarity']:.4f}, "
         f"compression {metrics['compression_ratio']:.2f}x, {metrics['model_size_mb']:.4f} MB"
     ) in text
     assert f"interpretation: {metrics['interpretation']['summary']}" in text
     assert (
-        f"smoothness {metrics['smoothness_score']:.4f} ({metrics['interpretation']['band']}), "
-        f"{metrics['violation_count']} violations, cosine {metrics['cosine_similarity']:.4f}, "
+        f"smoothness {metrics['smoothness_score']:.4f} (smoothness band: "
+        f"{metrics['interpretation']['band']}), quality band: "
+        f"{metrics['interpretation']['quality_band']}, {metrics['violation_count']} violations, cosine {metrics['cosine_similarity']:.4f}, "
         f"total {metrics['timings_s']['total']:.1f} s"
     ) in text
 
@@ -238,7 +260,7 @@ def test_console_shows_progress_and_a_short_summary(first_run, metrics):
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert 4 <= len(lines) <= 12
     band = metrics["interpretation"]["band"]
-    assert f"smoothness {metrics['smoothness_score']:.4f} ({band}), " in stdout
+    assert f"smoothness {metrics['smoothness_score']:.4f} (smoothness band: {band}), " in stdout
     assert f"{metrics['violation_count']} violations (jump > 0.3)" in stdout
     q = metrics["quality"]
     assert (

@@ -44,6 +44,8 @@ FIGURES = {
 }
 THRESHOLDS = (0.1, 0.3)
 BANDS = {(2, 2): "poor", (2, 4): "good", (4, 2): "excellent", (4, 4): "excellent"}
+# The quality band (schema 5); (4, 4) keeps the template's older interpretation without one.
+QUALITY_BANDS = {(2, 2): "poor", (2, 4): "fair", (4, 2): "good"}
 
 
 def _violations(bits: int, groups: int, threshold: float) -> int:
@@ -62,6 +64,8 @@ def _write_report(job_dir: Path, bits: int, groups: int, threshold: float) -> No
     )
     report["quality"].update(drift_mean=drift, frechet_quantized=frechet)
     report["interpretation"]["band"] = BANDS[bits, groups]
+    if (bits, groups) in QUALITY_BANDS:
+        report["interpretation"]["quality_band"] = QUALITY_BANDS[bits, groups]
     # Figures that differ per configuration, so that a column shown from another row shows.
     report.update(
         cosine_similarity=0.9 + bits / 100 + groups / 1000,
@@ -125,6 +129,8 @@ def test_summary_lists_every_configuration_and_failure(sweep, capsys):
             float(row["smoothness_threshold"]),
         )
         assert float(row["smoothness_score"]) == FIGURES[bits, groups][0]
+        assert row["band"] == BANDS[bits, groups]
+        assert row["quality_band"] == QUALITY_BANDS.get((bits, groups), "")
         assert int(row["violation_count"]) == _violations(bits, groups, threshold)
     failed = [r for r in rows if r["status"] == "failed"]
     assert [(f["job"], f["bit_width"], f["num_time_groups"]) for f in failed] == [("8", "8", "16")]
@@ -193,6 +199,7 @@ def test_dashboard_table_shows_each_configurations_own_values(sweep, capsys):
             cell(row["seed"]),
             cell(row["smoothness_score"], 4),
             row["band"] or "",
+            row["quality_band"] or "",
             cell(row["violation_count"]),
             cell(row["min_boundary_score"], 3),
             cell(row["cosine_similarity"], 4),
@@ -210,6 +217,7 @@ def test_dashboard_table_shows_each_configurations_own_values(sweep, capsys):
     for job in range(8):
         report = json.loads((sweep / str(job) / "baseline_metrics.json").read_text())
         assert shown[str(job)][7] == report["interpretation"]["band"]
+        assert shown[str(job)][8] == (report["interpretation"].get("quality_band") or "")
         assert shown[str(job)][6] == f"{report['smoothness_score']:.4f}"
     failures = table_rows(table_after(root, "Failures"))
     assert failures == [

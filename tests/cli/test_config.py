@@ -88,6 +88,34 @@ def test_mapping_with_partial_keys_gets_defaults():
         ({"interpretation": {"poor_below": 1.5}}, "interpretation.poor_below=1.5"),
         ({"interpretation": {"poor_below": 0.9}}, "must not exceed interpretation.excellent_above"),
         ({"interpretation": {"good_max_violations": -1}}, "interpretation.good_max_violations=-1"),
+        (
+            {"interpretation": {"good_max_frechet_ratio": 0.5}},
+            "interpretation.good_max_frechet_ratio=0.5: must be >= 1",
+        ),
+        (
+            {"interpretation": {"good_max_perplexity_ratio": float("inf")}},
+            "interpretation.good_max_perplexity_ratio=inf: must be >= 1",
+        ),
+        (
+            {"interpretation": {"poor_above_coverage_drop": 1.5}},
+            "interpretation.poor_above_coverage_drop=1.5: must be within",
+        ),
+        (
+            {"interpretation": {"good_max_final_mse": -1.0}},
+            "interpretation.good_max_final_mse=-1.0: must be >= 0",
+        ),
+        (
+            {"interpretation": {"good_max_final_mse": 20.0}},
+            "interpretation.good_max_final_mse=20.0: must not exceed interpretation.poor_above",
+        ),
+        (
+            {"interpretation": {"poor_below_token_agreement": 0.8}},
+            "interpretation.good_min_token_agreement=0.7: must not be below interpretation.poor",
+        ),
+        (
+            {"interpretation": {"good_min_token_agreement": float("nan")}},
+            "interpretation.good_min_token_agreement=nan",
+        ),
         ({"smoothness_threshold": "abc"}, "smoothness_threshold"),
         ({"bit_width": "two"}, "bit_width"),
         ({"bit_widht": 2}, "bit_widht"),

@@ -8,6 +8,7 @@ marker, must not exist then.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -16,7 +17,13 @@ import os
 from pathlib import Path
 
 import pytest
-from result_samples import FRECHET_DELTAS, enhanced_result, make_result, phases_result
+from result_samples import (
+    FRECHET_DELTAS,
+    W2_DIGITS_QUALITY,
+    enhanced_result,
+    make_result,
+    phases_result,
+)
 from rich.console import Console
 
 import thermojax.cli.tracking
@@ -46,6 +53,34 @@ def test_plain_run_prints_neither_comparison_nor_phase_table(tmp_path):
     assert comparison_lines(result) == [] and phase_lines(result, {}) == []
     text = printed(result, {"json": tmp_path / "baseline_metrics.json"})
     assert "baseline" not in text.split("outputs:")[0] and "phase table" not in text
+
+
+@pytest.mark.parametrize(
+    ("quality_figures", "quality"),
+    [({}, "good (Frechet 1.50x fp32)"), (W2_DIGITS_QUALITY, "poor (Frechet 16.8x fp32)")],
+    ids=["good", "poor"],
+)
+def test_summary_labels_the_smoothness_band_and_shows_the_quality_band(
+    tmp_path, quality_figures, quality
+):
+    result = make_result(quality_figures=quality_figures)
+    text = printed(result, {"json": tmp_path / "baseline_metrics.json"})
+    assert (
+        f"  smoothness {result.smoothness_score:.4f} "
+        f"(smoothness band: {result.interpretation.band}), quality band: {quality}, "
+        f"{result.violation_count} violations (jump > 0.3)"
+    ) in text.splitlines()
+    assert f"  next: {'; '.join(result.interpretation.actions)}" in text
+
+
+def test_summary_of_a_run_without_quality_shows_only_the_smoothness_band(tmp_path):
+    result = make_result()
+    interpretation = dataclasses.replace(
+        result.interpretation, quality_band=None, quality_detail="", verdict=None
+    )
+    text = printed(dataclasses.replace(result, interpretation=interpretation), {})
+    assert f"(smoothness band: {result.interpretation.band}), {result.violation_count} " in text
+    assert "quality band" not in text
 
 
 def test_enhanced_run_shows_baseline_beside_enhanced(tmp_path):

@@ -51,6 +51,7 @@ def test_summary_metrics_leave_out_non_finite_values():
     metrics = summary_metrics(result)
     assert "min_boundary_score" not in metrics
     assert metrics["smoothness_score"] == 1.0 and metrics["band"] == result.interpretation.band
+    assert metrics["quality_band"] == result.interpretation.quality_band == "good"
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in metrics.values())
 
 
@@ -93,6 +94,7 @@ def test_offline_run_reads_back(tmp_path):
     assert logged["smoothness_score"] == pytest.approx(result.smoothness_score)
     assert logged["violation_count"] == result.violation_count
     assert logged["band"] == result.interpretation.band
+    assert logged["quality_band"] == result.interpretation.quality_band
     assert logged["quality/frechet_quantized"] == pytest.approx(result.quality.frechet_quantized)
     for table, rows in (("boundaries", 3), ("layers", 3), ("violations", result.violation_count)):
         assert logged[table]["_type"] == "table-file" and logged[table]["nrows"] == rows

@@ -122,9 +122,16 @@ def test_given_quantized_weights_give_the_same_statistics(model, stats):
 
 
 def test_quantized_weights_at_other_settings_are_rejected(model):
+    """Another group size is a mistake; other bits are not (``quant.keep_bits`` keeps some
+    layers at more bits than ``bit_width``)."""
     at_2, _ = quantize_weights(model, bits=2)
-    with pytest.raises(ValueError, match=r"bit_width=4, group_size=64; got .*bits=2"):
-        calibrate(model, bit_width=4, num_samples=N, qweights=at_2)
+    by_32, _ = quantize_weights(model, bits=2, group_size=32)
+    with pytest.raises(
+        ValueError, match=r"group_size=64 \(run at bit_width=2\); got .*group_size=32"
+    ):
+        calibrate(model, bit_width=2, num_samples=N, qweights=by_32)
+    mixed = {**at_2, "output": quantize_weights(model, bits=8)[0]["output"]}
+    calibrate(model, bit_width=2, num_samples=N, qweights=mixed)
     partial = dict(list(at_2.items())[:-1])
     with pytest.raises(ValueError, match="lack layer"):
         calibrate(model, bit_width=2, num_samples=N, qweights=partial)

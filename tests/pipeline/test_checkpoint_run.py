@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from html_reading import cards, parse
 from result_samples import reference_metrics
 from safetensors.numpy import load_file, save_file
 
@@ -19,6 +20,7 @@ from thermojax.models.hf import open_checkpoint, write_dream_like
 from thermojax.pipeline import run
 from thermojax.pipeline.activation_stats import write_activation_stats
 from thermojax.pipeline.results import Result
+from thermojax.report import render_report
 
 GROUP = 8  # divides every width of the scale-64 layout (hidden 56)
 _TOOL = Path(__file__).resolve().parents[2] / "tools" / "same_numbers.py"
@@ -116,6 +118,15 @@ def test_statistics_give_the_markov_metrics_of_uniform_groups(checkpoint, tmp_pa
     cosine = {row.name: row.cosine for row in result.weights.tensors}
     assert [layer.name for layer in result.layers] == names
     assert result.layers[0].cosine_similarity == cosine["model.layers.0.mlp.down_proj.weight"]
+    # Smoothness from the statistics, but no samples: a smoothness band and no verdict.
+    assert result.interpretation.band in ("poor", "good", "excellent")
+    assert result.interpretation.quality_band is None and result.interpretation.verdict is None
+    assert "no verdict on the model" in result.interpretation.summary
+    page = parse(render_report(result))
+    assert (
+        cards(page)["Smoothness score"]["note"] == f"smoothness band: {result.interpretation.band}"
+    )
+    assert "Quality band" not in page.text() and "quality band" not in page.text()
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,37 @@ def test_round_trip_is_exact(result, tmp_path):
     assert again.samples is None and result.samples is not None
 
 
+def test_the_interpretation_has_the_quality_band_and_the_verdict(result, tmp_path):
+    data = json.loads(write_result(result, tmp_path / "m.json").read_text())
+    interpretation = data["interpretation"]
+    assert interpretation["quality_band"] == interpretation["verdict"] == "good"
+    assert interpretation["quality_detail"] == "Frechet 1.50x fp32"
+    assert [c["met"] for c in interpretation["quality_checks"]] == [True, True, True]
+
+
+@pytest.mark.parametrize("version", [1, 4, 5])
+def test_a_result_without_the_quality_band_keys_still_reads(result, tmp_path, version):
+    """Files written before the quality band: no quality band, no verdict, the rest as written."""
+    data = result.to_dict()
+    for key in ("quality_band", "quality_detail", "quality_checks", "verdict"):
+        del data["interpretation"][key]
+    data["schema_version"] = version
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = read_result(path).interpretation
+    assert (old.quality_band, old.quality_detail, old.quality_checks, old.verdict) == (
+        None,
+        "",
+        (),
+        None,
+    )
+    assert (old.band, old.checks, old.summary) == (
+        result.interpretation.band,
+        result.interpretation.checks,
+        result.interpretation.summary,
+    )
+
+
 def test_one_time_group_has_no_boundaries_and_null_statistics(tmp_path):
     result = make_result(num_groups=1)
     data = json.loads(write_result(result, tmp_path / "m.json").read_text())

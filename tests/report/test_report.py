@@ -21,11 +21,11 @@ from html_reading import (
     section,
     table_rows,
 )
-from result_samples import enhanced_result, make_result, phases_result
+from result_samples import W2_DIGITS_QUALITY, enhanced_result, make_result, phases_result
 
 from thermojax.pipeline.results import read_result, write_result
 from thermojax.pipeline.settings import InterpretationConfig
-from thermojax.report import BAND_COLORS, environment, render_report
+from thermojax.report import BAND_COLORS, NO_VERDICT_COLOR, environment, render_report
 from thermojax.report.charts import bar_chart, line_chart, nice_ticks
 from thermojax.report.grids import digit_grid
 
@@ -130,8 +130,48 @@ def test_report_shows_this_runs_band_and_figures_where_it_shows_them(band, seed,
     check_report_shows_the_run(render_report(read_result(path)), data, BAND_COLORS)
 
 
+def test_report_headlines_the_quality_band_and_labels_the_smoothness_band(tmp_path):
+    """The shipped INT2 digits: smooth parameters, destroyed samples."""
+    result = make_result(
+        num_layers=3, num_groups=5, threshold=0.05, quality_figures=W2_DIGITS_QUALITY
+    )
+    path = write_result(result, tmp_path / "baseline_metrics.json")
+    data = json.loads(path.read_text())
+    html = render_report(read_result(path))
+    check_report_shows_the_run(html, data, BAND_COLORS)
+    hero = parse(html).find("section", "hero")
+    assert hero.find("span", "verdict").text() == "quality band: poor"
+    assert hero.find("span", "smoothness").text() == "smoothness band: excellent"
+    assert f"--band: {BAND_COLORS['poor']}" in hero.attrs["style"]
+    summary = hero.find("p").text()
+    assert summary.startswith("Sample quality is poor against fp32 (Frechet 16.8x fp32).")
+    assert "rather than in jumps between groups" in summary
+    checks = [li.text() for li in parse(html).find("ul", "quality-checks").find_all("li")]
+    assert checks == [
+        "\u2717 Frechet distance <= 1.5x fp32's (poor above 3x): 16.8x (389.30 vs 23.16)",
+        "\u2717 class coverage at most 0.1 below fp32's (poor beyond 0.3): 50% vs 100%",
+        "\u2717 final-sample MSE to fp32's <= 2 px^2 (poor above 18): 36.2",
+    ]
+
+
+def test_report_of_an_older_result_shows_the_smoothness_band_and_no_verdict(tmp_path):
+    data = make_result(num_layers=3, num_groups=5, threshold=0.05).to_dict()
+    for key in ("quality_band", "quality_detail", "quality_checks", "verdict"):
+        del data["interpretation"][key]
+    data["schema_version"] = 4
+    path = tmp_path / "baseline_metrics.json"
+    path.write_text(json.dumps(data))
+    html = render_report(read_result(path))
+    check_report_shows_the_run(html, data, BAND_COLORS)
+    hero = parse(html).find("section", "hero")
+    assert not hero.find_all("span", "verdict")
+    assert f"--band: {NO_VERDICT_COLOR}" in hero.attrs["style"]
+    assert "Quality band" not in html and "quality band" not in html
+
+
 def test_band_colours_differ_per_band():
-    assert len(set(BAND_COLORS.values())) == 3 and set(BAND_COLORS) == {"poor", "good", "excellent"}
+    assert set(BAND_COLORS) == {"poor", "fair", "good", "excellent"}
+    assert len({*BAND_COLORS.values(), NO_VERDICT_COLOR}) == 5
 
 
 def test_report_of_a_result_read_back_equals_the_report_of_the_result(result, tmp_path):

@@ -125,6 +125,9 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
         "model_size_mb": result.model_size_mb,
         **measured,
         "band": result.interpretation.band if result.interpretation is not None else None,
+        "quality_band": (
+            result.interpretation.quality_band if result.interpretation is not None else None
+        ),
         "quantization_time_s": result.quantization_time_s,
         "error": None,
     }

@@ -84,12 +84,15 @@ def _writable_schema() -> DictConfig:
     adding its own ``hydra`` node, so the root flag stays unset here.
     """
     typed = _typed_schema()
-    return OmegaConf.create(
+    node = OmegaConf.create(
         {
             key: _time_groups_node() if key == "time_groups" else typed._get_node(key)
             for key in typed
         }
     )
+    # A mapping section takes new keys (``quant.keep_bits={output:8}``); its values stay typed.
+    OmegaConf.set_struct(node.quant.keep_bits, False)
+    return node
 
 
 def _clear_readonly(node: DictConfig) -> None:

@@ -150,8 +150,12 @@ def stage_progress(console: Console) -> Iterator[ProgressCallback]:
             raise
 
 
+_BAND_STYLES = {"poor": "red", "fair": "yellow", "good": "blue", "excellent": "green"}
+"""Each smoothness and quality band's colour in the terminal."""
+
+
 def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -> None:
-    """A few short lines: score and band, violations, weights, quality, where the files are.
+    """A few short lines: the smoothness and quality bands, violations, weights, quality, files.
 
     A weight-only run says so, and prints only the figures it has.
     """
@@ -162,14 +166,18 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
         + (f", A{result.act_bits}, {result.num_time_groups} time groups" if markov else "")
     ]
     if markov:
-        band_style = {"poor": "red", "good": "blue", "excellent": "green"}.get(
-            result.interpretation.band, "white"
-        )
+        i = result.interpretation
+        quality = ""
+        if i.quality_band is not None:
+            style = _BAND_STYLES.get(i.quality_band, "white")
+            quality = (
+                f", quality band: [bold {style}]{i.quality_band}[/] ({escape(i.quality_detail)})"
+            )
         lines += [
             (
-                f"  smoothness [bold {band_style}]{result.smoothness_score:.4f} "
-                f"({result.interpretation.band})[/], {result.violation_count} violations "
-                f"(jump > {result.smoothness_threshold})"
+                f"  smoothness [bold {_BAND_STYLES.get(i.band, 'white')}]"
+                f"{result.smoothness_score:.4f} (smoothness band: {i.band})[/]{quality}, "
+                f"{result.violation_count} violations (jump > {result.smoothness_threshold})"
             ),
             (
                 f"  boundary scores min/mean/max {result.min_boundary_score:.3f} / "

@@ -115,6 +115,9 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
         "mean_boundary_score": result.mean_boundary_score,
         "std_boundary_score": result.std_boundary_score,
         "band": result.interpretation.band if result.interpretation is not None else None,
+        "quality_band": (
+            result.interpretation.quality_band if result.interpretation is not None else None
+        ),
         "mode": result.mode,
         "bit_width": result.bit_width,
         "act_bits": result.act_bits,

@@ -1,10 +1,15 @@
-"""Violation patterns and interpretation bands of a baseline (plain Python over result records).
+"""Violation patterns, the smoothness band, the quality band and the verdict of a run.
 
-The patterns and the bands are ArrowQuant V2's (its "Common Violation Patterns" and
+The patterns and the smoothness bands are ArrowQuant V2's (its "Common Violation Patterns" and
 "Interpretation Guidelines"), restated for this project's conventions: boundary i sits between time groups i
 and i + 1, and time group 0 holds the least noisy timesteps (t = 0), which the sampler runs last.
 The band limits come from :class:`~thermojax.pipeline.settings.InterpretationConfig`, because ArrowQuant V2
 derived them for another model (Dream 7B at INT2).
+
+The smoothness band only says how much the activation parameters jump between time groups; on the
+shipped models it stays "excellent" while INT2 destroys the digits. The quality band
+(:func:`quality_band`) compares the quantized samples with fp32's, and the verdict is the quality
+band (:func:`interpret`).
 
 Example:
     >>> from thermojax.pipeline.settings import InterpretationConfig
@@ -18,22 +23,27 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from thermojax.core.markov import HIGH_JUMP, SEVERITY_LABELS
 from thermojax.pipeline.results import (
     Check,
     Interpretation,
     Pattern,
+    QualitySection,
     Violation,
     ViolationAnalysis,
 )
 from thermojax.pipeline.settings import InterpretationConfig
 
 __all__ = [
+    "QUALITY_BANDS",
+    "QualityBand",
     "analyze_violations",
     "boundary_regions",
     "detect_patterns",
     "interpret",
+    "quality_band",
     "severity_label",
 ]
 
@@ -177,19 +187,188 @@ def detect_patterns(
     return tuple(patterns)
 
 
-def interpret(
-    *,
+QUALITY_BANDS = ("good", "fair", "poor")
+"""The quality bands, best first."""
+
+
+class QualityBand(NamedTuple):
+    """A run's quality band, the figure that set it, and one criterion per figure it has."""
+
+    band: str | None
+    detail: str
+    checks: tuple[Check, ...]
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _ratio(quantized: float, fp32: float) -> float:
+    """quantized / fp32, guarded: a zero fp32 figure gives 1 for an equal one, inf for more."""
+    if fp32 > 0:
+        return quantized / fp32
+    return 1.0 if quantized <= fp32 else math.inf
+
+
+def _times(ratio: float) -> str:
+    """A ratio to fp32 as people read it: ``0.93x``, ``1.01x``, ``16.8x``."""
+    return f"{ratio:.3g}x" if ratio >= 10 else f"{ratio:.2f}x"
+
+
+def _grade(value: float, good: float, poor: float, *, higher_is_better: bool = False) -> str:
+    value = round(value, 9)  # float noise on a limit (0.8 - 0.7, 1 / (1 / 1.05)) stays on it
+    if higher_is_better:
+        return "good" if value >= good else "poor" if value < poor else "fair"
+    return "good" if value <= good else "poor" if value > poor else "fair"
+
+
+_Graded = tuple[str, str, Check]
+"""A figure's band, the short text naming it, and its criterion."""
+
+
+def _graded(band: str, detail: str, criterion: str, value: str) -> _Graded:
+    return band, detail, Check(criterion, value, band == "good")
+
+
+def _text_grades(quality: QualitySection, b: InterpretationConfig) -> list[_Graded]:
+    """Held-out (else generative) perplexity ratio and token agreement of a masked-diffusion LM."""
+    graded = []
+    good, poor = b.good_max_perplexity_ratio, b.poor_above_perplexity_ratio
+    heldout = [quality.figure(f"heldout_perplexity_{k}") for k in ("fp32", "quantized")]
+    generative = [quality.figure(f"generative_perplexity_{k}") for k in ("fp32", "quantized")]
+    if _finite(*heldout):
+        ratio = _ratio(heldout[1], heldout[0])
+        graded.append(
+            _graded(
+                _grade(ratio, good, poor),
+                f"held-out perplexity {_times(ratio)} fp32",
+                f"held-out perplexity bound <= {good:g}x fp32's (poor above {poor:g}x)",
+                f"{_times(ratio)} ({heldout[1]:.2f} vs {heldout[0]:.2f})",
+            )
+        )
+    elif _finite(*generative):
+        ratio = _ratio(generative[1], generative[0])
+        change = max(ratio, 1 / ratio) if ratio > 0 else math.inf  # lower is a change too
+        graded.append(
+            _graded(
+                _grade(change, good, poor),
+                f"generative perplexity {_times(ratio)} fp32",
+                f"generative perplexity within {good:g}x of fp32's either way (poor beyond "
+                f"{poor:g}x; no held-out text)",
+                f"{_times(ratio)} ({generative[1]:.2f} vs {generative[0]:.2f})",
+            )
+        )
+    agreement = quality.figure("token_agreement")
+    if _finite(agreement):
+        good, poor = b.good_min_token_agreement, b.poor_below_token_agreement
+        graded.append(
+            _graded(
+                _grade(agreement, good, poor, higher_is_better=True),
+                f"token agreement {agreement:.0%}",
+                f"token agreement with fp32 >= {good:.0%} (poor below {poor:.0%})",
+                f"{agreement:.1%}",
+            )
+        )
+    return graded
+
+
+def _image_grades(quality: QualitySection, b: InterpretationConfig) -> list[_Graded]:
+    """Frechet ratio, class coverage lost and final-sample MSE of the digits DDPM."""
+    graded = []
+    fp32, quantized = quality.frechet_fp32, quality.frechet_quantized
+    if _finite(fp32, quantized):
+        ratio = _ratio(quantized, fp32)
+        good, poor = b.good_max_frechet_ratio, b.poor_above_frechet_ratio
+        graded.append(
+            _graded(
+                _grade(ratio, good, poor),
+                f"Frechet {_times(ratio)} fp32",
+                f"Frechet distance <= {good:g}x fp32's (poor above {poor:g}x)",
+                f"{_times(ratio)} ({quantized:.2f} vs {fp32:.2f})",
+            )
+        )
+    fp32, quantized = quality.class_coverage_fp32, quality.class_coverage_quantized
+    if _finite(fp32, quantized):
+        drop = fp32 - quantized
+        good, poor = b.good_max_coverage_drop, b.poor_above_coverage_drop
+        graded.append(
+            _graded(
+                _grade(drop, good, poor),
+                f"class coverage {quantized:.0%} vs {fp32:.0%} fp32",
+                f"class coverage at most {good:g} below fp32's (poor beyond {poor:g})",
+                f"{quantized:.0%} vs {fp32:.0%}",
+            )
+        )
+    if _finite(quality.final_mse):
+        mse, good, poor = quality.final_mse, b.good_max_final_mse, b.poor_above_final_mse
+        graded.append(
+            _graded(
+                _grade(mse, good, poor),
+                f"final MSE {mse:.3g} px^2",
+                f"final-sample MSE to fp32's <= {good:g} px^2 (poor above {poor:g})",
+                f"{mse:.3g}",
+            )
+        )
+    return graded
+
+
+def quality_band(quality: QualitySection | None, *, bands: InterpretationConfig) -> QualityBand:
+    """The quality band of a run's samples against fp32's, from the figures it has.
+
+    Each figure is ``good`` within its ``good_*`` limit, ``poor`` past its ``poor_*`` limit and
+    ``fair`` in between; the band is the worst of them, so one destroyed figure is enough for
+    ``poor``. Digits DDPM (image family): Frechet ratio quantized / fp32, class coverage lost
+    against fp32, final-sample MSE. Masked-diffusion LM (``quality.is_text``): the held-out
+    perplexity bound ratio quantized / fp32 (without held-out text, the generative perplexity
+    ratio, either way), and token agreement. Limits and their reasons:
+    :class:`~thermojax.pipeline.settings.InterpretationConfig`. No quality, or none of the
+    figures: no band (``None``).
+
+    Example:
+        >>> from thermojax.pipeline.settings import InterpretationConfig
+        >>> q = QualitySection((0.1,), (0.1,), 0.1, final_mse=36.2, frechet_fp32=23.2,
+        ...                    frechet_quantized=389.3, class_coverage_fp32=1.0,
+        ...                    class_coverage_quantized=0.5)
+        >>> quality_band(q, bands=InterpretationConfig())[:2]
+        ('poor', 'Frechet 16.8x fp32')
+    """
+    if quality is None:
+        return QualityBand(None, "", ())
+    graded = _text_grades(quality, bands) if quality.is_text else _image_grades(quality, bands)
+    if not graded:
+        return QualityBand(None, "", ())
+    band, detail, _ = max(graded, key=lambda g: QUALITY_BANDS.index(g[0]))  # the first worst
+    return QualityBand(band, detail, tuple(check for _, _, check in graded))
+
+
+def _quality_actions(*, bit_width: int | None, act_bits: int | None) -> list[str]:
+    """What to try when the samples are worse than fp32's."""
+    actions = []
+    if act_bits is not None and act_bits < 8:
+        actions.append(
+            f"Try more activation bits (act_bits=8): at A{act_bits} each group's ranges may be "
+            "too coarse"
+        )
+    options = ["a better weight quantizer (quant.method=gptq, Hessian-aware; or mse_clip, hqq)"]
+    if bit_width is None or bit_width < 8:
+        more = f" (bit_width={min(8, 2 * bit_width)})" if bit_width else " (bit_width)"
+        options.insert(0, f"more weight bits{more}")
+    actions.append(
+        f"For the weights, try {', '.join(options)}, or more bits for the most sensitive layers "
+        "(often the output layer or lm_head: quant.keep_bits={output:8}; weights.rules for a "
+        "checkpoint measured weight-only)"
+    )
+    return actions
+
+
+def _smoothness_band(
     smoothness_score: float,
     violations: Sequence[Violation],
     boundary_scores: Sequence[float],
     cosine_similarity: float,
     bands: InterpretationConfig,
-) -> Interpretation:
-    """ArrowQuant V2's interpretation: band from the score, the band's criteria, recommended actions.
-
-    Bands: ``poor`` if score < ``poor_below``, ``excellent`` if score > ``excellent_above``,
-    else ``good``.
-    """
+) -> tuple[str, tuple[Check, ...], list[str]]:
+    """ArrowQuant V2's band of the smoothness score, its criteria on this run, and its actions."""
     count = len(violations)
     severities = Counter(v.severity for v in violations)
     high = severities.get("high", 0)
@@ -261,16 +440,71 @@ def interpret(
             ),
         )
         actions = ["Proceed to Phase 2 (boundary smoothing) for further improvement"]
+    return band, checks, actions
+
+
+def interpret(
+    *,
+    smoothness_score: float,
+    violations: Sequence[Violation],
+    boundary_scores: Sequence[float],
+    cosine_similarity: float,
+    bands: InterpretationConfig,
+    quality: QualitySection | None = None,
+    bit_width: int | None = None,
+    act_bits: int | None = None,
+) -> Interpretation:
+    """The smoothness band with its criteria, the quality band, the verdict, and what to do.
+
+    Smoothness band (ArrowQuant V2's): ``poor`` if score < ``poor_below``, ``excellent`` if
+    score > ``excellent_above``, else ``good``. Quality band: :func:`quality_band`.
+
+    The **verdict** is the quality band, whatever the smoothness band: the samples are what a
+    user keeps, and on the shipped models smoothness scores 0.93-0.99 at every bit width while
+    the samples go from fp32-like (W8) to destroyed (W2). Taking the worse of the two would call
+    a run poor for jumps that do not show in its samples. Without sample quality (a weight-only
+    run) there is no verdict, only the smoothness band. When smoothness is good or excellent but
+    quality is not good, the summary says the error is in the quantized weights or ranges rather
+    than in jumps between groups, and the actions point to bits and the weight quantizer, not to
+    Phase 2/3.
+    """
+    band, checks, actions = _smoothness_band(
+        smoothness_score, violations, boundary_scores, cosine_similarity, bands
+    )
+    count = len(violations)
+    cos = f"{cosine_similarity:.3f}"
+    grade = quality_band(quality, bands=bands)
+    smooth = band != "poor"
+    if grade.band == "good":
+        actions.insert(0, f"Sample quality is within the good limits of fp32's ({grade.detail})")
+    elif grade.band is not None:
+        fixes = _quality_actions(bit_width=bit_width, act_bits=act_bits)
+        # Smooth parameters: Phase 2/3 only smooth the jumps, which are not the problem.
+        actions = fixes if smooth else [*fixes, *actions]
     if band != "poor" and cosine_similarity < bands.good_min_cosine:
         actions.append(
             f"Weight cosine similarity {cos} is below {bands.good_min_cosine:.2f}: "
             "consider more weight bits (bit_width=4)"
         )
-    summary = (
-        f"Smoothness {smoothness_score:.3f} is {band} (poor < {bands.poor_below:.2f} <= good <= "
-        f"{bands.excellent_above:.2f} < excellent), with {count} violation"
-        f"{'' if count == 1 else 's'}."
+    smoothness = (
+        f"Smoothness {smoothness_score:.3f} is in the {band} smoothness band (poor < "
+        f"{bands.poor_below:.2f} <= good <= {bands.excellent_above:.2f} < excellent), with "
+        f"{count} violation{'' if count == 1 else 's'}."
     )
+    if grade.band is None:
+        summary = (
+            f"{smoothness} No sample quality was measured, so there is no verdict on the model."
+        )
+    else:
+        summary = f"Sample quality is {grade.band} against fp32 ({grade.detail}). {smoothness}"
+        if grade.band != "good":
+            summary += (
+                f" The smoothness band is {band}, so the error is in the quantized weights or "
+                "activation ranges rather than in jumps between groups."
+                if smooth
+                else " Both the quantized weights or ranges and the jumps between groups may "
+                "contribute."
+            )
     return Interpretation(
         band=band,
         summary=summary,
@@ -278,4 +512,8 @@ def interpret(
         excellent_above=bands.excellent_above,
         checks=checks,
         actions=tuple(actions),
+        quality_band=grade.band,
+        quality_detail=grade.detail,
+        quality_checks=grade.checks,
+        verdict=grade.band,
     )

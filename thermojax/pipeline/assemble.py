@@ -68,6 +68,7 @@ def markov_fields(
     act_max: np.ndarray,
     layer_cosine: Sequence[float],
     model_cosine: float,
+    quality: QualitySection | None = None,
 ) -> dict[str, Any]:
     """The Markov-smoothness fields of a :class:`Result`, from the per-layer parameters.
 
@@ -78,6 +79,8 @@ def markov_fields(
         metrics: ``markov_metrics`` of ``scales``/``zero_points`` ``[L, G]`` at one threshold.
         act_min, act_max: per-timestep activation ranges ``[L, T]``.
         layer_cosine: each layer's weight cosine (NaN where unknown).
+        quality: the run's sample quality, for the interpretation's quality band and verdict
+            (``None``: no quality band, no verdict).
     """
     metrics = jax.tree_util.tree_map(np.asarray, metrics)
     layers = tuple(
@@ -141,6 +144,9 @@ def markov_fields(
             boundary_scores=boundary_scores,
             cosine_similarity=float(model_cosine),
             bands=config.interpretation,
+            quality=quality,
+            bit_width=config.bit_width,
+            act_bits=config.act_bits,
         ),
     }
 
@@ -196,6 +202,7 @@ def build_result(
         weights: the per-tensor section, if measured.
     """
     text = quality.get("kind") == "text"
+    section = QualitySection.from_dict(quality)
     return Result(
         model_name=model_name,
         bit_width=config.bit_width,
@@ -205,7 +212,7 @@ def build_result(
         quantization_time_s=float(quantization_time_s),
         act_bits=config.act_bits,
         smoothness_threshold=config.smoothness_threshold,
-        quality=QualitySection.from_dict(quality),
+        quality=section,
         # Text samples are shown as text (the quality section's sample_text_*), not as grids.
         sample_preview=None
         if text
@@ -226,6 +233,7 @@ def build_result(
             act_max=act_max,
             layer_cosine=layer_cosine,
             model_cosine=model_cosine,
+            quality=section,
         ),
     )
 

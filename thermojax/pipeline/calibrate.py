@@ -118,11 +118,12 @@ def _check_qweights(
         f"{n} ({type(q).__name__} bits={getattr(q, 'bits', None)}, "
         f"group_size={getattr(q, 'group_size', None)})"
         for n, q in ((n, qweights[n]) for n in model.layer_names)
-        if not isinstance(q, QTensor) or (q.bits, q.group_size) != (bit_width, group_size)
+        # A layer may keep other bits than bit_width (quant.keep_bits); the group size is the run's.
+        if not isinstance(q, QTensor) or q.group_size != group_size
     ]
     if wrong:
         raise ValueError(
-            f"qweights must be QTensors at bit_width={bit_width}, group_size={group_size}; "
+            f"qweights must be QTensors at group_size={group_size} (run at bit_width={bit_width}); "
             f"got {', '.join(wrong)}"
         )
 
@@ -151,9 +152,10 @@ def calibrate(
         num_samples: N >= 1 calibration samples.
         seed: PRNG seed of the sampler noise (and of the activation subsample).
         samples_per_step: K >= 1 activation values kept per layer and timestep.
-        qweights: the weights already quantized at ``bit_width`` and ``group_size`` by
-            :func:`~thermojax.pipeline.weights.quantize_weights` (the pipeline has them); ``None``
-            quantizes them here.
+        qweights: the weights already quantized at ``group_size`` by
+            :func:`~thermojax.pipeline.weights.quantize_weights` (the pipeline has them, by the
+            run's method, some layers perhaps at other bits); ``None`` quantizes them here
+            (``minmax`` at ``bit_width``).
 
     Returns:
         :class:`CalibrationStats` with ``[L, T]`` statistics and ``[L, T, K]`` samples.

@@ -15,12 +15,15 @@ the quantized sampler actually used; with smoothing, optimization or adaptive gr
 the enhanced ones (a per-timestep schedule is measured per boundary window, see
 :mod:`thermojax.core.schedule_metrics`), ``baseline`` then holds the uniform, unsmoothed parameters'
 metrics and quality from the same calibration and noise, and ``enhancement`` says what was done.
-``phases`` is the phase table of ``experiment=phases``. Version 1 files still read.
+``phases`` is the phase table of ``experiment=phases``. Version 1 files still read. Schema 5
+also gives ``interpretation`` a quality band and a verdict beside the smoothness band.
 
 Example:
     >>> result = read_result("outputs/run/baseline_metrics.json")  # doctest: +SKIP
     >>> result.smoothness_score, result.interpretation.band  # doctest: +SKIP
     (0.71, 'good')
+    >>> result.interpretation.verdict, result.interpretation.quality_detail  # doctest: +SKIP
+    ('poor', 'Frechet 16.8x fp32')
 """
 
 from __future__ import annotations
@@ -179,14 +182,25 @@ class Check:
 
 @dataclasses.dataclass(frozen=True)
 class Interpretation:
-    """Which band the smoothness score falls in, the band's criteria, and what to do next.
+    """The smoothness band, the quality band, the verdict, and what to do next.
+
+    See :func:`thermojax.pipeline.analysis.interpret` for the rules. The quality keys came in
+    schema 5; a file without them reads with no quality band and no verdict.
 
     Attributes:
-        band: ``"poor"``, ``"good"`` or ``"excellent"``.
-        summary: one sentence for people.
-        poor_below, excellent_above: the band limits used (from the config).
-        checks: the band's criteria (ArrowQuant V2's), evaluated on this run.
+        band: the **smoothness** band, ``"poor"``, ``"good"`` or ``"excellent"``: how much the
+            activation parameters jump between time groups, not a verdict on the model.
+        summary: one or two sentences for people.
+        poor_below, excellent_above: the smoothness band limits used (from the config).
+        checks: the smoothness band's criteria (ArrowQuant V2's), evaluated on this run.
         actions: recommended next steps.
+        quality_band: ``"good"``, ``"fair"`` or ``"poor"``: the quantized samples against fp32's;
+            ``None`` without sample quality (a weight-only run).
+        quality_detail: the figure that set the quality band, e.g. ``"Frechet 16.8x fp32"``.
+        quality_checks: one criterion per quality figure this run has; ``met``: within its
+            ``good`` limit.
+        verdict: the headline: the quality band; ``None`` without one (then there is no verdict
+            on the model, only the smoothness band).
     """
 
     band: str
@@ -195,6 +209,10 @@ class Interpretation:
     excellent_above: float
     checks: tuple[Check, ...]
     actions: tuple[str, ...]
+    quality_band: str | None = None
+    quality_detail: str = ""
+    quality_checks: tuple[Check, ...] = ()
+    verdict: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

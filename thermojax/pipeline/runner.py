@@ -54,6 +54,7 @@ from thermojax.pipeline.variants import (
 )
 from thermojax.pipeline.weights import (
     WeightReport,
+    dense_weights,
     measure_weights,
     model_weights_section,
     quantize_weights,
@@ -166,7 +167,10 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
     from_export = kind == "quantized" and _exported_model_format(config.model.path) == DIGITS_FORMAT
     language_model = kind == "safetensors" and _runs_as_language_model(config)
     if kind in ("safetensors", "quantized") and not (from_export or language_model):
+        _refuse_quant_settings(config, "a checkpoint measured weight-only (weights.rules, minmax)")
         return _run_weight_only(config, progress, start)
+    if from_export:
+        _refuse_quant_settings(config, "an exported checkpoint, whose codes are used as they are")
     if not language_model:
         _refuse_language_model_settings(config)
     if config.calibration.stats is not None:
@@ -391,6 +395,15 @@ def _refuse_language_model_settings(config: BaselineConfig) -> None:
         )
 
 
+def _refuse_quant_settings(config: BaselineConfig, what: str) -> None:
+    """``quant.*`` other than the defaults is for models thermojax quantizes and runs."""
+    quant = config.quant
+    if quant.method != "minmax":
+        raise UserInputError(f"quant.method={quant.method!r}: not for {what}")
+    if quant.keep_bits:
+        raise UserInputError(f"quant.keep_bits={dict(quant.keep_bits)!r}: not for {what}")
+
+
 def _load_language_model(config: BaselineConfig) -> DiffusionModel:
     """The configured folder as a masked-diffusion LM with the run's sampler settings."""
     from thermojax.models.dream.diffusion import load_masked_diffusion
@@ -483,10 +496,48 @@ def _exported_digits(config: BaselineConfig) -> tuple[Any, DiffusionModel]:
 
 
 def _quantize_weights(model: DiffusionModel, config: BaselineConfig) -> tuple[Any, WeightReport]:
-    qweights, report = quantize_weights(model, bits=config.bit_width, group_size=config.group_size)
+    """The weights by ``quant.method``; for GPTQ, first the Hessians of the run's time groups
+    (and, weighted by sensitivity, the minmax weights whose error each group's steps receive)."""
+    quant, bits, group_size = config.quant, config.bit_width, config.group_size
+    hessians = None
+    if quant.method == "gptq":
+        from thermojax.pipeline.hessians import gptq_hessians
+
+        check_model_limits(config, int(model.num_timesteps))
+        injected = None
+        if quant.hessian == "sensitivity":
+            plain, _ = quantize_weights(
+                model,
+                bits=bits,
+                group_size=group_size,
+                quant=dataclasses.replace(quant, method="minmax"),
+            )
+            injected = dense_weights(model, plain)
+        found = gptq_hessians(
+            model,
+            weighting=quant.hessian,
+            edges=uniform_edges(model.num_timesteps, config.num_time_groups),
+            num_samples=quant.hessian_samples,
+            seed=config.seed,
+            injected=injected,
+        )
+        hessians = found.hessians
+        log.info(
+            "GPTQ Hessians (%s): group weights %s%s",
+            found.weighting,
+            np.array2string(found.group_weights, precision=4),
+            ""
+            if found.sensitivity is None
+            else f", sensitivity {np.array2string(found.sensitivity, precision=4)}",
+        )
+    qweights, report = quantize_weights(
+        model, bits=bits, group_size=group_size, quant=quant, hessians=hessians
+    )
     log.info(
-        "weights at %d bits: cosine %.4f, compression %.2fx, %.4f MB",
-        config.bit_width,
+        "weights at %d bits (%s%s): cosine %.4f, compression %.2fx, %.4f MB",
+        bits,
+        quant.method,
+        f", kept {dict(quant.keep_bits)}" if quant.keep_bits else "",
         report.model_cosine,
         report.compression_ratio,
         report.model_size_mb,
@@ -671,9 +722,11 @@ def _log_details(result: Result) -> None:
     for action in result.interpretation.actions:
         log.info("recommended: %s", action)
     log.info(
-        "smoothness %.4f (%s), %d violations, cosine %.4f, total %.1f s",
+        "smoothness %.4f (smoothness band: %s), quality band: %s, %d violations, cosine %.4f, "
+        "total %.1f s",
         result.smoothness_score,
         result.interpretation.band,
+        result.interpretation.quality_band,
         result.violation_count,
         result.cosine_similarity,
         result.timings_s["total"],

@@ -25,7 +25,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, List, Optional  # noqa: UP035 (OmegaConf reads typing.List)
+from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf reads typing.List)
 
 from thermojax.core.quant import ACT_BITS_RANGE, WEIGHT_BITS
 from thermojax.errors import UserInputError
@@ -33,6 +33,7 @@ from thermojax.models.masked_diffusion import UNMASKING_RULES
 from thermojax.pipeline.rules import DEFAULT_RULES, QuantRule, validate_rules
 
 __all__ = [
+    "HESSIAN_WEIGHTINGS",
     "MODEL_RUNS",
     "SEGMENTATION_COSTS",
     "SHIPPED_MODELS",
@@ -41,6 +42,7 @@ __all__ = [
     "SUPPORTED_BIT_WIDTHS",
     "TIME_GROUP_STRATEGIES",
     "WANDB_MODES",
+    "WEIGHT_METHOD_NAMES",
     "BaselineConfig",
     "CalibrationConfig",
     "ExportConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "ModelConfig",
     "OptimizationConfig",
     "PhasesConfig",
+    "QuantConfig",
     "SamplingConfig",
     "SmoothingConfig",
     "ThermoConfig",
@@ -136,6 +139,48 @@ class ExportConfig:
     orbax: bool = True
 
 
+WEIGHT_METHOD_NAMES = ("minmax", "mse_clip", "hqq", "gptq")
+"""``quant.method`` values (:data:`thermojax.core.weight_quant.WEIGHT_METHODS`)."""
+
+HESSIAN_WEIGHTINGS = ("uniform", "sensitivity")
+"""``quant.hessian``: how GPTQ's Hessian weighs the denoising steps (:class:`QuantConfig`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """How the weights of a model thermojax runs are quantized (:mod:`thermojax.core.weight_quant`).
+
+    Attributes:
+        method: ``minmax`` (round to nearest on each group's range), ``mse_clip`` (per-group
+            search over shrunk ranges for the least squared error), ``hqq`` (half-quadratic
+            zero-point optimization, integer zero points) or ``gptq`` (Hessian-aware rounding
+            with error feedback, from per-step calibration inputs).
+        clip_grid, clip_min_shrink: ``mse_clip``'s shrink factors (``clip_grid`` of them, from 1
+            down to ``clip_min_shrink``).
+        hqq_iters: ``hqq``'s most iterations.
+        hessian: ``gptq``: ``uniform`` sums every step's ``x x^T`` alike; ``sensitivity`` weighs
+            each time group's mean ``x x^T`` by how far minmax-quantized weights used in that
+            group alone move the final sample (measured, one sampler run per group).
+        damp, block_size, act_order: ``gptq``'s dampening (fraction of the mean diagonal), lazy
+            update width and decreasing-``diag(H)`` column order.
+        hessian_samples: ``gptq``: samples of the fp32 sampler whose layer inputs build the
+            Hessians (and of each sensitivity run).
+        keep_bits: layer-name pattern (``fnmatch``, e.g. ``output`` or ``*lm_head*``) -> bits
+            for those layers instead of ``bit_width`` (mixed precision).
+    """
+
+    method: str = "minmax"
+    clip_grid: int = 20
+    clip_min_shrink: float = 0.5
+    hqq_iters: int = 20
+    hessian: str = "uniform"
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+    hessian_samples: int = 64
+    keep_bits: Dict[str, int] = dataclasses.field(default_factory=dict)  # noqa: UP006
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """Sampling for the quality section and ``samples.npz`` (fp32 and quantized, same noise).
@@ -174,10 +219,34 @@ class WandbConfig:
 
 @dataclasses.dataclass(frozen=True)
 class InterpretationConfig:
-    """Band limits and criteria for interpreting a baseline (ArrowQuant V2's values, which it derived for Dream 7B at INT2).
+    """The smoothness band and the quality band of a run, and their limits.
 
-    The band is set by the smoothness score: ``poor`` below ``poor_below``, ``excellent`` above
-    ``excellent_above``, ``good`` in between. The other fields are the bands' criteria.
+    **Smoothness band** (ArrowQuant V2's values, which it derived for Dream 7B at INT2): ``poor``
+    below ``poor_below``, ``excellent`` above ``excellent_above``, ``good`` in between; the
+    ``*_violations``, ``*_boundary_score`` and ``*_cosine`` fields are its criteria. It says how
+    much the activation parameters jump between time groups, not how good the samples are.
+
+    **Quality band**: the quantized samples against the fp32 samples of the same noise. Each
+    figure the run has is ``good`` within its ``good_*`` limit, ``poor`` past its ``poor_*``
+    limit, ``fair`` in between; the band is the worst of them
+    (:func:`~thermojax.pipeline.analysis.quality_band`). The defaults, set on the shipped models
+    (README's tables: 64 or 256 digits; 16 LM samples, 3 seeds):
+
+    - ``*_frechet_ratio``: Frechet distance quantized / fp32 (digits DDPM). W8 scores 0.93-0.98x,
+      W4 3.6x (64 samples) to 7.2x (256), W2 17-36x: 3x lies between W8 and W4 with room for
+      the seed spread (about 25% at 64 samples). Fewer samples pull the ratio towards 1 (both
+      distances carry the same small-sample floor).
+    - ``*_coverage_drop``: fp32's class coverage minus the quantized one (fractions of the 10
+      digits). One lost class (0.1) is within the seed spread at 64 samples; W2 loses 0.4-0.6.
+    - ``*_final_mse``: mean squared difference of the final samples from their fp32 twins, pixel
+      units (0..16). W8 0.05, W4 7.4-8.1, W2 36, which is what two unrelated real digits score
+      (37.6): 18 is half of that.
+    - ``*_perplexity_ratio``: the masked-diffusion LM's held-out perplexity bound quantized /
+      fp32; without held-out text the generative perplexity ratio, counted either way (samples
+      that fp32 finds much more predictable are usually more repetitive, not better). W8A8 and
+      W4A8 stay within 1.2% (7.21 vs 7.15), W2A8 costs 17%, every A4 row 37% or more.
+    - ``*_token_agreement``: fraction of final tokens equal to fp32's. W8A8 0.84-0.88, W4A8
+      0.76-0.82, W2A8 0.45-0.52, W2A4 (held-out bound +85%) 0.20-0.28.
     """
 
     poor_below: float = 0.65
@@ -189,6 +258,16 @@ class InterpretationConfig:
     poor_boundary_score: float = 0.50
     excellent_min_cosine: float = 0.75
     good_min_cosine: float = 0.70
+    good_max_frechet_ratio: float = 1.5
+    poor_above_frechet_ratio: float = 3.0
+    good_max_coverage_drop: float = 0.1
+    poor_above_coverage_drop: float = 0.3
+    good_max_final_mse: float = 2.0
+    poor_above_final_mse: float = 18.0
+    good_max_perplexity_ratio: float = 1.05
+    poor_above_perplexity_ratio: float = 1.25
+    good_min_token_agreement: float = 0.7
+    poor_below_token_agreement: float = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +411,7 @@ class BaselineConfig:
     phases: PhasesConfig = dataclasses.field(default_factory=PhasesConfig)
     weights: WeightsConfig = dataclasses.field(default_factory=WeightsConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -350,6 +430,30 @@ class BaselineConfig:
         data = dataclasses.asdict(self)
         data["time_groups"] = _yaml_time_groups(data["time_groups"])
         return data
+
+
+def _validate_quant(quant: QuantConfig) -> None:
+    """``quant.*``: names from their lists, counts and fractions in range, whole-byte bits."""
+    if quant.method not in WEIGHT_METHOD_NAMES:
+        raise _fail(
+            "quant.method", quant.method, f"must be one of {', '.join(WEIGHT_METHOD_NAMES)}"
+        )
+    if quant.hessian not in HESSIAN_WEIGHTINGS:
+        raise _fail(
+            "quant.hessian", quant.hessian, f"must be one of {', '.join(HESSIAN_WEIGHTINGS)}"
+        )
+    for name in ("clip_grid", "hqq_iters", "block_size", "hessian_samples"):
+        if getattr(quant, name) < 1:
+            raise _fail(f"quant.{name}", getattr(quant, name), "must be >= 1")
+    if not (math.isfinite(quant.clip_min_shrink) and 0.0 < quant.clip_min_shrink <= 1.0):
+        raise _fail("quant.clip_min_shrink", quant.clip_min_shrink, "must be in (0, 1]")
+    if not (math.isfinite(quant.damp) and 0.0 <= quant.damp <= 1.0):
+        raise _fail("quant.damp", quant.damp, "must be in [0, 1]")
+    for pattern, bits in quant.keep_bits.items():
+        if bits not in SUPPORTED_BIT_WIDTHS:
+            raise _fail(
+                f"quant.keep_bits.{pattern}", bits, f"weight bits must be {_BIT_WIDTHS_TEXT}"
+            )
 
 
 def _yaml_time_groups(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -407,6 +511,7 @@ def validate_config(cfg: BaselineConfig) -> None:
     if cfg.sampling.num_samples < 1:
         raise _fail("sampling.num_samples", cfg.sampling.num_samples, "need at least 1 sample")
     _validate_model_choice(cfg)
+    _validate_quant(cfg.quant)
     if cfg.wandb.mode not in WANDB_MODES:
         raise _fail("wandb.mode", cfg.wandb.mode, "must be offline, online or disabled")
     bands = cfg.interpretation
@@ -425,9 +530,35 @@ def validate_config(cfg: BaselineConfig) -> None:
     for name in ("good_max_violations", "excellent_max_violations"):
         if getattr(bands, name) < 0:
             raise _fail(f"interpretation.{name}", getattr(bands, name), "must be >= 0")
+    _validate_quality_limits(bands)
     _validate_thermo(cfg)
     _validate_time_groups(cfg)
     _validate_phases(cfg)
+
+
+def _validate_quality_limits(bands: InterpretationConfig) -> None:
+    """The quality band's limits: in range, each ``good_*`` on the good side of its ``poor_*``."""
+    pairs = (  # good limit, poor limit, lowest and highest allowed, higher is better
+        ("good_max_frechet_ratio", "poor_above_frechet_ratio", 1.0, math.inf, False),
+        ("good_max_coverage_drop", "poor_above_coverage_drop", 0.0, 1.0, False),
+        ("good_max_final_mse", "poor_above_final_mse", 0.0, math.inf, False),
+        ("good_max_perplexity_ratio", "poor_above_perplexity_ratio", 1.0, math.inf, False),
+        ("good_min_token_agreement", "poor_below_token_agreement", 0.0, 1.0, True),
+    )
+    for good, poor, lo, hi, higher_is_better in pairs:
+        for name in (good, poor):
+            value = getattr(bands, name)
+            if not (math.isfinite(value) and lo <= value <= hi):
+                allowed = f">= {lo:g}" if hi == math.inf else f"within [{lo:g}, {hi:g}]"
+                raise _fail(f"interpretation.{name}", value, f"must be {allowed}")
+        good_value, poor_value = getattr(bands, good), getattr(bands, poor)
+        if good_value < poor_value if higher_is_better else good_value > poor_value:
+            relation = "be below" if higher_is_better else "exceed"
+            raise _fail(
+                f"interpretation.{good}",
+                good_value,
+                f"must not {relation} interpretation.{poor}={poor_value!r}",
+            )
 
 
 SHIPPED_MODELS = ("digits", "pydoc-mdlm")

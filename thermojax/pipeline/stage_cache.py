@@ -5,7 +5,7 @@ every later sweep on the same cache folder (``thermojax.files.cache_dir()``), co
 once; two workers asking for the same entry at the same time compute it once (per-key lock):
 
 - **calibration** statistics: the denoiser (:func:`model_fingerprint`), ``bit_width``,
-  ``group_size``, ``calibration.samples``, ``calibration.samples_per_step``, ``seed`` and
+  ``group_size``, ``quant`` (the weight method, its options and kept bits), ``calibration.samples``, ``calibration.samples_per_step``, ``seed`` and
   ``CALIBRATION_VERSION``. Not ``num_time_groups``, ``smoothness_threshold`` or ``act_bits``
   (calibration runs with fp32 activations).
 - **fp32 samples**: the denoiser, ``seed``, ``sampling.num_samples`` and ``SAMPLING_VERSION``.
@@ -302,6 +302,7 @@ class StageCache:
             model=self.model_id,
             bit_width=cfg["bit_width"],
             group_size=cfg["group_size"],
+            quant=cfg["quant"],
             samples=cfg["calibration"]["samples"],
             samples_per_step=cfg["calibration"]["samples_per_step"],
             seed=cfg["seed"],

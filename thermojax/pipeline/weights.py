@@ -11,8 +11,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +29,10 @@ from thermojax.core.quant import (
     sqnr_db,
     storage_bytes,
 )
+from thermojax.core.weight_quant import GptqOptions, HqqOptions, MseClipOptions, quantize_weight
 from thermojax.errors import value_errors_as_user_input
 from thermojax.models.base import DiffusionModel
+from thermojax.pipeline.settings import QuantConfig
 from thermojax.pipeline.weight_only import OUTLIER_SIGMAS
 from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
 
@@ -36,7 +40,9 @@ __all__ = [
     "WEIGHT_BITS",
     "WeightReport",
     "dense_weights",
+    "layer_bits",
     "measure_weights",
+    "method_options",
     "model_weights_section",
     "outlier_share",
     "quantize_weights",
@@ -120,34 +126,97 @@ def _compare_program(
     return cos, sqnr, cosine_similarity(flat_fp32, flat_deq)
 
 
+def layer_bits(
+    layer_names: Sequence[str], bits: int, keep_bits: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Each layer's weight bits: the first ``keep_bits`` pattern (``fnmatch``, in order) that
+    matches its name, else ``bits``.
+
+    Raises:
+        ValueError: a pattern that matches none of the layers (naming them).
+    """
+    keep = dict(keep_bits or {})
+    unused = [p for p in keep if not any(fnmatch.fnmatchcase(n, p) for n in layer_names)]
+    if unused:
+        raise ValueError(
+            f"quant.keep_bits.{unused[0]}: matches none of the layers {', '.join(layer_names)}"
+        )
+    return {
+        name: next((b for p, b in keep.items() if fnmatch.fnmatchcase(name, p)), bits)
+        for name in layer_names
+    }
+
+
+def method_options(quant: QuantConfig) -> MseClipOptions | HqqOptions | GptqOptions | None:
+    """The core's options object of ``quant.method`` from the run's settings."""
+    if quant.method == "mse_clip":
+        return MseClipOptions(grid_size=quant.clip_grid, min_shrink=quant.clip_min_shrink)
+    if quant.method == "hqq":
+        return HqqOptions(iters=quant.hqq_iters)
+    if quant.method == "gptq":
+        return GptqOptions(damp=quant.damp, block_size=quant.block_size, act_order=quant.act_order)
+    return None
+
+
 def quantize_weights(
-    model: DiffusionModel, *, bits: int, group_size: int = 64
+    model: DiffusionModel,
+    *,
+    bits: int,
+    group_size: int = 64,
+    quant: QuantConfig | None = None,
+    hessians: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, QTensor], WeightReport]:
     """Quantize every quantizable weight per group along its input dimension.
 
     A Dense kernel ``[in, out]`` is stored as ``quantize(kernel.T)`` (``[out, in]``, groups of
-    ``group_size`` input channels).
+    ``group_size`` input channels), by ``quant.method``
+    (:func:`thermojax.core.weight_quant.quantize_weight`) at ``bits`` or the layer's
+    ``quant.keep_bits``.
 
     Args:
         model: the model.
         bits: weight bit width, 2, 4 or 8.
         group_size: input channels per quantization group; must divide every layer's input width.
+        quant: the method and its options; ``None``: round to nearest on each group's range
+            (``minmax``) at ``bits`` everywhere.
+        hessians: ``gptq`` only: layer name -> ``[in, in]`` Hessian of its inputs
+            (:func:`thermojax.pipeline.hessians.gptq_hessians`).
 
     Returns:
         ``(layer name -> QTensor of the transposed kernel, WeightReport)``.
 
     Raises:
-        UserInputError: unsupported ``bits``, or a ``group_size`` that does not divide a layer
-            width or hold whole bytes of codes (the core's check, as a user error).
+        UserInputError: unsupported ``bits``, a ``group_size`` that does not divide a layer
+            width or hold whole bytes of codes (the core's check, as a user error), or a
+            ``keep_bits`` pattern that matches no layer.
     """
+    quant = quant if quant is not None else QuantConfig()
     weights = model.quantizable_weights()
-    fp32 = tuple(weights[name] for name in model.layer_names)
+    names = tuple(model.layer_names)
+    fp32 = tuple(weights[name] for name in names)
     # The options are user input: this stage's ValueErrors (the core quantizer's argument checks
     # included) become UserInputErrors here, once.
     with value_errors_as_user_input():
         _check_weight_options(model, bits, group_size)
-        quantized = _quantize_program(fp32, bits=int(bits), group_size=int(group_size))
-    qweights = dict(zip(model.layer_names, quantized, strict=True))
+        per_layer = layer_bits(names, int(bits), quant.keep_bits)
+        if quant.method == "minmax" and set(per_layer.values()) == {int(bits)}:
+            quantized = _quantize_program(fp32, bits=int(bits), group_size=int(group_size))
+        else:
+            if quant.method == "gptq" and (hessians is None or set(names) - set(hessians)):
+                raise ValueError("quant.method='gptq' needs a Hessian for every layer")
+            options = method_options(quant)
+            quantized = tuple(
+                quantize_weight(
+                    w.T,
+                    method=quant.method,
+                    bits=per_layer[name],
+                    group_size=int(group_size),
+                    hessian=None if hessians is None else jnp.asarray(hessians[name]),
+                    options=options,
+                )
+                for name, w in zip(names, fp32, strict=True)
+            )
+    qweights = dict(zip(names, quantized, strict=True))
     return qweights, measure_weights(model, qweights)
 
 

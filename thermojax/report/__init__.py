@@ -32,9 +32,20 @@ from thermojax.report.charts import (
 )
 from thermojax.report.grids import DigitGrid, digit_grid
 
-__all__ = ["BAND_COLORS", "SEVERITY_COLORS", "WEIGHTS_SHOWN", "environment", "render_report"]
+__all__ = [
+    "BAND_COLORS",
+    "NO_VERDICT_COLOR",
+    "SEVERITY_COLORS",
+    "WEIGHTS_SHOWN",
+    "environment",
+    "render_report",
+]
 
-BAND_COLORS = {"poor": "#c0392b", "good": "#2874a6", "excellent": "#1e8449"}
+BAND_COLORS = {"poor": "#c0392b", "fair": "#b9770e", "good": "#2874a6", "excellent": "#1e8449"}
+"""Each band's colour: the smoothness bands (poor, good, excellent) and the quality bands (poor,
+fair, good)."""
+NO_VERDICT_COLOR = "#5d6d7e"
+"""The report's headline colour without a verdict (no sample quality measured)."""
 SEVERITY_COLORS = {"low": "#b7950b", "medium": "#ca6f1e", "high": "#c0392b"}
 _OK, _VIOLATED = "#5d9c59", "#c0392b"
 
@@ -445,6 +456,9 @@ def render_report(result: Result) -> str:
         "band_color": BAND_COLORS.get(result.interpretation.band, "#555")
         if result.interpretation is not None
         else "#555",
+        "verdict_color": BAND_COLORS.get(result.interpretation.verdict, NO_VERDICT_COLOR)
+        if result.interpretation is not None
+        else NO_VERDICT_COLOR,
         "config_text": json.dumps(result.config, indent=2, sort_keys=False),
         "weights_shown": WEIGHTS_SHOWN,
         "block_tensors": result.weights.tensors_by_block() if result.weights is not None else {},

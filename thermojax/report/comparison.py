@@ -69,6 +69,7 @@ COLUMNS = (
     "generative_perplexity_quantized",
     "heldout_perplexity_quantized",
     "band",
+    "quality_band",
     "quantization_time_s",
     "error",
 )
