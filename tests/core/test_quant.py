@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from weight_quant_reference import group_params
 
 from thermojax import (
     QTensor,
@@ -33,17 +34,8 @@ def ref_quantize(x: np.ndarray, bits: int, group_size: int, symmetric: bool):
     """float64 reference: (codes [..., n] int64, scale [..., g], zero_point [..., g])."""
     qmax = 2**bits - 1
     xg = x.astype(np.float64).reshape(*x.shape[:-1], -1, group_size)
-    if symmetric:
-        half = 2 ** (bits - 1)
-        scale = np.abs(xg).max(-1) / (half - 1)
-        zero_point = np.full(scale.shape, float(half))
-    else:
-        lo = np.minimum(xg.min(-1), 0.0)
-        hi = np.maximum(xg.max(-1), 0.0)
-        scale = (hi - lo) / qmax
-    scale = np.where(scale > 0, scale, 1.0)
-    if not symmetric:
-        zero_point = np.clip(np.round(-lo / scale), 0, qmax)
+    scale, zero_point = group_params(xg, bits, symmetric)
+    zero_point = np.clip(zero_point, 0, qmax)
     codes = np.clip(np.round(xg / scale[..., None]) + zero_point[..., None], 0, qmax)
     return codes.reshape(x.shape).astype(np.int64), scale, zero_point
 

@@ -158,9 +158,11 @@ class QuantConfig:
         clip_grid, clip_min_shrink: ``mse_clip``'s shrink factors (``clip_grid`` of them, from 1
             down to ``clip_min_shrink``).
         hqq_iters: ``hqq``'s most iterations.
-        hessian: ``gptq``: ``uniform`` sums every step's ``x x^T`` alike; ``sensitivity`` weighs
-            each time group's mean ``x x^T`` by how far minmax-quantized weights used in that
-            group alone move the final sample (measured, one sampler run per group).
+        hessian: ``gptq``: ``uniform`` sums every step's ``x x^T`` alike; ``sensitivity`` (the
+            default) weighs each time group's mean ``x x^T`` by how far minmax-quantized weights
+            used in that group alone move the final sample (measured, one sampler run per
+            group). On the digits DDPM at W2 it lowered the Frechet distance on each of 5 seeds
+            (-20.6 +- 6.1 against uniform) and tied at W4 and W8 (README).
         damp, block_size, act_order: ``gptq``'s dampening (fraction of the mean diagonal), lazy
             update width and decreasing-``diag(H)`` column order.
         hessian_samples: ``gptq``: samples of the fp32 sampler whose layer inputs build the
@@ -173,7 +175,7 @@ class QuantConfig:
     clip_grid: int = 20
     clip_min_shrink: float = 0.5
     hqq_iters: int = 20
-    hessian: str = "uniform"
+    hessian: str = "sensitivity"
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
