@@ -625,3 +625,17 @@ def test_missing_figures_read_n_a(tmp_path):
     assert shown["Class coverage fp32 / quantized"]["value"] == "100% / n/a"
     assert shown["Frechet fp32 / quantized"]["value"] == "3.50 / n/a"
     assert shown["Frechet distance"]["value"] == "n/a"
+
+
+def test_the_weight_quantizer_is_shown_from_the_saved_config(tmp_path):
+    """The method, GPTQ's Hessian weighting and kept bits come from ``config.quant``; a result
+    written before the option existed reads as minmax."""
+    base = make_result(num_layers=2, threshold=0.1)
+    quant = {"method": "gptq", "hessian": "sensitivity", "keep_bits": {"output": 8}}
+    result = dataclasses.replace(base, config={**base.config, "quant": quant})
+    path = write_result(result, tmp_path / "baseline_metrics.json")
+    page = render_report(read_result(path))
+    assert "gptq, Hessian sensitivity; output at 8 bits" in page
+    old = dataclasses.replace(base, config={k: v for k, v in base.config.items() if k != "quant"})
+    assert old.weight_method() == "minmax"
+    assert "Weight quantizer" in render_report(old)

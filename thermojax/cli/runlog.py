@@ -189,6 +189,7 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
     lines.append(
         f"  weights: cosine {result.cosine_similarity:.4f}, {result.compression_ratio:.2f}x, "
         f"{result.model_size_mb:.4f} MB"
+        + (f" ({result.weight_method()})" if result.mode != "weight-only" else "")
     )
     if result.weights is not None and result.mode == "weight-only":
         w = result.weights

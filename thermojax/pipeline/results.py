@@ -614,6 +614,18 @@ class Result:
         default=None, compare=False, repr=False, metadata={"json": False}
     )
 
+    def weight_method(self) -> str:
+        """The weight quantizer in words, from ``config.quant`` (``minmax`` for a result written
+        before the option existed): the method, GPTQ's Hessian weighting, kept bits."""
+        quant = self.config.get("quant") or {}
+        text = str(quant.get("method", "minmax"))
+        if text == "gptq":
+            text += f", Hessian {quant.get('hessian', 'uniform')}"
+        kept = quant.get("keep_bits") or {}
+        if kept:
+            text += "; " + ", ".join(f"{p} at {b} bits" for p, b in kept.items())
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: nested dicts and lists, non-finite floats as ``null``."""
         return {
