@@ -450,3 +450,33 @@ def test_weight_only_sweep_page_shows_the_cosine_heatmap_and_no_smoothness_one()
     assert "Weight cosine over bit width and group size" in headings
     assert "Smoothness over bit width × time groups" not in headings
     assert "Violations against the threshold" not in headings
+
+
+def test_correlations_are_also_given_within_each_bit_width_with_an_interval():
+    """Bit width drives smoothness and quality alike: the summary gives r within each (weight
+    bits, activation bits) with a seeded bootstrap interval, and none under 5 configurations."""
+    from thermojax.cli.compare import MIN_POINTS, within_correlations
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for bits, count in ((2, 7), (4, 4)):
+        for _ in range(count):
+            smooth = float(rng.uniform(0.9, 1.0))
+            rows.append(
+                {
+                    "bit_width": bits,
+                    "act_bits": 8,
+                    "smoothness_score": smooth,
+                    "drift_mean": float(0.1 * bits + smooth + rng.normal(0, 0.02)),
+                }
+            )
+    rows.append({"bit_width": 2, "act_bits": 8, "smoothness_score": None, "drift_mean": 1.0})
+    got = within_correlations(rows, "drift_mean")
+    assert [(g["bit_width"], g["n"]) for g in got] == [(2, 7), (4, 4)]
+    int2 = [r for r in rows if r["bit_width"] == 2 and r["smoothness_score"] is not None]
+    xs, ys = [r["smoothness_score"] for r in int2], [r["drift_mean"] for r in int2]
+    assert got[0]["pearson"] == pytest.approx(statistics.correlation(xs, ys), abs=1e-12)
+    low, high = got[0]["interval"]
+    assert -1 <= low <= got[0]["pearson"] <= high <= 1
+    assert within_correlations(rows, "drift_mean") == got  # seeded: the same interval again
+    assert MIN_POINTS == 5 and got[1]["pearson"] is None and got[1]["interval"] is None

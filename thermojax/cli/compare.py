@@ -23,7 +23,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from thermojax.pipeline.results import read_result
 from thermojax.report.comparison import (
     COLUMNS,
     CONFIG_KEYS,
+    MIN_POINTS,
     SUMMARY_SCHEMA_VERSION,
     SweepSummary,
     render_comparison,
@@ -55,6 +56,7 @@ __all__ = [
     "collect",
     "main",
     "pearson",
+    "within_correlations",
     "write_comparison",
 ]
 
@@ -93,6 +95,58 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     if denominator <= 1e-300:
         return None
     return float(np.clip(np.sum(dx * dy) / denominator, -1.0, 1.0))
+
+
+BOOTSTRAP_RESAMPLES = 2000
+"""Resamples of the bootstrap interval of a within-bit-width correlation (seeded: the same
+sweep gives the same interval)."""
+
+
+def bootstrap_interval(
+    xs: Sequence[float], ys: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float] | None:
+    """The 2.5th and 97.5th percentiles of Pearson's r over pairs resampled with replacement;
+    resamples without spread are left out. ``None`` below :data:`MIN_POINTS` pairs."""
+    x, y = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    if x.size < MIN_POINTS:
+        return None
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    dx = x[idx] - x[idx].mean(axis=1, keepdims=True)
+    dy = y[idx] - y[idx].mean(axis=1, keepdims=True)
+    den = np.sqrt(np.sum(dx * dx, axis=1) * np.sum(dy * dy, axis=1))
+    ok = den > 1e-300
+    if not np.any(ok):
+        return None
+    r = np.clip(np.sum(dx * dy, axis=1)[ok] / den[ok], -1.0, 1.0)
+    return float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
+
+
+def within_correlations(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Pearson's r of smoothness with ``metric`` within each (bit width, activation bits):
+    bit width drives both, so a correlation across bit widths says little about smoothness.
+    One entry per stratum, ``{bit_width, act_bits, n, pearson, interval}``; ``pearson`` and
+    ``interval`` (bootstrap 95%) are ``None`` below :data:`MIN_POINTS` configurations."""
+    strata: dict[tuple[Any, Any], list[tuple[float, float]]] = {}
+    for row in rows:
+        if row[metric] is None or row["smoothness_score"] is None:
+            continue
+        key = (row["bit_width"], row["act_bits"])
+        strata.setdefault(key, []).append((row["smoothness_score"], row[metric]))
+    out = []
+    for (bits, act), pairs in sorted(strata.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        enough = len(pairs) >= MIN_POINTS
+        interval = bootstrap_interval(xs, ys) if enough else None
+        out.append(
+            {
+                "bit_width": bits,
+                "act_bits": act,
+                "n": len(pairs),
+                "pearson": pearson(xs, ys) if enough else None,
+                "interval": list(interval) if interval is not None else None,
+            }
+        )
+    return out
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -223,6 +277,7 @@ def collect(sweep_dir: str | Path) -> SweepSummary:
         correlations[f"smoothness_vs_{metric}"] = {
             "pearson": pearson([p[0] for p in pairs], [p[1] for p in pairs]),
             "n": len(pairs),
+            "within": within_correlations(list(distinct.values()), metric),
         }
     return SweepSummary(str(root), tuple(rows), tuple(failures), correlations)
 

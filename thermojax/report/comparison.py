@@ -29,6 +29,7 @@ __all__ = [
     "BIT_COLORS",
     "COLUMNS",
     "CONFIG_KEYS",
+    "MIN_POINTS",
     "SUMMARY_SCHEMA_VERSION",
     "SweepSummary",
     "quality_scatter",
@@ -77,6 +78,10 @@ COLUMNS = (
 masked-diffusion LM's text figures: each empty for the other kind of model)."""
 BIT_COLORS = {2: "#c0392b", 4: "#2874a6", 8: "#1e8449"}
 """Each weight bit width's colour in the scatter plots (other widths take palette colours)."""
+
+
+MIN_POINTS = 5
+"""Fewest configurations a within-bit-width correlation is given for (below: ``None``)."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,12 @@ def render_comparison(summary: SweepSummary) -> str:
         violations=violations_chart(markov),
         scatters=[chart for chart in scatters if chart is not None],
         headline={"key": key, "label": label, **corr.get(f"smoothness_vs_{key}", empty)},
+        within=[
+            {"label": name, **entry}
+            for metric, name in (("drift_mean", "mean drift"), (key, label))
+            for entry in corr.get(f"smoothness_vs_{metric}", empty).get("within", [])
+        ],
+        min_points=MIN_POINTS,
     )
 
 
