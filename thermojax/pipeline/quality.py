@@ -26,6 +26,7 @@ from thermojax.core.sample_metrics import frechet_distance
 from thermojax.models.base import DiffusionModel, sample_quality
 from thermojax.pipeline.sampling import ActParams, Samples
 from thermojax.pipeline.text_quality import TextQuality, evaluate_text_quality
+from thermojax.pipeline.typed_json import fields_as_plain_data
 from thermojax.pipeline.weights import WeightReport
 
 __all__ = ["Quality", "evaluate_quality"]
@@ -70,17 +71,7 @@ class Quality:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: arrays become lists of floats, numbers plain floats/ints."""
-        out: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, np.ndarray):
-                value = [float(v) for v in value]
-            elif isinstance(value, dict):
-                value = {str(k): float(v) for k, v in value.items()}
-            elif isinstance(value, float | np.floating):
-                value = float(value)
-            out[field.name] = value
-        return out
+        return fields_as_plain_data(self)
 
 
 def _real_subset_frechet(model: DiffusionModel, num_samples: int) -> float:

@@ -33,6 +33,7 @@ from thermojax.core.quant import QTensor, fake_quantize_activations
 from thermojax.core.text_metrics import masked_diffusion_nll_bound, perplexity
 from thermojax.models.dream.network import shift_logits
 from thermojax.pipeline.sampling import ActParams, Samples
+from thermojax.pipeline.typed_json import fields_as_plain_data
 from thermojax.pipeline.weights import WeightReport, dense_weights
 
 __all__ = ["NUM_MASK_RATIOS", "TEXT_PREVIEW", "TextQuality", "evaluate_text_quality"]
@@ -78,20 +79,8 @@ class TextQuality:
     num_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (arrays as lists of floats)."""
-        out: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, np.ndarray):
-                value = [float(v) for v in value]
-            elif isinstance(value, dict):
-                value = {str(k): float(v) for k, v in value.items()}
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, float | np.floating):
-                value = float(value)
-            out[field.name] = value
-        return out | {"kind": "text"}
+        """JSON-ready dict (arrays as lists of floats), marked ``kind: "text"``."""
+        return fields_as_plain_data(self) | {"kind": "text"}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TextQuality:

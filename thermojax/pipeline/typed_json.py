@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dataclass_from_json", "from_json", "to_json"]
+__all__ = ["dataclass_from_json", "fields_as_plain_data", "from_json", "to_json"]
 
 
 def from_json(tp: Any, value: Any, where: str) -> Any:
@@ -121,3 +121,22 @@ def to_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def fields_as_plain_data(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields as plain Python data, one level deep: arrays become lists of floats,
+    mappings ``{str: float}``, tuples lists, numpy floats floats (NaN kept, unlike
+    :func:`to_json`: the evaluators' figures go to the stage cache as they are)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if isinstance(value, np.ndarray):
+            value = [float(v) for v in value]
+        elif isinstance(value, Mapping):
+            value = {str(k): float(v) for k, v in value.items()}
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, float | np.floating):
+            value = float(value)
+        out[field.name] = value
+    return out
