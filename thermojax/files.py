@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -46,7 +47,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "cache_dir",
+    "check_writable_folder",
     "publish_staged",
+    "remove_temporaries",
     "staged_path",
 ]
 
@@ -227,3 +230,62 @@ def publish_staged(path: str | os.PathLike[str]) -> Path:
     """
     os.replace(staged_path(path), path)
     return Path(path)
+
+
+def check_writable_folder(path: str | os.PathLike[str], *, what: str, create: bool = True) -> Path:
+    """Prove that ``path`` can take new files before any work is done; returns it.
+
+    With ``create`` the folder (and its parents) is made; without it (a folder someone else
+    makes later, like Hydra's run folder) the check goes to the nearest existing ancestor. Either
+    way a temporary file is created and removed there: the real test, which also catches a
+    read-only mount, an immutable folder (``chattr +i``) and root-squashed network folders,
+    where permission bits tell nothing.
+
+    Raises:
+        UserInputError: the path runs through a file, cannot be created, or takes no new file;
+            the message starts with ``what`` and names the path.
+    """
+    from thermojax.errors import UserInputError
+
+    path = Path(path).expanduser()
+    probe_in = path
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            while not probe_in.exists() and probe_in != probe_in.parent:
+                probe_in = probe_in.parent
+        if not probe_in.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(probe_in))
+        fd, name = tempfile.mkstemp(dir=probe_in, prefix=".write-check.", suffix=TEMPORARY_SUFFIX)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        culprit = Path(err.filename) if isinstance(err.filename, str) else probe_in
+        if culprit.name.startswith(".write-check."):
+            culprit = culprit.parent
+        where = "" if culprit == path else f" ({culprit}: {reason})"
+        message = f"{what} {str(path)!r} cannot take new files" + (where or f": {reason}")
+        raise UserInputError(message) from None
+    return path
+
+
+def remove_temporaries(folder: str | os.PathLike[str], *, depth: int = 1) -> list[Path]:
+    """Delete the temporaries (:data:`TEMPORARY_GLOB`, files or folders) that a killed writer
+    left in ``folder`` and, with ``depth`` > 0, in its subfolders that many levels down; returns
+    what was removed. For a rerun into the folder of a killed run: no writer may be using them."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif depth > 0 and entry.is_dir() and not entry.is_symlink():
+            removed += remove_temporaries(entry, depth=depth - 1)
+    return removed

@@ -11,9 +11,12 @@ Outputs, in Hydra's run directory (``hydra.run.dir=...``): ``baseline_metrics.js
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -31,23 +34,37 @@ from thermojax.cli.config import (
     remove_if_fresh_and_empty,
     to_config,
 )
-from thermojax.errors import UserInputError
-from thermojax.files import RUN_LOG, cache_dir, publish_staged, staged_path
+from thermojax.errors import UserInputError, command_boundary, os_error_message
+from thermojax.files import (
+    RUN_LOG,
+    TEMPORARY_SUFFIX,
+    cache_dir,
+    check_writable_folder,
+    publish_staged,
+    remove_temporaries,
+    staged_path,
+)
 
 __all__ = ["enable_compilation_cache", "execute", "main"]
 
 log = logging.getLogger("thermojax.baseline")
 
 
-def enable_compilation_cache() -> Path:
+def enable_compilation_cache() -> Path | None:
     """Turn on JAX's persistent compilation cache in ``thermojax.files.cache_dir() / "jax"``.
 
-    A warm cache skips XLA compilation of the calibration and sampling scans on later runs.
+    A warm cache skips XLA compilation of the calibration and sampling scans on later runs. A
+    cache folder that takes no files is a warning (the run compiles everything), never an end;
+    returns ``None`` then.
     """
     import jax
 
     path = cache_dir() / "jax"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable_folder(path, what="THERMOJAX_CACHE_DIR")
+    except UserInputError as err:
+        log.warning("%s; running without the compilation and stage caches", err)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     # Cache every program that took noticeable time to compile, not only those above 1 s.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
@@ -64,9 +81,16 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
     ``.baseline_metrics.json.pending.tmp``, which the launcher removes on resume). A kill at any point leaves either no JSON (the job reruns) or every
     output. Every file is written atomically.
 
+    Before any work ``out_dir`` (and ``export.path``'s folder) must take a new file, and the
+    temporaries a killed run left in ``out_dir`` are removed (each logged). The W&B run is
+    written into a temporary folder and moved into ``out_dir/wandb`` once finished, so a kill
+    leaves no stub run for ``wandb sync``.
+
     On a :class:`UserInputError` (e.g. ``num_time_groups`` above the model's T) nothing is
-    written and the error propagates. On any other failure the log is still written, with the
-    traceback, and the error propagates.
+    written and the error propagates. A full disk or a folder that stops taking files
+    (:data:`thermojax.errors.ENVIRONMENT_ERRNOS`) and Ctrl-C are logged in one line (the log is
+    still written when it can be) and propagate, the ``OSError`` as a :class:`UserInputError`. On
+    any other failure the log is still written, with the traceback, and the error propagates.
 
     Returns:
         The written files keyed ``json``, ``html``, ``samples``, ``log`` (and the phase table's).
@@ -79,28 +103,53 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
     from thermojax.pipeline import run
 
     out = Path(out_dir)
+    check_writable_folder(out, what="output folder (hydra.run.dir)")
+    if config.export.path is not None:  # made at the end of the run: checked before it
+        export = Path(config.export.path).expanduser()
+        check_writable_folder(export.parent, what="export.path's folder", create=False)
     final_json = out / OUTPUT_FILES["json"]
     pending_json = staged_path(final_json)
     console = Console(stderr=True)
     run_log = RunLog()
+    wandb_staging: Path | None = None
     with run_log.attached(console):
         try:
+            for left in remove_temporaries(out):
+                log.info("removed %s, left by an earlier run killed while writing", left)
             cache = enable_compilation_cache()
             log.info("output folder %s; JAX compilation cache %s", out.resolve(), cache)
             with stage_progress(console) as on_stage:
                 result = run(config, progress=on_stage)
             files = write_outputs(result, out, json_path=pending_json)
+            if config.wandb.mode != "disabled":
+                wandb_staging = Path(
+                    tempfile.mkdtemp(dir=out, prefix=".wandb.", suffix=TEMPORARY_SUFFIX)
+                )
             tracker = make_tracker(
-                config.wandb, run_dir=out, name=out.resolve().name, config=result.config
+                config.wandb,
+                run_dir=out if wandb_staging is None else wandb_staging,
+                name=out.resolve().name,
+                config=result.config,
             )
             tracker.log(result, files)
             tracker.finish()
+            if wandb_staging is not None:
+                _publish_wandb_runs(wandb_staging, out / "wandb")
         except UserInputError:
             raise  # nothing written: the caller reports it as one line
-        except BaseException:
-            log.exception("baseline run failed")
+        except BaseException as err:
+            user_caused = _user_caused(err, out)
+            if user_caused is None:
+                log.exception("baseline run failed")
+            else:  # one line for the console (the caller's); the log says it too
+                log.info("baseline run stopped: %s", user_caused)
             pending_json.unlink(missing_ok=True)
-            files = {"log": run_log.write(out / RUN_LOG)}
+            if wandb_staging is not None:  # a stub W&B run that `wandb sync` must not find
+                shutil.rmtree(wandb_staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a full disk takes no log either
+                files = {"log": run_log.write(out / RUN_LOG)}
+            if isinstance(err, OSError) and user_caused is not None:
+                raise UserInputError(user_caused) from err
             raise
         files["json"] = final_json
         files["log"] = out / RUN_LOG
@@ -110,6 +159,34 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
     publish_staged(final_json)  # the completion marker, after everything else
     print_summary(Console(), result, files)
     return files
+
+
+def _user_caused(err: BaseException, out: Path) -> str | None:
+    """What to log instead of a traceback for an interrupt or an environmental ``OSError``."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, OSError):
+        return os_error_message(err, f"into the output folder {str(out)!r}")
+    return None
+
+
+def _publish_wandb_runs(staging: Path, wandb_dir: Path) -> None:
+    """Move the finished W&B run out of its staging folder into ``<run dir>/wandb``.
+
+    W&B writes the run while it happens; a kill then leaves a stub run that ``wandb sync``
+    would upload as a real one. Staged in a temporary (``.wandb.*.tmp``, which a rerun removes),
+    only a finished run reaches ``wandb/``. Its links (``latest-run``, ``debug.log``) are
+    relative and move with it.
+    """
+    staged = staging / "wandb"
+    if staged.is_dir():
+        wandb_dir.mkdir(exist_ok=True)
+        for entry in sorted(staged.iterdir(), key=lambda e: e.is_symlink()):
+            target = wandb_dir / entry.name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            os.replace(entry, target)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def config_dir() -> str:
@@ -138,8 +215,8 @@ def _app(cfg: DictConfig) -> None:
         raise  # in a sweep, the launcher records this job as failed
 
 
-def main() -> None:
-    """Run the Hydra app; a user or config mistake ends in one ``error:`` line and exit 2."""
+def _hydra_app() -> None:
+    """The Hydra app with its errors as :class:`UserInputError`\\ s (one line each)."""
     register_configs()
     previous = os.environ.get("HYDRA_FULL_ERROR")
     # Let exceptions reach us instead of Hydra's multi-line report, so that we print one line;
@@ -148,11 +225,9 @@ def main() -> None:
     try:
         _app()
     except ConfigRejected as exc:
-        _fail(str(exc.error))
-    except UserInputError as exc:
-        _fail(str(exc))
+        raise exc.error from None
     except (CompactHydraException, OmegaConfBaseException) as exc:
-        _fail(describe_config_error(exc))
+        raise UserInputError(describe_config_error(exc)) from None
     finally:
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -160,9 +235,11 @@ def main() -> None:
             os.environ["HYDRA_FULL_ERROR"] = previous
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def main() -> None:
+    """Run the Hydra app: a user or config mistake, a path that takes no files or a full disk
+    ends in one ``error:`` line and exit 2, Ctrl-C in one line and exit 130
+    (:func:`thermojax.errors.command_boundary`); a bug shows its traceback."""
+    command_boundary(_hydra_app, name="thermojax.baseline")
 
 
 if __name__ == "__main__":

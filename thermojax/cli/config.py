@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
 from thermojax.errors import UserInputError
+from thermojax.files import check_writable_folder
 from thermojax.pipeline.settings import BaselineConfig
 
 __all__ = [
@@ -233,6 +234,12 @@ class ValidateConfigCallback(Callback):
         """Raise :class:`ConfigRejected` for an invalid value."""
         try:
             to_config(config)
+            # Before any work: a run folder through a file, on a read-only mount or where this
+            # user may not write fails now, not after the run (Hydra makes the folder next).
+            check_writable_folder(str(config.hydra.run.dir), what="hydra.run.dir", create=False)
+            if config.get("export") is not None and config.export.get("path") is not None:
+                export = Path(str(config.export.path)).expanduser()
+                check_writable_folder(export.parent, what="export.path's folder", create=False)
         except UserInputError as exc:
             raise ConfigRejected(exc) from None
         run_dir = Path(str(config.hydra.run.dir)).resolve()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -161,7 +162,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "visible to anyone who can read the cluster's job list",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. bit_width=2,4")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    timeouts = {"--connect-timeout": args.connect_timeout, "--wait-timeout": args.wait_timeout}
+    for flag, seconds in timeouts.items():
+        if not math.isfinite(seconds) or seconds <= 0:
+            # One line, as main() reports every other user mistake (not argparse's usage block).
+            print(
+                f"error: {flag} {seconds:g}: must be a positive number of seconds", file=sys.stderr
+            )
+            sys.exit(2)
+    return args
 
 
 def _wait(client: object, job_id: str, timeout_s: float) -> str:

@@ -31,7 +31,10 @@ import json
 import logging
 import math
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,14 +142,62 @@ def entry_path(
     return _root(cache_dir) / f"{key}{suffix}"
 
 
+LOCK_NOTICE_S = 30.0
+"""While a worker waits for another's entry it says so at once, then again every this many seconds."""
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds a key's lock, as its holder wrote it (``pid N on HOST since TIME``)."""
+    try:
+        text = lock_path.read_text(encoding="utf-8").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
+
+
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def _locked(lock_path: Path, what: str) -> Iterator[float]:
+    """Holds the key's lock; yields the seconds spent waiting for another holder to let go.
+
+    A wait is never silent: it is logged (what it waits for and who holds it) when it starts,
+    every :data:`LOCK_NOTICE_S` seconds, and when it ends.
+    """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        started = time.monotonic()
         try:
-            yield
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(
+                "waiting for %s: %s is computing it (lock %s)", what, _holder(lock_path), lock_path
+            )
+            next_notice = started + LOCK_NOTICE_S
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= next_notice:
+                        log.info(
+                            "still waiting for %s after %.0f s: %s is computing it",
+                            what,
+                            time.monotonic() - started,
+                            _holder(lock_path),
+                        )
+                        next_notice += LOCK_NOTICE_S
+                    time.sleep(0.05)
+            log.info("waited %.1f s for %s", time.monotonic() - started, what)
+        waited = time.monotonic() - started
+        try:
+            # Say who holds it, for whoever waits next (the file is only ever a lock).
+            handle.truncate(0)
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())
+            handle.flush()
+            yield waited
         finally:
+            with contextlib.suppress(OSError):
+                handle.truncate(0)
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
@@ -159,7 +210,7 @@ def _try_load(path: Path, load: Callable[[Path], T]) -> tuple[bool, T | None]:
         log.warning(
             "cache entry %s is unreadable (%s: %s); recomputing", path, type(err).__name__, err
         )
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or a cache folder read-only to us
             path.unlink()
         return False, None
 
@@ -172,11 +223,15 @@ def get_or_compute(
     load: Callable[[Path], T],
     suffix: str = "",
     cache_dir: str | os.PathLike[str] | None = None,
+    name: str = "cache entry",
+    on_wait: Callable[[float], None] | None = None,
 ) -> T:
     """The cached value for ``key``, computing and storing it first if needed.
 
-    Safe when several processes ask for the same key at once: ``compute`` runs in one of them
-    while the others wait on the key's lock and then load the stored entry.
+    Safe when several processes ask for the same key at once, also on several machines sharing
+    the cache folder (a file system with working ``flock``, such as NFSv4 or Lustre): ``compute``
+    runs in one of them while the others wait on the key's lock, saying so in the log, and then
+    load the stored entry.
 
     Args:
         key: from ``cache_key``.
@@ -187,6 +242,9 @@ def get_or_compute(
             recomputed.
         suffix: file-name suffix of entries (e.g. ``".npz"``, which ``numpy.savez`` insists on).
         cache_dir: the cache folder; default ``thermojax.files.cache_dir()``.
+        name: what the entry is (``"calibration"``), for the log lines of a wait.
+        on_wait: called with the seconds spent waiting for another process's lock (0.0 when
+            the lock was free), so that a caller can keep the wait out of its own timings.
 
     Returns:
         The loaded value on a hit, the computed value on a miss.
@@ -200,7 +258,21 @@ def get_or_compute(
         log.info("cache hit %s", final.name)
         return value  # type: ignore[return-value]
 
-    with _locked(final.parent / f"{key}.lock"):
+    with contextlib.ExitStack() as stack:
+        try:
+            waited = stack.enter_context(
+                _locked(final.parent / f"{key}.lock", f"{name} {key[:16]}")
+            )
+        except OSError as err:  # a cache folder that takes no files costs time, never the run
+            log.warning(
+                "cache folder %s takes no files (%s); computing %s without the cache",
+                final.parent,
+                err.strerror or err,
+                name,
+            )
+            return compute()
+        if on_wait is not None:
+            on_wait(waited)
         # Another process may have filled the entry while we waited for the lock.
         found, value = _try_load(final, load)
         if found:
@@ -208,13 +280,19 @@ def get_or_compute(
             return value  # type: ignore[return-value]
         log.info("cache miss %s; computing", final.name)
         value = compute()
-        with atomic_file(final, suffix=suffix) as temporary:
-            # Hand ``save`` a name that does not exist yet, so that a callback writing elsewhere
-            # (numpy.savez adds ".npz" to a path without it) is caught, not published empty.
-            temporary.unlink()
-            save(value, temporary)
-            if not temporary.exists():
-                raise RuntimeError(
-                    f"cache save callback did not write the path it was given: {temporary}"
-                )
+        try:
+            with atomic_file(final, suffix=suffix) as temporary:
+                # Hand ``save`` a name that does not exist yet, so that a callback writing
+                # elsewhere (numpy.savez adds ".npz" to a path without it) is caught, not
+                # published empty.
+                temporary.unlink()
+                save(value, temporary)
+                if not temporary.exists():
+                    raise RuntimeError(
+                        f"cache save callback did not write the path it was given: {temporary}"
+                    )
+        except OSError as err:  # a full disk: the run keeps its value, the next one recomputes
+            log.warning(
+                "cache entry %s not stored (%s); the run goes on", final, err.strerror or err
+            )
         return value

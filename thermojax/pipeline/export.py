@@ -89,6 +89,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -102,8 +103,14 @@ import jax
 import numpy as np
 
 from thermojax.core.quant import ACT_BITS_RANGE, QTensor, storage_bytes
-from thermojax.errors import UserInputError
-from thermojax.files import atomic_file, atomic_folder, atomic_write_bytes, atomic_write_text
+from thermojax.errors import UserInputError, os_errors_as_user_input
+from thermojax.files import (
+    TEMPORARY_SUFFIX,
+    atomic_file,
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_text,
+)
 from thermojax.models.hf import write_index, write_safetensors
 from thermojax.models.hf.layouts import DTYPES, INDEX_FILE, SINGLE_FILE
 from thermojax.pipeline.rules import QuantRule
@@ -165,9 +172,18 @@ def _check_target(out_dir: Path) -> None:
 
 def _stage_and_publish(out_dir: Path, write: Callable[[Path], _T]) -> _T:
     """``write(staging_folder)``, then the folder renamed to ``out_dir``
-    (:func:`thermojax.files.atomic_folder`); removed on failure. Returns what ``write`` returns."""
+    (:func:`thermojax.files.atomic_folder`); removed on failure. Returns what ``write`` returns.
+
+    A staging folder of this export that a killed run left (``.NAME.*.tmp`` beside ``out_dir``)
+    is removed first; a full disk or a folder that takes no files is one line
+    (:class:`~thermojax.errors.UserInputError`) naming the export."""
+    for left in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*{TEMPORARY_SUFFIX}"):
+        shutil.rmtree(left, ignore_errors=True)
     try:
-        with atomic_folder(out_dir) as staging:
+        with (
+            os_errors_as_user_input(f"the quantized checkpoint {str(out_dir)!r} (export.path)"),
+            atomic_folder(out_dir) as staging,
+        ):
             return write(staging)
     except FileExistsError as err:
         raise UserInputError(str(err)) from err

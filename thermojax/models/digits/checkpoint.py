@@ -66,8 +66,10 @@ def save_checkpoint(
     for name, params in ((_DENOISER_FILE, denoiser_params), (_CLASSIFIER_FILE, classifier_params)):
         with atomic_file(directory / name) as tmp:
             save_file(_flatten(params), str(tmp), metadata={"format": FORMAT})
-    # model.json last: a reader that finds it finds the tensors it describes.
-    atomic_write_text(directory / "model.json", json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    # model.json last: a reader that finds it finds the tensors it describes. Strict JSON: a
+    # non-finite figure (a diverged loss) is refused here rather than written as NaN.
+    text = json.dumps(spec, indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_text(directory / "model.json", text + "\n")
     return directory
 
 
@@ -81,13 +83,65 @@ def _read_spec(path: Path) -> tuple[Path, dict[str, Any]]:
             f"not a {FORMAT} checkpoint (expected a folder with model.json): {str(path)!r}"
         )
     try:
-        spec = json.loads(spec_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        spec = json.loads(spec_file.read_text(), parse_constant=_reject_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserInputError(f"unreadable model.json in checkpoint {str(path)!r}: {exc}") from exc
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
         raise UserInputError(f"not a {FORMAT} checkpoint (format {found!r}) at {str(path)!r}")
     return directory, spec
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (strict JSON has no NaN or Infinity)")
+
+
+MAX_TIMESTEPS = 1_000_000
+"""Most timesteps a checkpoint may declare: the schedule's arrays are made when it loads (5 x T
+float64), and a DDPM beyond this is a typo, not a model."""
+
+
+def _integer(section: Mapping[str, Any], key: str, where: str, *, low: int, high: int) -> int:
+    value = section.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        bounds = f"= {low}" if low == high else f"in [{low}, {high}]"
+        raise ValueError(f"{where}.{key} must be an integer {bounds}, got {value!r}")
+    return value
+
+
+_WIDTH = 1 << 20
+"""Widest layer a checkpoint may declare (a typo beyond it would allocate before any check)."""
+
+
+def _check_spec(spec: Mapping[str, Any]) -> None:
+    """The values of ``model.json`` that load and sample, checked before anything is built.
+
+    Raises:
+        ValueError: the first value out of range, named as ``section.key`` with its value.
+    """
+    for section in ("schedule", "denoiser", "classifier"):
+        if not isinstance(spec.get(section), Mapping):
+            raise TypeError(f"{section} must be an object, got {spec.get(section)!r}")
+    schedule = spec["schedule"]
+    _integer(schedule, "num_timesteps", "schedule", low=1, high=MAX_TIMESTEPS)
+    betas = []
+    for key in ("beta_start", "beta_end"):
+        value = schedule.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise ValueError(f"schedule.{key} must be a number in (0, 1), got {value!r}")
+        betas.append(float(value))
+    if betas[0] > betas[1]:
+        raise ValueError(
+            f"schedule.beta_start={betas[0]!r} must not exceed schedule.beta_end={betas[1]!r}"
+        )
+    denoiser = spec["denoiser"]
+    _integer(denoiser, "state_size", "denoiser", low=64, high=64)  # 8x8 digits
+    for key in ("hidden", "time_dim", "num_blocks"):
+        _integer(denoiser, key, "denoiser", low=1, high=_WIDTH)
+    classifier = spec["classifier"]
+    for key in ("hidden", "features"):
+        _integer(classifier, key, "classifier", low=1, high=_WIDTH)
+    _integer(classifier, "num_classes", "classifier", low=10, high=10)  # the ten digits
 
 
 def _read_tensors(directory: Path, name: str) -> dict[str, np.ndarray]:
@@ -107,6 +161,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> DigitsDDPM:
     """
     directory, spec = _read_spec(Path(path))
     try:
+        _check_spec(spec)
         config = DenoiserConfig(**spec["denoiser"])
         schedule = NoiseSchedule.linear(**spec["schedule"])
         classifier_config = ClassifierConfig(**spec["classifier"])

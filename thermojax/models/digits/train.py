@@ -2,17 +2,22 @@
 
 Usage::
 
-    python -m thermojax.models.train_digits                 # the shipped checkpoint
+    python -m thermojax.models.train_digits                 # writes ./digits_ddpm
+    python -m thermojax.models.train_digits --ship          # rewrites the shipped checkpoint
     python -m thermojax.models.train_digits --steps 50 --out /tmp/ckpt   # smoke run
 
-Seeded and deterministic on a given machine: the same flags give the same weights.
+Seeded and deterministic on a given machine: the same flags give the same weights. Every argument
+is checked before any work (one ``error:`` line, exit 2); the folder is published whole
+(:func:`thermojax.files.atomic_folder`), its ``model.json`` strict JSON, and the package's own
+checkpoint is written only with ``--ship``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
+import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from thermojax.errors import OneLineArgumentParser, UserInputError, command_boundary
+from thermojax.files import atomic_folder, check_writable_folder
 from thermojax.models.base import sample_quality
 from thermojax.models.digits.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint
 from thermojax.models.digits.classifier import ClassifierConfig, DigitsClassifier, load_real_digits
@@ -34,7 +41,11 @@ from thermojax.models.digits.ddpm import (
     digits_to_model_space,
 )
 
-__all__ = ["TrainConfig", "main", "train"]
+__all__ = ["DEFAULT_OUT", "TrainConfig", "check_settings", "main", "train"]
+
+DEFAULT_OUT = Path("digits_ddpm")
+"""Where the command writes without ``--out``: a new folder in the working directory, never the
+package's shipped checkpoint (``--ship`` rewrites that one)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +174,50 @@ def _sample_fp32(
     return model.sample(key=key, num_samples=num_samples)
 
 
+def check_settings(
+    out: str | os.PathLike[str],
+    cfg: TrainConfig,
+    *,
+    eval_samples: int = 256,
+    force: bool = False,
+    ship: bool = False,
+) -> None:
+    """Every setting and the output folder, checked before any work.
+
+    Raises:
+        UserInputError: the first bad value, named with the flag a user gave.
+    """
+    for flag, value, low in (
+        ("--steps", cfg.steps, 1),
+        ("--batch-size", cfg.batch_size, 1),
+        ("--classifier-steps", cfg.classifier_steps, 1),
+        ("--eval-samples", eval_samples, 0),
+        ("--seed", cfg.seed, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserInputError(f"{flag} {value!r}: must be an integer >= {low}")
+    if cfg.seed > 2**32 - 1:
+        raise UserInputError(f"--seed {cfg.seed}: must be below 2**32")
+    for name, value in (("learning_rate", cfg.learning_rate), ("ema_decay", cfg.ema_decay)):
+        if not (math.isfinite(value) and 0.0 < value < 1.0):
+            raise UserInputError(f"{name}={value!r}: must be in (0, 1)")
+    out = Path(out)
+    shipped = out.resolve() == SHIPPED_CHECKPOINT.resolve()
+    if shipped and not ship:
+        raise UserInputError(f"--out {out} is the shipped checkpoint: pass --ship to rewrite it")
+    if ship and not shipped:
+        raise UserInputError(f"--ship writes only the shipped folder {SHIPPED_CHECKPOINT}")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (force or ship):
+        raise UserInputError(
+            f"--out {out}: is not empty; choose a new folder or pass --force to replace it"
+        )
+    check_writable_folder(out.parent if out.parent != out else out, what="--out", create=False)
+
+
 def train(
-    out: str | Path = SHIPPED_CHECKPOINT,
+    out: str | Path,
     cfg: TrainConfig | None = None,
     arch: DenoiserConfig | None = None,
     classifier_arch: ClassifierConfig | None = None,
@@ -174,7 +227,13 @@ def train(
 ) -> dict[str, Any]:
     """Train both networks, measure sample quality, write the checkpoint to ``out``.
 
+    The folder is published whole (an existing one replaced) once everything is measured; a
+    training that diverged (a non-finite loss or quality figure) writes nothing.
+
     Returns the metadata written to ``model.json`` (training settings, timings, quality).
+
+    Raises:
+        UserInputError: the loss or a quality figure is not finite (strict JSON has no NaN).
     """
     cfg = cfg or TrainConfig()
     arch = arch or DenoiserConfig()
@@ -195,33 +254,55 @@ def train(
             "command": "python -m thermojax.models.train_digits",
         }
     }
-    save = functools.partial(
-        save_checkpoint,
-        out,
-        denoiser_config=arch,
-        schedule_config=schedule_config,
-        denoiser_params=params,
-        classifier_config=classifier_arch,
-        classifier_params=classifier_params,
-    )
-    save(metadata=metadata)
-    if eval_samples > 0:
-        model = load_checkpoint(out)
-        x0, _ = _sample_fp32(model, jax.random.PRNGKey(0), num_samples=eval_samples)
-        quality = sample_quality(model, model.to_pixels(x0))
-        metadata["quality"] = {"num_samples": eval_samples, **quality}
-        log(f"fp32 sample quality ({eval_samples} samples): {quality}")
-        save(metadata=metadata)  # again, now with the measured quality in model.json
+    if not math.isfinite(loss):
+        raise UserInputError(
+            f"training diverged: the final denoiser loss is {loss} (settings {cfg}); "
+            "nothing written"
+        )
+    with atomic_folder(out, replace=True) as folder:
+        save = functools.partial(
+            save_checkpoint,
+            folder,
+            denoiser_config=arch,
+            schedule_config=schedule_config,
+            denoiser_params=params,
+            classifier_config=classifier_arch,
+            classifier_params=classifier_params,
+        )
+        save(metadata=metadata)
+        if eval_samples > 0:
+            model = load_checkpoint(folder)
+            x0, _ = _sample_fp32(model, jax.random.PRNGKey(0), num_samples=eval_samples)
+            quality = sample_quality(model, model.to_pixels(x0))
+            bad = [k for k, v in quality.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                raise UserInputError(
+                    f"the trained model's samples give non-finite {', '.join(bad)}; nothing written"
+                )
+            metadata["quality"] = {"num_samples": eval_samples, **quality}
+            log(f"fp32 sample quality ({eval_samples} samples): {quality}")
+            save(metadata=metadata)  # again, now with the measured quality in model.json
     log(f"wrote {out} in {time.perf_counter() - start:.0f} s (training {train_seconds:.0f} s)")
     return metadata
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point."""
+    """Command-line entry point: a bad argument, a folder that takes no files, a diverged
+    training or a full disk ends in one ``error:`` line (exit 2), Ctrl-C in one line (130)."""
+    command_boundary(lambda: _main(argv), name="thermojax.models.train_digits")
+
+
+def _main(argv: Sequence[str] | None) -> None:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(
+        prog="python -m thermojax.models.train_digits", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
-        "--out", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint folder to write"
+        "--out", type=Path, default=None, help=f"a new folder to write (default: ./{DEFAULT_OUT})"
+    )
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument(
+        "--ship", action="store_true", help=f"rewrite the package's shipped {SHIPPED_CHECKPOINT}"
     )
     parser.add_argument("--steps", type=int, default=defaults.steps, help="denoiser Adam steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -231,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--eval-samples", type=int, default=256, help="samples for the quality check (0: skip)"
     )
     args = parser.parse_args(argv)
+    if args.ship and args.out is not None:
+        parser.error("--ship and --out are exclusive (--ship writes the shipped folder)")
+    out = SHIPPED_CHECKPOINT if args.ship else (args.out or DEFAULT_OUT)
     cfg = dataclasses.replace(
         defaults,
         steps=args.steps,
@@ -238,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         classifier_steps=args.classifier_steps,
         seed=args.seed,
     )
-    train(args.out, cfg, eval_samples=args.eval_samples)
+    check_settings(out, cfg, eval_samples=args.eval_samples, force=args.force, ship=args.ship)
+    train(out, cfg, eval_samples=args.eval_samples)
 
 
 if __name__ == "__main__":

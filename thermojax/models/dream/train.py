@@ -35,7 +35,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -56,6 +55,7 @@ import numpy as np
 import optax
 
 from thermojax.core.text_metrics import masked_diffusion_nll_bound, perplexity
+from thermojax.errors import OneLineArgumentParser, UserInputError, command_boundary
 from thermojax.files import atomic_folder, atomic_write_text
 from thermojax.models import masked_diffusion
 from thermojax.models.dream import corpus
@@ -439,7 +439,29 @@ def _write_folder(folder: Path, model: DreamLM, config: dict, metadata: dict) ->
     )
     text = {CONFIG_FILE: config, TRAINING_FILE: metadata}
     for name, content in text.items():
-        atomic_write_text(folder / name, json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+        bad = _non_finite(content)
+        if bad:  # strict JSON: a diverged training is refused, not written as NaN
+            raise UserInputError(f"training diverged: {name} would hold {bad}; nothing written")
+        text_out = json.dumps(content, indent=2, ensure_ascii=False, allow_nan=False)
+        atomic_write_text(folder / name, text_out + "\n")
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The first non-finite float in a JSON-ready value, as ``key.path=nan``; ``None`` if none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where or 'a value'}={value}"
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list | tuple)
+        else ()
+    )
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 # ---------------------------------------------------------------- training
@@ -589,19 +611,16 @@ def train(
     return metadata
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one ``error:`` line (exit 2), without usage."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point; a bad argument ends in one ``error:`` line and exit 2."""
+    """Command-line entry point; a bad argument ends in one ``error:`` line and exit 2, Ctrl-C
+    in one line and exit 130 (:func:`thermojax.errors.command_boundary`)."""
+    command_boundary(lambda: _main(argv), name="thermojax.models.train_bytes_lm")
+
+
+def _main(argv: Sequence[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, arch = TrainConfig(), ArchConfig()
-    parser = _Parser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", type=Path, default=None, help="a new folder to write (default: ./pydoc_mdlm)"
     )
