@@ -1,7 +1,8 @@
 """Where the Ray launcher's jobs run: a configured Ray cluster, or an embedded local Ray.
 
 :func:`ray_session` joins the cluster (``hydra.launcher.address`` or ``$RAY_ADDRESS``) or starts a
-loopback-only Ray for the sweep, and shuts down whatever it started or joined, also on SIGTERM.
+loopback-only Ray for the sweep, and shuts down whatever it started or joined, also on SIGTERM;
+should the driver be killed outright, :mod:`._reaper` stops the embedded Ray's processes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +132,19 @@ def _start_embedded(settings: ThermojaxRayLauncherConf, temp_dir: Path) -> None:
             )
 
 
+def _dismiss(reaper: subprocess.Popen[bytes]) -> None:
+    """Tell the reaper that Ray was stopped properly, and let it end."""
+    assert reaper.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        reaper.stdin.write(b"done\n")
+        reaper.stdin.close()
+    try:
+        reaper.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
+
+
 @contextlib.contextmanager
 def ray_session(settings: ThermojaxRayLauncherConf) -> Iterator[str]:
     """Joins the configured cluster, or starts an embedded loopback-only Ray; yields its mode.
@@ -153,10 +169,17 @@ def ray_session(settings: ThermojaxRayLauncherConf) -> Iterator[str]:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _terminate)
+    reaper: subprocess.Popen[bytes] | None = None
     try:
         if address is None:
             temp_dir, owned = short_temp_dir(settings.temp_dir)
             owned_temp = temp_dir if owned else None
+            # Should this process be killed outright (SIGKILL, the OOM killer), the reaper stops
+            # the embedded Ray's agents and workers, which would otherwise outlive it.
+            reaper = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("_reaper.py")), str(os.getpid())],
+                stdin=subprocess.PIPE,
+            )
             _start_embedded(settings, temp_dir)
             mode = "embedded"
         else:
@@ -168,5 +191,7 @@ def ray_session(settings: ThermojaxRayLauncherConf) -> Iterator[str]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
+        if reaper is not None:
+            _dismiss(reaper)
         if owned_temp is not None:
             shutil.rmtree(owned_temp, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -171,12 +172,22 @@ def launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> list[JobReturn]:
-    """Runs every job; returns their JobReturns in job order (failed ones with status FAILED)."""
+    """Runs every job; returns their JobReturns in job order (failed ones with status FAILED).
+
+    With a failed job, runs the end-of-multirun callbacks here: Hydra's sweeper raises on the
+    first failed return and would skip them, though every job has run (thermojax's writes the
+    comparison, failures included, and its W&B summary run).
+    """
     setup_globals()
-    assert launcher.config is not None
+    assert launcher.config is not None and launcher.hydra_context is not None
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     with _progress_on_console():
-        return _launch(launcher, job_overrides, initial_job_idx)
+        results = _launch(launcher, job_overrides, initial_job_idx)
+    if any(ret.status == JobStatus.FAILED for ret in results):
+        launcher.hydra_context.callbacks.on_multirun_end(
+            config=launcher.config, config_name=launcher.config.hydra.job.config_name
+        )
+    return results
 
 
 def _launch(
@@ -237,8 +248,13 @@ def _launch(
             )(run_job_in_worker)
             driver_node = ray.get_runtime_context().get_node_id()
             started = time.monotonic()
+            forwarded = {
+                name: os.environ[name] for name in settings.forward_env if name in os.environ
+            }
             pending = {
-                remote_job.remote(shared, job.config, driver_node, settings.copy_outputs): job
+                remote_job.remote(
+                    shared, job.config, driver_node, settings.copy_outputs, forwarded
+                ): job
                 for job in submission_order(to_run)
             }
             finished = 0

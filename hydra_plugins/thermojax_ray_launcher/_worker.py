@@ -7,6 +7,7 @@ workers of a sweep of some other Hydra app pay for nothing of it.
 
 from __future__ import annotations
 
+import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from omegaconf import DictConfig
+
+NODE_ID_VARIABLE = "THERMOJAX_RAY_NODE_ID"
+NODE_IP_VARIABLE = "THERMOJAX_RAY_NODE_IP"
+"""Set in the worker's environment before each job: the Ray node id and IP the job runs on."""
 
 
 class JobFailed(RuntimeError):
@@ -48,12 +53,23 @@ def run_job_in_worker(
     sweep_config: DictConfig,
     driver_node_id: str,
     copy_outputs: str,
+    environment: dict[str, str],
 ) -> tuple[JobReturn, dict[str, bytes] | None]:
     """Runs one Hydra job inside a Ray worker; returns its JobReturn and, when the outputs are on
-    another node than the driver, the job folder's files."""
+    another node than the driver, the job folder's files.
+
+    ``environment`` (the driver's ``forward_env`` variables) is set in the worker first. A Ray
+    worker serves one driver (one sweep), whose jobs all send the same, so a worker reused for
+    the next job carries nothing over that differs.
+    """
     import ray
 
     hydra_context, task_function, singleton_state = shared
+    os.environ.update(environment)
+    # Where the job runs, for the app to record (thermojax puts it in its report's environment).
+    context = ray.get_runtime_context()
+    os.environ[NODE_ID_VARIABLE] = context.get_node_id()
+    os.environ[NODE_IP_VARIABLE] = ray.util.get_node_ip_address()
     setup_globals()
     Singleton.set_state(singleton_state)
     HydraConfig.instance().set_config(sweep_config)
@@ -85,7 +101,8 @@ def run_job_in_worker(
             "".join(traceback.format_exception(error)),
         )
     files = None
-    here = ray.get_runtime_context().get_node_id()
-    if copy_outputs == "always" or (copy_outputs == "auto" and here != driver_node_id):
+    if copy_outputs == "always" or (
+        copy_outputs == "auto" and context.get_node_id() != driver_node_id
+    ):
         files = collect_outputs(str(sweep_config.hydra.runtime.output_dir))
     return ret, files

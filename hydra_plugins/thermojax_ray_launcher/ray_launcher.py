@@ -46,6 +46,10 @@ class ThermojaxRayLauncherConf:
             ``thermojax.files.FAILURE_JSON``, where ``python -m thermojax.compare`` looks).
         copy_outputs: ``auto`` copies a job's output files back to the sweep folder of the
             driver when the job ran on another node; ``always`` / ``never`` force it.
+        forward_env: names of the driver's environment variables that every job gets (those
+            set here; Ray's workers otherwise see the environment their node was started
+            with). ``THERMOJAX_CACHE_DIR`` by default: point it at storage every node mounts at
+            the same path, and the whole cluster shares one stage cache.
     """
 
     _target_: str = "hydra_plugins.thermojax_ray_launcher.ray_launcher.ThermojaxRayLauncher"
@@ -65,6 +69,7 @@ class ThermojaxRayLauncherConf:
     report_file: str | None = None
     failure_file: str | None = None
     copy_outputs: str = "auto"
+    forward_env: list[str] = field(default_factory=lambda: ["THERMOJAX_CACHE_DIR"])
 
 
 ConfigStore.instance().store(

@@ -177,10 +177,12 @@ def test_sweep_killed_midway_resumes_with_every_report_once(tmp_path, short_cach
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    # A SIGKILLed driver cannot stop its Ray: its reaper takes gcs and raylet, but Ray's agents
-    # survive. Stop them here, by session.
-    _stop_session(proc.pid)
+    out, _ = proc.communicate()
+    # A SIGKILLed driver cannot stop its Ray; Ray's own reaper takes gcs and raylet, the
+    # launcher's takes the rest: the agents and the worker holding job 3. Nothing is left.
+    leaked = _stop_session(proc.pid, grace_s=15.0)
+    assert not leaked, f"processes outlived the killed driver: {leaked}"
+    assert f"the driver (pid {proc.pid}) died; stopped the" in out
     done_before = {p.parent.name for p in sweep_dir.glob("*/report.json")}
     assert 2 <= len(done_before) < 4
     (held,) = sweep_dir.glob("*/held")

@@ -9,6 +9,7 @@ and :func:`with_phases` the phase table.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -360,6 +361,11 @@ def _environment() -> dict[str, str]:
         "backend": jax.default_backend(),
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
+        # Which machine ran it; the Ray launcher's worker names its Ray node (a sweep's reports
+        # then say how the jobs spread over a cluster).
+        "hostname": platform.node(),
+        "ray_node_id": os.environ.get("THERMOJAX_RAY_NODE_ID", ""),
+        "ray_node_ip": os.environ.get("THERMOJAX_RAY_NODE_IP", ""),
     }
 
 
