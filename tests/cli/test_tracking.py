@@ -17,6 +17,7 @@ import pytest
 from result_samples import enhanced_result, make_result, phases_result
 from wandb_readback import inspect_run, offline_run_dir
 
+from thermojax.cli.sweep_tracking import run_name
 from thermojax.cli.tracking import (
     NullTracker,
     WandbTracker,
@@ -29,6 +30,7 @@ from thermojax.cli.tracking import (
     phase_columns,
     phase_rows,
     summary_metrics,
+    tracked_metrics,
 )
 from thermojax.pipeline.results import write_result
 from thermojax.pipeline.settings import WandbConfig
@@ -103,6 +105,17 @@ def test_offline_run_reads_back(tmp_path):
     assert len(reports) == 1
     manifest = json.dumps(reports[0])
     assert "baseline_metrics.html" in manifest and "baseline_metrics.json" in manifest
+    # Every numeric figure is a declared metric with one logged value, the summary's own, so
+    # W&B's run comparison and parallel coordinates offer it without setup.
+    declared = {r["metric"]["name"]: r["metric"] for r in records if r["type"] == "metric"}
+    metrics = tracked_metrics(result)
+    assert {"smoothness_score", "violation_count", "quality/frechet_quantized"} <= set(metrics)
+    assert set(metrics) <= set(declared)
+    assert all(declared[k]["options"]["defined"] for k in metrics)
+    assert not {"bit_width", "band"} & set(metrics)  # config and text are not metrics
+    (first, *_) = [r["history"]["item"] for r in records if r["type"] == "history"]
+    for key, value in metrics.items():
+        assert first[key] == pytest.approx(value) and logged[key] == pytest.approx(value), key
 
 
 def test_a_failing_wandb_is_a_warning_not_an_error(tmp_path, caplog):
@@ -142,7 +155,9 @@ def test_runs_of_a_sweep_share_a_group_named_after_it(tmp_path):
         summary, records = inspect_run(offline_run_dir(out))
         groups[group] = summary
         (run,) = [r["run"] for r in records if r["type"] == "run"]
-        assert run["run_group"] == (group or "smoke") and run["display_name"] == "smoke-3"
+        assert run["run_group"] == (group or "smoke")
+        # Named after its configuration: the result's bits, groups and threshold.
+        assert run["display_name"] == "W2-G2-t0.3" == run_name(result.config, sweep["overrides"])
     config = groups[None]["config"]
     assert config["bit_width"] == result.bit_width  # the swept keys, comparable in the W&B UI
     assert config["sweep"]["overrides"] == sweep["overrides"] and config["sweep"]["job_num"] == 3

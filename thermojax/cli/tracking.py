@@ -37,8 +37,9 @@ __all__ = [
     "optimization_rows",
     "phase_columns",
     "phase_rows",
+    "start_run",
     "summary_metrics",
-    "sweep_context",
+    "tracked_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,22 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
         k: v
         for k, v in scalars.items()
         if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+    }
+
+
+CONFIG_SCALARS = ("bit_width", "act_bits", "num_time_groups", "smoothness_threshold")
+"""Keys of :func:`summary_metrics` that repeat the run config: in the summary, not metrics."""
+
+
+def tracked_metrics(result: Result) -> dict[str, float | int]:
+    """The numeric figures a run logs as metrics (one history row, each declared with
+    ``define_metric``): :func:`summary_metrics` and :func:`comparison_metrics` less text and
+    the config's keys, so W&B's run comparison and parallel coordinates offer them as is."""
+    figures = {**summary_metrics(result), **comparison_metrics(result)}
+    return {
+        k: v
+        for k, v in figures.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k not in CONFIG_SCALARS
     }
 
 
@@ -312,14 +329,55 @@ def phase_rows(result: Result) -> list[list[Any]]:
     return rows
 
 
+def start_run(
+    settings: WandbConfig,
+    *,
+    run_dir: str | os.PathLike[str],
+    name: str,
+    job_type: str,
+    config: Mapping[str, Any] | None = None,
+) -> Any:
+    """``wandb.init`` as thermojax starts every run: quiet, no console capture, no system
+    statistics, machine info, git state or code; the run folder under ``run_dir/wandb``.
+
+    Raises whatever W&B raises (e.g. online without an API key): callers decide what a failed
+    start costs.
+    """
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    run = wandb.init(
+        project=settings.project,
+        group=settings.group,
+        mode=settings.mode,
+        dir=str(run_dir),
+        name=name,
+        job_type=job_type,
+        config=dict(config or {}),
+        reinit="create_new",
+        settings=wandb.Settings(
+            silent=True,
+            console="off",
+            x_disable_stats=True,
+            x_disable_machine_info=True,
+            disable_git=True,
+            save_code=False,
+        ),
+    )
+    log.info("W&B run %s (%s) in %s", run.id, settings.mode, run.dir)
+    return run
+
+
 class WandbTracker:
     """Logs to Weights & Biases; every failure is logged as a warning and stops further calls.
 
-    Logs the resolved config (at init), the summary metrics, the per-boundary, per-layer and
-    violation tables, and the HTML (and JSON) report as a ``report`` artifact. An enhanced run
-    adds the baseline-vs-enhanced figures (:func:`comparison_metrics`), Phase 3's per-layer
-    table and its loss curve (``optimization/loss`` against ``optimization/iteration``); the
-    phase experiment adds the ``phases`` table (one row per variant) and its CSV/JSON files.
+    Logs the resolved config (at init), the summary metrics (the numeric ones also as one
+    history row of metrics declared with ``define_metric``, :func:`tracked_metrics`), the
+    per-boundary, per-layer and violation tables, and the HTML (and JSON) report as a ``report``
+    artifact. An enhanced run adds the baseline-vs-enhanced figures (:func:`comparison_metrics`),
+    Phase 3's per-layer table and its loss curve (``optimization/loss`` against
+    ``optimization/iteration``); the phase experiment adds the ``phases`` table (one row per
+    variant) and its CSV/JSON files.
     """
 
     def __init__(
@@ -331,30 +389,13 @@ class WandbTracker:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.run: Any = None
-        os.environ.setdefault("WANDB_SILENT", "true")
         try:
             import wandb
 
             self._wandb = wandb
-            self.run = wandb.init(
-                project=settings.project,
-                group=settings.group,
-                mode=settings.mode,
-                dir=str(run_dir),
-                name=name,
-                job_type="baseline",
-                config=dict(config or {}),
-                reinit="create_new",
-                settings=wandb.Settings(
-                    silent=True,
-                    console="off",
-                    x_disable_stats=True,
-                    x_disable_machine_info=True,
-                    disable_git=True,
-                    save_code=False,
-                ),
+            self.run = start_run(
+                settings, run_dir=run_dir, name=name, job_type="baseline", config=config
             )
-            log.info("W&B run %s (%s) in %s", self.run.id, settings.mode, self.run.dir)
         except Exception as exc:  # noqa: BLE001 - tracking must never cost the local outputs
             self._failed("init", exc)
 
@@ -363,7 +404,7 @@ class WandbTracker:
         self.run = None
 
     def log(self, result: Result, files: Mapping[str, Path]) -> None:
-        """Summary metrics, the three tables, and the report artifact."""
+        """Summary metrics (the numeric ones also declared metrics), the tables, the artifact."""
         if self.run is None:
             return
         wandb = self._wandb
@@ -397,7 +438,10 @@ class WandbTracker:
                 tables["phases"] = wandb.Table(
                     columns=phase_columns(result), data=phase_rows(result)
                 )
-            self.run.log(tables)
+            metrics = tracked_metrics(result)
+            for key in metrics:
+                self.run.define_metric(key)
+            self.run.log({**metrics, **tables})
             self._log_loss_curve(loss_curve(result))
             artifact = wandb.Artifact(
                 f"baseline-report-{self.run.id}",
@@ -431,35 +475,6 @@ class WandbTracker:
             self._failed("finish", exc)
 
 
-def sweep_context() -> dict[str, Any] | None:
-    """The Hydra multirun this process runs a job of, or ``None`` (a single run, no Hydra).
-
-    Returns:
-        ``{"name", "preset", "dir", "job_num", "overrides"}``: ``name`` is the sweep preset
-        (``sweep=NAME``) when one was chosen, else the sweep folder's name; ``overrides`` are the
-        job's own (``bit_width=2`` ...).
-    """
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # tracking works without Hydra installed
-        return None
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    sweep_dir = Path(str(hydra_cfg.sweep.dir)).absolute()
-    preset = hydra_cfg.runtime.choices.get("sweep")
-    return {
-        "name": str(preset) if preset else sweep_dir.name,
-        "preset": str(preset) if preset else None,
-        "dir": str(sweep_dir),
-        "job_num": int(hydra_cfg.job.num),
-        "overrides": [str(o) for o in hydra_cfg.overrides.task],
-    }
-
-
 def make_tracker(
     settings: WandbConfig,
     *,
@@ -473,14 +488,21 @@ def make_tracker(
     Inside a sweep (``sweep``, default :func:`sweep_context`), every run of the sweep joins one
     W&B group named after it when ``settings.group`` is unset, and the run config gets a
     ``sweep`` entry (name, folder, job number, the job's overrides) beside the swept keys, so
-    the W&B UI groups and compares the sweep's runs; the run is named ``<sweep>-<job number>``.
+    the W&B UI groups and compares the sweep's runs; the run is named after its configuration
+    (:func:`run_name`, e.g. ``W2-G4-t0.3``), or ``<sweep>-<job number>`` when the config lacks
+    the keys a name is made of.
     """
     if settings.mode == "disabled":
         return NullTracker()
+    from thermojax.cli.sweep_tracking import run_name, sweep_context
+
     sweep = sweep_context() if sweep is None else sweep
     if sweep:
         if settings.group is None:
             settings = dataclasses.replace(settings, group=str(sweep["name"]))
         config = {**dict(config or {}), "sweep": dict(sweep)}
-        name = f"{sweep['name']}-{sweep['job_num']}"
+        try:
+            name = run_name(config, sweep["overrides"], sweep.get("swept"))
+        except (KeyError, TypeError, ValueError):
+            name = f"{sweep['name']}-{sweep['job_num']}"
     return WandbTracker(settings, run_dir=run_dir, name=name, config=config)
