@@ -35,6 +35,8 @@ from thermojax.core.timegroups import (
     group_activation_params,
     group_of,
     group_ranges,
+    step_edges,
+    timestep_edges,
     uniform_edges,
 )
 from thermojax.core.weight_quant import (
@@ -96,7 +98,9 @@ __all__ = [
     "smooth_boundaries",
     "smooth_groups",
     "sqnr_db",
+    "step_edges",
     "storage_bytes",
+    "timestep_edges",
     "transition_terms",
     "uniform_edges",
 ]

@@ -382,6 +382,14 @@ BAD_INPUTS = [
     (["model.path=/no/such/checkpoint"], "model.path='/no/such/checkpoint'"),
     (["model.path=."], "model.path='.'"),
     (["bit_widht=2"], "bit_widht=2"),
+    (["sampling.sampler=plms"], "sampling.sampler='plms'"),
+    (["sampling.sampler=ddim", "sampling.steps=0"], "sampling.steps=0"),
+    (["sampling.sampler=ddim", "sampling.steps=2000"], "sampling.steps=2000"),
+    (["sampling.steps=50"], "sampling.steps=50"),
+    (["sampling.eta=0.5"], "sampling.eta=0.5"),
+    (["sampling.sampler=ddim", "sampling.eta=1.5"], "sampling.eta=1.5"),
+    (["sampling.sampler=ddim", "sampling.steps=3"], "num_time_groups=4"),
+    (["calibration.sampler=ddim", "calibration.steps=2"], "num_time_groups=4"),
 ]
 
 

@@ -197,6 +197,7 @@ def test_dashboard_table_shows_each_configurations_own_values(sweep, capsys):
             cell(row["num_time_groups"]),
             cell(row["smoothness_threshold"]),
             cell(row["seed"]),
+            f"{row['sampler'].upper()} {row['sampling_steps']}" if row["sampler"] else "",
             cell(row["smoothness_score"], 4),
             row["band"] or "",
             row["quality_band"] or "",
@@ -216,9 +217,10 @@ def test_dashboard_table_shows_each_configurations_own_values(sweep, capsys):
     shown = {r[0]: r for r in rows}
     for job in range(8):
         report = json.loads((sweep / str(job) / "baseline_metrics.json").read_text())
-        assert shown[str(job)][7] == report["interpretation"]["band"]
-        assert shown[str(job)][8] == (report["interpretation"].get("quality_band") or "")
-        assert shown[str(job)][6] == f"{report['smoothness_score']:.4f}"
+        assert shown[str(job)][6] == "DDPM 1000"  # written before schema 6: the full sampler
+        assert shown[str(job)][8] == report["interpretation"]["band"]
+        assert shown[str(job)][9] == (report["interpretation"].get("quality_band") or "")
+        assert shown[str(job)][7] == f"{report['smoothness_score']:.4f}"
     failures = table_rows(table_after(root, "Failures"))
     assert failures == [
         [

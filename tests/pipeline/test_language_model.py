@@ -173,8 +173,10 @@ def test_settings_that_do_not_fit_the_model_are_refused(folder):
     too_long = json.loads((folder / "config.json").read_text())["max_position_embeddings"] + 1
     with pytest.raises(UserInputError, match=f"sampling.length={too_long}: exceeds the model's"):
         run(settings(folder, sampling={"length": too_long}))
-    with pytest.raises(UserInputError, match="sampling.steps=50: only for a masked-diffusion LM"):
+    with pytest.raises(UserInputError, match="sampling.steps=50: the ddpm sampler runs all T=1000"):
         run(to_config({"sampling": {"steps": 50}}))
+    with pytest.raises(UserInputError, match="sampling.sampler=ddim: .* runs its own sampler"):
+        run(settings(folder, sampling={"sampler": "ddim"}))
     with pytest.raises(UserInputError, match="num_time_groups=9: exceeds the model's 8"):
         run(settings(folder, num_time_groups=9))
 

@@ -300,7 +300,7 @@ def test_older_schema_files_still_read(version):
     from thermojax.pipeline.results import SCHEMA_VERSION, Result
 
     data = make_result(num_layers=2, num_groups=3, threshold=0.1).to_dict()
-    assert SCHEMA_VERSION == 5 and data["schema_version"] == 5
+    assert SCHEMA_VERSION == 6 and data["schema_version"] == 6
     assert not {"baseline", "enhancement", "phases", "weights"} & set(data)  # omitted when absent
     del data["mode"]  # schema 3's addition
     data["schema_version"] = version

@@ -1,6 +1,6 @@
 """``python -m thermojax.compare SWEEP_DIR``: one sweep's reports side by side.
 
-Reads every ``baseline_metrics.json`` of a sweep folder (through :func:`thermojax.pipeline.results.read_result`,
+Reads every ``baseline_metrics.json`` of a sweep folder (strict JSON, into the saved ``Result``,
 never recomputing a metric) and every ``failure.json`` the Ray launcher recorded, and writes into
 the sweep folder (or ``--out``):
 
@@ -11,10 +11,14 @@ the sweep folder (or ``--out``):
   groups, violations against the threshold, sample quality (drift, Frechet distance) against
   smoothness with their correlation, and the failures.
 
+With ``--wandb`` the comparison is also logged as one W&B run in the sweep's group
+(:func:`thermojax.cli.sweep_tracking.log_comparison`; offline by default, under
+``<out>/wandb``), as a sweep does by itself when it ends.
+
 An empty or foreign folder ends in one ``error:`` line, exit status 2, and nothing written.
 
 Example:
-    python -m thermojax.compare multirun/2026-11-27/10-11-31
+    python -m thermojax.compare multirun/2026-11-27/10-11-31 [--wandb]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from thermojax.errors import UserInputError
+from thermojax.errors import UserInputError, command_boundary, os_errors_as_user_input
 from thermojax.files import (
     COMPARISON_HTML,
     FAILURE_JSON,
@@ -37,8 +42,12 @@ from thermojax.files import (
     SWEEP_SUMMARY_CSV,
     SWEEP_SUMMARY_JSON,
     atomic_write_text,
+    check_writable_folder,
+    publish_staged,
+    remove_temporaries,
+    staged_path,
 )
-from thermojax.pipeline.results import read_result
+from thermojax.pipeline.results import Result
 from thermojax.report.comparison import (
     COLUMNS,
     CONFIG_KEYS,
@@ -155,8 +164,21 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+def _not_strict(name: str) -> float:
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def _read_report(path: Path) -> Result:
+    """A sweep job's report, as :func:`~thermojax.pipeline.results.read_result` reads it, but
+    strict JSON (no NaN) and an object at the top (a report of another shape is a failed row)."""
+    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_strict)
+    if not isinstance(data, dict):
+        raise TypeError(f"holds a JSON {type(data).__name__}, not a report object")
+    return Result.from_dict(data)
+
+
 def _row_from_report(job: str, path: Path) -> dict[str, Any]:
-    result = read_result(path)
+    result = _read_report(path)
     quality = result.quality
     figures = quality.figures() if quality is not None else {}
     measured = {name: figures.get(name) for name in _QUALITY_COLUMNS}
@@ -170,6 +192,8 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "seed": result.config.get("seed"),
+        "sampler": (result.sampler or {}).get("sampler", "ddpm" if result.num_timesteps else None),
+        "sampling_steps": (result.sampler or {}).get("steps", result.num_timesteps),
         "smoothness_score": result.smoothness_score,
         "violation_count": result.violation_count,
         "mean_boundary_score": result.mean_boundary_score,
@@ -188,10 +212,15 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
     return {key: _finite_or_none(value) for key, value in row.items()}
 
 
+_OVERRIDE_COLUMNS = {"sampling.sampler": "sampler", "sampling.steps": "sampling_steps"}
+"""Override keys whose summary column has another name."""
+
+
 def _config_from_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for override in overrides:
         key, _, value = str(override).lstrip("+~").partition("=")
+        key = _OVERRIDE_COLUMNS.get(key, key)
         if key in CONFIG_KEYS:
             try:
                 found[key] = json.loads(value)
@@ -237,7 +266,7 @@ def collect(sweep_dir: str | Path) -> SweepSummary:
         reported.add(path.parent)
         try:
             rows.append(_row_from_report(job, path))
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             message = f"unreadable {REPORT_JSON}: {type(err).__name__}: {err}"
             failures.append(
                 {"job": job, "overrides": [], "error_type": "UnreadableReport", "message": message}
@@ -283,8 +312,15 @@ def collect(sweep_dir: str | Path) -> SweepSummary:
 
 
 def write_comparison(summary: SweepSummary, out_dir: str | Path) -> dict[str, Path]:
-    """Write the three outputs atomically (everything rendered first, then written)."""
-    out = Path(out_dir)
+    """Write the three outputs as a set: everything rendered, then each file written whole under
+    its staged name (:func:`thermojax.files.staged_path`), then the three renamed into place
+    with Ctrl-C and SIGTERM held back. A failure or an interrupt before the renames leaves the
+    previous set (or none) and no temporary.
+
+    Raises:
+        UserInputError: ``out_dir`` takes no files, or the disk fills while writing.
+    """
+    out = check_writable_folder(out_dir, what="--out")
     contents = {
         "csv": (SWEEP_SUMMARY_CSV, summary_csv(summary)),
         "json": (
@@ -293,8 +329,30 @@ def write_comparison(summary: SweepSummary, out_dir: str | Path) -> dict[str, Pa
         ),
         "html": (COMPARISON_HTML, render_comparison(summary)),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    return {kind: atomic_write_text(out / name, text) for kind, (name, text) in contents.items()}
+    remove_temporaries(out, depth=0)  # what a killed comparison left
+    staged = [out / name for name, _ in contents.values()]
+    try:
+        with os_errors_as_user_input(f"the comparison into {str(out)!r}"):
+            for path, (_, text) in zip(staged, contents.values(), strict=True):
+                atomic_write_text(staged_path(path), text)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for path in staged:
+                publish_staged(path)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    finally:
+        for path in staged:
+            staged_path(path).unlink(missing_ok=True)
+    return dict(zip(contents, staged, strict=True))
+
+
+def _compare(sweep_dir: str, out: str | None) -> tuple[SweepSummary, dict[str, Path]]:
+    """Check ``--out`` (before any work), read the sweep, write the comparison."""
+    if out is not None:
+        check_writable_folder(out, what="--out")
+    summary = collect(sweep_dir)
+    return summary, write_comparison(summary, out or sweep_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -305,17 +363,49 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the folder a multirun wrote")
     parser.add_argument("--out", help="where to write (default: SWEEP_DIR)")
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the comparison as one W&B run in the sweep's group (offline: OUT/wandb)",
+    )
+    parser.add_argument(
+        "--wandb-mode",
+        choices=("offline", "online"),
+        default="offline",
+        help="with --wandb: offline (default, no network; `wandb sync` uploads) or online",
+    )
     args = parser.parse_args(argv)
-    try:
-        summary = collect(args.sweep_dir)
-        files = write_comparison(summary, args.out or args.sweep_dir)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    # A bad SWEEP_DIR or --out, a full disk: one error line, exit 2; Ctrl-C: one line, 130.
+    summary, files = command_boundary(
+        lambda: _compare(args.sweep_dir, args.out), name="thermojax.compare"
+    )
     done = len(summary.completed)
     print(f"{done} configurations compared, {len(summary.failures)} failed")
     for path in files.values():
         print(f"  {path}")
+    if args.wandb:
+        _log_to_wandb(
+            summary, files, Path(args.sweep_dir), Path(args.out or args.sweep_dir), args.wandb_mode
+        )
+
+
+def _log_to_wandb(
+    summary: SweepSummary, files: Mapping[str, Path], sweep_dir: Path, out: Path, mode: str
+) -> None:
+    """``--wandb``: the summary run; a W&B failure is one ``error:`` line and exit 1, after the
+    local outputs are written."""
+    from thermojax.cli.sweep_tracking import comparison_settings, log_comparison
+
+    settings, group = comparison_settings(sweep_dir, mode)
+    try:
+        run_dir = log_comparison(summary, files, settings, group=group, run_dir=out)
+    except Exception as exc:  # noqa: BLE001 - any W&B failure: the local files are kept
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: W&B summary run failed (local outputs kept): {message}", file=sys.stderr)
+        sys.exit(1)
+    print(f"W&B summary run {group}-comparison in group {group} ({mode}): {run_dir}")
+    if mode == "offline":
+        print(f"  upload: wandb sync {run_dir}")
 
 
 if __name__ == "__main__":

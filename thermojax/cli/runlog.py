@@ -164,6 +164,7 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
     lines = [
         f"[bold]{escape(result.model_name)}[/bold]: {mode}INT{result.bit_width} weights"
         + (f", A{result.act_bits}, {result.num_time_groups} time groups" if markov else "")
+        + (f", {escape(result.sampler_description())}" if result.sampler is not None else "")
     ]
     if markov:
         i = result.interpretation

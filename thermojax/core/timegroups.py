@@ -51,6 +51,76 @@ def uniform_edges(num_timesteps: int, num_groups: int) -> np.ndarray:
     return (i * int(num_timesteps) // int(num_groups)).astype(np.int32)
 
 
+def _check_steps(timesteps: np.ndarray, num_timesteps: int | None = None) -> np.ndarray:
+    """A sampler's timesteps: 1-D, strictly increasing integers in ``[0, T)``."""
+    steps = np.asarray(timesteps)
+    if steps.ndim != 1 or steps.shape[0] < 1 or not np.issubdtype(steps.dtype, np.integer):
+        raise ValueError(f"timesteps must be a 1-D integer array of S >= 1 steps, got {steps!r}")
+    if steps[0] < 0 or np.any(np.diff(steps) <= 0):
+        raise ValueError(f"timesteps must be strictly increasing from >= 0, got {steps.tolist()}")
+    if num_timesteps is not None and steps[-1] >= num_timesteps:
+        raise ValueError(f"timesteps must be < T={num_timesteps}, got {int(steps[-1])}")
+    return steps.astype(np.int64)
+
+
+def step_edges(edges: np.ndarray | jax.Array, timesteps: np.ndarray) -> np.ndarray:
+    """Time groups on the model's T timesteps -> the same groups over the S steps a sampler runs.
+
+    Group ``g`` holds the steps whose timestep lies in ``[edges[g], edges[g + 1])``: step ``k``
+    at timestep ``timesteps[k]`` is in group ``searchsorted(edges, timesteps[k], "right") - 1``,
+    as the sampler finds it. Every group must hold at least one step (a group no step visits has
+    no calibrated parameters and no drift).
+
+    Args:
+        edges: int ``[G + 1]`` partition of ``[0, T)``.
+        timesteps: the sampler's S timesteps, ascending, in ``[0, T)``.
+
+    Returns:
+        int32 ``[G + 1]`` partition of ``[0, S)`` (``edges`` itself when ``timesteps = arange(T)``).
+
+    Raises:
+        ValueError: bad edges or timesteps, or a group that holds none of the steps.
+
+    Example:
+        >>> step_edges(np.array([0, 500, 1000]), np.array([249, 499, 749, 999])).tolist()
+        [0, 2, 4]
+    """
+    arr = _concrete_edges(edges).astype(np.int64)
+    steps = _check_steps(timesteps, int(arr[-1]))
+    out = np.searchsorted(steps, arr, side="left")
+    out[-1] = steps.shape[0]
+    empty = np.flatnonzero(np.diff(out) <= 0)
+    if empty.size:
+        g = int(empty[0])
+        raise ValueError(
+            f"time group {g} [{int(arr[g])}, {int(arr[g + 1])}) holds none of the sampler's "
+            f"{steps.shape[0]} steps; use fewer time groups or more steps"
+        )
+    return out.astype(np.int32)
+
+
+def timestep_edges(
+    edges: np.ndarray | jax.Array, timesteps: np.ndarray, num_timesteps: int
+) -> np.ndarray:
+    """Groups over a sampler's S steps -> the same groups on the model's T timesteps.
+
+    The inverse of :func:`step_edges` for edges made on the steps (adaptive groups, a
+    per-step schedule): the group that starts at step ``k`` starts at timestep ``timesteps[k]``;
+    the first starts at 0 and the last ends at T, so the groups cover every timestep and any
+    other sampler's steps find theirs.
+
+    Example:
+        >>> timestep_edges(np.array([0, 2, 4]), np.array([249, 499, 749, 999]), 1000).tolist()
+        [0, 749, 1000]
+    """
+    arr = _concrete_edges(edges).astype(np.int64)
+    steps = _check_steps(timesteps, int(num_timesteps))
+    if arr[-1] != steps.shape[0]:
+        raise ValueError(f"edges must end at S={steps.shape[0]} steps, got {int(arr[-1])}")
+    out = np.concatenate([[0], steps[arr[1:-1]], [int(num_timesteps)]])
+    return out.astype(np.int32)
+
+
 def _concrete_edges(edges: np.ndarray | jax.Array) -> np.ndarray:
     """Validate a concrete partition and return it as int32 numpy."""
     arr = np.asarray(edges)

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thermojax.errors import UserInputError
-from thermojax.models.base import ActHook, DiffusionModel, QualityReference, run_sampler
+from thermojax.models.base import (
+    SAMPLERS,
+    ActHook,
+    DiffusionModel,
+    QualityReference,
+    SamplerSpec,
+    run_sampler,
+)
 from thermojax.models.digits.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from thermojax.models.digits.ddpm import DigitsDDPM
 
@@ -18,11 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DREAM_ARCHITECTURES",
+    "SAMPLERS",
     "SHIPPED_CHECKPOINT",
     "ActHook",
     "DiffusionModel",
     "DigitsDDPM",
     "QualityReference",
+    "SamplerSpec",
     "checkpoint_format",
     "load_model",
     "run_sampler",

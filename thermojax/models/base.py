@@ -13,6 +13,8 @@ program as a constant.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +25,83 @@ import numpy as np
 from thermojax.core.sample_metrics import class_coverage, frechet_distance
 
 Array = jax.Array
+
+SAMPLERS = ("ddpm", "ddim")
+"""The reverse processes a DDPM-family model samples with (:class:`SamplerSpec`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """Which reverse process runs, and at which of the model's T training timesteps.
+
+    - ``ddpm``: the ancestral sampler (Ho et al. 2020) at every timestep ``T-1 .. 0``;
+      ``steps`` must be ``None`` or T.
+    - ``ddim``: DDIM (Song et al. 2021) over ``steps`` timesteps spaced "trailing" as in
+      diffusers (``round(T - k * T / S) - 1`` for ``k = 0 .. S-1``: the first step is at
+      ``T - 1``, pure noise, as the ancestral sampler's), with noise ``eta`` (0: deterministic
+      given the initial noise; 1 with ``S = T``: the ancestral sampler's update).
+
+    Static and hashable: a jitted sampler takes it as a static argument.
+
+    Example:
+        >>> SamplerSpec("ddim", steps=4).timesteps(1000).tolist()
+        [249, 499, 749, 999]
+        >>> SamplerSpec().timesteps(3).tolist(), SamplerSpec().describe(1000)
+        ([0, 1, 2], 'DDPM, 1000 steps')
+    """
+
+    name: str = "ddpm"
+    steps: int | None = None
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.name!r}")
+        steps = self.steps
+        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or int(steps) < 1):
+            raise ValueError(f"sampler steps must be an integer >= 1, got {steps!r}")
+        eta = float(self.eta)
+        if not (math.isfinite(eta) and 0.0 <= eta <= 1.0):
+            raise ValueError(f"sampler eta must be in [0, 1], got {self.eta!r}")
+        if self.name == "ddpm" and eta != 0.0:
+            raise ValueError(f"sampler eta={self.eta!r} is DDIM's noise; the ddpm sampler has none")
+        object.__setattr__(self, "steps", None if steps is None else int(steps))
+        object.__setattr__(self, "eta", eta)
+
+    def num_steps(self, num_timesteps: int) -> int:
+        """S, the number of steps that run on a model with ``num_timesteps`` training steps."""
+        return int(num_timesteps) if self.steps is None else self.steps
+
+    def timesteps(self, num_timesteps: int) -> np.ndarray:
+        """The S timesteps that run, ascending, int32 ``[S]`` in ``[0, T)``.
+
+        Raises:
+            ValueError: ``steps > T``, or ``ddpm`` with ``steps != T``.
+        """
+        total = int(num_timesteps)
+        steps = self.num_steps(total)
+        if steps > total:
+            raise ValueError(f"steps={steps}: exceeds the model's T={total} timesteps")
+        if self.name == "ddpm" and steps != total:
+            raise ValueError(
+                f"steps={steps}: the ddpm sampler runs all T={total} timesteps "
+                "(fewer steps: sampler=ddim)"
+            )
+        if steps == total:
+            return np.arange(total, dtype=np.int32)
+        k = np.arange(steps, dtype=np.float64)
+        trailing = np.floor(total - k * total / steps + 0.5).astype(np.int64) - 1
+        return np.sort(trailing).astype(np.int32)
+
+    def describe(self, num_timesteps: int) -> str:
+        """``DDPM, 1000 steps`` / ``DDIM, 50 steps, eta 0``."""
+        text = f"{self.name.upper()}, {self.num_steps(num_timesteps)} steps"
+        return text + (f", eta {self.eta:g}" if self.name == "ddim" else "")
+
+    def to_dict(self, num_timesteps: int) -> dict[str, Any]:
+        """``{"sampler", "steps", "eta"}`` with ``steps`` resolved to S."""
+        return {"sampler": self.name, "steps": self.num_steps(num_timesteps), "eta": self.eta}
+
 
 ActHook = Callable[[int, Array, Array], Array]
 """``hook(layer_index, layer_input, t) -> layer_input'``: applied to the input of each quantizable
@@ -132,10 +211,13 @@ class DiffusionModel(Protocol):
         key: Array,
         num_samples: int,
         act_hook: ActHook | None = None,
+        sampler: SamplerSpec | None = None,
     ) -> tuple[Array, Array]:
-        """Run the whole sampler: ``(x0 [N, state_size], trajectory [T, N, state_size])``.
+        """Run the whole sampler: ``(x0 [N, state_size], trajectory [S, N, state_size])``.
 
-        ``trajectory[t]`` is the state after the step at timestep t (so ``trajectory[0] == x0``).
+        ``trajectory[k]`` is the state after the step at ``sampler.timesteps(T)[k]`` (the
+        timestep t itself for the full sampler; ``trajectory[0] == x0``). ``sampler=None`` is the
+        model's own sampler; a model that cannot skip steps raises ``ValueError`` for DDIM.
         """
         ...
 
@@ -148,6 +230,25 @@ Observer = Callable[[Array, tuple[Array, ...], Array], Any]
 """``observe(t, layer_inputs, key) -> pytree`` evaluated inside the sampler scan at each step."""
 
 
+@runtime_checkable
+class SkippingModel(Protocol):
+    """A model that can step between any two timesteps (DDIM); the digits DDPM is one."""
+
+    def step_between(
+        self,
+        weights: Mapping[str, Array],
+        x_t: Array,
+        t: Array,
+        t_prev: Array,
+        key: Array,
+        *,
+        eta: float,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """One DDIM step from timestep ``t`` to ``t_prev`` (``-1``: to the clean sample)."""
+        ...
+
+
 def run_sampler(
     model: DiffusionModel,
     weights: Mapping[str, Array],
@@ -156,12 +257,14 @@ def run_sampler(
     num_samples: int,
     act_hook: ActHook | None = None,
     observe: Observer | None = None,
+    sampler: SamplerSpec | None = None,
 ) -> tuple[Array, Array, Any]:
-    """The ancestral sampler of any :class:`DiffusionModel` as one ``lax.scan`` over T-1 .. 0.
+    """The sampler of any :class:`DiffusionModel` as one ``lax.scan`` over its timesteps, descending.
 
     Every sampler and calibration pass goes through here, so the same ``key`` gives the same
-    initial noise and the same per-step noise whatever the weights or hooks are: fp32 and
-    quantized trajectories can be compared step by step.
+    initial noise and the same per-step noise (keyed by the timestep) whatever the weights or
+    hooks are: fp32 and quantized trajectories can be compared step by step, and a DDIM run
+    with ``S = T`` draws the ancestral sampler's noise.
 
     Args:
         model: the model.
@@ -170,27 +273,44 @@ def run_sampler(
         num_samples: N.
         act_hook: optional activation transform per quantizable layer.
         observe: optional per-step function of ``(t, layer_inputs, key)``; its outputs are
-            stacked over timesteps.
+            stacked over the steps.
+        sampler: the reverse process and its steps (``None``: the model's own ``step`` at every
+            timestep, which for the digits DDPM is ``SamplerSpec("ddpm")``).
 
     Returns:
-        ``(x0 [N, D], trajectory [T, N, D], observed)``, all indexed by timestep t, with
-        ``trajectory[t]`` the state after the step at t and ``observed`` a pytree of ``[T, ...]``
+        ``(x0 [N, D], trajectory [S, N, D], observed)``, all indexed by step k in the order of
+        ``sampler.timesteps(T)`` (ascending; ``k = t`` for S = T), with ``trajectory[k]`` the
+        state after the step at ``timesteps[k]`` and ``observed`` a pytree of ``[S, ...]``
         (``None`` without ``observe``).
+
+    Raises:
+        ValueError: a DDIM sampler for a model without ``step_between``, or bad steps.
     """
     init_key, step_key, observe_key = jax.random.split(key, 3)
     x_init = model.initial_state(init_key, num_samples)
+    spec = SamplerSpec() if sampler is None else sampler
+    ascending = spec.timesteps(model.num_timesteps)
+    if spec.name == "ddim" and not isinstance(model, SkippingModel):
+        raise ValueError(f"sampler=ddim: {type(model).__name__} has no DDIM step (step_between)")
 
-    def body(x_t: Array, t: Array) -> tuple[Array, tuple[Array, Any]]:
-        x_prev, layer_inputs = model.step(
-            weights, x_t, t, jax.random.fold_in(step_key, t), act_hook=act_hook
-        )
+    def body(x_t: Array, pair: tuple[Array, Array]) -> tuple[Array, tuple[Array, Any]]:
+        t, t_prev = pair
+        step_noise = jax.random.fold_in(step_key, t)
+        if spec.name == "ddim":
+            x_prev, layer_inputs = model.step_between(
+                weights, x_t, t, t_prev, step_noise, eta=spec.eta, act_hook=act_hook
+            )
+        else:
+            x_prev, layer_inputs = model.step(weights, x_t, t, step_noise, act_hook=act_hook)
         seen = None
         if observe is not None:
             seen = observe(t, layer_inputs, jax.random.fold_in(observe_key, t))
         return x_prev, (x_prev, seen)
 
-    timesteps = jnp.arange(model.num_timesteps - 1, -1, -1, dtype=jnp.int32)
-    x0, (trajectory, observed) = jax.lax.scan(body, x_init, timesteps)
+    descending = ascending[::-1]
+    following = np.concatenate([descending[1:], [-1]]).astype(np.int32)
+    pairs = (jnp.asarray(descending, jnp.int32), jnp.asarray(following, jnp.int32))
+    x0, (trajectory, observed) = jax.lax.scan(body, x_init, pairs)
     flip = lambda a: jnp.flip(a, axis=0)
     return x0, flip(trajectory), jax.tree.map(flip, observed)
 

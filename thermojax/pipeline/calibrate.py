@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from thermojax.core.quant import QTensor
-from thermojax.errors import UserInputError
+from thermojax.core.timegroups import step_edges, timestep_edges, uniform_edges
+from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.files import atomic_file
-from thermojax.models.base import DiffusionModel, run_sampler
+from thermojax.models.base import DiffusionModel, SamplerSpec, run_sampler
 from thermojax.pipeline.weights import dense_weights, quantize_weights
 
 __all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate"]
@@ -26,13 +29,21 @@ CALIBRATION_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationStats:
-    """Input-activation statistics of each quantizable layer at each timestep.
+    """Input-activation statistics of each quantizable layer at each step the sampler ran.
+
+    The time axis is the calibration sampler's S steps in ascending timestep order
+    (``timesteps``); for the full ancestral sampler that is every timestep, ``S = T``. Time
+    groups are defined on the model's T timesteps: :meth:`uniform_edges` and :meth:`step_edges`
+    put them onto the S steps, :meth:`model_edges` brings groups made on the steps back.
 
     Attributes:
         layer_names: the L layers, in the order of the leading axis.
-        act_min, act_max, act_mean, act_std: float32 ``[L, T]`` over all samples and channels.
-        act_samples: float32 ``[L, T, K]``, K activation values drawn at random (with replacement)
-            from the values each layer saw at each timestep.
+        act_min, act_max, act_mean, act_std: float32 ``[L, S]`` over all samples and channels.
+        act_samples: float32 ``[L, S, K]``, K activation values drawn at random (with replacement)
+            from the values each layer saw at each step.
+        timesteps: int32 ``[S]``, the model timestep of each step (``None``: ``arange(S)``).
+        model_timesteps: the model's T (``None``: S).
+        sampler: ``{"sampler", "steps", "eta"}`` of the calibration sampler (``None``: DDPM).
     """
 
     layer_names: tuple[str, ...]
@@ -41,11 +52,58 @@ class CalibrationStats:
     act_mean: np.ndarray
     act_std: np.ndarray
     act_samples: np.ndarray
+    timesteps: np.ndarray | None = None
+    model_timesteps: int | None = None
+    sampler: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        steps = int(self.act_min.shape[1])
+        timesteps = np.arange(steps) if self.timesteps is None else np.asarray(self.timesteps)
+        total = steps if self.model_timesteps is None else int(self.model_timesteps)
+        if timesteps.shape != (steps,) or (steps and (timesteps[-1] >= total or timesteps[0] < 0)):
+            raise ValueError(
+                f"calibration timesteps {timesteps.tolist()} must be S={steps} steps in [0, {total})"
+            )
+        object.__setattr__(self, "timesteps", timesteps.astype(np.int32))
+        object.__setattr__(self, "model_timesteps", total)
+        if self.sampler is None:
+            object.__setattr__(self, "sampler", {"sampler": "ddpm", "steps": total, "eta": 0.0})
 
     @property
     def num_timesteps(self) -> int:
-        """T, the length of the time axis."""
+        """S, the length of the time axis (the steps the calibration sampler ran)."""
         return int(self.act_min.shape[1])
+
+    @property
+    def full(self) -> bool:
+        """Whether the steps are every one of the model's timesteps (``S = T``)."""
+        return self.num_timesteps == self.model_timesteps
+
+    def step_edges(self, edges: np.ndarray) -> np.ndarray:
+        """Groups on the model's T timesteps -> over these S steps (``core.timegroups.step_edges``).
+
+        Raises:
+            UserInputError: a group that holds none of the calibration steps.
+        """
+        if self.full:
+            return np.asarray(edges, np.int32)
+        with value_errors_as_user_input(f"calibration with {self.describe()}"):
+            return step_edges(edges, self.timesteps)
+
+    def uniform_edges(self, num_groups: int) -> np.ndarray:
+        """The model-axis uniform groups (``i * T // G``) over these steps."""
+        return self.step_edges(uniform_edges(self.model_timesteps, num_groups))
+
+    def model_edges(self, edges: np.ndarray) -> np.ndarray:
+        """Groups over these steps -> on the model's T timesteps (``core.timegroups.timestep_edges``)."""
+        if self.full:
+            return np.asarray(edges, np.int32)
+        return timestep_edges(edges, self.timesteps, self.model_timesteps)
+
+    def describe(self) -> str:
+        """The calibration sampler in words, e.g. ``DDIM, 50 steps, eta 0``."""
+        spec = SamplerSpec(self.sampler["sampler"], self.sampler["steps"], self.sampler["eta"])
+        return spec.describe(self.model_timesteps)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the statistics to an ``.npz`` file atomically (``thermojax.files.atomic_file``)."""
@@ -58,12 +116,16 @@ class CalibrationStats:
                 act_mean=self.act_mean,
                 act_std=self.act_std,
                 act_samples=self.act_samples,
+                timesteps=self.timesteps,
+                model_timesteps=np.asarray(self.model_timesteps, np.int64),
+                sampler=np.asarray(json.dumps(self.sampler, sort_keys=True)),
             )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CalibrationStats:
-        """Read statistics written by :meth:`save`."""
+        """Read statistics written by :meth:`save` (one written before samplers: every step)."""
         with np.load(path, allow_pickle=False) as data:
+            has_steps = "timesteps" in data.files
             return cls(
                 layer_names=tuple(str(n) for n in data["layer_names"]),
                 act_min=np.asarray(data["act_min"], np.float32),
@@ -71,10 +133,13 @@ class CalibrationStats:
                 act_mean=np.asarray(data["act_mean"], np.float32),
                 act_std=np.asarray(data["act_std"], np.float32),
                 act_samples=np.asarray(data["act_samples"], np.float32),
+                timesteps=np.asarray(data["timesteps"], np.int32) if has_steps else None,
+                model_timesteps=int(data["model_timesteps"]) if has_steps else None,
+                sampler=json.loads(str(data["sampler"])) if has_steps else None,
             )
 
 
-@partial(jax.jit, static_argnames=("num_samples", "samples_per_step"))
+@partial(jax.jit, static_argnames=("num_samples", "samples_per_step", "sampler"))
 def _calibration_program(
     model: DiffusionModel,
     weights: dict[str, jax.Array],
@@ -82,8 +147,9 @@ def _calibration_program(
     *,
     num_samples: int,
     samples_per_step: int,
+    sampler: SamplerSpec | None,
 ) -> tuple[jax.Array, jax.Array]:
-    """``(stats [T, L, 4] = min/max/mean/std, samples [T, L, K])`` from one sampler scan.
+    """``(stats [S, L, 4] = min/max/mean/std, samples [S, L, K])`` from one sampler scan.
 
     The model is a pytree argument, so models that differ only in parameters share the program.
     """
@@ -103,7 +169,7 @@ def _calibration_program(
         return jnp.stack(stats), jnp.stack(picks)
 
     _, _, (stats, picks) = run_sampler(
-        model, weights, key=key, num_samples=num_samples, observe=observe
+        model, weights, key=key, num_samples=num_samples, observe=observe, sampler=sampler
     )
     return stats, picks
 
@@ -137,13 +203,16 @@ def calibrate(
     seed: int = 0,
     samples_per_step: int = 64,
     qweights: Mapping[str, QTensor] | None = None,
+    sampler: SamplerSpec | None = None,
 ) -> CalibrationStats:
     """Per-timestep input-activation statistics of every quantizable layer.
 
     Runs the model's ancestral sampler on ``num_samples`` samples with its weights quantized at
     ``bit_width`` (dequantized on the fly, as post-training quantization does) and full-precision
-    activations, in one jitted ``lax.scan`` over the T timesteps. The noise is the same as
-    :func:`thermojax.pipeline.sampling.sample` with the same ``seed`` and ``num_samples``.
+    activations, in one jitted ``lax.scan`` over the sampler's steps (every one of the T
+    timesteps by default; DDIM's S with ``sampler``). The noise is the same as
+    :func:`thermojax.pipeline.sampling.sample` with the same ``seed``, ``num_samples`` and
+    ``sampler``.
 
     Args:
         model: the model.
@@ -156,9 +225,10 @@ def calibrate(
             :func:`~thermojax.pipeline.weights.quantize_weights` (the pipeline has them, by the
             run's method, some layers perhaps at other bits); ``None`` quantizes them here
             (``minmax`` at ``bit_width``).
+        sampler: the sampler that runs (``None``: the model's own, every timestep).
 
     Returns:
-        :class:`CalibrationStats` with ``[L, T]`` statistics and ``[L, T, K]`` samples.
+        :class:`CalibrationStats` with ``[L, S]`` statistics and ``[L, S, K]`` samples.
 
     Raises:
         UserInputError: ``num_samples < 1``, ``samples_per_step < 1``, bad ``bit_width`` or a
@@ -178,8 +248,10 @@ def calibrate(
         jax.random.PRNGKey(seed),
         num_samples=int(num_samples),
         samples_per_step=int(samples_per_step),
+        sampler=sampler,
     )
-    stats = np.asarray(stats, np.float32).transpose(2, 1, 0)  # [4, L, T]
+    stats = np.asarray(stats, np.float32).transpose(2, 1, 0)  # [4, L, S]
+    spec = SamplerSpec() if sampler is None else sampler
     return CalibrationStats(
         layer_names=tuple(model.layer_names),
         act_min=stats[0].copy(),
@@ -187,4 +259,7 @@ def calibrate(
         act_mean=stats[2].copy(),
         act_std=stats[3].copy(),
         act_samples=np.asarray(picks, np.float32).transpose(1, 0, 2).copy(),
+        timesteps=spec.timesteps(model.num_timesteps),
+        model_timesteps=int(model.num_timesteps),
+        sampler=spec.to_dict(model.num_timesteps),
     )

@@ -29,7 +29,7 @@ from thermojax.pipeline.calibrate import CalibrationStats
 from thermojax.pipeline.quality import evaluate_quality
 from thermojax.pipeline.results import COMPARED, FP32_REFERENCE, phase_spreads
 from thermojax.pipeline.sampling import sample
-from thermojax.pipeline.settings import BaselineConfig
+from thermojax.pipeline.settings import BaselineConfig, sampler_specs
 from thermojax.pipeline.variants import ParameterSet, Variant, build_variants, compute_parameters
 from thermojax.pipeline.weights import WeightReport
 
@@ -80,7 +80,9 @@ def run_phases(
     family = _family(model)
     variants = build_variants(config)
     num_groups = config.num_time_groups
-    uniform = uniform_edges(stats.num_timesteps, num_groups)
+    # Drift per group on the uniform groups of the model's timesteps, as the sampler finds them.
+    uniform = uniform_edges(stats.model_timesteps, num_groups)
+    sampler = sampler_specs(config.to_dict())[0]
 
     def compute(variant: Variant) -> ParameterSet:
         return compute_parameters(
@@ -112,11 +114,12 @@ def run_phases(
             act_params=shape.act_params(config.act_bits),
             num_samples=num_samples,
             seed=seeds[0],
+            sampler=sampler,
         )
     records: list[dict[str, Any]] = []
     fp32_quality: list[dict[str, float]] = []
     for seed in seeds:
-        fp32 = sample(model, num_samples=num_samples, seed=seed)
+        fp32 = sample(model, num_samples=num_samples, seed=seed, sampler=sampler)
         for index, p in enumerate(params):
             t0 = time.perf_counter()
             quantized = sample(
@@ -125,6 +128,7 @@ def run_phases(
                 act_params=p.act_params(config.act_bits),
                 num_samples=num_samples,
                 seed=seed,
+                sampler=sampler,
             )
             sampling_s = time.perf_counter() - t0
             # Drift per group on the uniform groups, so the columns line up across variants.
@@ -201,7 +205,7 @@ def _record(
         "phase": p.variant.phase,
         "description": p.variant.description,
         "seed": seed,
-        "edges": [int(e) for e in p.edges],
+        "edges": [int(e) for e in p.model_edges],
         "per_timestep": p.variant.per_timestep,
         "smoothness_score": float(np.mean(windows.smoothness_score)),
         "violation_count": int(np.sum(windows.violations)),

@@ -23,6 +23,8 @@ import numpy as np
 
 from thermojax.core.quant import QTensor
 from thermojax.core.sample_metrics import frechet_distance
+from thermojax.core.timegroups import step_edges
+from thermojax.errors import value_errors_as_user_input
 from thermojax.models.base import DiffusionModel, sample_quality
 from thermojax.pipeline.sampling import ActParams, Samples
 from thermojax.pipeline.text_quality import TextQuality, evaluate_text_quality
@@ -85,6 +87,44 @@ def _real_subset_frechet(model: DiffusionModel, num_samples: int) -> float:
     return frechet_distance(ref.features(real[idx]), ref.features(real))
 
 
+def chain_timesteps(model: DiffusionModel, fp32: Samples, quantized: Samples) -> np.ndarray:
+    """The timesteps both sample sets ran (the same sampler is required), ``[S]``."""
+    steps_f, steps_q = np.asarray(fp32.timesteps), np.asarray(quantized.timesteps)
+    if steps_f.shape != steps_q.shape or np.any(steps_f != steps_q):
+        raise ValueError(
+            f"fp32 and quantized samples ran different steps ({len(steps_f)} and {len(steps_q)}); "
+            "compare samples from one sampler"
+        )
+    if len(steps_f) and steps_f[-1] >= model.num_timesteps:
+        raise ValueError(f"sample timesteps must be < T={model.num_timesteps}")
+    if fp32.sampler is None and len(steps_f) != model.num_timesteps:
+        raise ValueError(
+            f"trajectories of {len(steps_f)} steps from the model's own sampler must both be "
+            f"[T={model.num_timesteps}, N, D]"
+        )
+    return steps_f
+
+
+def chain_edges(
+    model: DiffusionModel, edges: Sequence[int] | np.ndarray, timesteps: np.ndarray
+) -> np.ndarray:
+    """Model-axis group ``edges`` over the steps a sampler ran (int64 ``[G + 1]``).
+
+    Raises:
+        ValueError: edges that are not a partition of the model's T timesteps.
+        UserInputError: a group that holds none of the steps.
+    """
+    edges = np.asarray(edges, np.int64)
+    if edges.ndim != 1 or len(edges) < 2 or edges[0] != 0 or edges[-1] != model.num_timesteps:
+        raise ValueError(f"edges must run from 0 to T={model.num_timesteps}, got {edges.tolist()}")
+    if np.any(np.diff(edges) < 1):
+        raise ValueError(f"edges must be strictly increasing, got {edges.tolist()}")
+    if len(timesteps) == model.num_timesteps:
+        return edges
+    with value_errors_as_user_input(f"sampling with {len(timesteps)} steps"):
+        return step_edges(edges, timesteps).astype(np.int64)
+
+
 def evaluate_quality(
     model: DiffusionModel,
     fp32: Samples,
@@ -104,13 +144,16 @@ def evaluate_quality(
         model: the model both sample sets came from.
         fp32: samples with fp32 weights.
         quantized: samples with quantized weights (and activations) from the same seed.
-        edges: int ``[G+1]`` time-group edges for ``drift_per_group``.
+        edges: int ``[G+1]`` time-group edges on the model's T timesteps for
+            ``drift_per_group`` (each group's mean over the sampler's steps in it).
         weight_report: from :func:`quantize_weights`.
         qweights, act_params, seed: the quantized model and a seed, for an LM's held-out
             perplexity (unused for images).
 
     Raises:
-        ValueError: the two sample sets or the edges do not match the model.
+        ValueError: the two sample sets or the edges do not match the model, or the two ran
+            different samplers.
+        UserInputError: a time group that holds none of the sampler's steps.
     """
     if getattr(model, "family", "image") == "text":
         return evaluate_text_quality(
@@ -125,16 +168,13 @@ def evaluate_quality(
         )
     traj_f = np.asarray(fp32.trajectory, np.float64)
     traj_q = np.asarray(quantized.trajectory, np.float64)
-    if traj_f.shape != traj_q.shape or traj_f.shape[0] != model.num_timesteps:
+    steps = chain_timesteps(model, fp32, quantized)
+    if traj_f.shape != traj_q.shape or traj_f.shape[0] != len(steps):
         raise ValueError(
             f"fp32 trajectory {traj_f.shape} and quantized trajectory {traj_q.shape} must both be "
-            f"[T={model.num_timesteps}, N, D]"
+            f"[S={len(steps)}, N, D]"
         )
-    edges = np.asarray(edges, np.int64)
-    if edges.ndim != 1 or len(edges) < 2 or edges[0] != 0 or edges[-1] != model.num_timesteps:
-        raise ValueError(f"edges must run from 0 to T={model.num_timesteps}, got {edges.tolist()}")
-    if np.any(np.diff(edges) < 1):
-        raise ValueError(f"edges must be strictly increasing, got {edges.tolist()}")
+    edges = chain_edges(model, edges, steps)
     drift = np.mean((traj_q - traj_f) ** 2, axis=(1, 2))
     # Group means via cumulative sums: one vectorized pass however many groups there are.
     csum = np.concatenate([[0.0], np.cumsum(drift)])

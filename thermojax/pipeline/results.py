@@ -80,11 +80,13 @@ __all__ = [
     "write_result",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Bumped whenever a key changes meaning or a required key is added (2: the enhancement,
 baseline and phase sections; 3: ``mode`` and ``weights``, and weight-only runs; 4: the quality
 section of a masked-diffusion LM, whose image figures are ``null``; 5: the phase table's
-``family`` and its text figures, image figures ``null`` for a masked-diffusion LM)."""
+``family`` and its text figures, image figures ``null`` for a masked-diffusion LM; 6:
+``sampler``, the sampler and steps that sampled and calibrated, with ``time_groups`` on the
+model's timesteps and ``layers[].activation_min/max`` over the calibration steps)."""
 
 RUN_MODES = ("diffusion", "weight-only")
 """``Result.mode``: a model thermojax runs, or a checkpoint measured weight-only."""
@@ -568,7 +570,11 @@ class Result:
     ``num_timesteps``) unless per-timestep activation statistics were given. ``weights`` lists
     every tensor with its rule and size. ``samples`` holds the full sample arrays
     (``fp32``/``quantized`` ``[N, 8, 8]``) for ``samples.npz``; it is not part of the JSON and is
-    ``None`` for a result read back from disk. ``phase_records`` likewise holds the phase
+    ``None`` for a result read back from disk. ``sampler`` says which sampler sampled
+    (``sampler``, ``steps``, ``eta``, ``timesteps``, ``description``) and which calibrated
+    (``calibration``, the same keys; ``layers[].activation_min/max`` are over its
+    ``timesteps``); ``None`` (a weight-only run, or a result written before schema 6) means the
+    full DDPM sampler. ``phase_records`` likewise holds the phase
     experiment's per-run records for ``phases/runs/*.json``.
     """
 
@@ -606,6 +612,7 @@ class Result:
     enhancement: EnhancementSection | None = None
     phases: PhasesSection | None = None
     cache: dict[str, str] = dataclasses.field(default_factory=dict)  # stage -> hit/miss
+    sampler: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
     samples: dict[str, np.ndarray] | None = dataclasses.field(
         default=None, compare=False, repr=False, metadata={"json": False}
@@ -613,6 +620,32 @@ class Result:
     phase_records: tuple[dict[str, Any], ...] | None = dataclasses.field(
         default=None, compare=False, repr=False, metadata={"json": False}
     )
+
+    def sampler_description(self) -> str:
+        """The sampler in words, and the calibration's when it differs: ``DDIM, 50 steps, eta 0
+        (calibrated with DDPM, 1000 steps)``."""
+        if self.sampler is None:
+            steps = self.num_timesteps
+            return f"DDPM, {steps} steps" if steps else "none"
+        text = str(self.sampler.get("description", ""))
+        calibration = self.sampler.get("calibration") or {}
+        if calibration.get("description") and calibration["description"] != text:
+            text += f" (calibrated with {calibration['description']})"
+        return text
+
+    def calibration_timesteps(self) -> list[int]:
+        """The model timestep of each entry of ``layers[].activation_min`` (every timestep
+        for the full sampler)."""
+        calibration = (self.sampler or {}).get("calibration") or {}
+        if "timesteps" in calibration:
+            return [int(t) for t in calibration["timesteps"]]
+        return list(range(self.num_timesteps or 0))
+
+    def sampling_timesteps(self) -> list[int]:
+        """The model timestep of each entry of ``quality.drift_per_timestep``."""
+        if self.sampler is not None and "timesteps" in self.sampler:
+            return [int(t) for t in self.sampler["timesteps"]]
+        return list(range(self.num_timesteps or 0))
 
     def weight_method(self) -> str:
         """The weight quantizer in words, from ``config.quant`` (``minmax`` for a result written

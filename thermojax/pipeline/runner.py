@@ -33,17 +33,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from thermojax.core.markov import MarkovMetrics, markov_metrics
-from thermojax.core.timegroups import group_activation_params, group_ranges, uniform_edges
+from thermojax.core.timegroups import (
+    group_activation_params,
+    group_ranges,
+    step_edges,
+    uniform_edges,
+)
 from thermojax.errors import UserInputError
 from thermojax.models import checkpoint_format, load_model, shipped_path
-from thermojax.models.base import DiffusionModel
+from thermojax.models.base import DiffusionModel, SamplerSpec, SkippingModel
 from thermojax.pipeline.assemble import build_result, group_means, with_enhancement, with_phases
 from thermojax.pipeline.calibrate import CalibrationStats
 from thermojax.pipeline.export import DIGITS_FORMAT, QUANTIZATION_FILE
+from thermojax.pipeline.memory import check_memory
 from thermojax.pipeline.quality import Quality, evaluate_quality
 from thermojax.pipeline.results import Result
 from thermojax.pipeline.sampling import ActParams, sample
-from thermojax.pipeline.settings import BaselineConfig, check_model_limits
+from thermojax.pipeline.settings import BaselineConfig, check_model_limits, sampler_specs
 from thermojax.pipeline.stage_cache import QualityEntry, StageCache, sample_and_evaluate
 from thermojax.pipeline.text_quality import TextQuality
 from thermojax.pipeline.variants import (
@@ -126,7 +132,8 @@ class GroupParameters:
     """Uniform time groups with one activation scale and zero point per layer and group.
 
     Attributes:
-        edges: int32 ``[G + 1]``; scales, zero_points: float32 ``[L, G]``;
+        edges: int32 ``[G + 1]`` on the model's T timesteps (what the sampler, the results and
+            a checkpoint use); scales, zero_points: float32 ``[L, G]``;
         metrics: their :class:`MarkovMetrics` at the run's threshold.
     """
 
@@ -187,6 +194,7 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
             model = _load_language_model(config)
         else:
             model = _load_model(config)
+    check_memory(model, config)  # refuses, with the estimate, a run that cannot fit
     with stages("quantize weights"):
         if exported is None:
             qweights, weight_report = _quantize_weights(model, config)
@@ -208,7 +216,8 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
     if config.enhanced:
         with stages(ENHANCE_STAGE):
             enhanced = _enhanced_parameters(stats, config, baseline)
-    quantization_time_s = sum(stages.timings.values())
+    # Waiting for another worker's calibration (the cache lock) is not this run's quantization.
+    quantization_time_s = sum(stages.timings.values()) - sum(cached.waited_s.values())
     with stages("sample fp32"):
         fp32 = cached.fp32_samples()
     with stages("sample quantized"):
@@ -232,6 +241,7 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
                 act_params=enhanced.act_params(config.act_bits),
                 num_samples=config.sampling.num_samples,
                 seed=config.seed,
+                sampler=fp32.sampler,
             )
             enhanced_x0 = enhanced_samples.x0
     with stages("evaluate quality"):
@@ -241,7 +251,7 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
                 model,
                 fp32,
                 enhanced_samples,
-                enhanced.edges,
+                enhanced.model_edges,
                 weight_report,
                 qweights=qweights,
                 act_params=enhanced.act_params(config.act_bits),
@@ -275,9 +285,64 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
     if config.export.path is not None:
         with stages(EXPORT_STAGE):
             result = _export(config, model, qweights, baseline, enhanced, result)
-    result = dataclasses.replace(result, cache=dict(cached.record))
+    result = dataclasses.replace(
+        result, cache=dict(cached.record), sampler=_sampler_record(model, stats, fp32)
+    )
     _log_details(result)
     return result
+
+
+def _sampler_record(model: DiffusionModel, stats: CalibrationStats, fp32: Any) -> dict[str, Any]:
+    """``Result.sampler``: the sampler that sampled and the one that calibrated, with their steps."""
+    total = int(model.num_timesteps)
+    spec = fp32.sampler or SamplerSpec()
+    return {
+        **spec.to_dict(total),
+        "timesteps": [int(t) for t in fp32.timesteps],
+        "description": spec.describe(total),
+        "calibration": {
+            **stats.sampler,
+            "timesteps": [int(t) for t in stats.timesteps],
+            "description": stats.describe(),
+        },
+    }
+
+
+def _check_samplers(config: BaselineConfig, model: DiffusionModel) -> None:
+    """The run's samplers against the model: DDIM only where the model can skip steps, steps
+    within its T, every uniform time group visited by both, windows within the calibration steps.
+
+    Raises:
+        UserInputError: naming the key and its value.
+    """
+    total = int(model.num_timesteps)
+    edges = uniform_edges(total, config.num_time_groups)
+    for prefix, spec in zip(
+        ("sampling", "calibration"), sampler_specs(config.to_dict()), strict=True
+    ):
+        if spec.name == "ddim" and not isinstance(model, SkippingModel):
+            raise UserInputError(
+                f"{prefix}.sampler=ddim: {model.name} runs its own sampler (sampling.steps sets "
+                "its steps); use the default sampler"
+            )
+        try:
+            steps = spec.timesteps(total)
+        except ValueError as exc:
+            raise UserInputError(f"{prefix}.{exc}") from None
+        if len(steps) == total:
+            continue
+        try:
+            step_edges(edges, steps)
+        except ValueError as exc:
+            raise UserInputError(
+                f"num_time_groups={config.num_time_groups}: {exc} ({prefix}: "
+                f"{spec.describe(total)})"
+            ) from None
+        if prefix == "calibration":
+            try:
+                check_model_limits(config, len(steps))
+            except UserInputError as exc:
+                raise UserInputError(f"{exc} (calibration runs {spec.describe(total)})") from None
 
 
 def _run_weight_only(
@@ -338,6 +403,7 @@ def _load_model(config: BaselineConfig) -> DiffusionModel:
     except UserInputError as exc:
         raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
     check_model_limits(config, int(model.num_timesteps))
+    _check_samplers(config, model)
     if config.phases.enabled:
         build_variants(config)  # an unknown phases.variants name fails before any work
     log.info("model %s: T=%d, layers %s", model.name, model.num_timesteps, model.layer_names)
@@ -374,7 +440,6 @@ def _refuse_language_model_settings(config: BaselineConfig) -> None:
     """The masked-diffusion LM's sampler settings, given for another model: one line each."""
     sampling = config.sampling
     given = {
-        "sampling.steps": sampling.steps,
         "sampling.length": sampling.length,
         "sampling.prompt": sampling.prompt or None,
         "sampling.unmasking": sampling.unmasking,
@@ -385,8 +450,8 @@ def _refuse_language_model_settings(config: BaselineConfig) -> None:
         if value is not None:
             raise UserInputError(
                 f"{key}={value!r}: only for a masked-diffusion LM (model=pydoc-mdlm, or "
-                "model.run=diffusion on a Qwen2 / Dream folder); the digits DDPM samples with "
-                "its own 1000-step ancestral sampler"
+                "model.run=diffusion on a Qwen2 / Dream folder); the digits DDPM's sampler is "
+                "sampling.sampler (ddpm | ddim) with sampling.steps and sampling.eta"
             )
     if config.model.run == "weight-only" and checkpoint_format(config.model.path) == "digits":
         raise UserInputError(
@@ -423,6 +488,7 @@ def _load_language_model(config: BaselineConfig) -> DiffusionModel:
     except UserInputError as exc:
         raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
     check_model_limits(config, int(model.num_timesteps))
+    _check_samplers(config, model)
     log.info(
         "masked-diffusion LM %s: %d parameters, L=%d, T=%d steps, %s unmasking, layers %d",
         model.name,
@@ -489,6 +555,7 @@ def _exported_digits(config: BaselineConfig) -> tuple[Any, DiffusionModel]:
             "(fingerprints differ); the reference samples need that model"
         )
     check_model_limits(config, int(model.num_timesteps))
+    _check_samplers(config, model)
     if config.phases.enabled:
         build_variants(config)
     log.info("quantized checkpoint %s of %s (%s)", exported.path, model.name, shown)
@@ -546,10 +613,11 @@ def _quantize_weights(model: DiffusionModel, config: BaselineConfig) -> tuple[An
 
 
 def _group_parameters(stats: CalibrationStats, config: BaselineConfig) -> GroupParameters:
-    """Uniform groups, their activation parameters, and one Markov evaluation over all layers."""
-    edges = uniform_edges(stats.num_timesteps, config.num_time_groups)
+    """Uniform groups of the model's timesteps, their activation parameters from the calibration
+    steps in each, and one Markov evaluation over all layers."""
+    edges = uniform_edges(stats.model_timesteps, config.num_time_groups)
     scales, zero_points = group_activation_params(
-        stats.act_min, stats.act_max, edges, bits=config.act_bits
+        stats.act_min, stats.act_max, stats.step_edges(edges), bits=config.act_bits
     )
     # One evaluation over every layer: [L, G] in, [L, G-1] / [L] out.
     metrics = markov_metrics(
@@ -602,7 +670,7 @@ def _assemble(
         edges, scales, zero_points = baseline.edges, baseline.scales, baseline.zero_points
         metrics, quality, quantized_x0 = baseline.metrics, shared.quality, shared.quantized_x0
     else:
-        edges = enhanced.edges
+        edges = enhanced.model_edges
         scales = group_means(enhanced.scales, enhanced.param_edges, enhanced.edges)
         zero_points = group_means(enhanced.zero_points, enhanced.param_edges, enhanced.edges)
         metrics, quality, quantized_x0 = enhanced.metrics.windows, enhanced_quality, enhanced_x0

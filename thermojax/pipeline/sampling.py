@@ -23,8 +23,8 @@ import numpy as np
 
 from thermojax.core.quant import QTensor, fake_quantize_activations
 from thermojax.core.timegroups import group_of
-from thermojax.errors import UserInputError
-from thermojax.models.base import DiffusionModel
+from thermojax.errors import UserInputError, value_errors_as_user_input
+from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.weights import dense_weights
 
 __all__ = ["ActParams", "Samples", "sample"]
@@ -53,16 +53,25 @@ class Samples:
 
     Attributes:
         x0: ``[N, *data_shape]`` (``[N, 8, 8]`` for digits) final samples in pixel range 0..16.
-        trajectory: ``[T, N, D]`` model-space state after the step at timestep t
-            (``trajectory[0]`` is the final model-space sample): float32, or int32 token ids
-            for a masked-diffusion LM.
+        trajectory: ``[S, N, D]`` model-space state after each step, in the order of
+            ``timesteps`` (``trajectory[0]`` is the final model-space sample): float32, or int32
+            token ids for a masked-diffusion LM.
+        sampler: the sampler that ran (``None``: the model's own, every timestep).
+        timesteps: int32 ``[S]``, the model timestep of each step, ascending (``None``:
+            ``arange(S)``, every timestep).
     """
 
     x0: np.ndarray
     trajectory: np.ndarray
+    sampler: SamplerSpec | None = None
+    timesteps: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.timesteps is None:
+            object.__setattr__(self, "timesteps", np.arange(len(self.trajectory), dtype=np.int32))
 
 
-@partial(jax.jit, static_argnames=("num_samples", "bits"))
+@partial(jax.jit, static_argnames=("num_samples", "bits", "sampler"))
 def _sample_program(
     model: DiffusionModel,
     weights: dict[str, jax.Array],
@@ -73,6 +82,7 @@ def _sample_program(
     *,
     num_samples: int,
     bits: int,
+    sampler: SamplerSpec | None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(x0, trajectory)`` in model space. The model is a pytree argument (its parameters are
     traced, its architecture and schedule static), so models that differ only in parameters
@@ -84,7 +94,9 @@ def _sample_program(
             g = group_of(t, edges)
             return fake_quantize_activations(h, scales[layer, g], zero_points[layer, g], bits=bits)
 
-    return model.sample(weights, key=key, num_samples=num_samples, act_hook=act_hook)
+    return model.sample(
+        weights, key=key, num_samples=num_samples, act_hook=act_hook, sampler=sampler
+    )
 
 
 def _check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
@@ -113,8 +125,9 @@ def sample(
     act_params: ActParams | None = None,
     num_samples: int = 64,
     seed: int = 0,
+    sampler: SamplerSpec | None = None,
 ) -> Samples:
-    """Ancestral sampling, fp32 or quantized, as one jitted ``lax.scan``.
+    """Sampling, fp32 or quantized, as one jitted ``lax.scan``.
 
     The same ``seed`` gives the same initial and per-step noise whatever the weights and
     activation parameters, so fp32 and quantized trajectories compare step by step.
@@ -124,20 +137,24 @@ def sample(
         weights: ``None`` for fp32, else layer name -> QTensor (from :func:`quantize_weights`) or
             ``[in, out]`` array.
         act_params: per-layer, per-time-group activation fake-quantization (``None``: fp32
-            activations); the row is picked with ``group_of(t, edges)`` inside jit.
+            activations); groups are on the model's T timesteps, so the step at timestep t takes
+            row ``group_of(t, edges)`` whatever the sampler and its number of steps.
         num_samples: N >= 1.
         seed: PRNG seed of the noise.
+        sampler: the reverse process and its steps (``None``: the model's own, every timestep).
 
     Returns:
         :class:`Samples` with pixel-space ``x0`` and the model-space trajectory.
 
     Raises:
-        UserInputError: ``num_samples < 1``.
+        UserInputError: ``num_samples < 1``, or sampler steps the model cannot run.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
         raise UserInputError(f"num_samples must be a positive integer, got {num_samples!r}")
     if num_samples < 1:
         raise UserInputError(f"num_samples must be at least 1, got {num_samples}")
+    with value_errors_as_user_input("sampling"):
+        timesteps = (SamplerSpec() if sampler is None else sampler).timesteps(model.num_timesteps)
     dense = dense_weights(model, weights)
     scales = zero_points = edges = None
     bits = 0
@@ -161,9 +178,13 @@ def sample(
         jax.random.PRNGKey(seed),
         num_samples=int(num_samples),
         bits=bits,
+        sampler=sampler,
     )
     trajectory = np.asarray(trajectory)
     integer = np.issubdtype(trajectory.dtype, np.integer)  # token states stay token ids
     return Samples(
-        x0=model.to_pixels(x0), trajectory=trajectory.astype(np.int32 if integer else np.float32)
+        x0=model.to_pixels(x0),
+        trajectory=trajectory.astype(np.int32 if integer else np.float32),
+        sampler=sampler,
+        timesteps=timesteps,
     )

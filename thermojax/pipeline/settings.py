@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf reads typ
 
 from thermojax.core.quant import ACT_BITS_RANGE, WEIGHT_BITS
 from thermojax.errors import UserInputError
+from thermojax.models.base import SAMPLERS, SamplerSpec
 from thermojax.models.masked_diffusion import UNMASKING_RULES
 from thermojax.pipeline.rules import DEFAULT_RULES, QuantRule, validate_rules
 
@@ -102,11 +103,18 @@ class CalibrationConfig:
         samples, samples_per_step: sampler runs, and values kept per layer and step.
         stats: for a checkpoint thermojax cannot run, a file of per-timestep activation
             statistics (:mod:`thermojax.pipeline.activation_stats`) that gives the Markov metrics.
+        sampler, steps, eta: the DDPM's sampler that calibration runs, when it differs from the
+            one that samples (``sampling.*``); ``None`` each: the same as sampling's. The
+            activation parameters live on the model's T timesteps, so ones calibrated on one
+            sampler apply to any other.
     """
 
     samples: int = 128
     samples_per_step: int = 64
     stats: Optional[str] = None  # noqa: UP045
+    sampler: Optional[str] = None  # noqa: UP045
+    steps: Optional[int] = None  # noqa: UP045
+    eta: Optional[float] = None  # noqa: UP045
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +197,12 @@ class SamplingConfig:
 
     Attributes:
         num_samples: N samples of each.
-        steps: a masked-diffusion LM's unmasking steps T (``None``: the model's default); the
-            digits DDPM's sampler has its own 1000 steps.
+        sampler: the DDPM's reverse process, ``ddpm`` (ancestral, every one of the T timesteps)
+            or ``ddim`` (``steps`` of them, :class:`thermojax.models.base.SamplerSpec`); a
+            masked-diffusion LM has its own unmasking sampler (``ddpm`` only).
+        steps: DDIM's steps S, 1 <= S <= T (``None``: T); a masked-diffusion LM's unmasking
+            steps T (``None``: the model's default).
+        eta: DDIM's noise, 0 (deterministic given the initial noise) .. 1.
         length: a masked-diffusion LM's sequence length L, prompt included (``None``: its
             default).
         unmasking: the LM's unmasking rule (``random``, ``confidence``, ``margin``,
@@ -202,7 +214,9 @@ class SamplingConfig:
     """
 
     num_samples: int = 64
+    sampler: str = "ddpm"
     steps: Optional[int] = None  # noqa: UP045
+    eta: float = 0.0
     length: Optional[int] = None  # noqa: UP045
     unmasking: Optional[str] = None  # noqa: UP045
     temperature: Optional[float] = None  # noqa: UP045
@@ -427,11 +441,57 @@ class BaselineConfig:
             or self.time_groups.strategy != "uniform"
         )
 
+    def sampler_settings(self) -> dict[str, Any]:
+        """``{"sampler", "steps", "eta"}`` of the sampler that samples (``steps`` None: T)."""
+        return samplers_of(self.to_dict())[0]
+
+    def calibration_settings(self) -> dict[str, Any]:
+        """``{"sampler", "steps", "eta"}`` of the sampler that calibrates (:func:`samplers_of`)."""
+        return samplers_of(self.to_dict())[1]
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain nested dicts with the YAML key names (JSON, HTML, W&B)."""
         data = dataclasses.asdict(self)
         data["time_groups"] = _yaml_time_groups(data["time_groups"])
         return data
+
+
+def samplers_of(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sampling and the calibration sampler of a resolved config dict, each
+    ``{"sampler", "steps", "eta"}`` (``steps`` None: every timestep).
+
+    Calibration takes ``calibration.*`` where given, else sampling's; a different sampler named
+    there resets what it does not give (a ``ddpm`` calibration of a DDIM run runs every timestep).
+
+    Example:
+        >>> samplers_of({"sampling": {"sampler": "ddim", "steps": 50, "eta": 0.0},
+        ...              "calibration": {"sampler": "ddpm", "steps": None, "eta": None}})[1]
+        {'sampler': 'ddpm', 'steps': None, 'eta': 0.0}
+    """
+    sampling, calibration = config.get("sampling", {}), config.get("calibration", {})
+    own = {
+        "sampler": sampling.get("sampler", "ddpm"),
+        "steps": sampling.get("steps"),
+        "eta": float(sampling.get("eta", 0.0)),
+    }
+    name = calibration.get("sampler")
+    base = (
+        own
+        if name is None or name == own["sampler"]
+        else {"sampler": name, "steps": None, "eta": 0.0}
+    )
+    steps, eta = calibration.get("steps"), calibration.get("eta")
+    return own, {
+        "sampler": base["sampler"],
+        "steps": base["steps"] if steps is None else steps,
+        "eta": base["eta"] if eta is None else float(eta),
+    }
+
+
+def sampler_specs(config: Mapping[str, Any]) -> tuple[SamplerSpec, SamplerSpec]:
+    """The sampling and the calibration :class:`~thermojax.models.base.SamplerSpec` of a
+    resolved config dict (:func:`samplers_of`)."""
+    return tuple(SamplerSpec(s["sampler"], s["steps"], s["eta"]) for s in samplers_of(config))  # type: ignore[return-value]
 
 
 def _validate_quant(quant: QuantConfig) -> None:
@@ -586,6 +646,23 @@ def _validate_model_choice(cfg: BaselineConfig) -> None:
     top_p = sampling.top_p
     if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise _fail("sampling.top_p", top_p, "must be in (0, 1]")
+    calibration = cfg.calibration
+    for prefix, name, eta in (
+        ("sampling", sampling.sampler, sampling.eta),
+        ("calibration", calibration.sampler, calibration.eta),
+    ):
+        if name is not None:
+            _check_choice(f"{prefix}.sampler", name, SAMPLERS)
+        if eta is not None and not (math.isfinite(eta) and 0.0 <= eta <= 1.0):
+            raise _fail(f"{prefix}.eta", eta, "must be in [0, 1]")
+    if calibration.steps is not None and calibration.steps < 1:
+        raise _fail("calibration.steps", calibration.steps, "must be >= 1")
+    for prefix, spec in (
+        ("sampling", cfg.sampler_settings()),
+        ("calibration", cfg.calibration_settings()),
+    ):
+        if spec["sampler"] == "ddpm" and spec["eta"] != 0.0:
+            raise _fail(f"{prefix}.eta", spec["eta"], "is DDIM's noise: needs sampler=ddim")
 
 
 def _check_number(key: str, value: float, *, positive: bool = False) -> None:

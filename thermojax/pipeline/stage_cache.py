@@ -41,11 +41,13 @@ import jax
 import numpy as np
 
 from thermojax.core.quant import QTensor
-from thermojax.models.base import DiffusionModel
+from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache import arrays_fingerprint, cache_key, get_or_compute
+from thermojax.pipeline.cache_checks import check_entry
 from thermojax.pipeline.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
 from thermojax.pipeline.quality import Quality, evaluate_quality
 from thermojax.pipeline.sampling import ActParams, Samples, sample
+from thermojax.pipeline.settings import sampler_specs
 from thermojax.pipeline.text_quality import TextQuality
 from thermojax.pipeline.weights import WeightReport
 from thermojax.pipeline.weights_section import WeightsSection
@@ -211,12 +213,18 @@ def sample_and_evaluate(
     """Quantized sampling from the fp32 noise, and its quality against ``fp32``.
 
     Args:
-        fp32: fp32 samples with the same ``num_samples`` and ``seed``.
+        fp32: fp32 samples with the same ``num_samples`` and ``seed``; the quantized samples run
+            their sampler.
         qweights, act_params: the quantized weights and per-group activation parameters.
         weight_report: from :func:`~thermojax.pipeline.weights.quantize_weights`.
     """
     quantized = sample(
-        model, weights=qweights, act_params=act_params, num_samples=num_samples, seed=seed
+        model,
+        weights=qweights,
+        act_params=act_params,
+        num_samples=num_samples,
+        seed=seed,
+        sampler=fp32.sampler,
     )
     quality = evaluate_quality(
         model,
@@ -232,17 +240,39 @@ def sample_and_evaluate(
 
 
 def _save_samples(samples: Samples, path: Path) -> None:
+    spec = samples.sampler or SamplerSpec()
     with open(path, "wb") as handle:
-        np.savez(handle, x0=samples.x0, trajectory=samples.trajectory)
+        np.savez(
+            handle,
+            x0=samples.x0,
+            trajectory=samples.trajectory,
+            timesteps=samples.timesteps,
+            sampler=np.asarray(json.dumps(dataclasses.asdict(spec), sort_keys=True)),
+        )
 
 
 def _load_samples(path: Path) -> Samples:
     with np.load(path, allow_pickle=False) as data:
-        return Samples(x0=_sample_array(data["x0"]), trajectory=np.asarray(data["trajectory"]))
+        # An entry written before samplers were a choice ran the full DDPM sampler.
+        known = "sampler" in data.files
+        spec = SamplerSpec(**json.loads(str(data["sampler"]))) if known else SamplerSpec()
+        return Samples(
+            x0=_sample_array(data["x0"]),
+            trajectory=np.asarray(data["trajectory"]),
+            sampler=None if spec == SamplerSpec() else spec,
+            timesteps=np.asarray(data["timesteps"], np.int32) if known else None,
+        )
+
+
+def _sampler_key(spec: SamplerSpec) -> dict[str, Any]:
+    """What a cache key adds for a sampler: nothing for the full DDPM sampler (so entries written
+    before samplers were a choice stay valid), else its name, steps and eta."""
+    return {} if spec == SamplerSpec() else {"sampler": dataclasses.asdict(spec)}
 
 
 class StageCache:
-    """The cached stages of one run; ``record`` tells which entries were hits or misses.
+    """The cached stages of one run; ``record`` tells which entries were hits or misses, and
+    ``waited_s`` how long each waited for another worker that was computing it.
 
     Args:
         model: the loaded model.
@@ -268,6 +298,9 @@ class StageCache:
         self.cache_dir = cache_dir
         self.model_id = model_fingerprint(model)
         self.record: dict[str, str] = {}
+        self.waited_s: dict[str, float] = {}
+        """Seconds each entry waited for another worker computing it (not this run's work)."""
+        self.sampler, self.calibration_sampler = sampler_specs(self.config)
 
     def _get(
         self,
@@ -286,8 +319,21 @@ class StageCache:
             computed = True
             return compute()
 
+        def waited(seconds: float) -> None:
+            self.waited_s[name] = seconds
+
+        def checked(path: Path) -> Any:  # a stored entry that does not fit is recomputed
+            return check_entry(name, load(path), model=self.model, config=self.config)
+
         value = get_or_compute(
-            key, counted, save=save, load=load, suffix=suffix, cache_dir=self.cache_dir
+            key,
+            counted,
+            save=save,
+            load=checked,
+            suffix=suffix,
+            cache_dir=self.cache_dir,
+            name=name,
+            on_wait=waited,
         )
         self.record[name] = "miss" if computed else "hit"
         log.info("cache %s: %s (key %s)", self.record[name], name, key[:16])
@@ -306,6 +352,7 @@ class StageCache:
             samples=cfg["calibration"]["samples"],
             samples_per_step=cfg["calibration"]["samples_per_step"],
             seed=cfg["seed"],
+            **_sampler_key(self.calibration_sampler),
         )
 
     def calibration(self, qweights: Mapping[str, QTensor]) -> CalibrationStats:
@@ -326,6 +373,7 @@ class StageCache:
                 seed=cfg["seed"],
                 samples_per_step=cfg["calibration"]["samples_per_step"],
                 qweights=qweights,
+                sampler=self.calibration_sampler,
             ),
             save=lambda stats, path: stats.save(path),
             load=CalibrationStats.load,
@@ -340,6 +388,7 @@ class StageCache:
             model=self.model_id,
             seed=self.config["seed"],
             num_samples=self.config["sampling"]["num_samples"],
+            **_sampler_key(self.sampler),
         )
 
     def fp32_samples(self) -> Samples:
@@ -351,6 +400,7 @@ class StageCache:
                 self.model,
                 num_samples=self.config["sampling"]["num_samples"],
                 seed=self.config["seed"],
+                sampler=self.sampler,
             ),
             save=_save_samples,
             load=_load_samples,

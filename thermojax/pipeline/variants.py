@@ -28,7 +28,7 @@ import numpy as np
 from thermojax.core.adaptive import adaptive_edges
 from thermojax.core.schedule_metrics import ScheduleMetrics, schedule_metrics
 from thermojax.core.smoothing import smooth_boundaries, smooth_groups
-from thermojax.core.timegroups import expand_to_timesteps, group_activation_params, uniform_edges
+from thermojax.core.timegroups import expand_to_timesteps, group_activation_params
 from thermojax.errors import UserInputError
 from thermojax.pipeline.calibrate import CalibrationStats
 from thermojax.pipeline.sampling import ActParams
@@ -234,6 +234,9 @@ class ParameterSet:
             (numpy leaves; ``metrics.windows`` is the headline view).
         optimization: the Phase 3 :class:`~thermojax.core.transition.TransitionResult` (numpy), or None.
         seconds: wall time of computing the parameters (compilation included when first run).
+        model_edges, model_param_edges: ``edges`` and ``param_edges`` on the model's T
+            timesteps (the others count the calibration sampler's steps; the same for the full
+            sampler): what the sampler, the results and a checkpoint use.
     """
 
     variant: Variant
@@ -244,10 +247,18 @@ class ParameterSet:
     metrics: ScheduleMetrics
     optimization: Any
     seconds: float
+    model_edges: np.ndarray | None = None
+    model_param_edges: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_edges is None:
+            object.__setattr__(self, "model_edges", self.edges)
+        if self.model_param_edges is None:
+            object.__setattr__(self, "model_param_edges", self.param_edges)
 
     def act_params(self, bits: int) -> ActParams:
-        """The sampler's :class:`ActParams`."""
-        return ActParams(self.scales, self.zero_points, self.param_edges, bits)
+        """The sampler's :class:`ActParams` (groups on the model's timesteps)."""
+        return ActParams(self.scales, self.zero_points, self.model_param_edges, bits)
 
 
 def compute_parameters(
@@ -282,7 +293,7 @@ def compute_parameters(
             min_group_size=variant.min_group_size,
         )
     else:
-        edges = uniform_edges(num_timesteps, num_groups)
+        edges = stats.uniform_edges(num_groups)
     scales, zero_points = group_activation_params(
         stats.act_min, stats.act_max, edges, bits=act_bits
     )
@@ -354,4 +365,6 @@ def compute_parameters(
         metrics=jax.tree_util.tree_map(np.asarray, metrics),
         optimization=result,
         seconds=seconds,
+        model_edges=stats.model_edges(edges),
+        model_param_edges=stats.model_edges(param_edges),
     )

@@ -145,7 +145,7 @@ def _edges(result: Result) -> list[int]:
 
 
 def _activation_charts(result: Result) -> list[LineChart]:
-    t = np.arange(result.num_timesteps)
+    t = np.asarray(result.calibration_timesteps())
     edges = _edges(result)
     qmax = 2**result.act_bits - 1
     charts = []
@@ -181,7 +181,7 @@ def _drift_chart(result: Result) -> LineChart:
                 "fraction of positions whose token differs"
                 if text
                 else "mean squared drift of x_t",
-                np.arange(drift.size),
+                np.asarray(result.sampling_timesteps()),
                 drift,
             )
         ],
@@ -292,7 +292,7 @@ def _schedule_chart(result: Result) -> LineChart | None:
     enh = result.enhancement
     if enh is None or enh.schedule_scales is None:
         return None
-    t = np.arange(result.num_timesteps)
+    t = np.asarray(result.calibration_timesteps())
     edges = _edges(result)
     return line_chart(
         [

@@ -47,8 +47,11 @@ CONFIG_KEYS = (
     "num_time_groups",
     "smoothness_threshold",
     "seed",
+    "sampler",
+    "sampling_steps",
 )
-"""What tells the configurations of a sweep apart (and orders them)."""
+"""What tells the configurations of a sweep apart (and orders them); ``sampler`` and
+``sampling_steps`` are the sampler that sampled and its S."""
 COLUMNS = (
     "job",
     "status",

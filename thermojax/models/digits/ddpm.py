@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from thermojax.models.base import ActHook, Array, QualityReference, run_sampler
+from thermojax.models.base import ActHook, Array, QualityReference, SamplerSpec, run_sampler
 
 __all__ = [
     "Denoiser",
@@ -346,6 +346,40 @@ class DigitsDDPM:
         std = jnp.sqrt(jnp.asarray(s.posterior_variance)[t])
         return coef_x0 * x0_hat + coef_xt * x_t + std * noise, layer_inputs
 
+    def step_between(
+        self,
+        weights: Mapping[str, Array],
+        x_t: Array,
+        t: Array,
+        t_prev: Array,
+        key: Array,
+        *,
+        eta: float,
+        act_hook: ActHook | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """One DDIM step from timestep ``t`` to ``t_prev`` (``-1``: the clean sample).
+
+        ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps' + sigma z`` with
+        ``sigma^2 = eta^2 (1 - a_prev) / (1 - a_t) (1 - a_t / a_prev)`` (Song et al. 2021, eq. 12
+        and 16), ``x0_hat`` clipped to [-1, 1] as in :meth:`step`, and ``eps'`` the noise implied
+        by the clipped ``x0_hat`` (diffusers' ``use_clipped_model_output=True``). With
+        ``t_prev = t - 1`` and ``eta = 1`` this is exactly the ancestral posterior of
+        :meth:`step`.
+        """
+        alpha_bar = jnp.asarray(self.schedule.alpha_bar)
+        a_t = alpha_bar[t]
+        a_prev = jnp.where(t_prev >= 0, alpha_bar[jnp.maximum(t_prev, 0)], 1.0)
+        eps, layer_inputs = self.denoise(weights, x_t, t, act_hook=act_hook)
+        x0_hat = jnp.clip((x_t - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t), -1.0, 1.0)
+        eps_clipped = (x_t - jnp.sqrt(a_t) * x0_hat) / jnp.sqrt(1.0 - a_t)
+        variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+        sigma = eta * jnp.sqrt(jnp.maximum(variance, 0.0))
+        direction = jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma**2, 0.0)) * eps_clipped
+        x_prev = jnp.sqrt(a_prev) * x0_hat + direction
+        if eta > 0:
+            x_prev = x_prev + sigma * jax.random.normal(key, x_t.shape, jnp.float32)
+        return x_prev, layer_inputs
+
     def sample(
         self,
         weights: Mapping[str, Array] | None = None,
@@ -353,12 +387,14 @@ class DigitsDDPM:
         key: Array,
         num_samples: int,
         act_hook: ActHook | None = None,
+        sampler: SamplerSpec | None = None,
     ) -> tuple[Array, Array]:
-        """Full ancestral sampling (one ``lax.scan``); jit it at the call site, with the model
-        as an argument."""
+        """Sampling as one ``lax.scan`` (ancestral by default, DDIM with
+        ``sampler=SamplerSpec("ddim", steps=S)``); jit it at the call site, with the model as
+        an argument."""
         weights = self.quantizable_weights() if weights is None else weights
         x0, trajectory, _ = run_sampler(
-            self, weights, key=key, num_samples=num_samples, act_hook=act_hook
+            self, weights, key=key, num_samples=num_samples, act_hook=act_hook, sampler=sampler
         )
         return x0, trajectory
 

@@ -37,7 +37,7 @@ import numpy as np
 from flax import struct
 
 from thermojax.errors import UserInputError
-from thermojax.models.base import ActHook, run_sampler
+from thermojax.models.base import ActHook, SamplerSpec, run_sampler
 from thermojax.models.dream import corpus
 from thermojax.models.dream.checkpoint import load_dream
 from thermojax.models.dream.network import DreamLM, shift_logits
@@ -260,11 +260,15 @@ class MaskedDiffusionLM:
         key: Array,
         num_samples: int,
         act_hook: ActHook | None = None,
+        sampler: SamplerSpec | None = None,
     ) -> tuple[Array, Array]:
-        """``(x0 [N, L], trajectory [T, N, L])``, ``trajectory[t]`` after the step at ``t``."""
+        """``(x0 [N, L], trajectory [T, N, L])``, ``trajectory[t]`` after the step at ``t``.
+
+        The unmasking sampler runs its own T steps (``sampling.steps`` sets T when the model is
+        loaded); ``sampler`` may only be ``None`` or DDPM-like (every step)."""
         weights = self.quantizable_weights() if weights is None else weights
         x0, trajectory, _ = run_sampler(
-            self, weights, key=key, num_samples=num_samples, act_hook=act_hook
+            self, weights, key=key, num_samples=num_samples, act_hook=act_hook, sampler=sampler
         )
         return x0, trajectory
 
