@@ -8,6 +8,7 @@ does not re-check them to get a different type. Where user input enters a pipeli
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import errno
@@ -16,7 +17,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -154,12 +155,30 @@ def _interrupt_once(signum: int, frame: object) -> None:
     that the clean-up the first one starts (temporaries removed, the log written) finishes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    global _received_signal
-    _received_signal = signum
+    global _received_signal, _interrupted
+    if not _interrupted:
+        _received_signal = signum
+    _interrupted = True
     raise KeyboardInterrupt
 
 
+def _redeliver_swallowed_interrupt(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while a command runs: Python swallows an exception raised where it
+    cannot propagate (a ``__del__``, a garbage-collector callback such as JAX's), so a Ctrl-C
+    that lands there would be lost and the run would go on. Deliver it again: the handler is
+    re-armed and the signal simulated, so it raises at the next line of ordinary code."""
+    if _interrupted and isinstance(unraisable.exc_value, KeyboardInterrupt):
+        signal.signal(signal.SIGINT, _interrupt_once)
+        # From another thread, so that the handler runs in the main thread's ordinary code, not
+        # here (where the raise would be swallowed again).
+        _thread.start_new_thread(_thread.interrupt_main, (signal.SIGINT,))
+        return
+    _previous_unraisablehook(unraisable)
+
+
 _received_signal = signal.SIGINT
+_interrupted = False
+_previous_unraisablehook = sys.unraisablehook
 
 
 def command_boundary(command: Callable[[], T], *, name: str) -> T:
@@ -183,7 +202,13 @@ def command_boundary(command: Callable[[], T], *, name: str) -> T:
         ...
         SystemExit: 2
     """
+    global _interrupted, _previous_unraisablehook
     previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _interrupted = False
+    _previous_unraisablehook, sys.unraisablehook = (
+        sys.unraisablehook,
+        _redeliver_swallowed_interrupt,
+    )
     try:
         return command()
     except KeyboardInterrupt:
@@ -201,6 +226,7 @@ def command_boundary(command: Callable[[], T], *, name: str) -> T:
     finally:  # a caller in the same process (a test) gets its handlers back
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = _previous_unraisablehook
 
 
 def _fail(message: str) -> NoReturn:

@@ -190,6 +190,64 @@ def launch(
     return results
 
 
+CACHE_SHARING = ("auto", "head", "folder")
+
+
+def _uses_head_store(sharing: str, mode: str) -> bool:
+    """Whether the sweep's jobs share the stage cache through the head store (the launcher's
+    ``cache_sharing``; ``mode`` is :func:`ray_session`'s)."""
+    if sharing != "auto":
+        return sharing == "head"
+    if mode == "cluster":
+        return True
+    if mode == "existing":
+        import ray
+
+        return sum(bool(node.get("Alive")) for node in ray.nodes()) > 1
+    return False
+
+
+@contextlib.contextmanager
+def _head_store(driver_node: str) -> Iterator[tuple[Any, str, str] | None]:
+    """Starts the sweep's head store on the driver's node, over the driver's cache folder;
+    yields what each job needs to reach it (``None``: that folder takes no files, so each node
+    keeps to its own). Says at the end what it handed over."""
+    import ray
+
+    from hydra_plugins.thermojax_ray_launcher._head_store import place_marker, start_head_store
+    from thermojax.pipeline.cache import entries_dir
+
+    folder = entries_dir().absolute()
+    try:
+        marker = place_marker(folder)
+    except OSError as err:
+        log.warning(
+            "the driver's cache folder %s takes no files (%s); no head store, each node "
+            "computes the entries it lacks",
+            folder,
+            err.strerror or err,
+        )
+        yield None
+        return
+    where = ray.util.get_node_ip_address()
+    actor = start_head_store(folder, driver_node)
+    log.info("stage cache shared through the head store on node %s (entries in %s)", where, folder)
+    try:
+        yield actor, marker.name, where
+        with contextlib.suppress(Exception):  # a lost actor has nothing to say
+            counts = ray.get(actor.stats.remote(), timeout=10)
+            log.info(
+                "head store: %d entries handed out, %d received, %d computed under a lease "
+                "(%d taken over from a lost worker)",
+                counts["handed_out"],
+                counts["received"],
+                counts["leases"],
+                counts["taken_over"],
+            )
+    finally:
+        marker.unlink(missing_ok=True)
+
+
 def _launch(
     launcher: ThermojaxRayLauncher,
     job_overrides: Sequence[Sequence[str]],
@@ -200,6 +258,10 @@ def _launch(
     if settings.copy_outputs not in ("auto", "always", "never"):
         raise LauncherError(
             f"hydra.launcher.copy_outputs={settings.copy_outputs!r}; use auto, always or never"
+        )
+    if settings.cache_sharing not in CACHE_SHARING:
+        raise LauncherError(
+            f"hydra.launcher.cache_sharing={settings.cache_sharing!r}; use auto, head or folder"
         )
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +293,7 @@ def _launch(
     )
     failures: list[tuple[PlannedJob, Path]] = []
     if to_run:
-        with ray_session(settings):
+        with ray_session(settings) as mode, contextlib.ExitStack() as stack:
             import ray
             from ray.exceptions import RayError, RayTaskError
 
@@ -247,13 +309,16 @@ def _launch(
                 retry_exceptions=False,
             )(run_job_in_worker)
             driver_node = ray.get_runtime_context().get_node_id()
+            head_store = None
+            if _uses_head_store(settings.cache_sharing, mode):
+                head_store = stack.enter_context(_head_store(driver_node))
             started = time.monotonic()
             forwarded = {
                 name: os.environ[name] for name in settings.forward_env if name in os.environ
             }
             pending = {
                 remote_job.remote(
-                    shared, job.config, driver_node, settings.copy_outputs, forwarded
+                    shared, job.config, driver_node, settings.copy_outputs, forwarded, head_store
                 ): job
                 for job in submission_order(to_run)
             }

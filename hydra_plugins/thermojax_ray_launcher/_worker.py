@@ -1,14 +1,17 @@
 """The worker side of the Ray launcher: one Hydra job inside a Ray task.
 
 ``run_job`` is Hydra's own, so each job gets the usual folder, ``.hydra/`` files, logging and
-working-directory handling of the basic launcher. This module imports no thermojax code: the
-workers of a sweep of some other Hydra app pay for nothing of it.
+working-directory handling of the basic launcher. This module imports no thermojax code unless
+the sweep shares its stage cache through the head store (:mod:`._head_store`): the workers of a
+sweep of some other Hydra app pay for nothing of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +51,41 @@ def collect_outputs(output_dir: str) -> dict[str, bytes]:
     return files
 
 
+@contextlib.contextmanager
+def _peer_store(head_store: tuple[Any, str, str] | None) -> Iterator[None]:
+    """The head store as the stage cache's peer store while the job runs (none: as it was)."""
+    if head_store is None:
+        yield
+        return
+    from hydra_plugins.thermojax_ray_launcher._head_store import HeadStoreClient
+    from thermojax.pipeline.cache import set_peer_store
+
+    actor, marker, where = head_store
+    client = HeadStoreClient(actor, marker, where)
+    previous = set_peer_store(client)
+    try:
+        yield
+    finally:
+        set_peer_store(previous)
+        client.close()
+
+
 def run_job_in_worker(
     shared: tuple[Any, Any, Any],
     sweep_config: DictConfig,
     driver_node_id: str,
     copy_outputs: str,
     environment: dict[str, str],
+    head_store: tuple[Any, str, str] | None = None,
 ) -> tuple[JobReturn, dict[str, bytes] | None]:
     """Runs one Hydra job inside a Ray worker; returns its JobReturn and, when the outputs are on
     another node than the driver, the job folder's files.
 
     ``environment`` (the driver's ``forward_env`` variables) is set in the worker first. A Ray
     worker serves one driver (one sweep), whose jobs all send the same, so a worker reused for
-    the next job carries nothing over that differs.
+    the next job carries nothing over that differs. ``head_store`` (the sweep's actor, the
+    driver's marker name and the actor's node), when given, is the stage cache's peer store
+    for the job's duration.
     """
     import ray
 
@@ -82,17 +107,20 @@ def run_job_in_worker(
         except SystemExit as exit_:
             raise RuntimeError(f"the job called sys.exit({exit_.code!r})") from exit_
 
-    try:
-        ret = run_job(
-            hydra_context=hydra_context,
-            task_function=guarded,
-            config=sweep_config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
-    except Exception as error:  # noqa: BLE001 - e.g. a callback's validation, outside the task
-        ret = JobReturn(overrides=list(sweep_config.hydra.overrides.task), status=JobStatus.FAILED)
-        ret.return_value = error
+    with _peer_store(head_store):
+        try:
+            ret = run_job(
+                hydra_context=hydra_context,
+                task_function=guarded,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        except Exception as error:  # noqa: BLE001 - e.g. a callback's validation, outside the task
+            ret = JobReturn(
+                overrides=list(sweep_config.hydra.overrides.task), status=JobStatus.FAILED
+            )
+            ret.return_value = error
     if ret.status == JobStatus.FAILED:
         error = ret._return_value
         ret.return_value = JobFailed(

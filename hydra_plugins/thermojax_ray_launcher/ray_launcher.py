@@ -50,6 +50,13 @@ class ThermojaxRayLauncherConf:
             set here; Ray's workers otherwise see the environment their node was started
             with). ``THERMOJAX_CACHE_DIR`` by default: point it at storage every node mounts at
             the same path, and the whole cluster shares one stage cache.
+        cache_sharing: how jobs on different nodes share the stage cache. ``folder``: through
+            ``THERMOJAX_CACHE_DIR`` alone (one cache per cluster on shared storage, one per node
+            otherwise). ``head``: also through a store on the driver's node that hands each
+            entry to the jobs that need it and lets one job compute it (once per cluster
+            without shared storage; entries kept in the driver's cache folder). ``auto``:
+            ``head`` when joining a cluster (or an already running Ray of several nodes),
+            ``folder`` for the embedded Ray.
     """
 
     _target_: str = "hydra_plugins.thermojax_ray_launcher.ray_launcher.ThermojaxRayLauncher"
@@ -70,6 +77,7 @@ class ThermojaxRayLauncherConf:
     failure_file: str | None = None
     copy_outputs: str = "auto"
     forward_env: list[str] = field(default_factory=lambda: ["THERMOJAX_CACHE_DIR"])
+    cache_sharing: str = "auto"
 
 
 ConfigStore.instance().store(

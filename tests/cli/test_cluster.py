@@ -9,14 +9,17 @@ PID and checked gone; the namespaces are deleted and checked gone.
 """
 
 import contextlib
+import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -54,9 +57,12 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _start_sweep(cluster: NamespaceCluster, args: list[str], cache: Path):
-    """``python -m thermojax.baseline -m ARGS`` in the head's namespace, joining the head."""
-    env = dict(cluster.env("driver"), THERMOJAX_CACHE_DIR=str(cache))
+def _start_sweep(cluster: NamespaceCluster, args: list[str], cache: Path | None):
+    """``python -m thermojax.baseline -m ARGS`` in the head's namespace, joining the head (with
+    ``cache`` as the driver's THERMOJAX_CACHE_DIR, or none: each node's own default)."""
+    env = cluster.env("driver")
+    if cache is not None:
+        env["THERMOJAX_CACHE_DIR"] = str(cache)
     command = [sys.executable, "-m", "thermojax.baseline", "-m", *args]
     return cluster.start_driver([*command, f"hydra.launcher.address={cluster.address}"], env)
 
@@ -133,6 +139,89 @@ def test_smoke_sweep_spreads_over_two_nodes_sharing_one_cache_folder(cluster, tm
         if conn.pid in ray_pids and conn.status == psutil.CONN_LISTEN
     ]
     assert not on_host, on_host
+
+
+def _entries(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.glob("entries/*.npz")}
+
+
+def test_smoke_sweep_over_two_nodes_with_a_cache_folder_each_computes_each_entry_once(
+    cluster, tmp_path
+):
+    # No shared storage: no THERMOJAX_CACHE_DIR anywhere, so the driver and each node use their
+    # own default folder (~/.cache/thermojax, each under a home of its own). The head store on
+    # the driver's node hands the entries between them (cache_sharing=auto on a cluster).
+    sweep_dir = tmp_path / "sweep"
+    proc = _start_sweep(
+        cluster, ["sweep=smoke", "wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"], None
+    )
+    code, err = _finish(proc)
+    assert code == 0, err[-3000:]
+    assert f"stage cache shared through the head store on node {HEAD_IP}" in err
+
+    runs = _reports(sweep_dir)
+    assert len(runs) == SMOKE_JOBS
+    assert {r["environment"]["ray_node_ip"] for r in runs.values()} == {HEAD_IP, WORKER_IP}
+    # Computed once in the cluster, like one shared folder (a cache per node would compute the
+    # fp32 samples on both nodes, and a calibration on each node that ran its bit width).
+    cache_states = [r["cache"] for r in runs.values()]
+    assert sum(c["calibration"] == "miss" for c in cache_states) == SMOKE_CALIBRATIONS
+    assert sum(c["fp32_samples"] == "miss" for c in cache_states) == 1
+    assert sum(c["quality"] == "miss" for c in cache_states) == 4  # threshold variants share
+    assert "head store: " in err and ", 7 received, 7 computed under a lease (0 taken" in err
+    # Each job that found an entry the other node computed says where it came from.
+    logs = {name: (sweep_dir / name / "baseline_metrics.log").read_text() for name in runs}
+    assert any(f"(from the head store on node {HEAD_IP})" in text for text in logs.values())
+    # Waiting for the store never lends a job's CPU to another job: each 1-CPU node ran one job
+    # at a time (a Ray task blocked on its main thread would let the next one start beside it).
+    for node in (HEAD_IP, WORKER_IP):
+        spans = sorted(
+            _log_span(logs[name])
+            for name, r in runs.items()
+            if r["environment"]["ray_node_ip"] == node
+        )
+        overlapping = [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+        assert not overlapping, (node, overlapping)
+
+    # The driver's folder holds every entry; each node's holds what its jobs used, the same
+    # bytes; nothing half-written, and the driver's marker is gone with the sweep.
+    homes = {name: cluster.root / f"home-{name}" / ".cache" / "thermojax" for name in
+             ("driver", "head", "worker")}  # fmt: skip
+    on_driver = _entries(homes["driver"])
+    assert len(on_driver) == SMOKE_CALIBRATIONS + 1 + 4, sorted(on_driver)
+    on_nodes = {}
+    for node in ("head", "worker"):
+        here = _entries(homes[node])
+        assert here, node
+        assert all(on_driver[name] == data for name, data in here.items()), node
+        on_nodes.update(here)
+    assert on_nodes.keys() == on_driver.keys()
+    for home in homes.values():
+        assert not [p.name for p in (home / "entries").iterdir() if p.name.startswith(".")]
+
+    # The store was an actor of the sweep: it ended with the driver; the cluster stays up.
+    deadline = time.monotonic() + 30
+    while any("HeadStore" in title for title in _titles(cluster)):
+        if time.monotonic() > deadline:
+            pytest.fail("the head store outlived its sweep")
+        time.sleep(0.2)
+    killed = cluster.stop()
+    assert killed and not cluster.pids()
+
+
+def _log_span(text: str) -> tuple[datetime, datetime]:
+    """The first and last time stamp of a run log."""
+    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in text.splitlines()
+              if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line)]  # fmt: skip
+    return stamps[0], stamps[-1]
+
+
+def _titles(cluster: NamespaceCluster) -> list[str]:
+    titles = []
+    for pid in cluster.pids():
+        with contextlib.suppress(psutil.Error):
+            titles.append(" ".join(psutil.Process(pid).cmdline()))
+    return titles
 
 
 def _listening(namespace: str) -> set[tuple[str, int]]:

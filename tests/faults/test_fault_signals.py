@@ -114,3 +114,42 @@ def test_a_rerun_cleans_the_temporaries_a_kill_left(warm, tmp_path):
         "left by an earlier run killed while writing" in (run / "baseline_metrics.log").read_text()
     )
     assert os.listdir(run) and temporaries(run) == []
+
+
+SWALLOWED = """
+import gc, os, signal, time
+from thermojax.errors import command_boundary
+
+def main():
+    def callback(phase, info):  # like JAX's _xla_gc_callback: an exception here is swallowed
+        if phase == "start" and not getattr(callback, "fired", False):
+            callback.fired = True
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs in here
+                pass
+    gc.callbacks.append(callback)
+    gc.collect()
+    time.sleep(2)
+    print("finished normally")
+
+command_boundary(main, name="demo")
+"""
+
+
+def test_ctrl_c_inside_a_garbage_collector_callback_still_interrupts(tmp_path):
+    """Found in CI: a Ctrl-C whose handler ran inside JAX's garbage-collector callback was
+    swallowed ("Exception ignored in: _xla_gc_callback") and the run finished with status 0. The
+    boundary delivers such an interrupt again."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", SWALLOWED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.stdout == ""
+    assert_one_error(proc, 130, "demo interrupted (Ctrl-C)")

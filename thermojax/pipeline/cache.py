@@ -6,10 +6,18 @@ that need the same calibration statistics share one entry whatever else differs 
 Concurrency: several processes (Ray workers, separate sweeps) may ask for the same key at the same
 time. ``get_or_compute`` serializes them with an ``fcntl.flock`` on a per-key lock file, so the
 value is computed once; the winner publishes it with :func:`thermojax.files.atomic_file` (temporary
-file, fsync, rename), so a reader never sees a half-written entry, and an entry that fails to load (corrupt, truncated by a crash of
-an older version) is deleted and recomputed. On file systems without working ``flock`` (some NFS
-set-ups) the rename alone still guarantees whole entries; at worst two workers compute the same
-value.
+file, fsync, rename), so a reader never sees a half-written entry, and an entry that fails to load
+(corrupt, truncated by a crash of an older version) is deleted and recomputed. On file systems
+without working ``flock`` (some NFS set-ups) the rename alone still guarantees whole entries; at
+worst two workers compute the same value.
+
+Workers that do not share a folder (the nodes of a cluster without shared storage) can still
+compute each entry once between them through a **peer store** (:class:`PeerStore`, installed with
+:func:`set_peer_store`; the Ray launcher installs one kept by the sweep's driver node). On a local
+miss the cache asks it: an entry another worker computed is written into the local folder and
+loaded; otherwise the store grants this worker a lease on the entry, it computes and publishes
+the entry, and the others wait for it, saying so in the log as they do for a lock. This module
+knows nothing of how a store reaches its peers.
 
 Example:
     >>> key = cache_key(kind="calibration", model="digits", bit_width=4, seed=0)
@@ -25,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -36,17 +45,22 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from thermojax.files import atomic_file
 from thermojax.files import cache_dir as project_cache_dir
 
 __all__ = [
     "CACHE_SCHEMA_VERSION",
+    "PeerClaim",
+    "PeerStore",
+    "PeerStoreError",
     "arrays_fingerprint",
     "cache_key",
+    "entries_dir",
     "entry_path",
     "get_or_compute",
+    "set_peer_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,6 +143,12 @@ def _root(cache_dir: str | os.PathLike[str] | None) -> Path:
     return base / _SUBDIR
 
 
+def entries_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder that holds the entries of the cache folder ``cache_dir`` (default
+    ``thermojax.files.cache_dir()``)."""
+    return _root(cache_dir)
+
+
 def entry_path(
     key: str, *, suffix: str = "", cache_dir: str | os.PathLike[str] | None = None
 ) -> Path:
@@ -144,6 +164,72 @@ def entry_path(
 
 LOCK_NOTICE_S = 30.0
 """While a worker waits for another's entry it says so at once, then again every this many seconds."""
+
+
+PEER_POLL_S = 0.25
+"""How often a worker waiting for another's entry asks the peer store again."""
+
+
+class PeerStoreError(RuntimeError):
+    """The peer store cannot be reached; the cache then goes on with its own folder alone."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerClaim:
+    """A peer store's answer for an entry missing from this worker's folder.
+
+    One of three: ``data`` is set (another worker computed the entry: its bytes), ``lease`` is
+    set (nobody has it: this worker computes it, then publishes or releases it), or neither
+    (``holder`` is computing it now: ask again later).
+
+    Attributes:
+        data: the entry's bytes, as its file holds them.
+        lease: this worker's lease on computing the entry (the store's token).
+        holder: who holds the lease now (``pid N on HOST since TIME``), while it is held.
+        taken_over_from: with a lease, the holder whose lease lapsed (it stopped renewing it:
+            its process or node died), else empty.
+    """
+
+    data: bytes | None = None
+    lease: str | None = None
+    holder: str = ""
+    taken_over_from: str = ""
+
+
+class PeerStore(Protocol):
+    """Entries shared between workers whose cache folders differ (see the module doc).
+
+    A store answers for one entry at a time, by the entry's local path (its name is the key
+    and suffix; its folder tells a store whether it shares that folder). It raises
+    :class:`PeerStoreError` when it cannot be reached.
+    """
+
+    def describe(self) -> str:
+        """Where the store is, for log lines (``head store on node 10.0.0.1``)."""
+        ...
+
+    def claim(self, path: Path) -> PeerClaim:
+        """The entry's bytes, a lease to compute it, or who is computing it (never blocks)."""
+        ...
+
+    def publish(self, claim: PeerClaim, path: Path) -> None:
+        """Hand the entry now at ``path`` to the store, and give up ``claim``'s lease."""
+        ...
+
+    def release(self, claim: PeerClaim) -> None:
+        """Give up ``claim``'s lease without an entry (its computation failed)."""
+        ...
+
+
+_peer_store: PeerStore | None = None
+
+
+def set_peer_store(store: PeerStore | None) -> PeerStore | None:
+    """Make ``get_or_compute`` consult ``store`` on a local miss (``None``: the folder alone);
+    returns the store it replaces."""
+    global _peer_store
+    previous, _peer_store = _peer_store, store
+    return previous
 
 
 def _holder(lock_path: Path) -> str:
@@ -215,6 +301,57 @@ def _try_load(path: Path, load: Callable[[Path], T]) -> tuple[bool, T | None]:
         return False, None
 
 
+def _claim_from_peers(store: PeerStore, final: Path, what: str) -> tuple[PeerClaim | None, float]:
+    """Ask ``store`` until it hands over the entry or a lease; with the seconds waited. ``None``
+    when the store cannot be reached (the worker then computes the entry itself)."""
+    started = time.monotonic()
+    next_notice: float | None = None
+    while True:
+        try:
+            claim = store.claim(final)
+        except PeerStoreError as err:
+            log.warning("%s: %s; computing %s here", store.describe(), err, what)
+            return None, time.monotonic() - started
+        if claim.data is not None or claim.lease is not None:
+            waited = time.monotonic() - started
+            if next_notice is not None:
+                log.info("waited %.1f s for %s", waited, what)
+            if claim.taken_over_from:
+                log.warning(
+                    "%s stopped renewing its lease on %s (its process or node is gone); "
+                    "computing it here",
+                    claim.taken_over_from,
+                    what,
+                )
+            return claim, waited
+        now = time.monotonic()
+        if next_notice is None:
+            log.info(
+                "waiting for %s: %s is computing it (%s)", what, claim.holder, store.describe()
+            )
+            next_notice = started + LOCK_NOTICE_S
+        elif now >= next_notice:
+            log.info(
+                "still waiting for %s after %.0f s: %s is computing it",
+                what,
+                now - started,
+                claim.holder,
+            )
+            next_notice += LOCK_NOTICE_S
+        time.sleep(PEER_POLL_S)
+
+
+def _adopt(data: bytes, final: Path, load: Callable[[Path], T]) -> tuple[bool, T | None]:
+    """Write a peer's entry into the local folder and load it (a bad one is deleted)."""
+    try:
+        with atomic_file(final) as temporary:
+            temporary.write_bytes(data)
+    except OSError as err:
+        log.warning("cache entry %s not stored (%s)", final, err.strerror or err)
+        return False, None
+    return _try_load(final, load)
+
+
 def get_or_compute(
     key: str,
     compute: Callable[[], T],
@@ -231,7 +368,8 @@ def get_or_compute(
     Safe when several processes ask for the same key at once, also on several machines sharing
     the cache folder (a file system with working ``flock``, such as NFSv4 or Lustre): ``compute``
     runs in one of them while the others wait on the key's lock, saying so in the log, and then
-    load the stored entry.
+    load the stored entry. With a peer store installed (:func:`set_peer_store`), the same holds
+    for workers with folders of their own: a local miss asks the store, under the key's lock.
 
     Args:
         key: from ``cache_key``.
@@ -243,8 +381,9 @@ def get_or_compute(
         suffix: file-name suffix of entries (e.g. ``".npz"``, which ``numpy.savez`` insists on).
         cache_dir: the cache folder; default ``thermojax.files.cache_dir()``.
         name: what the entry is (``"calibration"``), for the log lines of a wait.
-        on_wait: called with the seconds spent waiting for another process's lock (0.0 when
-            the lock was free), so that a caller can keep the wait out of its own timings.
+        on_wait: called with the seconds spent waiting for another process's lock or peer's
+            lease (0.0 when both were free), so that a caller can keep the wait out of its own
+            timings.
 
     Returns:
         The loaded value on a hit, the computed value on a miss.
@@ -271,15 +410,36 @@ def get_or_compute(
                 name,
             )
             return compute()
-        if on_wait is not None:
-            on_wait(waited)
         # Another process may have filled the entry while we waited for the lock.
         found, value = _try_load(final, load)
         if found:
+            if on_wait is not None:
+                on_wait(waited)
             log.info("cache hit %s (filled by another worker)", final.name)
             return value  # type: ignore[return-value]
+        store = _peer_store
+        claim = None
+        if store is not None:
+            claim, peer_waited = _claim_from_peers(store, final, f"{name} {key[:16]}")
+            waited += peer_waited
+            if claim is not None and claim.data is not None:
+                found, value = _adopt(claim.data, final, load)
+                if found:
+                    if on_wait is not None:
+                        on_wait(waited)
+                    log.info("cache hit %s (from the %s)", final.name, store.describe())
+                    return value  # type: ignore[return-value]
+                # The peer's bytes do not load here: compute, and publish over them.
+        if on_wait is not None:
+            on_wait(waited)
         log.info("cache miss %s; computing", final.name)
-        value = compute()
+        try:
+            value = compute()
+        except BaseException:
+            if store is not None and claim is not None:
+                with contextlib.suppress(PeerStoreError):
+                    store.release(claim)
+            raise
         try:
             with atomic_file(final, suffix=suffix) as temporary:
                 # Hand ``save`` a name that does not exist yet, so that a callback writing
@@ -295,4 +455,14 @@ def get_or_compute(
             log.warning(
                 "cache entry %s not stored (%s); the run goes on", final, err.strerror or err
             )
+        except BaseException:
+            if store is not None and claim is not None:
+                with contextlib.suppress(PeerStoreError):
+                    store.release(claim)
+            raise
+        if store is not None and claim is not None:
+            try:
+                store.publish(claim, final)
+            except PeerStoreError as err:
+                log.warning("%s: %s; %s not handed over", store.describe(), err, final.name)
         return value
