@@ -8,7 +8,6 @@ outputs. Calibration uses 16 samples to keep the suite quick; everything else is
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from browser import chromium_screenshot, png_size
 from html_reading import check_report_shows_the_run, parse
 from quality_reference import assert_sample_figures, frechet, sample_figures
 from result_samples import ADDED_KEYS, ARROWQUANT_KEYS, check_model_level_figures
+from user_env import command_env
 from wandb_readback import inspect_run, offline_run_dir
 
 from thermojax.models import SHIPPED_CHECKPOINT, load_model
@@ -31,19 +31,6 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "<script>alert(1)</script> & digits"
 FAST = ["calibration.samples=16"]
 OUTPUTS = {"baseline_metrics.json", "baseline_metrics.html", "baseline_metrics.log", "samples.npz"}
-
-
-def command_env(home: Path, cache: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(
-        HOME=str(home),
-        THERMOJAX_CACHE_DIR=str(cache),
-        WANDB_SILENT="true",
-        JAX_PLATFORMS="cpu",
-        NO_COLOR="1",
-        **extra,
-    )
-    return env
 
 
 def baseline(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -35,17 +35,7 @@ from thermojax.cli.tracking import (
 from thermojax.pipeline.results import write_result
 from thermojax.pipeline.settings import WandbConfig
 
-
-@pytest.fixture(autouse=True)
-def wandb_sandbox(tmp_path, monkeypatch):
-    """No network, no API key, W&B's own files in tmp_path."""
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+pytestmark = pytest.mark.usefixtures("wandb_sandbox")  # tests/conftest.py
 
 
 def test_summary_metrics_leave_out_non_finite_values():

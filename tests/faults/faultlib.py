@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
+import user_env
 
 FAST = ["calibration=quick", "sampling.num_samples=4", "wandb=disabled"]
 """A baseline run of a few seconds on a warm cache."""
@@ -20,18 +21,9 @@ OUTPUTS = {"baseline_metrics.json", "baseline_metrics.html", "baseline_metrics.l
 
 
 def command_env(home: Path, cache: Path, **extra: str) -> dict[str, str]:
-    """The environment of a command run by a user: its own HOME and cache, no W&B account."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(
-        HOME=str(home),
-        THERMOJAX_CACHE_DIR=str(cache),
-        WANDB_SILENT="true",
-        JAX_PLATFORMS="cpu",
-        NO_COLOR="1",
-        COLUMNS="200",
-        **extra,
-    )
-    return env
+    """The environment of a command run by a user (``user_env.command_env``), 200 columns wide
+    so that an error line is never wrapped."""
+    return user_env.command_env(home, cache, **{"COLUMNS": "200", **extra})
 
 
 def start(

@@ -9,6 +9,8 @@ once; two workers asking for the same entry at the same time compute it once (pe
   ``CALIBRATION_VERSION``. Not ``num_time_groups``, ``smoothness_threshold`` or ``act_bits``
   (calibration runs with fp32 activations).
 - **fp32 samples**: the denoiser, ``seed``, ``sampling.num_samples`` and ``SAMPLING_VERSION``.
+- Both also the sampler that runs (``sampling.*`` / ``calibration.*``: name, steps, eta) unless it
+  is the full DDPM sampler, so that entries written before samplers were a choice stay valid.
 - **quantized sampling + quality**: the denoiser and the quality reference (classifier), and the
   resolved config minus :data:`QUALITY_INDEPENDENT_KEYS` (the threshold, the interpretation
   bands, W&B settings and the display name), plus ``QUALITY_VERSION``. The key is computed from
