@@ -62,7 +62,7 @@ def _folder_bytes(folder: Path) -> int:
 def worker(task: dict[str, Any]) -> dict[str, Any]:
     """One measurement in this process; returns its figures."""
     from thermojax.models.hf import open_checkpoint
-    from thermojax.pipeline.rules import DEFAULT_RULES
+    from thermojax.pipeline.weights.rules import DEFAULT_RULES
 
     source = Path(task["checkpoint"])
     if task.get("cold"):
@@ -76,7 +76,7 @@ def worker(task: dict[str, Any]) -> dict[str, Any]:
             total += array.nbytes
         out["bytes"] = total
     elif task["kind"] == "quantize":
-        from thermojax.pipeline.weight_only import quantize_checkpoint
+        from thermojax.pipeline.weights.stream import quantize_checkpoint
 
         checkpoint = open_checkpoint(source)
         report = quantize_checkpoint(
@@ -85,7 +85,7 @@ def worker(task: dict[str, Any]) -> dict[str, Any]:
         out.update(bytes=checkpoint.total_bytes, quantized_bytes=report.total_quantized_bytes)
         out["model_cosine"] = report.model_cosine
     elif task["kind"] == "export":
-        from thermojax.pipeline.export import export_checkpoint
+        from thermojax.pipeline.checkpoint.export import export_checkpoint
 
         checkpoint = open_checkpoint(source)
         target = Path(task["out"])
@@ -103,7 +103,7 @@ def worker(task: dict[str, Any]) -> dict[str, Any]:
             written_bytes=_folder_bytes(target),
         )
     elif task["kind"] == "reload":
-        from thermojax.pipeline.quantized import load_quantized
+        from thermojax.pipeline.checkpoint.reload import load_quantized
 
         loaded = load_quantized(task["out"], mmap=task["mmap"])
         out["bytes"] = _folder_bytes(Path(task["out"]))
@@ -133,7 +133,7 @@ def size_table(config: dict[str, Any]) -> list[tuple[int, int, float, float]]:
     the group size does not divide a width."""
     from thermojax.errors import UserInputError
     from thermojax.models.hf import expected_shapes
-    from thermojax.pipeline.rules import DEFAULT_RULES, QuantRule, resolve_rules
+    from thermojax.pipeline.weights.rules import DEFAULT_RULES, QuantRule, resolve_rules
 
     shapes = expected_shapes(config)
     rows = []

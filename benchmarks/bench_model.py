@@ -19,9 +19,9 @@ import jax
 
 from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.models import load_model
-from thermojax.pipeline.calibrate import _calibration_program, calibrate
-from thermojax.pipeline.sampling import _sample_program
-from thermojax.pipeline.weights import dense_weights, quantize_weights
+from thermojax.pipeline.measure.calibrate import _calibration_program, calibrate
+from thermojax.pipeline.measure.sampling import _sample_program
+from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
 
 
 def _compile(fn, *args, **static) -> tuple[float, object, tuple]:

@@ -208,7 +208,7 @@ def activation_data(synthetic: bool, bits: int):
         samples = ((rng.normal(size=(8, 1000, 64)) + 0.3) * amp).astype(np.float32)
         return "synthetic", samples, samples.min(axis=2), samples.max(axis=2)
     from thermojax.models import load_model
-    from thermojax.pipeline.calibrate import calibrate
+    from thermojax.pipeline.measure.calibrate import calibrate
 
     model = load_model()
     stats = calibrate(model, bit_width=bits, num_samples=64, samples_per_step=64)

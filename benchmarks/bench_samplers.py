@@ -6,7 +6,7 @@ repository root:
 
     .venv/bin/python benchmarks/bench_samplers.py --seeds 3 --samples 256
 
-Every run is the pipeline's own (``thermojax.pipeline.runner.run``: weights, per-step
+Every run is the pipeline's own (``thermojax.pipeline.run.runner.run``: weights, per-step
 calibration, uniform groups of the model's timesteps, sampling from the same noise, quality),
 with its stage cache in a temporary folder so fp32 samples are shared within a sampler.
 
@@ -64,7 +64,7 @@ def _config(bits: int, seed: int, samples: int, sampling: str, calibration: str)
 
 
 def _run(bits: int, seed: int, samples: int, sampling: str, calibration: str) -> dict[str, float]:
-    from thermojax.pipeline.runner import run
+    from thermojax.pipeline.run.runner import run
 
     result = run(_config(bits, seed, samples, sampling, calibration))
     q = result.quality
@@ -79,7 +79,7 @@ def _run(bits: int, seed: int, samples: int, sampling: str, calibration: str) ->
 
 def _sampling_seconds(name: str, samples: int) -> float:
     from thermojax.models import SamplerSpec, load_model
-    from thermojax.pipeline.sampling import sample
+    from thermojax.pipeline.measure.sampling import sample
 
     model = load_model()
     spec = SamplerSpec(name=SAMPLERS[name]["sampler"], steps=SAMPLERS[name]["steps"])

@@ -15,7 +15,7 @@ from thermojax.cli.config import to_config
 from thermojax.core.markov import MarkovMetrics
 from thermojax.core.timegroups import uniform_edges
 from thermojax.pipeline import build_result
-from thermojax.pipeline.results import (
+from thermojax.pipeline.results.schema import (
     COMPARED_QUALITY,
     BaselineSection,
     EnhancementSection,

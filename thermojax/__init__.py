@@ -52,7 +52,7 @@ __version__ = "0.1.0"
 # Phase 3 needs optax, and reloading a quantized checkpoint the pipeline's file formats: both load
 # on first use so `import thermojax` stays light (the core only).
 _LAZY = {
-    "load_quantized": "thermojax.pipeline.quantized",
+    "load_quantized": "thermojax.pipeline.checkpoint.reload",
     "optimize_transitions": "thermojax.core.transition",
     "transition_terms": "thermojax.core.transition",
     "TransitionResult": "thermojax.core.transition",

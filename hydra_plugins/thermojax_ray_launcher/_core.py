@@ -215,7 +215,7 @@ def _head_store(driver_node: str) -> Iterator[tuple[Any, str, str] | None]:
     import ray
 
     from hydra_plugins.thermojax_ray_launcher._head_store import place_marker, start_head_store
-    from thermojax.pipeline.cache import entries_dir
+    from thermojax.pipeline.cache.store import entries_dir
 
     folder = entries_dir().absolute()
     try:

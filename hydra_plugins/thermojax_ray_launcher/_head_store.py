@@ -2,7 +2,7 @@
 
 A Ray actor, one per sweep, placed on the driver's node, keeps the entries in the driver's cache
 folder and hands out one lease per entry (:class:`HeadStore`). Each job's worker installs a
-:class:`HeadStoreClient` as the stage cache's peer store (:func:`thermojax.pipeline.cache.
+:class:`HeadStoreClient` as the stage cache's peer store (:func:`thermojax.pipeline.cache.store.
 set_peer_store`): on a local miss it asks the actor, and either copies the entry into its own
 folder or, holding the lease, computes it and sends it to the actor. So each entry is computed
 once in the cluster, whatever storage the nodes have.
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from thermojax.pipeline.cache import PeerClaim
+    from thermojax.pipeline.cache.store import PeerClaim
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class HeadStore:
     """The actor (``ray.remote`` is applied by :func:`start_head_store`): entries and leases.
 
     Args:
-        folder: the driver's entries folder (``thermojax.pipeline.cache.entries_dir()``); the
+        folder: the driver's entries folder (``thermojax.pipeline.cache.store.entries_dir()``); the
             actor reads entries from it and writes handed-over ones into it atomically.
         lease_ttl_s: see :data:`LEASE_TTL_S`.
     """
@@ -160,7 +160,7 @@ def _node_ip() -> str:
 
 
 class HeadStoreClient:
-    """A job's view of the head store: :class:`thermojax.pipeline.cache.PeerStore`.
+    """A job's view of the head store: :class:`thermojax.pipeline.cache.store.PeerStore`.
 
     Args:
         actor: the sweep's :class:`HeadStore` handle.
@@ -198,7 +198,7 @@ class HeadStoreClient:
         import ray
         from ray.exceptions import GetTimeoutError, RayError
 
-        from thermojax.pipeline.cache import PeerStoreError
+        from thermojax.pipeline.cache.store import PeerStoreError
 
         def call() -> Any:
             return ray.get(getattr(self.actor, method).remote(*args), timeout=self.timeout_s)
@@ -216,7 +216,7 @@ class HeadStoreClient:
         self._thread.shutdown(wait=False)
 
     def claim(self, path: Path) -> PeerClaim:
-        from thermojax.pipeline.cache import PeerClaim
+        from thermojax.pipeline.cache.store import PeerClaim
 
         data, lease, holder, taken_over = self._call("claim", path.name, self.holder)
         if lease is not None:

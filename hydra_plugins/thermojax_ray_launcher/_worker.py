@@ -58,7 +58,7 @@ def _peer_store(head_store: tuple[Any, str, str] | None) -> Iterator[None]:
         yield
         return
     from hydra_plugins.thermojax_ray_launcher._head_store import HeadStoreClient
-    from thermojax.pipeline.cache import set_peer_store
+    from thermojax.pipeline.cache.store import set_peer_store
 
     actor, marker, where = head_store
     client = HeadStoreClient(actor, marker, where)

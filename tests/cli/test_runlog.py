@@ -37,7 +37,7 @@ from thermojax.cli.runlog import (
     phase_lines,
     print_summary,
 )
-from thermojax.pipeline.results import (
+from thermojax.pipeline.results.schema import (
     Result,
 )
 

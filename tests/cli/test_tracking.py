@@ -32,7 +32,7 @@ from thermojax.cli.tracking import (
     summary_metrics,
     tracked_metrics,
 )
-from thermojax.pipeline.results import write_result
+from thermojax.pipeline.results.schema import write_result
 from thermojax.pipeline.settings import WandbConfig
 
 pytestmark = pytest.mark.usefixtures("wandb_sandbox")  # tests/conftest.py

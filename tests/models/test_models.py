@@ -19,7 +19,7 @@ from thermojax.models.base import sample_quality
 from thermojax.models.digits.checkpoint import load_checkpoint
 from thermojax.models.digits.ddpm import NoiseSchedule
 from thermojax.models.digits.train import TrainConfig, main, train
-from thermojax.pipeline.sampling import sample
+from thermojax.pipeline.measure.sampling import sample
 
 
 @pytest.fixture(scope="module")

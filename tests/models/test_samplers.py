@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from thermojax import step_edges, timestep_edges, uniform_edges
 from thermojax.models import SamplerSpec, load_model, run_sampler
-from thermojax.pipeline.calibrate import calibrate
-from thermojax.pipeline.runner import _group_parameters
-from thermojax.pipeline.sampling import sample
+from thermojax.pipeline.measure.calibrate import calibrate
+from thermojax.pipeline.measure.sampling import sample
+from thermojax.pipeline.run.runner import _group_parameters
 from thermojax.pipeline.settings import BaselineConfig
-from thermojax.pipeline.weights import quantize_weights
+from thermojax.pipeline.weights.quantize import quantize_weights
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from thermojax.errors import UserInputError
-from thermojax.pipeline.activation_stats import read_activation_stats, write_activation_stats
+from thermojax.pipeline.measure.activation_stats import (
+    read_activation_stats,
+    write_activation_stats,
+)
 
 
 def stats_arrays(layers: int = 3, steps: int = 20, seed: int = 0):

@@ -6,14 +6,14 @@ import itertools
 
 import pytest
 
-from thermojax.pipeline.analysis import (
+from thermojax.pipeline.results.schema import Violation
+from thermojax.pipeline.results.verdict import (
     analyze_violations,
     boundary_regions,
     detect_patterns,
     interpret,
     severity_label,
 )
-from thermojax.pipeline.results import Violation
 from thermojax.pipeline.settings import InterpretationConfig
 
 LAYERS = ("a", "b", "c")

@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from thermojax.pipeline.analysis import interpret, quality_band
-from thermojax.pipeline.results import QualitySection
+from thermojax.pipeline.results.schema import QualitySection
+from thermojax.pipeline.results.verdict import interpret, quality_band
 from thermojax.pipeline.settings import InterpretationConfig
 
 BANDS = InterpretationConfig()

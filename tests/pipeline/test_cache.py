@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thermojax.pipeline import cache
-from thermojax.pipeline.cache import cache_key, entry_path, get_or_compute
+from thermojax.pipeline.cache import store as cache
+from thermojax.pipeline.cache.store import cache_key, entry_path, get_or_compute
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "cache_race.py"
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from thermojax.pipeline.cache import cache_key, get_or_compute
+from thermojax.pipeline.cache.store import cache_key, get_or_compute
 
 HOLDER = """
 import json, sys, time
 from pathlib import Path
 import pytest
 
-from thermojax.pipeline.cache import get_or_compute
+from thermojax.pipeline.cache.store import get_or_compute
 cache, key, computing, release = sys.argv[1:5]
 def compute():
     Path(computing).touch()
@@ -47,7 +47,7 @@ def test_a_held_lock_is_waited_for_out_loud_and_the_wait_is_reported(tmp_path, c
         timer = threading.Timer(0.6, release.touch)
         timer.start()
         waits: list[float] = []
-        with caplog.at_level(logging.INFO, logger="thermojax.pipeline.cache"):
+        with caplog.at_level(logging.INFO, logger="thermojax.pipeline.cache.store"):
             value = get_or_compute(
                 key,
                 lambda: {"by": "waiter"},

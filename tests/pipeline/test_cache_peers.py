@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from thermojax.pipeline.cache import cache_key
+from thermojax.pipeline.cache.store import cache_key
 
 DRIVER = r"""
 import json, logging, os, sys, time
@@ -33,7 +33,7 @@ head = root / "head" / "entries"
 def job(name, die):
     # One job's worker: its own cache folder, the head store as its peer store.
     import ray
-    from thermojax.pipeline.cache import get_or_compute, set_peer_store
+    from thermojax.pipeline.cache.store import get_or_compute, set_peer_store
 
     log = root / f"{name}.log"
     logging.basicConfig(filename=log, level=logging.INFO, format="%(message)s", force=True)

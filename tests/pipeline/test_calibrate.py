@@ -8,9 +8,9 @@ import pytest
 
 from thermojax.errors import UserInputError
 from thermojax.models import load_model
-from thermojax.pipeline.calibrate import CalibrationStats, calibrate
-from thermojax.pipeline.sampling import sample
-from thermojax.pipeline.weights import dense_weights, quantize_weights
+from thermojax.pipeline.measure.calibrate import CalibrationStats, calibrate
+from thermojax.pipeline.measure.sampling import sample
+from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
 
 N, SEED, K = 4, 3, 16
 

@@ -18,8 +18,8 @@ from thermojax.cli.config import to_config
 from thermojax.errors import UserInputError
 from thermojax.models.hf import open_checkpoint, write_dream_like
 from thermojax.pipeline import run
-from thermojax.pipeline.activation_stats import write_activation_stats
-from thermojax.pipeline.results import Result
+from thermojax.pipeline.measure.activation_stats import write_activation_stats
+from thermojax.pipeline.results.schema import Result
 from thermojax.report import render_report
 
 GROUP = 8  # divides every width of the scale-64 layout (hidden 56)
@@ -248,7 +248,7 @@ def test_weights_are_cached_by_fingerprint_rules_and_bits(checkpoint, tmp_path, 
 
 
 def test_export_without_the_orbax_copy(checkpoint, tmp_path):
-    from thermojax.pipeline.quantized import load_quantized
+    from thermojax.pipeline.checkpoint.reload import load_quantized
 
     out = tmp_path / "plain"
     result = run(settings(checkpoint, export={"path": str(out), "orbax": False}))

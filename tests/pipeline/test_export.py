@@ -24,11 +24,11 @@ from thermojax.core.quant import dequantize, quantize
 from thermojax.errors import UserInputError
 from thermojax.models import SHIPPED_CHECKPOINT, load_model
 from thermojax.models.hf import CheckpointError, open_checkpoint, write_dream_like
-from thermojax.pipeline.export import QUANTIZATION_FILE, export_checkpoint, export_digits
-from thermojax.pipeline.quantized import load_quantized, restore_orbax_copy
-from thermojax.pipeline.rules import QuantRule
-from thermojax.pipeline.sampling import ActParams
-from thermojax.pipeline.weights import dense_weights, quantize_weights
+from thermojax.pipeline.checkpoint.export import QUANTIZATION_FILE, export_checkpoint, export_digits
+from thermojax.pipeline.checkpoint.reload import load_quantized, restore_orbax_copy
+from thermojax.pipeline.measure.sampling import ActParams
+from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
+from thermojax.pipeline.weights.rules import QuantRule
 
 SCALE = 64  # hidden 56, MLP 320, vocabulary 2368: 0.8 MB per layer pair at bf16
 SHARDED = 150_000  # bytes per shard: four shards for two layers
@@ -220,7 +220,7 @@ def test_the_orbax_copy_reloads_to_the_same_codes(sharded_export):
 def test_the_orbax_copy_is_saved_in_bounded_parts(sources, tmp_path, monkeypatch):
     """Orbax holds a saved tree in memory twice: each part holds at most ORBAX_PART_BYTES (a
     larger tensor alone), and the parts restore to the whole."""
-    from thermojax.pipeline import export
+    from thermojax.pipeline.checkpoint import export
 
     monkeypatch.setattr(export, "ORBAX_PART_BYTES", 1500)
     ckpt = open_checkpoint(sources["sharded"])
@@ -304,8 +304,8 @@ def test_bad_rules_and_activations_fail_before_anything_is_written(sources, tmp_
 KILLED = """
 import os, sys, time
 from thermojax.models.hf import open_checkpoint
-from thermojax.pipeline.export import export_checkpoint
-from thermojax.pipeline.rules import QuantRule
+from thermojax.pipeline.checkpoint.export import export_checkpoint
+from thermojax.pipeline.weights.rules import QuantRule
 count = []
 def progress(report):
     count.append(report.name)

@@ -19,9 +19,9 @@ from thermojax.errors import UserInputError
 from thermojax.models import load_model
 from thermojax.models.base import run_sampler
 from thermojax.pipeline import run
-from thermojax.pipeline.hessians import collect_hessians, gptq_hessians, group_sensitivity
+from thermojax.pipeline.measure.hessians import collect_hessians, gptq_hessians, group_sensitivity
 from thermojax.pipeline.settings import QuantConfig
-from thermojax.pipeline.weights import dense_weights, layer_bits, quantize_weights
+from thermojax.pipeline.weights.quantize import dense_weights, layer_bits, quantize_weights
 
 N = 4  # samples: the reference stacks every step's inputs, [T, N, 256] per layer
 

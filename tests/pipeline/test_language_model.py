@@ -17,10 +17,10 @@ from thermojax.models.dream import load_dream, shift_logits
 from thermojax.models.dream.diffusion import MaskedDiffusionLM
 from thermojax.models.hf import write_dream_like
 from thermojax.pipeline import run
-from thermojax.pipeline.sampling import sample
-from thermojax.pipeline.text_quality import NUM_MASK_RATIOS, evaluate_text_quality
-from thermojax.pipeline.text_quality import timesteps_for_masks as timesteps_of
-from thermojax.pipeline.weights import quantize_weights
+from thermojax.pipeline.measure.sampling import sample
+from thermojax.pipeline.quality.text import NUM_MASK_RATIOS, evaluate_text_quality
+from thermojax.pipeline.quality.text import timesteps_for_masks as timesteps_of
+from thermojax.pipeline.weights.quantize import quantize_weights
 
 GROUP = 4  # divides the scale-112 layout's widths (hidden 28)
 

@@ -19,10 +19,10 @@ from smoothing_reference import ref_smooth_boundaries, ref_smooth_groups
 from thermojax.cli.config import to_config
 from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.errors import UserInputError
-from thermojax.pipeline.calibrate import CalibrationStats
-from thermojax.pipeline.phases import phase_table, record_file_name
-from thermojax.pipeline.results import COMPARED, phase_spreads
-from thermojax.pipeline.variants import (
+from thermojax.pipeline.measure.calibrate import CalibrationStats
+from thermojax.pipeline.results.schema import COMPARED, phase_spreads
+from thermojax.pipeline.run.phases import phase_table, record_file_name
+from thermojax.pipeline.run.variants import (
     Smoothing,
     Variant,
     baseline_variant,

@@ -15,10 +15,10 @@ from quality_reference import assert_sample_figures, sample_figures
 from thermojax.core.timegroups import expand_to_timesteps, group_activation_params, uniform_edges
 from thermojax.errors import UserInputError
 from thermojax.models import load_model
-from thermojax.pipeline.calibrate import calibrate
-from thermojax.pipeline.quality import evaluate_quality
-from thermojax.pipeline.sampling import ActParams, sample
-from thermojax.pipeline.weights import quantize_weights
+from thermojax.pipeline.measure.calibrate import calibrate
+from thermojax.pipeline.measure.sampling import ActParams, sample
+from thermojax.pipeline.quality.image import evaluate_quality
+from thermojax.pipeline.weights.quantize import quantize_weights
 
 N = 32
 

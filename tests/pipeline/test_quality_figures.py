@@ -24,9 +24,9 @@ from quality_reference import (
 )
 
 from thermojax.core.sample_metrics import CONFIDENCE_THRESHOLD, class_coverage, frechet_distance
-from thermojax.pipeline.quality import evaluate_quality
-from thermojax.pipeline.sampling import Samples
-from thermojax.pipeline.weights import WeightReport
+from thermojax.pipeline.measure.sampling import Samples
+from thermojax.pipeline.quality.image import evaluate_quality
+from thermojax.pipeline.weights.quantize import WeightReport
 
 TOY_SEED = 34
 """A toy case whose fp32 and quantized sets differ in every figure and straddle the threshold."""
@@ -258,7 +258,7 @@ def test_class_coverage_computes_in_float64_whatever_the_input():
 
 
 def test_real_subset_frechet_needs_two_samples(toy):
-    from thermojax.pipeline.quality import _real_subset_frechet
+    from thermojax.pipeline.quality.image import _real_subset_frechet
 
     model = toy[0]
     real = model.reference.real_pixels()

@@ -12,7 +12,7 @@ import pytest
 from result_samples import ADDED_KEYS, ARROWQUANT_KEYS, check_model_level_figures, make_result
 
 from thermojax.files import atomic_write_text
-from thermojax.pipeline.results import (
+from thermojax.pipeline.results.schema import (
     SCHEMA_VERSION,
     Result,
     float32_list,

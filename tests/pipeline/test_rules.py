@@ -8,7 +8,7 @@ import pytest
 from thermojax.errors import UserInputError
 from thermojax.models.hf import expected_shapes
 from thermojax.models.hf.synthetic import dream_like_config
-from thermojax.pipeline.rules import (
+from thermojax.pipeline.weights.rules import (
     DEFAULT_RULES,
     QuantRule,
     ResolvedRule,

@@ -21,7 +21,7 @@ from thermojax.cli.baseline import main
 from thermojax.cli.config import register_configs, to_config
 from thermojax.cli.outputs import write_outputs
 from thermojax.pipeline import run, stage_names
-from thermojax.pipeline.results import read_result
+from thermojax.pipeline.results.schema import read_result
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -297,7 +297,7 @@ def test_report_shows_baseline_beside_enhanced(runs):
 def test_older_schema_files_still_read(version):
     from result_samples import make_result
 
-    from thermojax.pipeline.results import SCHEMA_VERSION, Result
+    from thermojax.pipeline.results.schema import SCHEMA_VERSION, Result
 
     data = make_result(num_layers=2, num_groups=3, threshold=0.1).to_dict()
     assert SCHEMA_VERSION == 6 and data["schema_version"] == 6
@@ -314,7 +314,7 @@ def test_a_schema_4_phase_table_reads_as_the_image_familys():
     ``fp32_class_coverage``; such a file reads back with those figures in ``fp32``."""
     from result_samples import phases_result
 
-    from thermojax.pipeline.results import Result
+    from thermojax.pipeline.results.schema import Result
 
     data = phases_result().to_dict()
     table = data["phases"]

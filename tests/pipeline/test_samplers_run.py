@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from thermojax.cli.config import to_config
-from thermojax.pipeline.results import Result
-from thermojax.pipeline.runner import run
+from thermojax.pipeline.results.schema import Result
+from thermojax.pipeline.run.runner import run
 from thermojax.report import render_report
 
 FAST = {

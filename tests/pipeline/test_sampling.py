@@ -12,9 +12,9 @@ import pytest
 
 from thermojax.core.timegroups import uniform_edges
 from thermojax.models import load_model
-from thermojax.pipeline.calibrate import calibrate
-from thermojax.pipeline.sampling import ActParams, sample
-from thermojax.pipeline.weights import quantize_weights
+from thermojax.pipeline.measure.calibrate import calibrate
+from thermojax.pipeline.measure.sampling import ActParams, sample
+from thermojax.pipeline.weights.quantize import quantize_weights
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 # Sample counts no other test uses, so the first call in each test compiles its program here.

@@ -12,10 +12,10 @@ import pytest
 from thermojax.cli.config import to_config
 from thermojax.models import load_model
 from thermojax.pipeline import run
-from thermojax.pipeline.quality import Quality
+from thermojax.pipeline.cache.stages import QualityEntry, StageCache, model_fingerprint
+from thermojax.pipeline.quality.image import Quality
 from thermojax.pipeline.settings import BaselineConfig
-from thermojax.pipeline.stage_cache import QualityEntry, StageCache, model_fingerprint
-from thermojax.pipeline.weights import quantize_weights
+from thermojax.pipeline.weights.quantize import quantize_weights
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import pytest
 from thermojax.core.quant import quantize
 from thermojax.errors import UserInputError
 from thermojax.models.hf import CheckpointError, TensorInfo, open_checkpoint, write_safetensors
-from thermojax.pipeline import weight_only
-from thermojax.pipeline.rules import QuantRule
-from thermojax.pipeline.weight_only import (
+from thermojax.pipeline.weights import stream as weight_only
+from thermojax.pipeline.weights.rules import QuantRule
+from thermojax.pipeline.weights.stream import (
     OUTLIER_SIGMAS,
     measure_qtensor,
     quantize_checkpoint,

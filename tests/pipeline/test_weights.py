@@ -9,8 +9,8 @@ import pytest
 
 from thermojax.core.quant import storage_bytes
 from thermojax.models import load_model
-from thermojax.pipeline.weight_only import quantize_tensor
-from thermojax.pipeline.weights import model_weights_section, quantize_weights
+from thermojax.pipeline.weights.quantize import model_weights_section, quantize_weights
+from thermojax.pipeline.weights.stream import quantize_tensor
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from html_reading import (
 )
 from result_samples import W2_DIGITS_QUALITY, enhanced_result, make_result, phases_result
 
-from thermojax.pipeline.results import read_result, write_result
+from thermojax.pipeline.results.schema import read_result, write_result
 from thermojax.pipeline.settings import InterpretationConfig
 from thermojax.report import BAND_COLORS, NO_VERDICT_COLOR, environment, render_report
 from thermojax.report.charts import bar_chart, line_chart, nice_ticks

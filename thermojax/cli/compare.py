@@ -47,7 +47,7 @@ from thermojax.files import (
     remove_temporaries,
     staged_path,
 )
-from thermojax.pipeline.results import Result
+from thermojax.pipeline.results.schema import Result
 from thermojax.report.comparison import (
     COLUMNS,
     CONFIG_KEYS,
@@ -169,7 +169,7 @@ def _not_strict(name: str) -> float:
 
 
 def _read_report(path: Path) -> Result:
-    """A sweep job's report, as :func:`~thermojax.pipeline.results.read_result` reads it, but
+    """A sweep job's report, as :func:`~thermojax.pipeline.results.schema.read_result` reads it, but
     strict JSON (no NaN) and an object at the top (a report of another shape is a failed row)."""
     data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_strict)
     if not isinstance(data, dict):

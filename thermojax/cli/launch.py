@@ -185,42 +185,58 @@ def _wait(client: object, job_id: str, timeout_s: float) -> str:
     return status
 
 
-def submit(args: argparse.Namespace) -> int:
-    """Submit the sweep described by ``args``; returns the process exit status."""
+def submit(
+    *,
+    address: str,
+    sweep: str | None,
+    overrides: Sequence[str],
+    sweep_dir: str | None = None,
+    python: str = "python",
+    connect_timeout_s: float = 10.0,
+    wait: bool = False,
+    wait_timeout_s: float = 3600.0,
+    forward_env: Sequence[str] = (),
+) -> int:
+    """Submit a sweep to the Ray job server at ``address``; returns the process exit status.
+
+    The arguments are the command line's (``--address``, ``--sweep``, the overrides,
+    ``--sweep-dir``, ``--python``, ``--connect-timeout``, ``--wait``, ``--wait-timeout``,
+    ``--forward-env``), as plain values.
+    """
     if not (PROJECT_ROOT / "conf").is_dir() or not SWEEPS_DIR.is_dir():
         raise UserInputError(
             f"{PROJECT_ROOT} is not a thermojax source checkout (no conf/): the job "
             "uploads the project folder, so run this from a clone (pip install -e .)"
         )
-    if args.sweep is not None and args.sweep not in sweep_presets():
+    if sweep is not None and sweep not in sweep_presets():
         raise UserInputError(
-            f"unknown sweep preset {args.sweep!r} (available: {', '.join(sweep_presets())})"
+            f"unknown sweep preset {sweep!r} (available: {', '.join(sweep_presets())})"
         )
-    if args.sweep is None and not any("," in o or "(" in o for o in args.overrides):
+    if sweep is None and not any("," in o or "(" in o for o in overrides):
         raise UserInputError(
             "nothing to sweep: give --sweep NAME or overrides such as bit_width=2,4"
         )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    name = args.sweep or "custom"
-    sweep_dir = args.sweep_dir or f"$HOME/thermojax-sweeps/{name}-{stamp}"
+    name = sweep or "custom"
+    sweep_dir = sweep_dir or f"$HOME/thermojax-sweeps/{name}-{stamp}"
     if not (sweep_dir.startswith("$HOME/") or os.path.isabs(sweep_dir)):
         raise UserInputError(
             f"--sweep-dir {sweep_dir!r} must be absolute (or start with $HOME/): a relative one "
             "would land in the job's temporary working folder"
         )
-    missing = [name for name in args.forward_env if name not in os.environ]
+    missing = [name for name in forward_env if name not in os.environ]
     if missing:
         raise UserInputError(f"--forward-env: not set here: {', '.join(missing)}")
 
-    url = _job_server_url(args.address)
-    version = check_job_server(url, timeout_s=args.connect_timeout)
+    url = _job_server_url(address)
+    version = check_job_server(url, timeout_s=connect_timeout_s)
     from ray.job_submission import JobSubmissionClient
 
     # Ray logs every packaging step of the upload at INFO; keep the console to our summary.
     logging.getLogger("ray").setLevel(logging.ERROR)
     client = JobSubmissionClient(url)
     entrypoint = build_entrypoint(
-        preset=args.sweep, overrides=args.overrides, sweep_dir=sweep_dir, python=args.python
+        preset=sweep, overrides=overrides, sweep_dir=sweep_dir, python=python
     )
     job_id = client.submit_job(
         entrypoint=entrypoint,
@@ -228,7 +244,7 @@ def submit(args: argparse.Namespace) -> int:
         runtime_env={
             "working_dir": str(PROJECT_ROOT),
             "excludes": RUNTIME_EXCLUDES,
-            "env_vars": {name: os.environ[name] for name in args.forward_env},
+            "env_vars": {name: os.environ[name] for name in forward_env},
         },
         metadata={"thermojax_sweep": name, "sweep_dir": sweep_dir},
     )
@@ -237,9 +253,9 @@ def submit(args: argparse.Namespace) -> int:
     print(f"  results: {sweep_dir} on the head node")
     print(f"  follow:  ray job logs --address {url} --follow {job_id}")
     print(f"  compare: python -m thermojax.compare {sweep_dir}   (on the head, or after copying)")
-    if not args.wait:
+    if not wait:
         return 0
-    status = _wait(client, job_id, args.wait_timeout)
+    status = _wait(client, job_id, wait_timeout_s)
     print(f"job {job_id}: {status}")
     if status != "SUCCEEDED":
         logs = client.get_job_logs(job_id).strip().splitlines()
@@ -252,7 +268,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The command line; a user mistake or an unreachable cluster ends in one ``error:`` line."""
     args = _parse(argv)
     try:
-        code = submit(args)
+        code = submit(
+            address=args.address,
+            sweep=args.sweep,
+            overrides=args.overrides,
+            sweep_dir=args.sweep_dir,
+            python=args.python,
+            connect_timeout_s=args.connect_timeout,
+            wait=args.wait,
+            wait_timeout_s=args.wait_timeout,
+            forward_env=args.forward_env,
+        )
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,7 @@
 
 Every file is published atomically; ``baseline_metrics.json`` goes last, because a sweep's resume
 takes a parseable report as "this job finished". The HTML comes from :mod:`thermojax.report`,
-which reads only the :class:`~thermojax.pipeline.results.Result`.
+which reads only the :class:`~thermojax.pipeline.results.schema.Result`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from thermojax.files import (
     atomic_file,
     atomic_write_text,
 )
-from thermojax.pipeline.phases import record_file_name
-from thermojax.pipeline.results import (
+from thermojax.pipeline.results.schema import (
     PhasesSection,
     Result,
     write_result,
 )
+from thermojax.pipeline.run.phases import record_file_name
 from thermojax.report import render_report
 
 __all__ = ["OUTPUT_FILES", "PHASE_FILES", "phases_csv", "write_outputs"]

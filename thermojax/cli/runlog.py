@@ -31,7 +31,7 @@ from rich.progress import (
 from thermojax.errors import UserInputError
 from thermojax.files import atomic_write_text
 from thermojax.pipeline import STAGES, ProgressCallback
-from thermojax.pipeline.results import Result
+from thermojax.pipeline.results.schema import Result
 
 __all__ = [
     "LOG_FORMAT",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from thermojax.files import PHASES_CSV, PHASES_JSON, REPORT_HTML, REPORT_JSON
-from thermojax.pipeline.results import COMPARED, Result
+from thermojax.pipeline.results.schema import COMPARED, Result
 from thermojax.pipeline.settings import WandbConfig
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The narrow interface a diffusion model offers to calibration, quantized sampling and evaluation.
 
-Callers (``thermojax.pipeline.calibrate``, ``thermojax.pipeline.sampling``, the pipeline) only use what is declared
+Callers (``thermojax.pipeline.measure.calibrate``, ``thermojax.pipeline.measure.sampling``, the pipeline) only use what is declared
 here, so a later model (another architecture, a real safetensors checkpoint) plugs in by
 implementing this protocol; the digits DDPM is the first implementation, not a special case.
 

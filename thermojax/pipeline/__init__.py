@@ -1,4 +1,4 @@
-"""The pipeline ring: numbers in, a typed :class:`~thermojax.pipeline.results.Result` out.
+"""The pipeline ring: numbers in, a typed :class:`~thermojax.pipeline.results.schema.Result` out.
 
 It composes the core with a model: settings -> weights -> calibration -> time-group parameters ->
 metrics -> sampling and quality -> a ``Result``. It reads and writes files (checkpoints, the stage
@@ -11,9 +11,9 @@ Example:
     >>> result.smoothness_score, result.quality.frechet_quantized  # doctest: +SKIP
 """
 
-from thermojax.pipeline.assemble import build_result
-from thermojax.pipeline.results import Result, read_result, write_result
-from thermojax.pipeline.runner import STAGES, ProgressCallback, run, stage_names
+from thermojax.pipeline.results.build import build_result
+from thermojax.pipeline.results.schema import Result, read_result, write_result
+from thermojax.pipeline.run.runner import STAGES, ProgressCallback, run, stage_names
 from thermojax.pipeline.settings import BaselineConfig
 
 __all__ = [

@@ -31,7 +31,7 @@ from thermojax.core.quant import ACT_BITS_RANGE, WEIGHT_BITS
 from thermojax.errors import UserInputError
 from thermojax.models.base import SAMPLERS, SamplerSpec
 from thermojax.models.masked_diffusion import UNMASKING_RULES
-from thermojax.pipeline.rules import DEFAULT_RULES, QuantRule, validate_rules
+from thermojax.pipeline.weights.rules import DEFAULT_RULES, QuantRule, validate_rules
 
 __all__ = [
     "HESSIAN_WEIGHTINGS",
@@ -102,7 +102,7 @@ class CalibrationConfig:
     Attributes:
         samples, samples_per_step: sampler runs, and values kept per layer and step.
         stats: for a checkpoint thermojax cannot run, a file of per-timestep activation
-            statistics (:mod:`thermojax.pipeline.activation_stats`) that gives the Markov metrics.
+            statistics (:mod:`thermojax.pipeline.measure.activation_stats`) that gives the Markov metrics.
         sampler, steps, eta: the DDPM's sampler that calibration runs, when it differs from the
             one that samples (``sampling.*``); ``None`` each: the same as sampling's. The
             activation parameters live on the model's T timesteps, so ones calibrated on one
@@ -119,7 +119,7 @@ class CalibrationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WeightsConfig:
-    """Which tensors of a checkpoint are quantized, and how (:mod:`thermojax.pipeline.rules`).
+    """Which tensors of a checkpoint are quantized, and how (:mod:`thermojax.pipeline.weights.rules`).
 
     Attributes:
         rules: ordered rules; the first whose ``include`` matches (and ``exclude`` does not)
@@ -135,7 +135,7 @@ class WeightsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """Write the quantized checkpoint (:mod:`thermojax.pipeline.export`).
+    """Write the quantized checkpoint (:mod:`thermojax.pipeline.checkpoint.export`).
 
     Attributes:
         path: the folder to create (it must not exist, or be empty); ``None``: no export.
@@ -245,7 +245,7 @@ class InterpretationConfig:
     **Quality band**: the quantized samples against the fp32 samples of the same noise. Each
     figure the run has is ``good`` within its ``good_*`` limit, ``poor`` past its ``poor_*``
     limit, ``fair`` in between; the band is the worst of them
-    (:func:`~thermojax.pipeline.analysis.quality_band`). The defaults, set on the shipped models
+    (:func:`~thermojax.pipeline.results.verdict.quality_band`). The defaults, set on the shipped models
     (README's tables: 64 or 256 digits; 16 LM samples, 3 seeds):
 
     - ``*_frechet_ratio``: Frechet distance quantized / fp32 (digits DDPM). W8 scores 0.93-0.98x,

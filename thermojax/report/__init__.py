@@ -1,6 +1,6 @@
 """The self-contained HTML report of a baseline run (Jinja2, autoescaped, inline CSS and SVG).
 
-:func:`render_report` reads only a :class:`~thermojax.pipeline.results.Result` (as saved in
+:func:`render_report` reads only a :class:`~thermojax.pipeline.results.schema.Result` (as saved in
 ``baseline_metrics.json``); it never recomputes a metric. Every string from the result, e.g. the
 user-chosen ``model.name``, goes through Jinja2's autoescaping, and an undefined template
 variable is an error (``StrictUndefined``), not an empty cell. The sweep comparison page is drawn
@@ -8,7 +8,7 @@ the same way by :mod:`thermojax.report.comparison`, with the same chart toolkit
 (:mod:`~thermojax.report.charts`, :mod:`~thermojax.report.grids`) and templates.
 
 Example:
-    >>> from thermojax.pipeline.results import read_result
+    >>> from thermojax.pipeline.results.schema import read_result
     >>> html = render_report(read_result("baseline_metrics.json"))  # doctest: +SKIP
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from thermojax.pipeline.results import COMPARED, FIGURE_LABELS, PhasesSection, Result
+from thermojax.pipeline.results.schema import COMPARED, FIGURE_LABELS, PhasesSection, Result
 from thermojax.report.charts import (
     BarChart,
     LineChart,

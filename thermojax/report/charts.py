@@ -1,7 +1,7 @@
 """Small inline-SVG charts for the run report and the comparison page: geometry here, markup in
 ``charts.html.j2``.
 
-Each builder turns plain numbers from a :class:`~thermojax.pipeline.results.Result` (or a sweep's
+Each builder turns plain numbers from a :class:`~thermojax.pipeline.results.schema.Result` (or a sweep's
 summary) into a frozen chart description (pixel coordinates, tick labels, colours); the Jinja2
 macros render it as SVG with autoescaping, so no markup is assembled from strings in Python. This
 module holds the charts over numeric axes (bars, lines, scatter); :mod:`thermojax.report.grids`

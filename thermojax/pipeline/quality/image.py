@@ -2,9 +2,9 @@
 
 Example:
     >>> from thermojax.models import load_model
-    >>> from thermojax.pipeline.quality import evaluate_quality
-    >>> from thermojax.pipeline.sampling import sample
-    >>> from thermojax.pipeline.weights import quantize_weights
+    >>> from thermojax.pipeline.quality.image import evaluate_quality
+    >>> from thermojax.pipeline.measure.sampling import sample
+    >>> from thermojax.pipeline.weights.quantize import quantize_weights
     >>> model = load_model()
     >>> qweights, report = quantize_weights(model, bits=4)
     >>> fp32, quant = sample(model, num_samples=8), sample(model, weights=qweights, num_samples=8)
@@ -26,10 +26,10 @@ from thermojax.core.sample_metrics import frechet_distance
 from thermojax.core.timegroups import step_edges
 from thermojax.errors import value_errors_as_user_input
 from thermojax.models.base import DiffusionModel, sample_quality
-from thermojax.pipeline.sampling import ActParams, Samples
-from thermojax.pipeline.text_quality import TextQuality, evaluate_text_quality
-from thermojax.pipeline.typed_json import fields_as_plain_data
-from thermojax.pipeline.weights import WeightReport
+from thermojax.pipeline.measure.sampling import ActParams, Samples
+from thermojax.pipeline.quality.text import TextQuality, evaluate_text_quality
+from thermojax.pipeline.results.codec import fields_as_plain_data
+from thermojax.pipeline.weights.quantize import WeightReport
 
 __all__ = ["Quality", "evaluate_quality"]
 
@@ -138,7 +138,7 @@ def evaluate_quality(
 ) -> Quality | TextQuality:
     """Drift, final MSE, Frechet distances, class coverage and weight cosine; for a
     masked-diffusion LM (``model.family == "text"``) its own figures
-    (:func:`~thermojax.pipeline.text_quality.evaluate_text_quality`).
+    (:func:`~thermojax.pipeline.quality.text.evaluate_text_quality`).
 
     Args:
         model: the model both sample sets came from.

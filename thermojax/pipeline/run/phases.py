@@ -1,6 +1,6 @@
 """The phase experiment: every enhancement variant measured on one shared calibration.
 
-:func:`run_phases` is the phase table: every variant (:mod:`thermojax.pipeline.variants`) on ONE
+:func:`run_phases` is the phase table: every variant (:mod:`thermojax.pipeline.run.variants`) on ONE
 shared calibration and weight quantization, sampled from the same noise as fp32 for each seed.
 Parameters do not depend on the seed (only the sampling noise does), so smoothness and violations
 have no spread; the quality figures get a mean and a sample standard deviation (``ddof=1``) over
@@ -25,13 +25,18 @@ from typing import Any
 import numpy as np
 
 from thermojax.core.timegroups import uniform_edges
-from thermojax.pipeline.calibrate import CalibrationStats
-from thermojax.pipeline.quality import evaluate_quality
-from thermojax.pipeline.results import COMPARED, FP32_REFERENCE, phase_spreads
-from thermojax.pipeline.sampling import sample
+from thermojax.pipeline.measure.calibrate import CalibrationStats
+from thermojax.pipeline.measure.sampling import sample
+from thermojax.pipeline.quality.image import evaluate_quality
+from thermojax.pipeline.results.schema import COMPARED, FP32_REFERENCE, phase_spreads
+from thermojax.pipeline.run.variants import (
+    ParameterSet,
+    Variant,
+    build_variants,
+    compute_parameters,
+)
 from thermojax.pipeline.settings import BaselineConfig, sampler_specs
-from thermojax.pipeline.variants import ParameterSet, Variant, build_variants, compute_parameters
-from thermojax.pipeline.weights import WeightReport
+from thermojax.pipeline.weights.quantize import WeightReport
 
 __all__ = [
     "phase_table",
@@ -171,7 +176,7 @@ def run_phases(
 
 
 def _family(model: Any) -> str:
-    """The model's family of quality figures (:data:`thermojax.pipeline.results.COMPARED`)."""
+    """The model's family of quality figures (:data:`thermojax.pipeline.results.schema.COMPARED`)."""
     return "text" if getattr(model, "family", "image") == "text" else "image"
 
 

@@ -18,7 +18,7 @@ from thermojax.core.timegroups import step_edges, timestep_edges, uniform_edges
 from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.files import atomic_file
 from thermojax.models.base import DiffusionModel, SamplerSpec, run_sampler
-from thermojax.pipeline.weights import dense_weights, quantize_weights
+from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
 
 __all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate"]
 
@@ -211,7 +211,7 @@ def calibrate(
     ``bit_width`` (dequantized on the fly, as post-training quantization does) and full-precision
     activations, in one jitted ``lax.scan`` over the sampler's steps (every one of the T
     timesteps by default; DDIM's S with ``sampler``). The noise is the same as
-    :func:`thermojax.pipeline.sampling.sample` with the same ``seed``, ``num_samples`` and
+    :func:`thermojax.pipeline.measure.sampling.sample` with the same ``seed``, ``num_samples`` and
     ``sampler``.
 
     Args:
@@ -222,7 +222,7 @@ def calibrate(
         seed: PRNG seed of the sampler noise (and of the activation subsample).
         samples_per_step: K >= 1 activation values kept per layer and timestep.
         qweights: the weights already quantized at ``group_size`` by
-            :func:`~thermojax.pipeline.weights.quantize_weights` (the pipeline has them, by the
+            :func:`~thermojax.pipeline.weights.quantize.quantize_weights` (the pipeline has them, by the
             run's method, some layers perhaps at other bits); ``None`` quantizes them here
             (``minmax`` at ``bit_width``).
         sampler: the sampler that runs (``None``: the model's own, every timestep).

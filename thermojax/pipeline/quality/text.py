@@ -32,9 +32,9 @@ import numpy as np
 from thermojax.core.quant import QTensor, fake_quantize_activations
 from thermojax.core.text_metrics import masked_diffusion_nll_bound, perplexity
 from thermojax.models.dream.network import shift_logits
-from thermojax.pipeline.sampling import ActParams, Samples
-from thermojax.pipeline.typed_json import fields_as_plain_data
-from thermojax.pipeline.weights import WeightReport, dense_weights
+from thermojax.pipeline.measure.sampling import ActParams, Samples
+from thermojax.pipeline.results.codec import fields_as_plain_data
+from thermojax.pipeline.weights.quantize import WeightReport, dense_weights
 
 __all__ = ["NUM_MASK_RATIOS", "TEXT_PREVIEW", "TextQuality", "evaluate_text_quality"]
 

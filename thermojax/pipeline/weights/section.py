@@ -1,6 +1,6 @@
 """The ``weights`` section of the result schema: every tensor of the model, quantized or kept.
 
-Part of the one result schema (:mod:`thermojax.pipeline.results` re-exports it). A run lists each
+Part of the one result schema (:mod:`thermojax.pipeline.results.schema` re-exports it). A run lists each
 tensor with the rule that chose its bits and group size (or ``None`` when it stays in full
 precision), how far quantization moved it, and its honest size: packed codes plus one float32
 scale and one uint8 zero point per group for a quantized tensor, the stored bytes for a kept one.
@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from thermojax.pipeline.typed_json import dataclass_from_json, to_json
+from thermojax.pipeline.results.codec import dataclass_from_json, to_json
 
 __all__ = ["BlockRow", "TensorRow", "WeightsSection"]
 
@@ -35,7 +35,7 @@ class TensorRow:
         bits, group_size: its weight quantization, ``None`` when kept.
         cosine, sqnr_db: dequantized against the source (``None`` when kept).
         outlier_share: fraction of its weights far from the tensor's mean (the definition is
-            :mod:`thermojax.pipeline.weight_only`'s); ``None`` when not measured.
+            :mod:`thermojax.pipeline.weights.stream`'s); ``None`` when not measured.
         source_bytes: bytes as stored in the source; quantized_bytes: bytes after quantization.
         block: the block it belongs to (a :class:`BlockRow`'s name).
     """

@@ -1,4 +1,4 @@
-"""The pipeline stages that the runs of a sweep share, cached on disk (``thermojax.pipeline.cache``).
+"""The pipeline stages that the runs of a sweep share, cached on disk (``thermojax.pipeline.cache.store``).
 
 Four entries, each keyed by a hash of exactly what it depends on, so every job of a sweep, and
 every later sweep on the same cache folder (``thermojax.files.cache_dir()``), computes each one
@@ -44,15 +44,15 @@ import numpy as np
 
 from thermojax.core.quant import QTensor
 from thermojax.models.base import DiffusionModel, SamplerSpec
-from thermojax.pipeline.cache import arrays_fingerprint, cache_key, get_or_compute
-from thermojax.pipeline.cache_checks import check_entry
-from thermojax.pipeline.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
-from thermojax.pipeline.quality import Quality, evaluate_quality
-from thermojax.pipeline.sampling import ActParams, Samples, sample
+from thermojax.pipeline.cache.checks import check_entry
+from thermojax.pipeline.cache.store import arrays_fingerprint, cache_key, get_or_compute
+from thermojax.pipeline.measure.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
+from thermojax.pipeline.measure.sampling import ActParams, Samples, sample
+from thermojax.pipeline.quality.image import Quality, evaluate_quality
+from thermojax.pipeline.quality.text import TextQuality
 from thermojax.pipeline.settings import sampler_specs
-from thermojax.pipeline.text_quality import TextQuality
-from thermojax.pipeline.weights import WeightReport
-from thermojax.pipeline.weights_section import WeightsSection
+from thermojax.pipeline.weights.quantize import WeightReport
+from thermojax.pipeline.weights.section import WeightsSection
 
 __all__ = [
     "QUALITY_INDEPENDENT_KEYS",
@@ -71,13 +71,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SAMPLING_VERSION = 1
-"""Bump when :func:`thermojax.pipeline.sampling.sample` draws different numbers for the same inputs."""
+"""Bump when :func:`thermojax.pipeline.measure.sampling.sample` draws different numbers for the same inputs."""
 
 QUALITY_VERSION = 1
 """Bump when quantized sampling, activation parameters or quality metrics change their numbers."""
 
 WEIGHTS_VERSION = 1
-"""Bump when weight-only quantization (:mod:`thermojax.pipeline.weight_only`) or its measures
+"""Bump when weight-only quantization (:mod:`thermojax.pipeline.weights.stream`) or its measures
 change their numbers."""
 
 QUALITY_INDEPENDENT_KEYS = (
@@ -164,7 +164,7 @@ class QualityEntry:
     """What threshold variants share after calibration: quantized samples and their quality.
 
     Attributes:
-        quality: the evaluator's :class:`~thermojax.pipeline.quality.Quality`.
+        quality: the evaluator's :class:`~thermojax.pipeline.quality.image.Quality`.
         quantized_x0: the quantized samples ``[N, *data_shape]`` (pixel range), same noise as
             fp32. (Their trajectory is not kept: only ``quality`` needs it.)
     """
@@ -218,7 +218,7 @@ def sample_and_evaluate(
         fp32: fp32 samples with the same ``num_samples`` and ``seed``; the quantized samples run
             their sampler.
         qweights, act_params: the quantized weights and per-group activation parameters.
-        weight_report: from :func:`~thermojax.pipeline.weights.quantize_weights`.
+        weight_report: from :func:`~thermojax.pipeline.weights.quantize.quantize_weights`.
     """
     quantized = sample(
         model,

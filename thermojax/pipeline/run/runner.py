@@ -2,14 +2,14 @@
 
 Data flows one way: settings -> model -> weight quantization -> per-timestep calibration ->
 time-group activation parameters -> Markov metrics (one vectorized call over all layers) ->
-quantized sampling and quality -> a :class:`~thermojax.pipeline.results.Result`. No Hydra here: the
+quantized sampling and quality -> a :class:`~thermojax.pipeline.results.schema.Result`. No Hydra here: the
 CLI, sweeps and tests call :func:`run` directly with a :class:`BaselineConfig`.
 
 With smoothing, optimization or adaptive groups on, two more stages compute the enhanced
 parameters from the same calibration and sample them from the same noise; the ``Result``'s top
 level then describes the enhanced parameters (measured on what the sampler used) with the
 baseline beside them. With ``phases.enabled`` the run ends with the phase experiment
-(:mod:`thermojax.pipeline.phases`).
+(:mod:`thermojax.pipeline.run.phases`).
 
 Example:
     >>> from thermojax.pipeline import BaselineConfig, run
@@ -42,30 +42,35 @@ from thermojax.core.timegroups import (
 from thermojax.errors import UserInputError
 from thermojax.models import checkpoint_format, load_model, shipped_path
 from thermojax.models.base import DiffusionModel, SamplerSpec, SkippingModel
-from thermojax.pipeline.assemble import build_result, group_means, with_enhancement, with_phases
-from thermojax.pipeline.calibrate import CalibrationStats
-from thermojax.pipeline.export import DIGITS_FORMAT, QUANTIZATION_FILE
-from thermojax.pipeline.memory import check_memory
-from thermojax.pipeline.quality import Quality, evaluate_quality
-from thermojax.pipeline.results import Result
-from thermojax.pipeline.sampling import ActParams, sample
-from thermojax.pipeline.settings import BaselineConfig, check_model_limits, sampler_specs
-from thermojax.pipeline.stage_cache import QualityEntry, StageCache, sample_and_evaluate
-from thermojax.pipeline.text_quality import TextQuality
-from thermojax.pipeline.variants import (
+from thermojax.pipeline.cache.stages import QualityEntry, StageCache, sample_and_evaluate
+from thermojax.pipeline.checkpoint.export import DIGITS_FORMAT, QUANTIZATION_FILE
+from thermojax.pipeline.measure.calibrate import CalibrationStats
+from thermojax.pipeline.measure.memory import check_memory
+from thermojax.pipeline.measure.sampling import ActParams, sample
+from thermojax.pipeline.quality.image import Quality, evaluate_quality
+from thermojax.pipeline.quality.text import TextQuality
+from thermojax.pipeline.results.build import (
+    build_result,
+    group_means,
+    with_enhancement,
+    with_phases,
+)
+from thermojax.pipeline.results.schema import Result
+from thermojax.pipeline.run.variants import (
     ParameterSet,
     build_variants,
     compute_parameters,
     config_variant,
 )
-from thermojax.pipeline.weights import (
+from thermojax.pipeline.settings import BaselineConfig, check_model_limits, sampler_specs
+from thermojax.pipeline.weights.quantize import (
     WeightReport,
     dense_weights,
     measure_weights,
     model_weights_section,
     quantize_weights,
 )
-from thermojax.pipeline.weights_section import WeightsSection
+from thermojax.pipeline.weights.section import WeightsSection
 
 __all__ = ["STAGES", "ProgressCallback", "run", "stage_names"]
 
@@ -206,7 +211,7 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
     )
     with stages("calibrate"):
         # Calibration, fp32 samples and quantized quality are shared by the jobs of a sweep (and
-        # later runs) through the on-disk cache: thermojax.pipeline.stage_cache says what each
+        # later runs) through the on-disk cache: thermojax.pipeline.cache.stages says what each
         # entry depends on.
         cached = StageCache(model, config.to_dict())
         stats = cached.calibration(qweights)
@@ -260,7 +265,7 @@ def run(config: BaselineConfig, *, progress: ProgressCallback | None = None) -> 
             _log_quality("enhanced", enhanced_quality)
     phases = None
     if config.phases.enabled:
-        from thermojax.pipeline.phases import run_phases
+        from thermojax.pipeline.run.phases import run_phases
 
         with stages(PHASES_STAGE):
             phases = run_phases(model, qweights, weight_report, stats, config)
@@ -348,15 +353,15 @@ def _check_samplers(config: BaselineConfig, model: DiffusionModel) -> None:
 def _run_weight_only(
     config: BaselineConfig, progress: ProgressCallback | None, start: float
 ) -> Result:
-    """A Hugging Face checkpoint: weight-only (:mod:`thermojax.pipeline.checkpoint_run`)."""
+    """A Hugging Face checkpoint: weight-only (:mod:`thermojax.pipeline.run.checkpoint_run`)."""
     from thermojax.models.hf import open_checkpoint
-    from thermojax.pipeline.checkpoint_run import (
+    from thermojax.pipeline.checkpoint.reload import load_quantized
+    from thermojax.pipeline.run.checkpoint_run import (
         WEIGHT_ONLY_STAGES,
         run_checkpoint,
         run_quantized,
         weight_only_stage_names,
     )
-    from thermojax.pipeline.quantized import load_quantized
 
     if checkpoint_format(config.model.path) == "quantized":
         stages = _Stages(progress, WEIGHT_ONLY_STAGES)
@@ -520,8 +525,8 @@ def _exported_digits(config: BaselineConfig) -> tuple[Any, DiffusionModel]:
             one it was exported from (fingerprint); ``bit_width`` / ``group_size`` / ``export.path``
             that contradict it; limits the source's T breaks.
     """
-    from thermojax.pipeline.quantized import load_quantized
-    from thermojax.pipeline.stage_cache import model_fingerprint
+    from thermojax.pipeline.cache.stages import model_fingerprint
+    from thermojax.pipeline.checkpoint.reload import load_quantized
 
     where = f"model.path={config.model.path!r}"
     if config.export.path is not None:
@@ -568,7 +573,7 @@ def _quantize_weights(model: DiffusionModel, config: BaselineConfig) -> tuple[An
     quant, bits, group_size = config.quant, config.bit_width, config.group_size
     hessians = None
     if quant.method == "gptq":
-        from thermojax.pipeline.hessians import gptq_hessians
+        from thermojax.pipeline.measure.hessians import gptq_hessians
 
         check_model_limits(config, int(model.num_timesteps))
         injected = None
@@ -719,7 +724,7 @@ def _export(
     result: Result,
 ) -> Result:
     """Write the quantized checkpoint with the activation parameters the sampler used."""
-    from thermojax.pipeline.export import export_digits
+    from thermojax.pipeline.checkpoint.export import export_digits
 
     act_params = (baseline if enhanced is None else enhanced).act_params(config.act_bits)
     path = export_digits(

@@ -1,7 +1,7 @@
 """Weight-only quantization of any checkpoint, tensor by tensor, with how far each tensor moved.
 
 No forward pass and no model code: a checkpoint's tensors are streamed one at a time (the
-reader holds about one tensor), the rules (:mod:`thermojax.pipeline.rules`) pick the 2-D
+reader holds about one tensor), the rules (:mod:`thermojax.pipeline.weights.rules`) pick the 2-D
 weights to quantize, and each is quantized per group along its last axis (a Hugging Face linear
 weight is ``[out, in]``, so groups run along the input dimension, as the digits model's
 transposed kernels do) and measured against its stored values:
@@ -64,8 +64,8 @@ from thermojax.core.quant import (
     dequantize,
     storage_bytes,
 )
-from thermojax.pipeline.rules import QuantRule, ResolvedRule, resolve_rules
-from thermojax.pipeline.weights_section import BlockRow, TensorRow
+from thermojax.pipeline.weights.rules import QuantRule, ResolvedRule, resolve_rules
+from thermojax.pipeline.weights.section import BlockRow, TensorRow
 
 __all__ = [
     "OUTLIER_SIGMAS",
@@ -301,7 +301,7 @@ def measure_qtensor(
     weight: np.ndarray | jax.Array, qtensor: QTensor, *, outlier_sigmas: float = OUTLIER_SIGMAS
 ) -> TensorSums:
     """The sums of a weight and a QTensor quantized elsewhere, in float64 numpy (small tensors:
-    the digits model's kernels, from :func:`~thermojax.pipeline.weights.quantize_weights`).
+    the digits model's kernels, from :func:`~thermojax.pipeline.weights.quantize.quantize_weights`).
 
     Args:
         weight: ``qtensor.shape`` (for the digits kernels: the transposed ``[out, in]`` kernel).
@@ -529,7 +529,7 @@ def quantize_checkpoint(
 
     Args:
         ckpt: the checkpoint (:func:`thermojax.models.hf.open_checkpoint`).
-        rules: the quantization rules, in order (:data:`~thermojax.pipeline.rules.DEFAULT_RULES`).
+        rules: the quantization rules, in order (:data:`~thermojax.pipeline.weights.rules.DEFAULT_RULES`).
         bits: the run's bit width, for rules without one.
         group_size: the run's group size, for rules without one.
         sink: called with ``(TensorInfo, QTensor or None, stored array)`` for each tensor, in

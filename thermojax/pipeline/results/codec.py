@@ -1,6 +1,6 @@
 """Frozen dataclasses to JSON and back, checked against their type hints.
 
-The result schema (:mod:`thermojax.pipeline.results`) is plain dataclasses; these helpers turn
+The result schema (:mod:`thermojax.pipeline.results.schema`) is plain dataclasses; these helpers turn
 them into JSON-ready data (non-finite floats as ``null``) and build them back from parsed JSON,
 checking every key and value type on the way, so a malformed file fails with the path of the
 offending value instead of producing a half-valid object.

@@ -29,7 +29,7 @@ For the digits DDPM (:func:`export_digits`) the folder holds the digits ``model.
 of ``config.json`` (with a ``quantization`` entry), the checkpoint's ``classifier.safetensors``
 (the same bytes), and one ``model.safetensors`` that
 holds each layer's quantized kernel under the layer's name (``block0.qcodes`` ...: the
-``[out, in]`` transposed kernel, as :func:`~thermojax.pipeline.weights.quantize_weights` stores
+``[out, in]`` transposed kernel, as :func:`~thermojax.pipeline.weights.quantize.quantize_weights` stores
 it) and its bias (``block0/bias``, float32).
 
 A quantized tensor ``NAME`` of shape ``[..., n]`` with ``bits`` and ``group_size`` is
@@ -64,23 +64,23 @@ codes of the group's elements ``b + k * group_size / p``, element ``k`` in bits
      "orbax": "orbax" | null}
 
 The tensors are listed in the source's order; ``report`` holds the checkpoint's totals and its
-per-block figures (:class:`~thermojax.pipeline.weight_only.WeightOnlyReport` less the per-tensor
+per-block figures (:class:`~thermojax.pipeline.weights.stream.WeightOnlyReport` less the per-tensor
 list, which is in ``tensors``).
 
 Writing goes into a hidden temporary sibling folder (``.OUT.<random>.tmp``) that is renamed to
 ``OUT`` only when everything is written and flushed: a killed export leaves at most that hidden
 folder, never one named ``OUT``; an existing non-empty ``OUT`` is refused, never overwritten.
-:func:`thermojax.pipeline.quantized.load_quantized` reloads either kind bit for bit, one shard at a time.
+:func:`thermojax.pipeline.checkpoint.reload.load_quantized` reloads either kind bit for bit, one shard at a time.
 
 Example:
     >>> import tempfile, pathlib
     >>> from thermojax.models.hf import open_checkpoint, write_dream_like
-    >>> from thermojax.pipeline.rules import QuantRule
+    >>> from thermojax.pipeline.weights.rules import QuantRule
     >>> root = pathlib.Path(tempfile.mkdtemp())
     >>> source = open_checkpoint(write_dream_like(root / "m", scale=64, layers=1))
     >>> out, report = export_checkpoint(source, root / "q", [QuantRule()], bits=4,
     ...                                 group_size=8, orbax=False)
-    >>> from thermojax.pipeline.quantized import load_quantized
+    >>> from thermojax.pipeline.checkpoint.reload import load_quantized
     >>> loaded = load_quantized(out)
     >>> loaded.qtensors["model.layers.0.mlp.up_proj.weight"].codes.shape
     (320, 28)
@@ -113,9 +113,10 @@ from thermojax.files import (
 )
 from thermojax.models.hf import write_index, write_safetensors
 from thermojax.models.hf.layouts import DTYPES, INDEX_FILE, SINGLE_FILE
-from thermojax.pipeline.rules import QuantRule
-from thermojax.pipeline.sampling import ActParams
-from thermojax.pipeline.weight_only import (
+from thermojax.pipeline.measure.sampling import ActParams
+from thermojax.pipeline.weights.rules import QuantRule
+from thermojax.pipeline.weights.section import TensorRow
+from thermojax.pipeline.weights.stream import (
     OUTLIER_SIGMAS,
     CheckpointQuantizer,
     QuantizedTensor,
@@ -125,7 +126,6 @@ from thermojax.pipeline.weight_only import (
     build_report,
     measure_qtensor,
 )
-from thermojax.pipeline.weights_section import TensorRow
 
 __all__ = [
     "ACTIVATIONS_FILE",
@@ -644,14 +644,14 @@ def export_digits(
     """Write the digits DDPM's quantized weights as a quantized checkpoint (module doc).
 
     ``quantization.json``'s ``source`` records the full-precision checkpoint (its path, ``null``
-    for the shipped one, and :func:`~thermojax.pipeline.stage_cache.model_fingerprint`): a
+    for the shipped one, and :func:`~thermojax.pipeline.cache.stages.model_fingerprint`): a
     baseline run from the export samples the exported codes against that model's fp32 samples.
 
     Args:
         model: the digits model (:func:`thermojax.models.load_model`).
         out_dir: the folder to create; it must not exist or be empty.
         qweights: layer name -> QTensor of the transposed kernel, as
-            :func:`~thermojax.pipeline.weights.quantize_weights` returns them.
+            :func:`~thermojax.pipeline.weights.quantize.quantize_weights` returns them.
         bits: their bit width.
         group_size: their group size.
         activations: the run's activation parameters (:class:`ActParams`, ``[L, S]`` for the
@@ -686,7 +686,7 @@ def export_digits(
         except ValueError as err:
             raise UserInputError(f"activations: {err}") from err
 
-    from thermojax.pipeline.stage_cache import model_fingerprint
+    from thermojax.pipeline.cache.stages import model_fingerprint
 
     source = {
         "model": model.name,

@@ -4,7 +4,7 @@ A checksum-free ``.npz`` that loads can still be the wrong entry for this run: a
 shape (a file copied over, a cache shared with an older version), another dtype, NaN, another
 model's layers. :func:`check_entry` compares a loaded entry with what the run expects (the model's
 layers, T and data shape, the sample count, the calibration's samples per step) and raises
-``ValueError`` naming the first mismatch; :func:`thermojax.pipeline.cache.get_or_compute` then
+``ValueError`` naming the first mismatch; :func:`thermojax.pipeline.cache.store.get_or_compute` then
 logs a warning, deletes the entry and recomputes it, as for an unreadable one.
 
 Example:

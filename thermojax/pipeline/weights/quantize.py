@@ -2,7 +2,7 @@
 
 Example:
     >>> from thermojax.models import load_model
-    >>> from thermojax.pipeline.weights import quantize_weights
+    >>> from thermojax.pipeline.weights.quantize import quantize_weights
     >>> qweights, report = quantize_weights(load_model(), bits=4)
     >>> report.compression_ratio > 6
     True
@@ -33,8 +33,8 @@ from thermojax.core.weight_quant import GptqOptions, HqqOptions, MseClipOptions,
 from thermojax.errors import value_errors_as_user_input
 from thermojax.models.base import DiffusionModel
 from thermojax.pipeline.settings import QuantConfig
-from thermojax.pipeline.weight_only import OUTLIER_SIGMAS
-from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
+from thermojax.pipeline.weights.section import BlockRow, TensorRow, WeightsSection
+from thermojax.pipeline.weights.stream import OUTLIER_SIGMAS
 
 __all__ = [
     "WEIGHT_BITS",
@@ -180,7 +180,7 @@ def quantize_weights(
         quant: the method and its options; ``None``: round to nearest on each group's range
             (``minmax``) at ``bits`` everywhere.
         hessians: ``gptq`` only: layer name -> ``[in, in]`` Hessian of its inputs
-            (:func:`thermojax.pipeline.hessians.gptq_hessians`).
+            (:func:`thermojax.pipeline.measure.hessians.gptq_hessians`).
 
     Returns:
         ``(layer name -> QTensor of the transposed kernel, WeightReport)``.
@@ -261,7 +261,7 @@ def dense_weights(
 
 def outlier_share(weight: np.ndarray, *, sigmas: float = OUTLIER_SIGMAS) -> float:
     """Share of a 2-D weight's values more than ``sigmas`` row standard deviations from their
-    row's mean: :mod:`thermojax.pipeline.weight_only`'s definition, in float64 numpy for the
+    row's mean: :mod:`thermojax.pipeline.weights.stream`'s definition, in float64 numpy for the
     small tensors of a model thermojax runs (no extra compiled program per layer shape)."""
     w = np.asarray(weight, np.float64)
     mean = w.mean(axis=1, keepdims=True)
@@ -377,7 +377,7 @@ def _flat_weights_section(
     """:func:`model_weights_section` of a model whose ``params`` are flat, named as in its
     checkpoint (a masked-diffusion LM: ``model.layers.3.mlp.up_proj.weight``): one row per
     tensor in checkpoint order, blocks by name (``model.layers.3``)."""
-    from thermojax.pipeline.weight_only import block_name  # the checkpoint run's blocks
+    from thermojax.pipeline.weights.stream import block_name  # the checkpoint run's blocks
 
     kernels = model.quantizable_weights()
     layer = {name: i for i, name in enumerate(model.layer_names)}

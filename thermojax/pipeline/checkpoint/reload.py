@@ -1,4 +1,4 @@
-"""Reloading a quantized checkpoint that thermojax exported (:mod:`thermojax.pipeline.export`
+"""Reloading a quantized checkpoint that thermojax exported (:mod:`thermojax.pipeline.checkpoint.export`
 describes the folder), bit for bit and without re-quantizing, one shard at a time.
 
 Example:
@@ -23,7 +23,7 @@ import numpy as np
 from thermojax.core.quant import WEIGHT_BITS, QTensor
 from thermojax.models.hf import CheckpointError
 from thermojax.models.hf.layouts import DTYPES
-from thermojax.pipeline.export import (
+from thermojax.pipeline.checkpoint.export import (
     FORMAT,
     FORMAT_VERSION,
     ORBAX_DIR,
@@ -31,7 +31,7 @@ from thermojax.pipeline.export import (
     STORED_SUFFIXES,
     stored_entries,
 )
-from thermojax.pipeline.sampling import ActParams
+from thermojax.pipeline.measure.sampling import ActParams
 
 __all__ = ["QuantizedCheckpoint", "load_quantized", "restore_orbax_copy"]
 

@@ -2,8 +2,8 @@
 
 Example:
     >>> from thermojax.models import load_model
-    >>> from thermojax.pipeline.sampling import sample
-    >>> from thermojax.pipeline.weights import quantize_weights
+    >>> from thermojax.pipeline.measure.sampling import sample
+    >>> from thermojax.pipeline.weights.quantize import quantize_weights
     >>> model = load_model()
     >>> qweights, _ = quantize_weights(model, bits=4)
     >>> fp32, quant = sample(model, num_samples=8), sample(model, weights=qweights, num_samples=8)
@@ -25,7 +25,7 @@ from thermojax.core.quant import QTensor, fake_quantize_activations
 from thermojax.core.timegroups import group_of
 from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.models.base import DiffusionModel, SamplerSpec
-from thermojax.pipeline.weights import dense_weights
+from thermojax.pipeline.weights.quantize import dense_weights
 
 __all__ = ["ActParams", "Samples", "sample"]
 

@@ -40,8 +40,8 @@ import numpy as np
 
 from thermojax.core.markov import SEVERITY_LABELS
 from thermojax.files import atomic_write_text
-from thermojax.pipeline.typed_json import dataclass_from_json, from_json, to_json
-from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
+from thermojax.pipeline.results.codec import dataclass_from_json, from_json, to_json
+from thermojax.pipeline.weights.section import BlockRow, TensorRow, WeightsSection
 
 __all__ = [
     "COMPARED",
@@ -186,7 +186,7 @@ class Check:
 class Interpretation:
     """The smoothness band, the quality band, the verdict, and what to do next.
 
-    See :func:`thermojax.pipeline.analysis.interpret` for the rules. The quality keys came in
+    See :func:`thermojax.pipeline.results.verdict.interpret` for the rules. The quality keys came in
     schema 5; a file without them reads with no quality band and no verdict.
 
     Attributes:
@@ -475,7 +475,7 @@ PHASE_SPREADS = phase_spreads("image")
 
 @dataclasses.dataclass(frozen=True)
 class PhaseRow:
-    """One variant of the phase table (figures over the seeds; see :func:`thermojax.pipeline.phases.phase_table`).
+    """One variant of the phase table (figures over the seeds; see :func:`thermojax.pipeline.run.phases.phase_table`).
 
     ``drift_per_group`` is on the uniform groups (comparable across variants);
     ``drift_per_timestep`` is the mean over seeds ``[T]``. ``param_time_s`` is the warm parameter

@@ -7,7 +7,7 @@ optimization, adaptive time groups, or a combination. :func:`compute_parameters`
 and the calibration statistics into the parameters the sampler uses plus their Markov metrics,
 always measured on those parameters (:func:`thermojax.core.schedule_metrics.schedule_metrics`: a
 per-timestep schedule reports, per group boundary, the largest per-step jump inside its window).
-The experiment that compares them all is :mod:`thermojax.pipeline.phases`.
+The experiment that compares them all is :mod:`thermojax.pipeline.run.phases`.
 
 Example:
     >>> from thermojax.pipeline.settings import BaselineConfig, PhasesConfig
@@ -30,8 +30,8 @@ from thermojax.core.schedule_metrics import ScheduleMetrics, schedule_metrics
 from thermojax.core.smoothing import smooth_boundaries, smooth_groups
 from thermojax.core.timegroups import expand_to_timesteps, group_activation_params
 from thermojax.errors import UserInputError
-from thermojax.pipeline.calibrate import CalibrationStats
-from thermojax.pipeline.sampling import ActParams
+from thermojax.pipeline.measure.calibrate import CalibrationStats
+from thermojax.pipeline.measure.sampling import ActParams
 from thermojax.pipeline.settings import BaselineConfig, OptimizationConfig
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Measured arrays in, a :class:`~thermojax.pipeline.results.Result` out (no model needed).
+"""Measured arrays in, a :class:`~thermojax.pipeline.results.schema.Result` out (no model needed).
 
 The model-level figures are computed from the per-layer values exactly as they are written to the
 JSON, so anyone can recompute them from ``layers``: :func:`build_result` assembles a run's top
@@ -20,13 +20,7 @@ import numpy as np
 import thermojax
 from thermojax.core.markov import MarkovMetrics
 from thermojax.core.timegroups import group_ranges
-from thermojax.pipeline.analysis import (
-    analyze_violations,
-    detect_patterns,
-    interpret,
-    severity_label,
-)
-from thermojax.pipeline.results import (
+from thermojax.pipeline.results.schema import (
     BaselineSection,
     EnhancementSection,
     LayerResult,
@@ -39,8 +33,14 @@ from thermojax.pipeline.results import (
     Violation,
     float32_list,
 )
+from thermojax.pipeline.results.verdict import (
+    analyze_violations,
+    detect_patterns,
+    interpret,
+    severity_label,
+)
 from thermojax.pipeline.settings import BaselineConfig
-from thermojax.pipeline.weights_section import WeightsSection
+from thermojax.pipeline.weights.section import WeightsSection
 
 __all__ = [
     "NO_MARKOV_FIELDS",
@@ -385,7 +385,7 @@ def with_enhancement(
     quality and samples beside it, and what the enhancement did.
 
     Args:
-        enhanced: the :class:`~thermojax.pipeline.variants.ParameterSet` the sampler used.
+        enhanced: the :class:`~thermojax.pipeline.run.variants.ParameterSet` the sampler used.
         edges, scales, zero_points, metrics: the baseline's uniform, unsmoothed parameters.
         quality: the baseline's ``Quality.to_dict()``; quantized_x0: its quantized samples.
     """

@@ -4,7 +4,7 @@ A Hugging Face folder of an architecture thermojax has no sampler for still gets
 part of the baseline: every tensor streamed once, the rules deciding what is quantized, each
 quantized tensor's cosine, SQNR, outlier share and honest packed size, summed per block and for
 the model; the quantized checkpoint written when ``export.path`` is set. With
-``calibration.stats=FILE`` (:mod:`thermojax.pipeline.activation_stats`) the time groups, their
+``calibration.stats=FILE`` (:mod:`thermojax.pipeline.measure.activation_stats`) the time groups, their
 activation parameters and the Markov metrics come from those per-step statistics, exactly as for
 a model thermojax calibrates itself. What needs a forward pass (sample quality) is not there, and
 the result says so (``mode: weight-only``, ``quality: null``) instead of inventing it.
@@ -25,20 +25,20 @@ import numpy as np
 from thermojax.core.markov import markov_metrics
 from thermojax.core.timegroups import group_activation_params, group_ranges, uniform_edges
 from thermojax.errors import UserInputError
-from thermojax.pipeline.activation_stats import ActivationStats, read_activation_stats
-from thermojax.pipeline.assemble import build_weight_only_result, markov_fields
-from thermojax.pipeline.results import Result
-from thermojax.pipeline.sampling import ActParams
+from thermojax.pipeline.cache.stages import weights_key
+from thermojax.pipeline.cache.stages import weights_section as cached_weights_section
+from thermojax.pipeline.measure.activation_stats import ActivationStats, read_activation_stats
+from thermojax.pipeline.measure.sampling import ActParams
+from thermojax.pipeline.results.build import build_weight_only_result, markov_fields
+from thermojax.pipeline.results.schema import Result
 from thermojax.pipeline.settings import BaselineConfig
-from thermojax.pipeline.stage_cache import weights_key
-from thermojax.pipeline.stage_cache import weights_section as cached_weights_section
-from thermojax.pipeline.weight_only import (
+from thermojax.pipeline.weights.section import BlockRow, TensorRow, WeightsSection
+from thermojax.pipeline.weights.stream import (
     OUTLIER_SIGMAS,
     WeightOnlyReport,
     block_name,
     quantize_checkpoint,
 )
-from thermojax.pipeline.weights_section import BlockRow, TensorRow, WeightsSection
 
 __all__ = [
     "WEIGHT_ONLY_STAGES",
@@ -189,7 +189,7 @@ def _quantize(
             checkpoint, rules, bits=config.bit_width, group_size=config.group_size
         )
         return report, None
-    from thermojax.pipeline.export import export_checkpoint
+    from thermojax.pipeline.checkpoint.export import export_checkpoint
 
     path, report = export_checkpoint(
         checkpoint,
@@ -238,7 +238,7 @@ def _source(checkpoint: Any) -> dict[str, Any]:
 def run_quantized(
     config: BaselineConfig, loaded: Any, stages: Stages, timings: dict[str, float]
 ) -> Result:
-    """Report an exported quantized checkpoint (:func:`thermojax.pipeline.quantized.load_quantized`).
+    """Report an exported quantized checkpoint (:func:`thermojax.pipeline.checkpoint.reload.load_quantized`).
 
     The codes are the exported ones, never re-quantized: each tensor's packed size is counted
     from the reloaded tensors, and its cosine, SQNR and outlier share (which need the source's

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from thermojax.core.markov import HIGH_JUMP, SEVERITY_LABELS
-from thermojax.pipeline.results import (
+from thermojax.pipeline.results.schema import (
     Check,
     Interpretation,
     Pattern,

@@ -1,0 +1,1 @@
+"""Quantized checkpoints: the one writer and the reloader."""

@@ -1,0 +1,1 @@
+"""The result: its versioned schema, the builder from measured arrays, the JSON codec, the verdict (patterns, bands)."""
