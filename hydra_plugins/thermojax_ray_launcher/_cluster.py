@@ -19,12 +19,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.errors import CompactHydraException
 
-if TYPE_CHECKING:
-    from hydra_plugins.thermojax_ray_launcher.ray_launcher import ThermojaxRayLauncherConf
+from hydra_plugins.thermojax_ray_launcher._conf import ThermojaxRayLauncherConf
 
 log = logging.getLogger(__name__)
 

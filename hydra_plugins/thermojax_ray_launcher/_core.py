@@ -16,15 +16,21 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.errors import CompactHydraException
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from hydra_plugins.thermojax_ray_launcher._cluster import LauncherError, ray_session
+from hydra_plugins.thermojax_ray_launcher._conf import (
+    CACHE_SHARING,
+    COPY_OUTPUTS,
+    ThermojaxRayLauncherConf,
+)
 from hydra_plugins.thermojax_ray_launcher._records import (
     PlannedJob,
     failure_file,
@@ -36,9 +42,6 @@ from hydra_plugins.thermojax_ray_launcher._records import (
     write_failure,
 )
 from hydra_plugins.thermojax_ray_launcher._worker import JobFailed, run_job_in_worker
-
-if TYPE_CHECKING:
-    from hydra_plugins.thermojax_ray_launcher.ray_launcher import ThermojaxRayLauncher
 
 log = logging.getLogger(__name__)
 # The launcher's modules log below this one; the console handler goes here.
@@ -80,15 +83,15 @@ def compose_each_job_once(config_loader: Any) -> None:
 
 
 def _plan(
-    launcher: ThermojaxRayLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    config: DictConfig,
+    config_loader: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
 ) -> list[PlannedJob]:
-    assert launcher.config is not None and launcher.hydra_context is not None
     planned = []
     for offset, overrides in enumerate(job_overrides):
         idx = initial_job_idx + offset
-        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
-            launcher.config, list(overrides)
-        )
+        sweep_config = config_loader.load_sweep_config(config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
             sweep_config.hydra.job.num = idx
@@ -168,29 +171,34 @@ def _progress_on_console() -> Iterator[None]:
 
 
 def launch(
-    launcher: ThermojaxRayLauncher,
+    settings: ThermojaxRayLauncherConf,
+    *,
+    config: DictConfig,
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> list[JobReturn]:
     """Runs every job; returns their JobReturns in job order (failed ones with status FAILED).
+
+    ``settings`` are the launcher's (``hydra.launcher.*``); ``config``, ``hydra_context`` and
+    ``task_function`` are what Hydra gave the launcher's ``setup``.
 
     With a failed job, runs the end-of-multirun callbacks here: Hydra's sweeper raises on the
     first failed return and would skip them, though every job has run (thermojax's writes the
     comparison, failures included, and its W&B summary run).
     """
     setup_globals()
-    assert launcher.config is not None and launcher.hydra_context is not None
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     with _progress_on_console():
-        results = _launch(launcher, job_overrides, initial_job_idx)
+        results = _launch(
+            settings, config, hydra_context, task_function, job_overrides, initial_job_idx
+        )
     if any(ret.status == JobStatus.FAILED for ret in results):
-        launcher.hydra_context.callbacks.on_multirun_end(
-            config=launcher.config, config_name=launcher.config.hydra.job.config_name
+        hydra_context.callbacks.on_multirun_end(
+            config=config, config_name=config.hydra.job.config_name
         )
     return results
-
-
-CACHE_SHARING = ("auto", "head", "folder")
 
 
 def _uses_head_store(sharing: str, mode: str) -> bool:
@@ -249,13 +257,14 @@ def _head_store(driver_node: str) -> Iterator[tuple[Any, str, str] | None]:
 
 
 def _launch(
-    launcher: ThermojaxRayLauncher,
+    settings: ThermojaxRayLauncherConf,
+    config: DictConfig,
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> list[JobReturn]:
-    settings = launcher.settings
-    assert launcher.config is not None
-    if settings.copy_outputs not in ("auto", "always", "never"):
+    if settings.copy_outputs not in COPY_OUTPUTS:
         raise LauncherError(
             f"hydra.launcher.copy_outputs={settings.copy_outputs!r}; use auto, always or never"
         )
@@ -263,12 +272,12 @@ def _launch(
         raise LauncherError(
             f"hydra.launcher.cache_sharing={settings.cache_sharing!r}; use auto, head or folder"
         )
-    sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).absolute()
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     report_name = report_file(settings.report_file)
     failure_name = failure_file(settings.failure_file)
-    planned = _plan(launcher, job_overrides, initial_job_idx)
+    planned = _plan(config, hydra_context.config_loader, job_overrides, initial_job_idx)
     labels = _labels(planned)
     results: dict[int, JobReturn] = {}
     to_run = []
@@ -297,10 +306,7 @@ def _launch(
             import ray
             from ray.exceptions import RayError, RayTaskError
 
-            assert launcher.hydra_context is not None
-            shared = ray.put(
-                (launcher.hydra_context, launcher.task_function, Singleton.get_state())
-            )
+            shared = ray.put((hydra_context, task_function, Singleton.get_state()))
             remote_job = ray.remote(
                 num_cpus=settings.cpus_per_job,
                 num_gpus=settings.gpus_per_job,

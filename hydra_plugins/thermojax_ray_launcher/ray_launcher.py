@@ -1,13 +1,13 @@
-"""The ``hydra/launcher=thermojax_ray`` plugin: its config and the Launcher class.
+"""The ``hydra/launcher=thermojax_ray`` plugin: registers its config and defines the Launcher class.
 
-Hydra imports every public module under ``hydra_plugins`` at start-up, so this one stays light:
-Ray and thermojax are imported only when a multirun actually launches (in ``_core``). No
-``from __future__ import annotations`` here: Hydra's plugin scanner runs this module before
-registering it in ``sys.modules``, and ``dataclass`` then cannot resolve string annotations.
+The config, :class:`ThermojaxRayLauncherConf`, lives in :mod:`._conf` (a leaf that every module of
+the plugin can import) and is re-exported here. Hydra imports every public module under
+``hydra_plugins`` at start-up, so this one stays light: Ray and thermojax are imported only when a
+multirun actually launches (in ``_core``, which gets the settings and Hydra's objects as arguments,
+not this launcher).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -15,69 +15,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from hydra_plugins.thermojax_ray_launcher._conf import ThermojaxRayLauncherConf
 
-@dataclass
-class ThermojaxRayLauncherConf:
-    """Settings of the Ray launcher (``hydra.launcher.*``).
-
-    Attributes:
-        address: a Ray cluster to send the jobs to (``HOST:PORT`` of its GCS, or ``auto``). Null:
-            ``$RAY_ADDRESS`` when set (as inside a submitted Ray job), otherwise an embedded local
-            Ray is started for this sweep, on 127.0.0.1 only, and stopped at the end.
-        num_cpus: CPUs of the embedded Ray (null: all cores). Ignored when joining a cluster.
-        object_store_memory: bytes for the embedded Ray's object store. Ignored when joining a
-            cluster (Ray refuses to connect when it is set).
-        temp_dir: the embedded Ray's session folder (null: ``<project cache>/ray``, or a short
-            folder under /tmp when that path is too long for Ray's Unix sockets).
-        connect_timeout_s: how long to wait for a cluster address to answer before giving up.
-        log_to_driver: stream the jobs' stdout/stderr to this console (each job also logs to
-            its own folder).
-        cpus_per_job: Ray CPUs each job reserves.
-        gpus_per_job: Ray GPUs each job reserves (a fraction shares one GPU).
-        resources_per_job: other Ray resources each job reserves, e.g. 4 TPU chips on a TPU VM:
-            ``+hydra.launcher.resources_per_job.TPU=4``.
-        max_retries: how often a job is re-run after its Ray worker died (crash, OOM kill,
-            preempted node). Exceptions raised by the job are not retried: they are recorded.
-        resume: skip a job whose folder already holds a complete ``report_file`` written for the
-            same overrides.
-        report_file: the file (relative to the job folder) whose presence marks a finished job
-            (null: thermojax's report, ``thermojax.files.REPORT_JSON``).
-        failure_file: where a failed job's error is recorded, relative to the job folder (null:
-            ``thermojax.files.FAILURE_JSON``, where ``python -m thermojax.compare`` looks).
-        copy_outputs: ``auto`` copies a job's output files back to the sweep folder of the
-            driver when the job ran on another node; ``always`` / ``never`` force it.
-        forward_env: names of the driver's environment variables that every job gets (those
-            set here; Ray's workers otherwise see the environment their node was started
-            with). ``THERMOJAX_CACHE_DIR`` by default: point it at storage every node mounts at
-            the same path, and the whole cluster shares one stage cache.
-        cache_sharing: how jobs on different nodes share the stage cache. ``folder``: through
-            ``THERMOJAX_CACHE_DIR`` alone (one cache per cluster on shared storage, one per node
-            otherwise). ``head``: also through a store on the driver's node that hands each
-            entry to the jobs that need it and lets one job compute it (once per cluster
-            without shared storage; entries kept in the driver's cache folder). ``auto``:
-            ``head`` when joining a cluster (or an already running Ray of several nodes),
-            ``folder`` for the embedded Ray.
-    """
-
-    _target_: str = "hydra_plugins.thermojax_ray_launcher.ray_launcher.ThermojaxRayLauncher"
-    address: str | None = None
-    num_cpus: int | None = None
-    object_store_memory: int | None = 100_000_000
-    temp_dir: str | None = None
-    connect_timeout_s: float = 20.0
-    log_to_driver: bool = False
-    cpus_per_job: float = 1.0
-    gpus_per_job: float = 0.0
-    resources_per_job: dict[str, float] = field(default_factory=dict)
-    max_retries: int = 2
-    resume: bool = True
-    # Null defaults: the names are thermojax.files' (this module stays light: Hydra imports it
-    # at every start-up, and importing thermojax loads JAX).
-    report_file: str | None = None
-    failure_file: str | None = None
-    copy_outputs: str = "auto"
-    forward_env: list[str] = field(default_factory=lambda: ["THERMOJAX_CACHE_DIR"])
-    cache_sharing: str = "auto"
+__all__ = ["ThermojaxRayLauncher", "ThermojaxRayLauncherConf"]
 
 
 ConfigStore.instance().store(
@@ -117,4 +57,13 @@ class ThermojaxRayLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         from hydra_plugins.thermojax_ray_launcher import _core
 
-        return _core.launch(self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
+        assert self.config is not None and self.hydra_context is not None, "setup() not called"
+        assert self.task_function is not None
+        return _core.launch(
+            self.settings,
+            config=self.config,
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            job_overrides=job_overrides,
+            initial_job_idx=initial_job_idx,
+        )
