@@ -15,8 +15,8 @@ from thermojax.cli.config import to_config
 from thermojax.core.markov import MarkovMetrics
 from thermojax.core.timegroups import uniform_edges
 from thermojax.pipeline import build_result
+from thermojax.pipeline.quality.image import IMAGE
 from thermojax.pipeline.results.schema import (
-    COMPARED_QUALITY,
     BaselineSection,
     EnhancementSection,
     MetricsView,
@@ -328,7 +328,7 @@ VIOLATION_KEYS = {"layer", "boundary_idx", "scale_jump", "zero_point_jump", "sev
 
 def phase_row(variant: str, phase: str, frechet_delta: float, index: int) -> PhaseRow:
     spread = Spread(mean=1.0 + index, std=0.5)
-    paired = {name: Spread(mean=0.0, std=0.0) for name in COMPARED_QUALITY}
+    paired = {name: Spread(mean=0.0, std=0.0) for name in IMAGE.compared}
     if phase != "baseline":
         paired["final_mse"] = Spread(mean=-0.25 * index, std=0.125)
         paired["frechet_quantized"] = Spread(mean=frechet_delta, std=0.375)
@@ -341,9 +341,6 @@ def phase_row(variant: str, phase: str, frechet_delta: float, index: int) -> Pha
         smoothness_score=Spread(mean=0.5 + 0.03125 * index, std=0.0),
         violation_count=Spread(mean=float(10 - index), std=0.0),
         drift_mean=spread,
-        final_mse=spread,
-        frechet_quantized=spread,
-        class_coverage_quantized=Spread(mean=0.9, std=0.05),
         sampling_time_s=spread,
         drift_per_group=(spread,) * 4,
         drift_per_timestep=(0.0,) * 100,
@@ -352,4 +349,9 @@ def phase_row(variant: str, phase: str, frechet_delta: float, index: int) -> Pha
         param_compile_s=0.1,
         param_extra_s=0.001 * index,
         sampling_ratio=1.0 + 0.01 * index,
+        figures={
+            "final_mse": spread,
+            "frechet_quantized": spread,
+            "class_coverage_quantized": Spread(mean=0.9, std=0.05),
+        },
     )

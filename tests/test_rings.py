@@ -7,6 +7,9 @@
   ``report``.
 - ``thermojax/report/**``: reads a saved ``Result``; no Hydra, OmegaConf, rich, W&B, Ray or ``cli``.
 - No module imports a ring above its own (core < models < pipeline < report < cli).
+- Outside the model families' own modules (``pipeline/families/``, each quality kind's module
+  and its template partial), ``pipeline/``, ``report/`` and ``cli/`` name no family: no family,
+  quality kind, model class or quality class by name, no ``getattr(model, "family", default)``.
 
 Every module of a folder is checked, including ones added later, and imports inside functions
 count as much as those at the top.
@@ -15,6 +18,7 @@ count as much as those at the top.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +165,106 @@ def test_import_thermojax_loads_only_the_core():
     assert all(m in SHARED or m.startswith("thermojax.core") for m in ours), sorted(ours)
     # optimize_transitions needs optax: it loads on first use
     assert "thermojax.core.transition" not in ours
+
+
+def model_classes() -> set[str]:
+    """The classes under ``models/`` that declare their family (``family: ClassVar[str] = ...``)."""
+    found = set()
+    for path in modules_in("models"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                found |= {
+                    node.name
+                    for stmt in node.body
+                    if isinstance(stmt, ast.AnnAssign | ast.Assign)
+                    and stmt.value is not None
+                    and any(
+                        isinstance(t, ast.Name) and t.id == "family"
+                        for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+                    )
+                }
+    return found
+
+
+def family_names() -> tuple[set[str], set[str], set[str]]:
+    """``(names, classes, own modules)``: every registered family's and quality kind's name,
+    the model and quality classes, and the modules that may name them."""
+    from thermojax.pipeline.families import families
+    from thermojax.pipeline.quality.kind import quality_kinds
+
+    kinds = quality_kinds()
+    names = {family.name for family in families()} | {kind.name for kind in kinds}
+    classes = model_classes() | {kind.type.__name__ for kind in kinds}
+    return names, classes, {kind.type.__module__ for kind in kinds}
+
+
+NOT_A_FAMILY = {
+    ("thermojax.pipeline.checkpoint.document", "text"): "a rule's text in quantization.json",
+}
+"""Strings that equal a family's or kind's name but mean something else, with what they mean."""
+
+SEAM_MODULES = [p for ring in ("pipeline", "report", "cli") for p in modules_in(ring)]
+
+
+def namings(path: Path, names: set[str], classes: set[str], module: str = "") -> list[str]:
+    """Where the module ``module`` at ``path`` names a family: ``line: what``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        what = None
+        if isinstance(node, ast.Constant) and node.value in names | classes:
+            what = repr(node.value)
+        elif isinstance(node, ast.Name) and node.id in classes:
+            what = node.id
+        elif isinstance(node, ast.Attribute) and node.attr in classes:
+            what = f".{node.attr}"
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "getattr"
+            and len(node.args) == 3
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value == "family"
+        ):
+            what = "getattr(..., 'family', default)"
+        if what is not None and (module, what.strip("'")) not in NOT_A_FAMILY:
+            found.append(f"{node.lineno}: {what}")
+    return found
+
+
+@pytest.mark.parametrize("path", SEAM_MODULES, ids=ids(SEAM_MODULES))
+def test_no_module_outside_the_families_names_a_family(path):
+    names, classes, own = family_names()
+    name = module_name(path)
+    if name.startswith("thermojax.pipeline.families") or name in own:
+        pytest.skip("a family's own module")
+    found = namings(path, names, classes, name)
+    assert not found, f"{name} names a family at {found}"
+
+
+def test_the_family_check_finds_what_it_looks_for(tmp_path):
+    names, classes, _ = family_names()
+    assert {"digits-ddpm", "masked-diffusion-lm", "image", "text"} <= names
+    assert {"DigitsDDPM", "MaskedDiffusionLM", "ImageQuality", "TextQuality"} <= classes
+    leaky = tmp_path / "leaky.py"
+    leaky.write_text(
+        'kind = getattr(model, "family", "image")\n'
+        'text = quality.kind == "text"\n'
+        "isinstance(quality, TextQuality)\n"
+        "words = 'a text about images'\n"
+    )
+    found = namings(leaky, names, classes)
+    assert [line.split(":")[0] for line in found] == ["1", "1", "2", "3"], found
+
+
+def test_report_templates_name_no_kind_outside_the_sample_partials():
+    """The report's templates reach a kind's samples through its partial, never by its name."""
+    names, _, _ = family_names()
+    quoted = re.compile("[\"']({})[\"']".format("|".join(map(re.escape, sorted(names)))))
+    for path in sorted((PACKAGE / "report" / "templates").rglob("*.j2")):
+        if "samples" in path.relative_to(PACKAGE / "report" / "templates").parts:
+            continue
+        text = path.read_text()
+        assert not quoted.search(text) and "is_text" not in text, path.name
 
 
 def test_public_api_is_explicit():

@@ -31,6 +31,8 @@ from pathlib import Path
 __all__ = [
     "COMPARISON_HTML",
     "FAILURE_JSON",
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
     "PHASES_CSV",
     "PHASES_JSON",
     "PHASE_RUNS_DIR",
@@ -42,6 +44,7 @@ __all__ = [
     "SWEEP_SUMMARY_JSON",
     "TEMPORARY_GLOB",
     "TEMPORARY_SUFFIX",
+    "UnreadableJSON",
     "atomic_file",
     "atomic_folder",
     "atomic_write_bytes",
@@ -49,6 +52,7 @@ __all__ = [
     "cache_dir",
     "check_writable_folder",
     "publish_staged",
+    "read_json_file",
     "remove_temporaries",
     "staged_path",
 ]
@@ -247,6 +251,8 @@ def check_writable_folder(path: str | os.PathLike[str], *, what: str, create: bo
     """
     from thermojax.errors import UserInputError
 
+    if "\0" in os.fspath(path):  # every OS call on it is a ValueError, not an OSError
+        raise UserInputError(f"{what} {os.fspath(path)!r} cannot take new files: a NUL character")
     path = Path(path).expanduser()
     probe_in = path
     try:
@@ -289,3 +295,124 @@ def remove_temporaries(folder: str | os.PathLike[str], *, depth: int = 1) -> lis
         elif depth > 0 and entry.is_dir() and not entry.is_symlink():
             removed += remove_temporaries(entry, depth=depth - 1)
     return removed
+
+
+# ---------------------------------------------------------------- reading a file someone handed us
+
+MAX_JSON_BYTES = 64 << 20
+"""Largest JSON document :func:`read_json_file` reads: a report of a 7B model (a few hundred
+tensor rows) is under 1 MB; a device or a runaway writer is not read past this."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting :func:`read_json_file` accepts: thermojax's documents nest under 10 deep, and
+whoever walks a parsed document recursively stays far from Python's recursion limit."""
+
+
+class UnreadableJSON(ValueError):
+    """A JSON file that is not a regular file, too large, not UTF-8, not strict JSON, or nested
+    too deep; the message names the file and what is wrong with it (``problem``: without the
+    file)."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):  # picklable despite the signature
+        return type(self), (self.path, self.problem)
+
+
+def _strict_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} overflows a float")
+    return value
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def _nesting(document: object, limit: int) -> int:
+    """The nesting depth of a parsed document (up to just past ``limit``), walked without
+    recursion."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return deepest
+
+
+def read_json_file(
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = True,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> object:
+    """Strict JSON from a file that may be hostile: the one way to read a report, a failure
+    record or any other JSON a user hands over.
+
+    The file is opened without blocking and checked to be a regular file before a byte is read
+    (a FIFO would wait for a writer forever, ``/dev/zero`` would be read until memory runs
+    out), then read up to ``max_bytes`` (a file that grows while it is read included); with
+    ``strict`` (the default) NaN, Infinity and numbers that overflow a float are refused (a
+    file someone else wrote, like a model's ``config.json``: ``strict=False``); nesting deeper
+    than ``max_depth`` always is.
+
+    Raises:
+        UnreadableJSON: (a ``ValueError``) the problem, naming the file.
+        OSError: the file cannot be opened (missing, no permission).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+        >>> _ = path.write_text('{"a": [1, 2.5]}')
+        >>> read_json_file(path)
+        {'a': [1, 2.5]}
+        >>> read_json_file("/dev/null")
+        Traceback (most recent call last):
+        ...
+        thermojax.files.UnreadableJSON: /dev/null: not a regular file (a character device)
+    """
+    import json
+    import stat
+
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kinds = {
+                stat.S_ISDIR: "a folder",
+                stat.S_ISFIFO: "a FIFO",
+                stat.S_ISCHR: "a character device",
+                stat.S_ISBLK: "a block device",
+                stat.S_ISSOCK: "a socket",
+            }
+            kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+            raise UnreadableJSON(path, f"not a regular file ({kind})")
+        chunks, size = [], 0
+        while size <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise UnreadableJSON(path, f"larger than {max_bytes} bytes")
+    try:
+        text = b"".join(chunks).decode("utf-8")
+        if strict:
+            document = json.loads(text, parse_constant=_reject_constant, parse_float=_strict_float)
+        else:
+            document = json.loads(text)
+    except RecursionError:
+        raise UnreadableJSON(path, f"nested deeper than {max_depth} levels") from None
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UnreadableJSON(path, f"not valid JSON ({err})") from None
+    if _nesting(document, max_depth) > max_depth:
+        raise UnreadableJSON(path, f"nested deeper than {max_depth} levels")
+    return document

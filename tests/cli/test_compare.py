@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from html_reading import cards, parse, table_after, table_rows
 
-from thermojax.cli.compare import COLUMNS, collect, pearson
 from thermojax.cli.compare import main as compare_main
+from thermojax.pipeline.results.sweep import COLUMNS, collect, pearson
 from thermojax.report.comparison import (
     BIT_COLORS,
     SweepSummary,
@@ -457,7 +457,7 @@ def test_weight_only_sweep_page_shows_the_cosine_heatmap_and_no_smoothness_one()
 def test_correlations_are_also_given_within_each_bit_width_with_an_interval():
     """Bit width drives smoothness and quality alike: the summary gives r within each (weight
     bits, activation bits) with a seeded bootstrap interval, and none under 5 configurations."""
-    from thermojax.cli.compare import MIN_POINTS, within_correlations
+    from thermojax.pipeline.results.sweep import MIN_POINTS, within_correlations
 
     rng = np.random.default_rng(4)
     rows = []

@@ -17,7 +17,7 @@ import pytest
 from result_samples import enhanced_result, make_result, phases_result
 from wandb_readback import inspect_run, offline_run_dir
 
-from thermojax.cli.sweep_tracking import run_name
+from thermojax.cli.run_names import run_name
 from thermojax.cli.tracking import (
     NullTracker,
     WandbTracker,

@@ -20,16 +20,15 @@ import pytest
 from test_compare import FIGURES, THRESHOLDS, _violations, _write_failure, _write_report
 from wandb_readback import inspect_run
 
-from thermojax.cli.compare import COLUMNS
 from thermojax.cli.compare import main as compare_main
+from thermojax.cli.run_names import run_name, swept_keys
 from thermojax.cli.sweep_tracking import (
     CORRELATION_COLUMNS,
     HEATMAP_PRESET,
     comparison_settings,
     heatmap_rows,
-    run_name,
-    swept_keys,
 )
+from thermojax.pipeline.results.sweep import COLUMNS
 
 pytestmark = pytest.mark.usefixtures("wandb_sandbox")  # tests/conftest.py
 

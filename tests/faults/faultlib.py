@@ -111,6 +111,16 @@ def assert_one_error(proc: subprocess.CompletedProcess, status: int, *named: str
     return errors[0]
 
 
+def assert_one_line(error: BaseException, *named: str) -> str:
+    """An error raised in-process (a reader called directly) is one line naming each of
+    ``named``: the ``error:`` line the command would print; returns it."""
+    message = str(error)
+    assert message and "\n" not in message, message
+    for name in named:
+        assert name in message, (name, message)
+    return message
+
+
 def temporaries(folder: Path) -> list[Path]:
     """Every temporary of thermojax.files under ``folder`` (``.NAME.*.tmp``, with or without the
     suffix a writer insisted on, e.g. ``.KEY.npz.x1y2.tmp.npz``)."""

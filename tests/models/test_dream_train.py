@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from thermojax.models.dream import DreamLM, corpus, load_dream
-from thermojax.models.dream.train import (
-    SAMPLE_SETTINGS,
+from thermojax.models.dream.objective import (
     ArchConfig,
     TrainConfig,
     corrupt,
@@ -24,11 +23,9 @@ from thermojax.models.dream.train import (
     heldout_nll_bound,
     hf_config,
     init_model,
-    load_bytes_lm,
-    main,
     masked_diffusion_loss,
-    train,
 )
+from thermojax.models.dream.train import SAMPLE_SETTINGS, load_bytes_lm, main, train
 
 SHIPPED = corpus.SHIPPED_LM
 TINY_ARCH = ArchConfig(

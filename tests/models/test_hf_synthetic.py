@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from thermojax.errors import UserInputError
 from thermojax.models.hf import expected_shapes, open_checkpoint, plan_shards, write_dream_like
-from thermojax.models.hf.reader import TensorInfo
+from thermojax.models.hf.headers import TensorInfo
 from thermojax.models.hf.synthetic import (
     DREAM_7B_CONFIG,
     dream_like_config,

@@ -13,7 +13,7 @@ from thermojax import step_edges, timestep_edges, uniform_edges
 from thermojax.models import SamplerSpec, load_model, run_sampler
 from thermojax.pipeline.measure.calibrate import calibrate
 from thermojax.pipeline.measure.sampling import sample
-from thermojax.pipeline.run.runner import _group_parameters
+from thermojax.pipeline.run.diffusion import _group_parameters
 from thermojax.pipeline.settings import BaselineConfig
 from thermojax.pipeline.weights.quantize import quantize_weights
 

@@ -53,7 +53,7 @@ def write_raw(tmp_path, arrays):
         ),
         (
             {"a.min": [np.nan], "a.max": [1.0], "a.mean": [0.5], "a.std": [1.0]},
-            "a.min: 1 non-finite",
+            "a.min: 1 NaN value",
         ),
         ({"a.min": [2.0], "a.max": [1.0], "a.mean": [0.5], "a.std": [1.0]}, "a.min: exceeds a.max"),
         ({"a.min": [0.0], "a.max": [1.0], "a.mean": [0.5], "a.std": [-1.0]}, "a.std: negative"),

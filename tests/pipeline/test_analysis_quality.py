@@ -10,7 +10,8 @@ import dataclasses
 
 import pytest
 
-from thermojax.pipeline.results.schema import QualitySection
+from thermojax.pipeline.quality.image import ImageQuality
+from thermojax.pipeline.quality.text import TextQuality
 from thermojax.pipeline.results.verdict import interpret, quality_band
 from thermojax.pipeline.settings import InterpretationConfig
 
@@ -20,7 +21,7 @@ DRIFT = {"drift_per_timestep": (0.1, 0.2), "drift_per_group": (0.15,), "drift_me
 
 def image(frechet_ratio=1.0, coverage=(1.0, 1.0), final_mse=0.05, fp32_frechet=20.0):
     """Digits DDPM figures: Frechet ``fp32_frechet * frechet_ratio``, coverage (fp32, quantized)."""
-    return QualitySection(
+    return ImageQuality(
         **DRIFT,
         final_mse=final_mse,
         frechet_fp32=fp32_frechet,
@@ -31,16 +32,15 @@ def image(frechet_ratio=1.0, coverage=(1.0, 1.0), final_mse=0.05, fp32_frechet=2
 
 
 def text(heldout_ratio=1.0, agreement=0.85, generative_ratio=1.0, heldout=True):
-    """Masked-diffusion LM figures as the evaluator puts them in ``extra``."""
-    extra = {
-        "kind": "text",
-        "token_agreement": agreement,
-        "generative_perplexity_fp32": 6.0,
-        "generative_perplexity_quantized": 6.0 * generative_ratio,
-        "heldout_perplexity_fp32": 8.0 if heldout else None,
-        "heldout_perplexity_quantized": 8.0 * heldout_ratio if heldout else None,
-    }
-    return QualitySection(**DRIFT, extra=extra)
+    """Masked-diffusion LM figures."""
+    return TextQuality(
+        **DRIFT,
+        token_agreement=agreement,
+        generative_perplexity_fp32=6.0,
+        generative_perplexity_quantized=6.0 * generative_ratio,
+        heldout_perplexity_fp32=8.0 if heldout else None,
+        heldout_perplexity_quantized=8.0 * heldout_ratio if heldout else None,
+    )
 
 
 def verdict(quality, *, score=0.95, bit_width=2, act_bits=8, bands=BANDS):
@@ -146,7 +146,7 @@ def test_limits_come_from_config():
 
 def test_no_quality_or_no_figures_means_no_band():
     assert quality_band(None, bands=BANDS) == (None, "", ())
-    no_reference = QualitySection(**DRIFT)  # a model without an image reference
+    no_reference = ImageQuality(**DRIFT)  # a model without an image reference
     assert quality_band(no_reference, bands=BANDS).band is None
     got = verdict(None)
     assert (got.quality_band, got.verdict, got.quality_checks) == (None, None, ())

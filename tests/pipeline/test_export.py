@@ -24,7 +24,9 @@ from thermojax.core.quant import dequantize, quantize
 from thermojax.errors import UserInputError
 from thermojax.models import SHIPPED_CHECKPOINT, load_model
 from thermojax.models.hf import CheckpointError, open_checkpoint, write_dream_like
-from thermojax.pipeline.checkpoint.export import QUANTIZATION_FILE, export_checkpoint, export_digits
+from thermojax.pipeline.checkpoint.export import export_checkpoint
+from thermojax.pipeline.checkpoint.export_digits import export_digits
+from thermojax.pipeline.checkpoint.layout import QUANTIZATION_FILE
 from thermojax.pipeline.checkpoint.reload import load_quantized, restore_orbax_copy
 from thermojax.pipeline.measure.sampling import ActParams
 from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
@@ -220,9 +222,9 @@ def test_the_orbax_copy_reloads_to_the_same_codes(sharded_export):
 def test_the_orbax_copy_is_saved_in_bounded_parts(sources, tmp_path, monkeypatch):
     """Orbax holds a saved tree in memory twice: each part holds at most ORBAX_PART_BYTES (a
     larger tensor alone), and the parts restore to the whole."""
-    from thermojax.pipeline.checkpoint import export
+    from thermojax.pipeline.checkpoint import orbax_copy
 
-    monkeypatch.setattr(export, "ORBAX_PART_BYTES", 1500)
+    monkeypatch.setattr(orbax_copy, "ORBAX_PART_BYTES", 1500)
     ckpt = open_checkpoint(sources["sharded"])
     out, _ = export_checkpoint(ckpt, tmp_path / "q", [QuantRule()], bits=4, group_size=8)
     tensors = json.loads((out / QUANTIZATION_FILE).read_text())["tensors"]

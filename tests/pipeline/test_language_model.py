@@ -130,12 +130,14 @@ def settings(folder, **extra):
 
 def test_the_baseline_runs_a_language_model_and_is_deterministic(folder):
     first, second = run(settings(folder)), run(settings(folder))
-    assert first.mode == "diffusion" and first.quality.is_text
+    assert first.mode == "diffusion" and first.quality.kind == "text"
     data = first.to_dict()["quality"]
     for key in ("token_agreement", "generative_perplexity_fp32", "generative_perplexity_quantized"):
         assert isinstance(data[key], float), key
     assert data["heldout_perplexity_fp32"] is None  # no held-out text for this checkpoint
-    assert data["final_mse"] is None and data["frechet_quantized"] is None
+    assert "final_mse" not in data and "frechet_quantized" not in data  # the image kind's
+    assert first.sampler["description"] == "masked-diffusion unmasking (random), 8 steps"
+    assert first.config["sampling"]["sampler"] is None  # its own sampler, no DDPM named
     assert len(data["drift_per_timestep"]) == 8 and len(first.time_groups) == 4
     assert first.samples["fp32"].dtype == np.int32 and first.samples["fp32"].shape == (4, 16)
     assert first.sample_preview is None
@@ -175,7 +177,7 @@ def test_settings_that_do_not_fit_the_model_are_refused(folder):
         run(settings(folder, sampling={"length": too_long}))
     with pytest.raises(UserInputError, match="sampling.steps=50: the ddpm sampler runs all T=1000"):
         run(to_config({"sampling": {"steps": 50}}))
-    with pytest.raises(UserInputError, match="sampling.sampler=ddim: .* runs its own sampler"):
+    with pytest.raises(UserInputError, match="sampling.sampler='ddim': .* runs its own sampler"):
         run(settings(folder, sampling={"sampler": "ddim"}))
     with pytest.raises(UserInputError, match="num_time_groups=9: exceeds the model's 8"):
         run(settings(folder, num_time_groups=9))
@@ -204,13 +206,13 @@ def test_phases_and_enhancements_compare_a_language_models_text_figures(folder):
     records = result.phase_records
     assert len(records) == 6 and all("final_mse" not in r for r in records)
     for row in table.rows:
-        assert row.final_mse is None and row.frechet_quantized is None
-        assert row.heldout_perplexity_quantized is None
+        assert row.spread("final_mse") is None and row.spread("frechet_quantized") is None
+        assert row.spread("heldout_perplexity_quantized") is None
         runs = [r for r in records if r["variant"] == row.variant]
         base = {r["seed"]: r for r in records if r["variant"] == "baseline"}
         for name in table.compared():
             values = np.array([r[name] for r in runs], np.float64)
-            assert getattr(row, name).mean == pytest.approx(values.mean(), rel=1e-12)
+            assert row.spread(name).mean == pytest.approx(values.mean(), rel=1e-12)
             delta = values - np.array([base[r["seed"]][name] for r in runs])
             assert row.paired_delta[name].mean == pytest.approx(delta.mean(), abs=1e-12)
     from thermojax.report import render_report
@@ -219,12 +221,12 @@ def test_phases_and_enhancements_compare_a_language_models_text_figures(folder):
     assert "&Delta; token agreement (paired)" in page and "Frechet" not in page
     # The table's baseline of the run's own seed is the run's baseline.
     first = next(r for r in records if r["variant"] == "baseline" and r["seed"] == 0)
-    assert first["token_agreement"] == result.quality.extra["token_agreement"]
+    assert first["token_agreement"] == result.quality.token_agreement
 
     enhanced = run(settings(folder, thermo={"smoothing": {"enabled": True, "window": 1}}))
-    assert enhanced.baseline is not None and enhanced.baseline.quality.is_text
+    assert enhanced.baseline is not None and enhanced.baseline.quality.kind == "text"
     assert enhanced.baseline.quality.figure("token_agreement") == pytest.approx(
-        result.quality.extra["token_agreement"]
+        result.quality.token_agreement
     )
     assert enhanced.quality.figure("final_mse") is None
 

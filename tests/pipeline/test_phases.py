@@ -20,7 +20,7 @@ from thermojax.cli.config import to_config
 from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.errors import UserInputError
 from thermojax.pipeline.measure.calibrate import CalibrationStats
-from thermojax.pipeline.results.schema import COMPARED, phase_spreads
+from thermojax.pipeline.quality.kind import quality_kind
 from thermojax.pipeline.run.phases import phase_table, record_file_name
 from thermojax.pipeline.run.variants import (
     Smoothing,
@@ -228,7 +228,7 @@ def fake_records(rng, variants=("baseline", "a", "b"), seeds=(3, 4, 5), family="
     records = []
     for i, name in enumerate(variants):
         for seed in seeds:
-            record = {m: float(rng.normal()) for m in phase_spreads(family)}
+            record = {m: float(rng.normal()) for m in quality_kind(family).phase_spreads()}
             record.update(
                 index=i,
                 variant=name,
@@ -250,10 +250,10 @@ def fake_records(rng, variants=("baseline", "a", "b"), seeds=(3, 4, 5), family="
 def test_phase_table_is_mean_and_sample_std_of_the_records(family):
     rng = np.random.default_rng(1)
     records = fake_records(rng, family=family)
-    rows = phase_table(records, family=family)
+    rows = phase_table(records, kind=quality_kind(family))
     assert [r["variant"] for r in rows] == ["baseline", "a", "b"]
     check_table(rows, records, family)
-    other = COMPARED["text" if family == "image" else "image"]
+    other = quality_kind("text" if family == "image" else "image").compared
     assert not any(m in row or m in row["paired_delta"] for row in rows for m in other[1:])
 
 
@@ -263,9 +263,9 @@ def test_a_figure_missing_from_the_records_is_left_out_not_averaged():
     records = fake_records(np.random.default_rng(2), family="text")
     for record in records:
         del record["heldout_perplexity_quantized"]
-    rows = phase_table(records, family="text")
+    rows = phase_table(records, kind=quality_kind("text"))
     assert all("heldout_perplexity_quantized" not in row for row in rows)
-    assert all(set(row["paired_delta"]) == set(COMPARED["text"][:-1]) for row in rows)
+    assert all(set(row["paired_delta"]) == set(quality_kind("text").compared[:-1]) for row in rows)
 
 
 def check_table(rows, records, family="image"):
@@ -278,7 +278,7 @@ def check_table(rows, records, family="image"):
     for row in rows:
         runs = by[row["variant"]]
         assert row["num_seeds"] == len(runs)
-        for m in phase_spreads(family):
+        for m in quality_kind(family).phase_spreads():
             values = np.array([r[m] for r in runs], np.float64)
             assert row[m]["mean"] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
             std = values.std(ddof=1) if len(values) > 1 else 0.0
@@ -292,7 +292,7 @@ def check_table(rows, records, family="image"):
             np.mean([r["drift_per_timestep"] for r in runs], axis=0),
             rtol=1e-12,
         )
-        for m in COMPARED[family]:
+        for m in quality_kind(family).compared:
             delta = np.array([r[m] - base[r["seed"]][m] for r in runs], np.float64)
             assert row["paired_delta"][m]["mean"] == pytest.approx(delta.mean(), abs=1e-12)
             assert row["paired_delta"][m]["std"] == pytest.approx(delta.std(ddof=1), abs=1e-12)

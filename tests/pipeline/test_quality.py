@@ -17,7 +17,7 @@ from thermojax.errors import UserInputError
 from thermojax.models import load_model
 from thermojax.pipeline.measure.calibrate import calibrate
 from thermojax.pipeline.measure.sampling import ActParams, sample
-from thermojax.pipeline.quality.image import evaluate_quality
+from thermojax.pipeline.quality.image import evaluate_image_quality
 from thermojax.pipeline.weights.quantize import quantize_weights
 
 N = 32
@@ -39,7 +39,7 @@ def by_bits(model, fp32):
     for bits in (8, 4, 2):
         qweights, report = quantize_weights(model, bits=bits)
         quantized = sample(model, weights=qweights, num_samples=N, seed=0)
-        out[bits] = evaluate_quality(model, fp32, quantized, uniform_edges(1000, 10), report)
+        out[bits] = evaluate_image_quality(model, fp32, quantized, uniform_edges(1000, 10), report)
     return out
 
 
@@ -119,11 +119,11 @@ def test_activation_quantization_with_fp32_range_stays_close(model, fp32):
     params = ActParams(np.asarray(scales), np.asarray(zero_points), edges, bits=8)
     qweights, report = quantize_weights(model, bits=8)
     quantized = sample(model, weights=qweights, act_params=params, num_samples=N, seed=0)
-    quality = evaluate_quality(model, fp32, quantized, uniform_edges(1000, 4), report)
+    quality = evaluate_image_quality(model, fp32, quantized, uniform_edges(1000, 4), report)
     assert quality.final_mse < 1.0 and quality.class_coverage_quantized >= 0.8
     coarse = ActParams(np.asarray(scales), np.asarray(zero_points), edges, bits=3)
     worse = sample(model, weights=qweights, act_params=coarse, num_samples=N, seed=0)
-    worse_q = evaluate_quality(model, fp32, worse, uniform_edges(1000, 4), report)
+    worse_q = evaluate_image_quality(model, fp32, worse, uniform_edges(1000, 4), report)
     assert worse_q.drift_mean > quality.drift_mean
 
 

@@ -1,4 +1,4 @@
-"""Every figure of :func:`evaluate_quality` on a toy model (numpy classifier, T = 12), and the
+"""Every figure of :func:`evaluate_image_quality` on a toy model (numpy classifier, T = 12), and the
 sample metrics it uses, against an independent float64 recomputation.
 
 No sampling here, so each test takes milliseconds: these are the tests ``make mutate`` runs
@@ -25,7 +25,7 @@ from quality_reference import (
 
 from thermojax.core.sample_metrics import CONFIDENCE_THRESHOLD, class_coverage, frechet_distance
 from thermojax.pipeline.measure.sampling import Samples
-from thermojax.pipeline.quality.image import evaluate_quality
+from thermojax.pipeline.quality.image import evaluate_image_quality
 from thermojax.pipeline.weights.quantize import WeightReport
 
 TOY_SEED = 34
@@ -81,7 +81,7 @@ def test_toy_case_tells_fp32_from_quantized_and_straddles_the_threshold(toy):
 def test_quality_figures_match_an_independent_float64_recomputation(toy):
     model, fp32, quantized, report = toy
     edges = [0, 3, 4, 9, 12]
-    quality = evaluate_quality(model, fp32, quantized, edges, report)
+    quality = evaluate_image_quality(model, fp32, quantized, edges, report)
     drift = drift_figures(fp32.trajectory, quantized.trajectory, edges)
     np.testing.assert_allclose(quality.drift_per_timestep, drift["drift_per_timestep"], rtol=1e-12)
     np.testing.assert_allclose(quality.drift_per_group, drift["drift_per_group"], rtol=1e-12)
@@ -102,10 +102,11 @@ def test_quality_figures_match_an_independent_float64_recomputation(toy):
 
 def test_quality_to_dict_is_the_figures_as_plain_json(toy):
     model, fp32, quantized, report = toy
-    quality = evaluate_quality(model, fp32, quantized, [0, 6, 12], report)
+    quality = evaluate_image_quality(model, fp32, quantized, [0, 6, 12], report)
     payload = json.loads(json.dumps(quality.to_dict()))
-    assert payload["drift_per_timestep"] == quality.drift_per_timestep.tolist()
-    assert payload["drift_per_group"] == quality.drift_per_group.tolist()
+    assert payload["kind"] == "image"
+    assert payload["drift_per_timestep"] == list(quality.drift_per_timestep)
+    assert payload["drift_per_group"] == list(quality.drift_per_group)
     for name in (
         "drift_mean",
         "final_mse",
@@ -124,15 +125,15 @@ def test_quality_to_dict_is_the_figures_as_plain_json(toy):
 
 def test_one_group_averages_every_step_and_one_step_groups_are_the_steps(toy):
     model, fp32, quantized, report = toy
-    whole = evaluate_quality(model, fp32, quantized, [0, 12], report)
-    steps = evaluate_quality(model, fp32, quantized, list(range(13)), report)
-    assert whole.drift_per_group.tolist() == pytest.approx([whole.drift_mean], rel=1e-12)
+    whole = evaluate_image_quality(model, fp32, quantized, [0, 12], report)
+    steps = evaluate_image_quality(model, fp32, quantized, list(range(13)), report)
+    assert list(whole.drift_per_group) == pytest.approx([whole.drift_mean], rel=1e-12)
     np.testing.assert_allclose(steps.drift_per_group, steps.drift_per_timestep, rtol=1e-12)
 
 
 def test_a_model_without_reference_has_unknown_sample_figures(toy):
     _, fp32, quantized, report = toy
-    quality = evaluate_quality(ToyModel(reference=None), fp32, quantized, [0, 12], report)
+    quality = evaluate_image_quality(ToyModel(reference=None), fp32, quantized, [0, 12], report)
     for name in ("frechet", "class_coverage", "classifier_confidence"):
         assert np.isnan(getattr(quality, f"{name}_fp32")), name
         assert np.isnan(getattr(quality, f"{name}_quantized")), name
@@ -156,16 +157,16 @@ def test_a_model_without_reference_has_unknown_sample_figures(toy):
 def test_bad_edges_are_rejected(toy, edges, needle):
     model, fp32, quantized, report = toy
     with pytest.raises(ValueError, match=needle):
-        evaluate_quality(model, fp32, quantized, edges, report)
+        evaluate_image_quality(model, fp32, quantized, edges, report)
 
 
 def test_trajectories_of_another_shape_are_rejected(toy):
     model, fp32, quantized, report = toy
     short = Samples(x0=quantized.x0, trajectory=quantized.trajectory[:-1])
     with pytest.raises(ValueError, match="ran different steps"):
-        evaluate_quality(model, fp32, short, [0, 12], report)
+        evaluate_image_quality(model, fp32, short, [0, 12], report)
     with pytest.raises(ValueError, match="T=12"):
-        evaluate_quality(model, short, short, [0, 12], report)
+        evaluate_image_quality(model, short, short, [0, 12], report)
 
 
 def test_frechet_distance_matches_scipy_sqrtm():

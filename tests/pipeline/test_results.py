@@ -139,3 +139,57 @@ def test_reading_a_bad_file_names_the_problem(result, tmp_path, change, message)
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         read_result(path)
+
+
+def test_a_schema_6_image_quality_without_kind_reads_as_the_image_kind(result, tmp_path):
+    """Schema 6 wrote the DDPM's quality section without ``kind``."""
+    data = result.to_dict()
+    assert data["quality"]["kind"] == "image"
+    del data["quality"]["kind"]
+    data["schema_version"] = 6
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = read_result(path)
+    assert old.quality == result.quality and old.quality.kind == "image"
+
+
+def test_a_schema_6_text_quality_with_the_image_figures_null_reads_as_text(tmp_path):
+    """Schema 6 wrote a masked-diffusion LM's section with ``kind: "text"`` beside the image
+    figures as ``null``; they read as absent, and the LM's figures as its own."""
+    from thermojax.pipeline.quality.text import TextQuality
+
+    quality = TextQuality(
+        drift_per_timestep=(0.5, 0.25),
+        drift_per_group=(0.375,),
+        drift_mean=0.375,
+        token_agreement=0.75,
+        generative_perplexity_fp32=6.0,
+        generative_perplexity_quantized=6.5,
+        sample_text_fp32=("ab",),
+        sample_text_quantized=("ac",),
+        layer_cosine={"a": 0.9},
+        model_cosine=0.9,
+        num_samples=4,
+    )
+    data = make_result().to_dict()
+    data["quality"] = {
+        **quality.to_dict(),
+        **dict.fromkeys(("final_mse", "frechet_fp32", "frechet_quantized"), None),
+        **dict.fromkeys(("class_coverage_fp32", "class_coverage_quantized"), None),
+    }
+    data["schema_version"] = 6
+    data["sample_preview"] = None
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = read_result(path)
+    assert old.quality == quality and old.quality.figure("final_mse") is None
+    assert old.quality.figures() == {
+        "drift_mean": 0.375,
+        "token_agreement": 0.75,
+        "generative_perplexity_fp32": 6.0,
+        "generative_perplexity_quantized": 6.5,
+    }
+    data["quality"]["final_mse"] = 1.0  # a figure of another kind is not this kind's
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unknown keys \\['final_mse'\\]"):
+        read_result(path)

@@ -300,9 +300,10 @@ def test_older_schema_files_still_read(version):
     from thermojax.pipeline.results.schema import SCHEMA_VERSION, Result
 
     data = make_result(num_layers=2, num_groups=3, threshold=0.1).to_dict()
-    assert SCHEMA_VERSION == 6 and data["schema_version"] == 6
+    assert SCHEMA_VERSION == 7 and data["schema_version"] == 7
     assert not {"baseline", "enhancement", "phases", "weights"} & set(data)  # omitted when absent
     del data["mode"]  # schema 3's addition
+    del data["quality"]["kind"]  # schema 7's
     data["schema_version"] = version
     old = Result.from_dict(data)
     assert old.schema_version == version and old.baseline is None and old.phases is None

@@ -17,7 +17,13 @@ from thermojax.pipeline.weights.stream import quantize_tensor
 def section():
     model = load_model()
     qweights, report = quantize_weights(model, bits=4, group_size=64)
-    return model, qweights, model_weights_section(model, qweights, report, seconds=0.5)
+    return (
+        model,
+        qweights,
+        model_weights_section(
+            model, qweights, report, seconds=0.5, source_format="thermojax-digits-ddpm"
+        ),
+    )
 
 
 def test_every_parameter_is_listed_once_with_honest_bytes(section):

@@ -106,13 +106,13 @@ def banded_result(band: str, seed: int):
         model_name=f"model-{band}-{seed}",
         interpretation=InterpretationConfig(poor_below=poor_below, excellent_above=excellent_above),
     )
-    extra = {
-        "classifier_confidence_fp32": 0.9 + seed / 1000,
-        "classifier_confidence_quantized": 0.8 - seed / 1000,
-        "num_samples": 64 + seed,
-    }
     quality = dataclasses.replace(
-        result.quality, frechet_quantized=5.0 + seed / 7, class_coverage_quantized=0.7, extra=extra
+        result.quality,
+        frechet_quantized=5.0 + seed / 7,
+        class_coverage_quantized=0.7,
+        classifier_confidence_fp32=0.9 + seed / 1000,
+        classifier_confidence_quantized=0.8 - seed / 1000,
+        num_samples=64 + seed,
     )
     return dataclasses.replace(result, quality=quality)
 

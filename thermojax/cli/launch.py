@@ -26,13 +26,14 @@ import shlex
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from thermojax.errors import UserInputError
+from thermojax.errors import OneLineArgumentParser, UserInputError
 
 __all__ = ["PROJECT_ROOT", "SWEEPS_DIR", "build_entrypoint", "main", "sweep_presets"]
 
@@ -57,6 +58,9 @@ RUNTIME_EXCLUDES = [
     ".ruff_cache/",
 ]
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+MAX_TIMEOUT_S = 1e9
+"""The longest ``--connect-timeout`` / ``--wait-timeout`` (about 31 years): a socket timeout
+above about 9.2e9 s overflows the platform's clock (``OverflowError``)."""
 
 
 def sweep_presets() -> list[str]:
@@ -70,6 +74,16 @@ def _job_server_url(address: str) -> str:
         raise UserInputError(
             f"--address {address!r}: give the head's job server as http://HOST:PORT "
             "(the dashboard port, 8265 by default), not a ray:// or GCS address"
+        )
+    try:
+        host = urllib.parse.urlsplit(url).hostname  # ValueError: a bad IPv6 host
+        _ = urllib.parse.urlsplit(url).port  # ValueError: a port out of range or not a number
+    except ValueError as err:
+        raise UserInputError(f"--address {address!r}: {err}") from None
+    if not host or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise UserInputError(
+            f"--address {address!r}: not a URL http://HOST:PORT (no host, or a space or "
+            "control character)"
         )
     return url.rstrip("/")
 
@@ -138,7 +152,7 @@ def build_entrypoint(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m thermojax.launch",
         description="Submit a thermojax sweep to a Ray cluster as a Ray job.",
     )
@@ -165,12 +179,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     timeouts = {"--connect-timeout": args.connect_timeout, "--wait-timeout": args.wait_timeout}
     for flag, seconds in timeouts.items():
-        if not math.isfinite(seconds) or seconds <= 0:
-            # One line, as main() reports every other user mistake (not argparse's usage block).
-            print(
-                f"error: {flag} {seconds:g}: must be a positive number of seconds", file=sys.stderr
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+            parser.error(
+                f"{flag} {seconds:g}: must be a positive number of seconds, at most "
+                f"{MAX_TIMEOUT_S:g}"
             )
-            sys.exit(2)
     return args
 
 

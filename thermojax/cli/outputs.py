@@ -1,8 +1,11 @@
-"""The run's files: ``baseline_metrics.json`` / ``.html``, ``samples.npz`` and the phase table.
+"""The files the commands publish: a run's ``baseline_metrics.json`` / ``.html``,
+``samples.npz`` and phase table; a sweep's comparison (``sweep_summary.csv`` / ``.json``,
+``comparison.html``).
 
 Every file is published atomically; ``baseline_metrics.json`` goes last, because a sweep's resume
 takes a parseable report as "this job finished". The HTML comes from :mod:`thermojax.report`,
-which reads only the :class:`~thermojax.pipeline.results.schema.Result`.
+which reads only the :class:`~thermojax.pipeline.results.schema.Result` (the comparison page:
+the :class:`~thermojax.pipeline.results.sweep.SweepSummary`).
 """
 
 from __future__ import annotations
@@ -12,31 +15,42 @@ import io
 import json
 import logging
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from thermojax.errors import os_errors_as_user_input
 from thermojax.files import (
+    COMPARISON_HTML,
     PHASE_RUNS_DIR,
     PHASES_CSV,
     PHASES_JSON,
     REPORT_HTML,
     REPORT_JSON,
     SAMPLES_NPZ,
+    SWEEP_SUMMARY_CSV,
+    SWEEP_SUMMARY_JSON,
     atomic_file,
     atomic_write_text,
+    check_writable_folder,
+    publish_staged,
+    remove_temporaries,
+    staged_path,
 )
 from thermojax.pipeline.results.schema import (
     PhasesSection,
     Result,
     write_result,
 )
+from thermojax.pipeline.results.sweep import SweepSummary
 from thermojax.pipeline.run.phases import record_file_name
 from thermojax.report import render_report
+from thermojax.report.comparison import render_comparison, summary_csv
 
-__all__ = ["OUTPUT_FILES", "PHASE_FILES", "phases_csv", "write_outputs"]
+__all__ = ["OUTPUT_FILES", "PHASE_FILES", "phases_csv", "write_comparison", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +99,7 @@ def phases_csv(phases: PhasesSection) -> str:
     for row in phases.rows:
         line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
         for name in spreads:
-            spread = getattr(row, name)
+            spread = row.spread(name)
             line += [repr(spread.mean), repr(spread.std)]
         for name in compared:
             line += [repr(row.paired_delta[name].mean), repr(row.paired_delta[name].std)]
@@ -150,3 +164,39 @@ def write_outputs(
     for kind, path in paths.items():
         log.info("wrote %s: %s", kind, path)
     return paths
+
+
+def write_comparison(summary: SweepSummary, out_dir: str | Path) -> dict[str, Path]:
+    """Write the three outputs as a set: everything rendered, then each file written whole under
+    its staged name (:func:`thermojax.files.staged_path`), then the three renamed into place
+    with Ctrl-C and SIGTERM held back. A failure or an interrupt before the renames leaves the
+    previous set (or none) and no temporary.
+
+    Raises:
+        UserInputError: ``out_dir`` takes no files, or the disk fills while writing.
+    """
+    out = check_writable_folder(out_dir, what="--out")
+    contents = {
+        "csv": (SWEEP_SUMMARY_CSV, summary_csv(summary)),
+        "json": (
+            SWEEP_SUMMARY_JSON,
+            json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n",
+        ),
+        "html": (COMPARISON_HTML, render_comparison(summary)),
+    }
+    remove_temporaries(out, depth=0)  # what a killed comparison left
+    staged = [out / name for name, _ in contents.values()]
+    try:
+        with os_errors_as_user_input(f"the comparison into {str(out)!r}"):
+            for path, (_, text) in zip(staged, contents.values(), strict=True):
+                atomic_write_text(staged_path(path), text)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for path in staged:
+                publish_staged(path)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    finally:
+        for path in staged:
+            staged_path(path).unlink(missing_ok=True)
+    return dict(zip(contents, staged, strict=True))

@@ -31,6 +31,7 @@ from rich.progress import (
 from thermojax.errors import UserInputError
 from thermojax.files import atomic_write_text
 from thermojax.pipeline import STAGES, ProgressCallback
+from thermojax.pipeline.quality.kind import Headline, quality_kind
 from thermojax.pipeline.results.schema import Result
 
 __all__ = [
@@ -46,22 +47,9 @@ __all__ = [
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _QUIET_LOGGERS = ("jax", "absl", "urllib3", "wandb", "git", "matplotlib")
 PHASE_ROWS_SHOWN = 6
-"""Variants the console shows besides the baseline (the best by the family's second
-:data:`HEADLINE` figure: paired Frechet change for the DDPM)."""
-
-HEADLINE = {
-    "image": (
-        ("final_mse", "final MSE", "MSE", True),
-        ("frechet_quantized", "Frechet", "Frechet", True),
-    ),
-    "text": (
-        ("token_agreement", "agreement", "agreement", False),
-        ("heldout_perplexity_quantized", "held-out ppl", "held-out ppl", True),
-    ),
-}
-"""Per model family, the two quality figures the console sets beside a baseline's:
-``(name, label, short label, lower is better)``. A masked-diffusion LM without held-out text
-falls back to its generative perplexity."""
+"""Variants the console shows besides the baseline (the best by the second headline figure of
+the kind of sample, :attr:`QualityKind.headline
+<thermojax.pipeline.quality.kind.QualityKind.headline>`: paired Frechet change for images)."""
 
 
 class RunLog:
@@ -199,25 +187,8 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
             f"{w.total_source_bytes / 1e9:.3g} GB -> {w.total_quantized_bytes / 1e9:.3g} GB "
             f"({w.compression_vs_source:.2f}x as stored), {w.bytes_per_second / 1e9:.2f} GB/s"
         )
-    if result.quality is not None and result.quality.is_text:
-        q = result.quality.extra
-        heldout = q.get("heldout_perplexity_fp32")
-        lines.append(
-            f"  quality: token agreement {q['token_agreement']:.3f}, generative perplexity "
-            f"{q['generative_perplexity_fp32']:.2f} (fp32) / "
-            f"{q['generative_perplexity_quantized']:.2f}"
-            + (
-                f", held-out perplexity {heldout:.2f} / {q['heldout_perplexity_quantized']:.2f}"
-                if heldout is not None
-                else ""
-            )
-        )
-    elif result.quality is not None:
-        q = result.quality
-        lines.append(
-            f"  quality: final MSE {q.final_mse:.3f}, Frechet {q.frechet_fp32:.2f} (fp32) / "
-            f"{q.frechet_quantized:.2f}"
-        )
+    if result.quality is not None:
+        lines.append(f"  quality: {quality_kind(result.quality.kind).summary(result.quality)}")
     lines.append(
         f"  time: quantization {result.quantization_time_s:.1f} s, "
         f"total {result.timings_s.get('total', float('nan')):.1f} s"
@@ -258,10 +229,10 @@ def comparison_lines(result: Result) -> list[str]:
         ("smoothness", base.metrics.smoothness_score, result.smoothness_score, ".4f"),
         ("violations", base.metrics.violation_count, result.violation_count, "d"),
     ]
-    for name, label, _, _ in _headline(result.quality.family, result.quality.figures()):
-        before, after = base.quality.figure(name), result.quality.figure(name)
+    for shown in _headline(result.quality.kind, result.quality.figures()):
+        before, after = base.quality.figure(shown.name), result.quality.figure(shown.name)
         if before is not None and after is not None:
-            rows.append((label, before, after, ".3f"))
+            rows.append((shown.label, before, after, ".3f"))
     lines = [
         f"  enhanced: {result.enhancement.description}",
         f"  {'':<12}{'baseline':>10}{'enhanced':>10}",
@@ -286,10 +257,10 @@ def phase_lines(result: Result, files: Mapping[str, Path]) -> list[str]:
     if result.phases is None:
         return []
     table = result.phases
-    (first, _, first_label, _), (key, _, key_label, lower_is_better) = _headline(
-        table.family, table.compared()
-    )
-    sign = 1.0 if lower_is_better else -1.0
+    first_shown, key_shown = _headline(table.family, table.compared())
+    first, first_label = first_shown.name, first_shown.short
+    key, key_label = key_shown.name, key_shown.short
+    sign = 1.0 if key_shown.lower_is_better else -1.0
     baseline = [row for row in table.rows if row.phase == "baseline"]
     others = sorted(
         (row for row in table.rows if row.phase != "baseline"),
@@ -323,14 +294,11 @@ def phase_lines(result: Result, files: Mapping[str, Path]) -> list[str]:
     return lines
 
 
-def _headline(family: str, present: Iterable[str]) -> tuple[tuple[str, str, str, bool], ...]:
-    """:data:`HEADLINE` of ``family`` with figures the run lacks replaced where there is a
-    stand-in (held-out perplexity -> generative perplexity)."""
-    present = set(present)
-    fallback = ("generative_perplexity_quantized", "gen. ppl", "gen. ppl", True)
-    return tuple(
-        entry if entry[0] in present or family != "text" else fallback for entry in HEADLINE[family]
-    )
+def _headline(kind: str, present: Iterable[str]) -> tuple[Headline, ...]:
+    """The headline figures of the kind of sample ``kind``, each replaced by its stand-in
+    where the run lacks it (held-out perplexity -> generative perplexity)."""
+    present = tuple(present)
+    return tuple(shown.present(present) for shown in quality_kind(kind).headline)
 
 
 def _pm(mean: float, std: float) -> str:

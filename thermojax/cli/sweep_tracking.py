@@ -1,12 +1,12 @@
-"""A sweep in W&B: each run named after its configuration, and one summary run that compares them.
+"""A sweep in W&B: one summary run that compares the sweep's runs.
 
 Every run of a sweep joins the sweep's group (:func:`thermojax.cli.tracking.make_tracker`) under a
-name that says its configuration (:func:`run_name`: ``W2-G4-t0.3``). When the sweep ends
-(:class:`CompareSweepCallback`, ``hydra.callbacks.compare``) the comparison is written into the
-sweep folder (``sweep_summary.csv``/``.json``, ``comparison.html``) and, unless
-``wandb.mode=disabled``, one more run joins the group (:func:`log_comparison`): the table of every
-configuration, the smoothness heatmap, quality against smoothness and violations against the
-threshold as W&B plots, the correlations in its summary, the three files as a ``comparison``
+name that says its configuration (:func:`thermojax.cli.run_names.run_name`: ``W2-G4-t0.3``).
+When the sweep ends (:class:`CompareSweepCallback`, ``hydra.callbacks.compare``) the comparison
+is written into the sweep folder (``sweep_summary.csv``/``.json``, ``comparison.html``) and,
+unless ``wandb.mode=disabled``, one more run joins the group (:func:`log_comparison`): the table
+of every configuration, the smoothness heatmap, quality against smoothness and violations against
+the threshold as W&B plots, the correlations in its summary, the three files as a ``comparison``
 artifact. ``python -m thermojax.compare SWEEP_DIR --wandb`` logs the same run afterwards.
 
 Example:
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,12 +27,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from thermojax.cli.compare import CORRELATED, collect, write_comparison
+from thermojax.cli.outputs import write_comparison
+from thermojax.cli.run_names import MULTIRUN_YAML, sweep_name
 from thermojax.cli.tracking import start_run
 from thermojax.errors import UserInputError
 from thermojax.files import COMPARISON_HTML, REPORT_JSON, SWEEP_SUMMARY_CSV, SWEEP_SUMMARY_JSON
+from thermojax.pipeline.results.sweep import COLUMNS, CORRELATED, SweepSummary, collect
 from thermojax.pipeline.settings import WandbConfig
-from thermojax.report.comparison import COLUMNS, SweepSummary
 
 __all__ = [
     "CompareSweepCallback",
@@ -42,125 +42,7 @@ __all__ = [
     "correlation_rows",
     "heatmap_rows",
     "log_comparison",
-    "run_name",
-    "sweep_context",
-    "sweep_name",
-    "swept_keys",
 ]
-
-MULTIRUN_YAML = "multirun.yaml"
-"""The sweep's master config, which Hydra's sweeper writes into the sweep folder first."""
-
-RUN_NAME_TAGS = {"seed": "s", "group_size": "g"}
-"""Swept keys shown as a prefix and their value in a run name (``s1``, ``g128``)."""
-RUN_NAME_VALUES = ("quant.method", "model", "experiment", "calibration", "time_groups.strategy")
-"""Swept keys shown by their value alone in a run name (``gptq``, ``pydoc-mdlm``)."""
-_NAMED_KEYS = ("bit_width", "act_bits", "num_time_groups", "smoothness_threshold")
-_UNNAMED_KEYS = ("sweep", "wandb", "hydra")
-
-
-def _override_key(override: str) -> tuple[str, str]:
-    key, _, value = str(override).lstrip("+~").partition("=")
-    return key, value
-
-
-def run_name(
-    config: Mapping[str, Any], overrides: Sequence[str], swept: Sequence[str] | None = None
-) -> str:
-    """A sweep run's W&B name: what tells its configuration apart, e.g. ``W2-G4-t0.3``.
-
-    Always weight bits (``W2``; ``W2A4`` when activations are not at 8 bits), time groups and
-    threshold, from ``config``; then, for each of the job's ``overrides`` of another key that the
-    sweep varies (``swept``; ``None``: every other override counts), a short tag: ``s1`` (seed),
-    ``g128`` (group size), the value of ``quant.method`` / ``model`` / ``experiment`` /
-    ``calibration`` / ``time_groups.strategy``, else ``key=value``. Two jobs of one sweep differ
-    in some swept value, so their names differ.
-
-    Example:
-        >>> run_name({"bit_width": 2, "act_bits": 4, "num_time_groups": 8,
-        ...           "smoothness_threshold": 0.3}, ["seed=1", "quant.method=gptq"])
-        'W2A4-G8-t0.3-s1-gptq'
-    """
-    act = config.get("act_bits", 8)
-    parts = [
-        f"W{config['bit_width']}" + ("" if act == 8 else f"A{act}"),
-        f"G{config['num_time_groups']}",
-        f"t{config['smoothness_threshold']:g}",
-    ]
-    for override in overrides:
-        key, value = _override_key(override)
-        if key in _NAMED_KEYS or key.split(".")[0] in _UNNAMED_KEYS:
-            continue
-        if swept is not None and key not in swept:
-            continue
-        if key in RUN_NAME_TAGS:
-            parts.append(f"{RUN_NAME_TAGS[key]}{value}")
-        elif key in RUN_NAME_VALUES:
-            parts.append(value)
-        else:
-            parts.append(f"{key}={value}")
-    return "-".join(parts)
-
-
-def swept_keys(params: Mapping[str, Any], multirun_yaml: Path) -> list[str] | None:
-    """The keys a sweep varies: its preset's (``hydra.sweeper.params``) and the command line's
-    sweep overrides (``a=1,2``, ``range(...)``) recorded in the sweep's ``multirun.yaml``.
-
-    ``None`` when that file cannot be read (a job on a node without the sweep folder): then
-    every override of a job is taken as swept.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        master = OmegaConf.load(multirun_yaml)
-        parsed = OverridesParser.create().parse_overrides(
-            [str(o) for o in master.hydra.overrides.task]
-        )
-    except Exception:  # noqa: BLE001 - unreadable or foreign: fall back to every override
-        return None
-    keys = {str(key) for key in params}
-    keys.update(o.key_or_group for o in parsed if o.is_sweep_override())
-    return sorted(keys)
-
-
-def sweep_name(preset: str | None, sweep_dir: str | os.PathLike[str]) -> str:
-    """A sweep's name, and so its W&B group: the preset (``sweep=NAME``), else its folder's name."""
-    return str(preset) if preset else Path(sweep_dir).name
-
-
-def sweep_context() -> dict[str, Any] | None:
-    """The Hydra multirun this process runs a job of, or ``None`` (a single run, no Hydra).
-
-    Returns:
-        ``{"name", "preset", "dir", "job_num", "overrides", "swept"}``: ``name`` is the sweep
-        preset (``sweep=NAME``) when one was chosen, else the sweep folder's name; ``overrides``
-        are the job's own (``bit_width=2`` ...); ``swept`` the keys the sweep varies
-        (:func:`swept_keys`).
-    """
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # tracking works without Hydra installed
-        return None
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    sweep_dir = Path(str(hydra_cfg.sweep.dir)).absolute()
-    preset = hydra_cfg.runtime.choices.get("sweep")
-    params = hydra_cfg.sweeper.get("params") or {}
-    return {
-        "name": sweep_name(preset, sweep_dir),
-        "preset": str(preset) if preset else None,
-        "dir": str(sweep_dir),
-        "job_num": int(hydra_cfg.job.num),
-        "overrides": [str(o) for o in hydra_cfg.overrides.task],
-        "swept": swept_keys(params, sweep_dir / MULTIRUN_YAML),
-    }
-
-
-# --- the summary run -------------------------------------------------------------------------
 
 POINT_COLUMNS = ["job", "bit_width", "act_bits", "num_time_groups", "smoothness_threshold", "seed"]
 """What names a point of a scatter plot, beside its two values."""
@@ -248,7 +130,7 @@ def log_comparison(
     smoothness with its Pearson r in the title, violations against the threshold, the
     correlations (``summary["correlations"]`` is ``sweep_summary.json``'s, and a
     ``correlations`` table), ``comparison.html`` as an HTML panel, and the written ``files``
-    (``csv``, ``json``, ``html``, as :func:`thermojax.cli.compare.write_comparison` returns
+    (``csv``, ``json``, ``html``, as :func:`thermojax.cli.outputs.write_comparison` returns
     them) as a ``comparison`` artifact.
 
     Raises:

@@ -21,8 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from thermojax.cli.run_names import run_name, sweep_context
 from thermojax.files import PHASES_CSV, PHASES_JSON, REPORT_HTML, REPORT_JSON
-from thermojax.pipeline.results.schema import COMPARED, Result
+from thermojax.pipeline.quality.kind import quality_kind
+from thermojax.pipeline.results.schema import Result
 from thermojax.pipeline.settings import WandbConfig
 
 __all__ = [
@@ -126,7 +128,7 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
         "smoothness_threshold": result.smoothness_threshold,
         "patterns": ",".join(p.id for p in result.common_violation_patterns),
     }
-    if result.quality is not None:  # the figures this kind of model has (DDPM or LM)
+    if result.quality is not None:  # the figures of its kind of sample
         for key, value in result.quality.figures().items():
             scalars[f"quality/{key}"] = value
     if result.weights is not None:
@@ -239,7 +241,7 @@ def comparison_metrics(result: Result) -> dict[str, float | int | str]:
         "enhancement/per_timestep": enh.per_timestep,
         "enhancement/parameter_time_s": enh.parameter_time_s,
     }
-    for key in COMPARED[result.quality.family]:
+    for key in quality_kind(result.quality.kind).compared:
         before, after = base.quality.figure(key), result.quality.figure(key)
         if before is None or after is None:
             continue
@@ -321,7 +323,7 @@ def phase_rows(result: Result) -> list[list[Any]]:
     for row in result.phases.rows:
         line: list[Any] = [row.variant, row.phase, row.description, row.num_seeds]
         for name in spreads:
-            spread = getattr(row, name)
+            spread = row.spread(name)
             line += [spread.mean, spread.std]
         for name in paired:
             line += [row.paired_delta[name].mean, row.paired_delta[name].std]
@@ -494,8 +496,6 @@ def make_tracker(
     """
     if settings.mode == "disabled":
         return NullTracker()
-    from thermojax.cli.sweep_tracking import run_name, sweep_context
-
     sweep = sweep_context() if sweep is None else sweep
     if sweep:
         if settings.group is None:

@@ -142,6 +142,8 @@ class DiffusionModel(Protocol):
 
     Attributes:
         name: short identifier, e.g. ``"digits-ddpm"``.
+        family: the model family it belongs to (a class attribute; the pipeline's registered
+            family of that name loads, runs and exports it), e.g. ``"digits-ddpm"``.
         num_timesteps: T; timestep t = 0 is the least noisy, the sampler runs T-1 .. 0.
         layer_names: the L quantizable layers, in the fixed order used by every ``[L, ...]`` array.
         layer_input_widths: input width of each quantizable layer (weights are grouped along it).
@@ -151,6 +153,7 @@ class DiffusionModel(Protocol):
     """
 
     name: str
+    family: str
     num_timesteps: int
     layer_names: tuple[str, ...]
     layer_input_widths: tuple[int, ...]

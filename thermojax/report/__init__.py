@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from thermojax.pipeline.results.schema import COMPARED, FIGURE_LABELS, PhasesSection, Result
+from thermojax.pipeline.quality.kind import QualityKind, quality_kind
+from thermojax.pipeline.results.schema import PhasesSection, Result
 from thermojax.report.charts import (
     BarChart,
     LineChart,
@@ -30,7 +32,7 @@ from thermojax.report.charts import (
     line_chart,
     scatter_chart,
 )
-from thermojax.report.grids import DigitGrid, digit_grid
+from thermojax.report.grids import digit_grid
 
 __all__ = [
     "BAND_COLORS",
@@ -70,10 +72,14 @@ def _percent(value: Any, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}%"
 
 
-def environment() -> jinja2.Environment:
-    """The report's Jinja2 environment: package templates, autoescape on, strict undefined."""
+def environment(kind: QualityKind | None = None) -> jinja2.Environment:
+    """The report's Jinja2 environment: package templates (and the folder of ``kind``'s sample
+    partial, for a kind defined outside thermojax), autoescape on, strict undefined."""
+    loader: jinja2.BaseLoader = jinja2.PackageLoader("thermojax.report", "templates")
+    if kind is not None and kind.template_folder is not None:
+        loader = jinja2.ChoiceLoader([loader, jinja2.FileSystemLoader(kind.template_folder)])
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("thermojax.report", "templates"),
+        loader=loader,
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -171,55 +177,38 @@ def _activation_charts(result: Result) -> list[LineChart]:
     return charts
 
 
-def _drift_chart(result: Result) -> LineChart:
+def _drift_chart(result: Result, kind: QualityKind) -> LineChart:
+    """The drift per step, in the words of the result's kind of sample."""
     drift = np.asarray(result.quality.drift_per_timestep, np.float64)
     edges = _edges(result)
-    text = result.quality.is_text
+    text = kind.drift
     return line_chart(
-        [
-            (
-                "fraction of positions whose token differs"
-                if text
-                else "mean squared drift of x_t",
-                np.asarray(result.sampling_timesteps()),
-                drift,
-            )
-        ],
-        title=(
-            "Token disagreement, quantized vs fp32 (same seed)"
-            if text
-            else "Trajectory drift, quantized vs fp32 (same noise)"
-        ),
-        x_label=(
-            "timestep t (the sampler runs T-1, all masked, down to 0)"
-            if text
-            else "timestep t (the sampler runs T-1 down to 0)"
-        ),
-        y_label="disagreement" if text else "drift (log)",
+        [(text.measure, np.asarray(result.sampling_timesteps()), drift)],
+        title=text.title,
+        x_label=text.x_label,
+        y_label=text.y_label,
         v_rules=[(e, f"b{i}") for i, e in enumerate(edges[1:-1])],
-        log_y=not text,
+        log_y=text.log_y,
         width=1040,
         height=260,
     )
 
 
-def _digit_grids(result: Result) -> tuple[DigitGrid, DigitGrid]:
-    return (
-        digit_grid(result.sample_preview.fp32, title="fp32 samples"),
-        digit_grid(result.sample_preview.quantized, title="quantized samples (same noise)"),
-    )
+def _image_grid(images: Any, title: str) -> Any:
+    """A grid of pixel samples (a sample partial's ``image_grid``)."""
+    return digit_grid(images, title=title)
 
 
-_COMPARISON_LABELS = {
-    "drift_mean": "Trajectory drift (mean)",
-    "final_mse": "Final-sample MSE vs fp32",
-    "frechet_quantized": "Frechet distance to real digits",
-    "class_coverage_quantized": "Class coverage",
-    "token_agreement": "Token agreement with fp32",
-    "generative_perplexity_quantized": "Generative perplexity (fp32 model)",
-    "heldout_perplexity_quantized": "Held-out perplexity bound",
-}
-"""The comparison table's label of each :data:`COMPARED` figure."""
+def _other_figures(result: Result, kind: QualityKind) -> list[tuple[str, float]]:
+    """The quality's finite scalar fields that are not among its kind's figures, by name."""
+    quality = result.quality
+    names = sorted(f.name for f in dataclasses.fields(quality) if f.name not in kind.figures)
+    values = [(name, getattr(quality, name)) for name in names]
+    return [
+        (name, value)
+        for name, value in values
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ]
 
 
 def _comparison_rows(result: Result) -> list[dict[str, Any]]:
@@ -231,6 +220,7 @@ def _comparison_rows(result: Result) -> list[dict[str, Any]]:
     base, q = result.baseline, result.quality
     bq = base.quality
     enh = result.enhancement
+    kind = quality_kind(q.kind)
     rows = [
         (
             "Smoothness score (parameters used)",
@@ -248,12 +238,12 @@ def _comparison_rows(result: Result) -> list[dict[str, Any]]:
             True,
         ),
     ]
-    for name in COMPARED[q.family]:
+    for name in kind.compared:
         before, after = bq.figure(name), q.figure(name)
         if before is not None and after is not None:
-            shown = FIGURE_LABELS[name]
+            shown = kind.labels[name]
             rows.append(
-                (_COMPARISON_LABELS[name], before, after, shown.digits, shown.higher_is_better)
+                (kind.comparison_labels[name], before, after, shown.digits, shown.higher_is_better)
             )
     out = []
     for label, before, after, digits, higher_is_better in rows:
@@ -320,11 +310,12 @@ _PHASE_COLORS = {
 
 
 def _phase_figures(phases: PhasesSection) -> list[dict[str, Any]]:
-    """The phase table's quality columns after the drift: the family's :data:`COMPARED` figures
-    the table has, with their label, digits and formats (the first two also get paired deltas)."""
+    """The phase table's quality columns after the drift: its kind's compared figures the table
+    has, with their label, digits and formats (the first two also get paired deltas)."""
+    labels = quality_kind(phases.family).labels
     out = []
     for name in phases.compared()[1:]:
-        shown = FIGURE_LABELS[name]
+        shown = labels[name]
         out.append(
             {
                 "name": name,
@@ -339,9 +330,10 @@ def _phase_figures(phases: PhasesSection) -> list[dict[str, Any]]:
 
 def _phase_fp32(phases: PhasesSection) -> list[dict[str, str]]:
     """The fp32 reference figures of a phase table, formatted: ``label, mean, std``."""
+    labels = quality_kind(phases.family).labels
     out = []
     for name, spread in phases.fp32.items():
-        shown = FIGURE_LABELS[name]
+        shown = labels[name]
         if shown.percent:
             mean, std = _percent(spread.mean, shown.table_digits), _percent(spread.std, 0)
         else:
@@ -445,8 +437,10 @@ def render_report(result: Result) -> str:
     """
     markov = result.smoothness_score is not None
     weight_only = result.mode == "weight-only"
-    env = environment()
+    kind = quality_kind(result.quality.kind) if result.quality is not None else None
+    env = environment(kind)
     env.filters["filesize"] = _filesize
+    env.globals["image_grid"] = _image_grid
     template = env.get_template("report.html.j2")
     context: dict[str, Any] = {
         "r": result,
@@ -472,7 +466,9 @@ def render_report(result: Result) -> str:
         "schedule_chart": _schedule_chart(result),
         "phase_charts": (
             [
-                _phase_scatter(result.phases, name, FIGURE_LABELS[name].label)
+                _phase_scatter(
+                    result.phases, name, quality_kind(result.phases.family).labels[name].label
+                )
                 for name in result.phases.compared()[1:3]
             ]
             if result.phases is not None
@@ -490,22 +486,18 @@ def render_report(result: Result) -> str:
             scale_chart=_scale_chart(result),
             activation_charts=_activation_charts(result),
         )
-    if result.quality is not None and result.quality.is_text:
-        extra = result.quality.extra
+    context["preview"] = None
+    if kind is not None:
+        # The samples' partial by lookup: the kind's own, else the plain list of its figures.
+        found = env.select_template([kind.preview, _FIGURES_PARTIAL])
         context.update(
-            drift_chart=_drift_chart(result),
-            text_pairs=list(
-                zip(extra.get("sample_text_fp32") or (), extra.get("sample_text_quantized") or ())
-            ),
-        )
-    elif result.quality is not None:
-        fp32_grid, quantized_grid = _digit_grids(result)
-        context.update(
-            drift_chart=_drift_chart(result),
-            fp32_grid=fp32_grid,
-            quantized_grid=quantized_grid,
-            extra_quality=sorted(
-                (k, v) for k, v in result.quality.extra.items() if isinstance(v, int | float)
-            ),
+            preview=found.name,
+            kind=kind,
+            drift_chart=_drift_chart(result, kind),
+            other_figures=_other_figures(result, kind),
         )
     return template.render(**context)
+
+
+_FIGURES_PARTIAL = "samples/_figures.html.j2"
+"""The sample partial of a kind without its own: its figures, labelled, and the drift."""

@@ -16,22 +16,18 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from thermojax.pipeline.quality.kind import quality_kinds
+from thermojax.pipeline.results.sweep import COLUMNS, MIN_POINTS, SweepSummary
 from thermojax.report import environment
 from thermojax.report.charts import PALETTE, LineChart, ScatterChart, line_chart, scatter_chart
 from thermojax.report.grids import Heatmap, heatmap
 
 __all__ = [
     "BIT_COLORS",
-    "COLUMNS",
-    "CONFIG_KEYS",
-    "MIN_POINTS",
-    "SUMMARY_SCHEMA_VERSION",
-    "SweepSummary",
     "quality_scatter",
     "render_comparison",
     "smoothness_heatmap",
@@ -39,88 +35,8 @@ __all__ = [
     "violations_chart",
 ]
 
-SUMMARY_SCHEMA_VERSION = 1
-CONFIG_KEYS = (
-    "bit_width",
-    "group_size",
-    "act_bits",
-    "num_time_groups",
-    "smoothness_threshold",
-    "seed",
-    "sampler",
-    "sampling_steps",
-)
-"""What tells the configurations of a sweep apart (and orders them); ``sampler`` and
-``sampling_steps`` are the sampler that sampled and its S."""
-COLUMNS = (
-    "job",
-    "status",
-    "mode",
-    *CONFIG_KEYS,
-    "smoothness_score",
-    "violation_count",
-    "mean_boundary_score",
-    "min_boundary_score",
-    "cosine_similarity",
-    "compression_ratio",
-    "model_size_mb",
-    "drift_mean",
-    "final_mse",
-    "frechet_fp32",
-    "frechet_quantized",
-    "class_coverage_quantized",
-    "token_agreement",
-    "generative_perplexity_quantized",
-    "heldout_perplexity_quantized",
-    "band",
-    "quality_band",
-    "quantization_time_s",
-    "error",
-)
-"""The keys of every row, in the CSV's column order (the DDPM's image figures and a
-masked-diffusion LM's text figures: each empty for the other kind of model)."""
 BIT_COLORS = {2: "#c0392b", 4: "#2874a6", 8: "#1e8449"}
 """Each weight bit width's colour in the scatter plots (other widths take palette colours)."""
-
-
-MIN_POINTS = 5
-"""Fewest configurations a within-bit-width correlation is given for (below: ``None``)."""
-
-
-@dataclass(frozen=True)
-class SweepSummary:
-    """Everything the comparison shows, as plain JSON-ready data.
-
-    Attributes:
-        sweep_dir: the folder read.
-        rows: one dict per configuration with the keys of ``COLUMNS`` (``None`` where a value
-            does not apply, e.g. metrics of a failed configuration).
-        failures: ``{job, overrides, error_type, message}`` per failed configuration.
-        correlations: ``smoothness_vs_<metric>`` -> ``{"pearson": r or None, "n": count}`` over
-            the distinct configurations apart from the threshold (which changes neither).
-    """
-
-    sweep_dir: str
-    rows: tuple[dict[str, Any], ...]
-    failures: tuple[dict[str, Any], ...]
-    correlations: dict[str, dict[str, Any]]
-
-    @property
-    def completed(self) -> list[dict[str, Any]]:
-        """The rows of configurations that finished."""
-        return [row for row in self.rows if row["status"] == "ok"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``sweep_summary.json`` content."""
-        return {
-            "schema_version": SUMMARY_SCHEMA_VERSION,
-            "sweep_dir": self.sweep_dir,
-            "num_configurations": len(self.rows),
-            "num_failed": len(self.failures),
-            "correlations": self.correlations,
-            "configurations": list(self.rows),
-            "failures": list(self.failures),
-        }
 
 
 def summary_csv(summary: SweepSummary) -> str:
@@ -311,14 +227,12 @@ def render_comparison(summary: SweepSummary) -> str:
     )
 
 
-HEADLINE_QUALITY = (
-    ("frechet_quantized", "Frechet (quantized)"),
-    ("heldout_perplexity_quantized", "held-out perplexity (quantized)"),
-    ("generative_perplexity_quantized", "generative perplexity (quantized)"),
+HEADLINE_QUALITY = tuple(
+    dict.fromkeys(pair for kind in quality_kinds() for pair in kind.sweep_headline)
 )
 """The quality figure the comparison page sets against smoothness beside the drift: the first
-the runs have (the DDPM's Frechet distance; a masked-diffusion LM's held-out perplexity bound,
-or its generative perplexity without held-out text)."""
+the runs have, of every kind of sample's candidates (images: the Frechet distance; text: the
+held-out perplexity bound, or the generative perplexity without held-out text)."""
 
 
 def headline_quality(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:

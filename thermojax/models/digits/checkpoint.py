@@ -24,6 +24,7 @@ from thermojax.errors import UserInputError
 from thermojax.files import atomic_file, atomic_write_text
 from thermojax.models.digits.classifier import ClassifierConfig, DigitsReference
 from thermojax.models.digits.ddpm import DenoiserConfig, DigitsDDPM, NoiseSchedule
+from thermojax.models.hf.headers import nonfinite_problem
 
 __all__ = ["FORMAT", "SHIPPED_CHECKPOINT", "load_checkpoint", "save_checkpoint"]
 
@@ -145,11 +146,24 @@ def _check_spec(spec: Mapping[str, Any]) -> None:
 
 
 def _read_tensors(directory: Path, name: str) -> dict[str, np.ndarray]:
+    """Every tensor of ``name``, each float32 with finite values (an all-zero or subnormal
+    weight is legal: it samples, if badly; a NaN or Inf would end every sample as NaN)."""
     file = directory / name
+    if not file.is_file():  # a FIFO would block the reader, a device feed it forever
+        kind = "not a regular file" if file.exists() else "missing"
+        raise UserInputError(f"cannot read {name} in checkpoint {str(directory)!r}: {kind}")
     try:
-        return load_file(str(file))
+        tensors = load_file(str(file))
     except Exception as exc:  # safetensors raises several types for missing/corrupt files
         raise UserInputError(f"cannot read {name} in checkpoint {str(directory)!r}: {exc}") from exc
+    for tensor, array in tensors.items():
+        if array.dtype != np.float32:
+            problem = f"dtype {array.dtype.name}, the format stores float32"
+        else:
+            problem = nonfinite_problem(array)
+        if problem is not None:
+            raise UserInputError(f"checkpoint {str(directory)!r}: {name}: {tensor}: {problem}")
+    return tensors
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> DigitsDDPM:

@@ -240,6 +240,7 @@ class DigitsDDPM:
     metadata_json: str = struct.field(pytree_node=False, default="{}")
 
     name: ClassVar[str] = "digits-ddpm"
+    family: ClassVar[str] = "digits-ddpm"
     data_shape: ClassVar[tuple[int, ...]] = (8, 8)
 
     @classmethod

@@ -15,8 +15,9 @@ import numpy as np
 
 from thermojax.models.dream.config import DreamConfig
 from thermojax.models.dream.network import DreamLM
+from thermojax.models.hf.headers import CheckpointError
 from thermojax.models.hf.layouts import CONFIG_FILE
-from thermojax.models.hf.reader import CheckpointError, open_checkpoint
+from thermojax.models.hf.reader import open_checkpoint
 
 __all__ = ["load_dream"]
 

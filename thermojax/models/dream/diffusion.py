@@ -113,7 +113,7 @@ class MaskedDiffusionLM:
     reference: Any = struct.field(pytree_node=False, default=None)
     label: str = struct.field(pytree_node=False, default="dream")
 
-    family: ClassVar[str] = "text"
+    family: ClassVar[str] = "masked-diffusion-lm"
 
     @classmethod
     def create(

@@ -17,13 +17,9 @@ Example:
     True
 """
 
+from thermojax.models.hf.headers import CheckpointError, TensorInfo
 from thermojax.models.hf.layouts import expected_shapes, shard_file_name
-from thermojax.models.hf.reader import (
-    CheckpointError,
-    SafetensorsFolder,
-    TensorInfo,
-    open_checkpoint,
-)
+from thermojax.models.hf.reader import SafetensorsFolder, open_checkpoint
 from thermojax.models.hf.writer import plan_shards, write_index, write_safetensors
 
 __all__ = [

@@ -31,7 +31,8 @@ per key-value head) and an even head_dim:
 - ``intermediate = max(64, 64 * round(18944 / N / 64))`` and
   ``vocab = max(64, 64 * round(152064 / N / 64))``: multiples of 64 like Dream's.
 
-``layers`` overrides the layer count (28).
+``layers`` overrides the layer count (28; at most :data:`MAX_LAYERS`). A checkpoint larger than
+the free space of the disk it goes to is refused before anything is written.
 
 Command line::
 
@@ -51,12 +52,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -66,8 +67,9 @@ from pathlib import Path
 
 import numpy as np
 
-from thermojax.errors import UserInputError
+from thermojax.errors import OneLineArgumentParser, UserInputError, os_error_message
 from thermojax.files import atomic_write_text
+from thermojax.models.hf.headers import TensorInfo
 from thermojax.models.hf.layouts import (
     CONFIG_FILE,
     DTYPES,
@@ -75,11 +77,11 @@ from thermojax.models.hf.layouts import (
     expected_shapes,
     shard_file_name,
 )
-from thermojax.models.hf.reader import TensorInfo
 from thermojax.models.hf.writer import plan_shards, write_index, write_safetensors
 
 __all__ = [
     "DREAM_7B_CONFIG",
+    "MAX_LAYERS",
     "OUTLIER_FACTORS",
     "OUTLIER_FRACTION",
     "dream_like_config",
@@ -136,10 +138,28 @@ _NORM_STD = 0.05
 _BIAS_STD = 0.01
 
 
-def _positive(name: str, value: object) -> int:
+MAX_LAYERS = 1000
+"""Most layers a synthetic checkpoint may have (Dream has 28; the largest open models ~130): a
+count beyond it is a typo, and its layout would be built before any size check."""
+MAX_SHARD_GB = 1e6
+"""The largest ``--shard-gb`` (a petabyte: in effect no limit); the limit becomes a whole number
+of bytes, which 1e308 GB (an infinite float) is not."""
+
+
+def _positive(name: str, value: object, *, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserInputError(f"{name} must be a positive integer, got {value!r}")
+    if high is not None and value > high:
+        raise UserInputError(f"{name} must be at most {high}, got {value!r}")
     return value
+
+
+def _free_bytes(out: Path) -> int:
+    """Free bytes of the file system ``out`` would be on (its nearest existing folder)."""
+    existing = out.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing if existing.is_dir() else existing.parent).free
 
 
 def _round_to(value: float, multiple: int) -> int:
@@ -159,7 +179,7 @@ def dream_like_config(
     """
     scale = _positive("scale", scale)
     layers = DREAM_7B_CONFIG["num_hidden_layers"] if layers is None else layers
-    layers = _positive("layers", layers)
+    layers = _positive("layers", layers, high=MAX_LAYERS)
     if dtype not in FLOAT_DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
     kv_heads = max(1, DREAM_7B_CONFIG["num_key_value_heads"] // scale)
@@ -299,7 +319,7 @@ def write_dream_like(
         raise UserInputError(f"seed must be a non-negative integer, got {seed!r}")
     max_shard_bytes = _positive("max_shard_bytes", max_shard_bytes)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserInputError(f"{out}: exists and is not an empty folder; choose a new one")
+        raise UserInputError(f"{str(out)!r}: exists and is not an empty folder; choose a new one")
 
     shapes = expected_shapes(config)
     itemsize = DTYPES[dtype].itemsize
@@ -307,6 +327,13 @@ def write_dream_like(
         TensorInfo(name, "", dtype, shape, math.prod(shape) * itemsize)
         for name, shape in shapes.items()
     ]
+    total = sum(info.nbytes for info in infos)
+    free = _free_bytes(out)
+    if total > free:
+        raise UserInputError(
+            f"{str(out)!r}: the checkpoint needs {total / 1e9:.3g} GB and its disk has "
+            f"{free / 1e9:.3g} GB free"
+        )
     plan = plan_shards(infos, max_shard_bytes)
     provenance = {"scale": scale, "layers": config["num_hidden_layers"], "seed": seed}
     metadata = {"format": "pt", "thermojax_synthetic": json.dumps(provenance, sort_keys=True)}
@@ -330,14 +357,14 @@ def write_dream_like(
                 f"({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
             )
     if len(plan) > 1:
-        write_index(out, weight_map, sum(info.nbytes for info in infos))
+        write_index(out, weight_map, total)
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: ``python -m thermojax.models.hf.synthetic OUT [options]``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m thermojax.models.hf.synthetic",
         description="Write a synthetic checkpoint with Dream-7B's layout (random weights).",
     )
@@ -349,6 +376,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=FLOAT_DTYPES, default="BF16")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if not (math.isfinite(args.shard_gb) and 0 < args.shard_gb <= MAX_SHARD_GB):
+        print(
+            f"error: --shard-gb {args.shard_gb}: must be a positive number of GB, at most "
+            f"{MAX_SHARD_GB:g}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         folder = write_dream_like(
             args.out,
@@ -359,8 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             progress=print,
         )
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (UserInputError, OSError) as err:
+        message = str(err) if isinstance(err, UserInputError) else os_error_message(err)
+        if message is None:  # not the user's path or disk: a bug
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in folder.iterdir())

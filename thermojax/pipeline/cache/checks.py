@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from thermojax.models.base import DiffusionModel
+from thermojax.pipeline.measure.activation_stats import MAX_MAGNITUDE
 from thermojax.pipeline.settings import sampler_specs
 
 __all__ = ["check_entry"]
@@ -38,7 +39,8 @@ def _expect_array(
     dtypes: Sequence[str],
 ) -> None:
     """``array`` is a numpy array of ``shape`` (``None``: any length) and one of ``dtypes``,
-    with finite values when it is floating point."""
+    with finite values within +-:data:`MAX_MAGNITUDE` when it is floating point (beyond it a
+    range ``max - min`` overflows float32 and the scores made from it are NaN)."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} is a {type(array).__name__}, not an array")
     if array.ndim != len(shape) or any(
@@ -48,8 +50,13 @@ def _expect_array(
         raise ValueError(f"{name} has shape {array.shape}, this run needs {wanted}")
     if array.dtype.name not in dtypes:
         raise ValueError(f"{name} has dtype {array.dtype.name}, this run needs {'/'.join(dtypes)}")
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} holds NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} holds NaN or infinite values")
+        if array.size and float(np.max(np.abs(array))) > MAX_MAGNITUDE:
+            raise ValueError(
+                f"{name} holds values beyond +-{MAX_MAGNITUDE:.4g} (a range would overflow)"
+            )
 
 
 def _check_samples(value: Any, model: DiffusionModel, num_samples: int) -> None:
@@ -65,8 +72,21 @@ def _check_samples(value: Any, model: DiffusionModel, num_samples: int) -> None:
         "trajectory", trajectory, (steps, num_samples, *trajectory.shape[2:]), _SAMPLE_DTYPES
     )
     timesteps = getattr(value, "timesteps", None)
-    if timesteps is not None and np.shape(timesteps) != (steps,):
-        raise ValueError(f"timesteps has shape {np.shape(timesteps)}, the trajectory {steps} steps")
+    if timesteps is not None:
+        if np.shape(timesteps) != (steps,):
+            raise ValueError(
+                f"timesteps has shape {np.shape(timesteps)}, the trajectory {steps} steps"
+            )
+        timesteps = np.asarray(timesteps, np.int64)
+        if (
+            np.any(np.diff(timesteps) < 1)
+            or timesteps[0] < 0
+            or timesteps[-1] >= model.num_timesteps
+        ):
+            raise ValueError(
+                f"timesteps must rise strictly within [0, {model.num_timesteps}), got "
+                f"{timesteps[0]}..{timesteps[-1]}"
+            )
 
 
 def _check_calibration(
@@ -82,6 +102,8 @@ def _check_calibration(
     )
     if np.any(value.act_min > value.act_max):
         raise ValueError("act_min exceeds act_max")
+    if np.any(value.act_std < 0):
+        raise ValueError("act_std holds negative values")
 
 
 def check_entry(name: str, value: Any, *, model: DiffusionModel, config: Mapping[str, Any]) -> Any:

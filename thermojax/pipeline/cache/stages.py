@@ -46,10 +46,10 @@ from thermojax.core.quant import QTensor
 from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache.checks import check_entry
 from thermojax.pipeline.cache.store import arrays_fingerprint, cache_key, get_or_compute
+from thermojax.pipeline.families.base import evaluate_quality
 from thermojax.pipeline.measure.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
 from thermojax.pipeline.measure.sampling import ActParams, Samples, sample
-from thermojax.pipeline.quality.image import Quality, evaluate_quality
-from thermojax.pipeline.quality.text import TextQuality
+from thermojax.pipeline.quality.kind import SampleQuality, quality_from_dict
 from thermojax.pipeline.settings import sampler_specs
 from thermojax.pipeline.weights.quantize import WeightReport
 from thermojax.pipeline.weights.section import WeightsSection
@@ -164,12 +164,12 @@ class QualityEntry:
     """What threshold variants share after calibration: quantized samples and their quality.
 
     Attributes:
-        quality: the evaluator's :class:`~thermojax.pipeline.quality.image.Quality`.
+        quality: the evaluator's :class:`~thermojax.pipeline.quality.kind.SampleQuality`.
         quantized_x0: the quantized samples ``[N, *data_shape]`` (pixel range), same noise as
             fp32. (Their trajectory is not kept: only ``quality`` needs it.)
     """
 
-    quality: Quality | TextQuality
+    quality: SampleQuality
     quantized_x0: np.ndarray
 
     def save(self, path: Path) -> None:
@@ -187,13 +187,8 @@ class QualityEntry:
         with np.load(path, allow_pickle=False) as data:
             fields = json.loads(str(data["quality"]))
             x0 = _sample_array(data["quantized_x0"])
-        if fields.get("kind") == "text":
-            return cls(quality=TextQuality.from_dict(fields), quantized_x0=x0)
-        arrays = {f.name for f in dataclasses.fields(Quality) if f.type == "np.ndarray"}
-        quality = Quality(
-            **{k: np.asarray(v, np.float64) if k in arrays else v for k, v in fields.items()}
-        )
-        return cls(quality=quality, quantized_x0=x0)
+        # An entry written before quality kinds has no kind: quality_from_dict reads it.
+        return cls(quality=quality_from_dict(fields), quantized_x0=x0)
 
 
 def _sample_array(x0: Any) -> np.ndarray:

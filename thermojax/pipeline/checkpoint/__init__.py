@@ -1,1 +1,6 @@
-"""Quantized checkpoints: the one writer and the reloader."""
+"""Quantized checkpoints: the one writer and the reloader.
+
+layout (the folder, its file and tensor names), document (``quantization.json``), folder
+(staging and publishing), activations, orbax_copy, export (a Hugging Face checkpoint, streamed),
+export_digits (the digits DDPM), reload.
+"""

@@ -1,4 +1,4 @@
-"""Reloading a quantized checkpoint that thermojax exported (:mod:`thermojax.pipeline.checkpoint.export`
+"""Reloading a quantized checkpoint that thermojax exported (:mod:`thermojax.pipeline.checkpoint.layout`
 describes the folder), bit for bit and without re-quantizing, one shard at a time.
 
 Example:
@@ -21,15 +21,22 @@ import jax
 import numpy as np
 
 from thermojax.core.quant import WEIGHT_BITS, QTensor
+from thermojax.files import UnreadableJSON, read_json_file
 from thermojax.models.hf import CheckpointError
 from thermojax.models.hf.layouts import DTYPES
-from thermojax.pipeline.checkpoint.export import (
+from thermojax.pipeline.checkpoint.layout import (
     FORMAT,
     FORMAT_VERSION,
     ORBAX_DIR,
     QUANTIZATION_FILE,
-    STORED_SUFFIXES,
     stored_entries,
+)
+from thermojax.pipeline.checkpoint.validate import (
+    check_activation_entry,
+    check_activations,
+    check_figures,
+    check_groups,
+    check_kept,
 )
 from thermojax.pipeline.measure.sampling import ActParams
 
@@ -69,17 +76,17 @@ def _plain_file(name: object, what: str, tensor: str | None = None) -> str:
     return name
 
 
-def _read_json(folder: Path, file: str) -> Any:
+def _read_json(folder: Path, file: str, *, strict: bool = False) -> Any:
+    """``file`` parsed (:func:`thermojax.files.read_json_file`: a regular file, of a sane size
+    and nesting); ``strict``: no NaN or Infinity (what thermojax writes: the map)."""
     try:
-        raw = (folder / file).read_bytes()
+        return read_json_file(folder / file, strict=strict)
     except FileNotFoundError:
         raise CheckpointError(file, f"not found in {folder}") from None
     except OSError as err:
         raise CheckpointError(file, f"cannot be read ({err.strerror})") from err
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(file, f"not valid JSON ({err})") from err
+    except UnreadableJSON as err:
+        raise CheckpointError(file, err.problem) from None
 
 
 def _shape(value: object, what: str, tensor: str) -> tuple[int, ...]:
@@ -201,7 +208,7 @@ def _read_activations(folder: Path, entry: Any) -> ActParams:
     ):
         raise CheckpointError(QUANTIZATION_FILE, "'activations' entry is malformed")
     file = _plain_file(entry["file"], "activations file")
-    num_layers, num_params = entry["num_layers"], entry["num_params"]
+    bits, num_layers, num_params = check_activation_entry(entry)
     expected = {
         "edges": ("edges", "I32", (num_params + 1,)),
         "scales": ("scales", "F32", (num_layers, num_params)),
@@ -214,7 +221,8 @@ def _read_activations(folder: Path, entry: Any) -> ActParams:
             if stored[0] not in keys:
                 raise CheckpointError(file, "missing", stored[0])
             arrays[role] = _read_stored(handle, file, stored)
-    return ActParams(bits=int(entry["bits"]), **arrays)
+    check_activations(file, arrays, bits, entry.get("num_timesteps"))
+    return ActParams(bits=bits, **arrays)
 
 
 def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> QuantizedCheckpoint:
@@ -222,8 +230,10 @@ def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> Quanti
 
     Every tensor ``quantization.json`` lists is found in its shard and checked against the map:
     present, of the listed dtype and shape, the packed layout consistent with the tensor's
-    shape, bits and group size, every scale positive and finite and every zero point in range.
-    Orbax is not needed.
+    shape, bits and group size, every scale positive and finite and every zero point in range,
+    every kept tensor finite; the activation parameters' edges, scales and zero points, and
+    the map's measured figures, are checked too
+    (:mod:`~thermojax.pipeline.checkpoint.validate`). Orbax is not needed.
 
     By default the tensors are read-only views of the memory-mapped shards: reloading reads
     the headers, scales and zero points, and the codes are paged in from the page cache when
@@ -240,13 +250,14 @@ def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> Quanti
     Raises:
         CheckpointError: (a UserInputError) a missing or unreadable file, a malformed
             ``quantization.json``, a tensor missing, unlisted, or of another dtype or shape
-            than the map says; one line naming the file and the tensor.
+            than the map says, a value out of range (NaN, Inf, a scale <= 0, a zero point
+            beyond the bits); one line naming the file and the tensor.
     """
     folder = Path(path)
     if not folder.is_dir():
         problem = "not a folder" if folder.exists() else "no such folder"
         raise CheckpointError(str(folder), f"{problem} (a quantized checkpoint is a folder)")
-    document = _read_json(folder, QUANTIZATION_FILE)
+    document = _read_json(folder, QUANTIZATION_FILE, strict=True)
     _check_document(document)
     config = _read_json(folder, _plain_file(document["config_file"], "config_file"))
     if not isinstance(config, dict):
@@ -275,6 +286,7 @@ def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> Quanti
         if file not in document["shards"]:
             raise CheckpointError(QUANTIZATION_FILE, f"file {file!r} is not among 'shards'", name)
         by_file.setdefault(file, []).append((name, stored, meta))
+    check_figures(document)
 
     qtensors: dict[str, QTensor] = {}
     tensors: dict[str, np.ndarray] = {}
@@ -300,27 +312,16 @@ def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> Quanti
                     for role, entry in stored.items()
                 }
                 if meta is None:
+                    check_kept(file, name, arrays["values"])
                     tensors[name] = arrays["values"]
                     continue
                 qtensor = QTensor(**arrays, **meta)
-                _check_groups(file, name, qtensor)
+                check_groups(file, name, qtensor)
                 qtensors[name] = qtensor
     activations = None
     if document.get("activations") is not None:
         activations = _read_activations(folder, document["activations"])
     return QuantizedCheckpoint(folder, config, qtensors, tensors, document, activations)
-
-
-def _check_groups(file: str, name: str, qtensor: QTensor) -> None:
-    """Scales positive and finite, zero points within the codes' range: cheap (one value per
-    group) and catches a corrupted group that the shapes cannot."""
-    scale, zero = np.asarray(qtensor.scale), np.asarray(qtensor.zero_point)
-    if not np.all(np.isfinite(scale) & (scale > 0)):
-        raise CheckpointError(file, "has scales that are not positive finite numbers", name)
-    if zero.size and int(zero.max()) > qtensor.qmax:
-        raise CheckpointError(
-            file, f"has zero points above {qtensor.qmax}", name + STORED_SUFFIXES["zero_point"]
-        )
 
 
 def restore_orbax_copy(path: str | os.PathLike[str]) -> dict[str, QTensor]:
@@ -355,7 +356,7 @@ def restore_orbax_copy(path: str | os.PathLike[str]) -> dict[str, QTensor]:
     restored: dict[str, QTensor] = {}
     checkpointer = ocp.StandardCheckpointer()
     try:
-        for item, target in targets.items():  # parts of at most 256 MiB (export._plan_orbax)
+        for item, target in targets.items():  # parts of at most 256 MiB (orbax_copy._plan_orbax)
             part = checkpointer.restore(folder / item, target)
             restored.update(jax.tree.map(np.asarray, part))
     finally:

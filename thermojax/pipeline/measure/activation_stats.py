@@ -26,15 +26,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from thermojax.errors import UserInputError
 from thermojax.files import atomic_file
+from thermojax.models.hf.headers import nonfinite_problem
 
-__all__ = ["STAT_KINDS", "ActivationStats", "read_activation_stats", "write_activation_stats"]
+__all__ = [
+    "MAX_MAGNITUDE",
+    "STAT_KINDS",
+    "ActivationStats",
+    "read_activation_stats",
+    "write_activation_stats",
+]
 
 STAT_KINDS = ("min", "max", "mean", "std")
 """The four vectors a layer has in the file, as ``NAME.<kind>``."""
@@ -61,20 +68,35 @@ class ActivationStats:
         return int(self.act_min.shape[1])
 
 
-def read_activation_stats(path: str | os.PathLike[str]) -> ActivationStats:
+MAX_MAGNITUDE = float(np.finfo(np.float32).max) / 2
+"""Largest ``|value|`` a statistics file may hold: any two then differ by a finite float32, so a
+range ``max - min`` and the scale and Markov scores made from it stay finite. Beyond it no
+activation is real (float16's largest is 65504), and the scores would be NaN."""
+
+
+def read_activation_stats(
+    path: str | os.PathLike[str], *, checkpoint_tensors: Collection[str] | None = None
+) -> ActivationStats:
     """Read and check a statistics file.
+
+    Args:
+        path: the file.
+        checkpoint_tensors: the model's tensor names: each layer ``NAME`` of the file must have
+            a tensor ``NAME.weight`` or ``NAME`` there (``None``: not checked).
 
     Raises:
         UserInputError: one line naming the file (and the tensor): missing or unreadable file,
             a name not of the form ``NAME.min|max|mean|std``, a layer lacking one of the four,
-            vectors of different lengths, a non-finite value, ``min > max`` or ``std < 0``.
+            vectors of different lengths, a non-finite value or one beyond
+            :data:`MAX_MAGNITUDE`, ``min > max``, ``std < 0``, a layer the model lacks.
     """
     from safetensors import safe_open
 
     path = Path(path).expanduser()
     where = f"calibration.stats={str(path)!r}"
     if not path.is_file():
-        raise UserInputError(f"{where}: no such file")
+        kind = "not a regular file" if path.exists() else "no such file"
+        raise UserInputError(f"{where}: {kind}")
     try:
         with safe_open(str(path), framework="np") as handle:
             arrays = {name: np.asarray(handle.get_tensor(name)) for name in handle.keys()}  # noqa: SIM118
@@ -91,11 +113,20 @@ def read_activation_stats(path: str | os.PathLike[str]) -> ActivationStats:
             raise UserInputError(
                 f"{where}: {name}: expected a vector over T steps, got {array.shape}"
             )
-        if not np.all(np.isfinite(array)):
+        if not np.issubdtype(array.dtype, np.floating):
+            raise UserInputError(f"{where}: {name}: dtype {array.dtype.name}, expected float32")
+        problem = nonfinite_problem(array)
+        if problem is not None:
+            raise UserInputError(f"{where}: {name}: {problem}")
+        huge = np.abs(array) > MAX_MAGNITUDE  # before the cast to float32, which would overflow
+        if huge.any():
+            step = int(np.argmax(huge))
             raise UserInputError(
-                f"{where}: {name}: {int(np.sum(~np.isfinite(array)))} non-finite values"
+                f"{where}: {name}: {float(array[step]):.4g} at step {step} is beyond "
+                f"+-{MAX_MAGNITUDE:.4g} (a range max - min would overflow float32)"
             )
-        layers.setdefault(layer, {})[kind] = array.astype(np.float32)
+        array = array.astype(np.float32)
+        layers.setdefault(layer, {})[kind] = array
     if not layers:
         raise UserInputError(f"{where}: holds no statistics")
     lengths = set()
@@ -112,6 +143,17 @@ def read_activation_stats(path: str | os.PathLike[str]) -> ActivationStats:
             raise UserInputError(f"{where}: {layer}.std: negative values")
     if len(lengths) != 1:
         raise UserInputError(f"{where}: vectors of different lengths {sorted(lengths)}")
+    if checkpoint_tensors is not None:
+        known = set(checkpoint_tensors)
+        missing = sorted(n for n in layers if n not in known and f"{n}.weight" not in known)
+        if missing:
+            shown = ", ".join(missing[:3]) + (
+                f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            )
+            raise UserInputError(
+                f"{where}: {shown}: the model has no such layer (no tensor {missing[0]}.weight "
+                f"or {missing[0]})"
+            )
     names = tuple(sorted(layers))
     stack = lambda kind: np.stack([layers[n][kind] for n in names])
     return ActivationStats(names, stack("min"), stack("max"), stack("mean"), stack("std"))

@@ -7,11 +7,15 @@ own shapes and dtypes, nothing measured elsewhere):
 
 - the fp32 trajectory (kept for the comparison) and the quantized one, on the host (with an
   enhanced run, ``thermo.*`` or adaptive groups, a third);
-- then the larger of two moments: sampling (the sampler's output buffer beside its host copy)
-  and the image quality comparison (float64 copies of both trajectories and the float64
-  difference, squared in place: 3 arrays of twice the float32 size);
+- then the larger of two moments: sampling (the sampler's output buffer beside its host copy,
+  and what one step works with beyond the state: the model family's ``step_bytes``, e.g. a
+  masked-diffusion LM's per-step logits and their softmax) and the quality comparison (the kind
+  of sample's ``comparison_copies`` trajectories: for images float64 copies of both
+  trajectories and the float64 difference, squared in place, 3 arrays of twice the float32
+  size);
 - calibration's own trajectory and statistics (``calibration.samples``, ``[L, T, 4 + K]``);
-- a masked-diffusion LM's per-step logits, ``[N, L, vocab]`` float32, and their softmax.
+- or, if larger, GPTQ's Hessian sampler run (``quant.hessian_samples``), which happens while the
+  weights are quantized, before any of the above is held.
 
 Measured on the digits DDPM (CPU, ``calibration=quick``): peak RSS 2.42 / 4.42 GB at N = 1000 /
 2000 against estimates of 2.1 / 4.1 GB above the ~0.35 GB the process holds when it checks.
@@ -46,13 +50,6 @@ __all__ = ["MemoryEstimate", "available_memory", "check_memory", "estimate_memor
 
 log = logging.getLogger(__name__)
 
-_FLOAT64_COMPARISON = 3
-"""Float64 arrays the image quality comparison makes of a trajectory's size (two copies and the
-difference, which numpy squares in place): each twice the float32 trajectory."""
-_LOGIT_COPIES = 3
-"""Per-step ``[N, L, vocab]`` float32 arrays of a masked-diffusion step: logits, softmax, the
-sampling's working copy."""
-
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
@@ -63,12 +60,15 @@ class MemoryEstimate:
         itemsize: bytes per state value (4: float32 pixels or int32 tokens).
         host: bytes on the host at the peak (everything, on a CPU backend).
         device: bytes on the accelerator at the peak (0 on a CPU backend).
+        parts: config key -> the bytes of ``host`` that grow with that count (what a refusal
+            names: the largest part).
     """
 
     trajectory: tuple[int, ...]
     itemsize: int
     host: float
     device: float
+    parts: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def trajectory_bytes(self) -> int:
@@ -76,8 +76,19 @@ class MemoryEstimate:
         return math.prod(self.trajectory) * self.itemsize
 
 
-def estimate_memory(model: DiffusionModel, config: BaselineConfig) -> MemoryEstimate:
-    """The peak memory of ``config``'s run on ``model`` (module doc), from shapes alone."""
+def estimate_memory(
+    model: DiffusionModel,
+    config: BaselineConfig,
+    *,
+    comparison_copies: float = 1.0,
+    step_bytes: float = 0.0,
+) -> MemoryEstimate:
+    """The peak memory of ``config``'s run on ``model`` (module doc), from shapes alone.
+
+    Args:
+        comparison_copies: trajectories the quality comparison holds at once.
+        step_bytes: what one sampler step works with beyond the state (bytes).
+    """
     num_samples = int(config.sampling.num_samples)
     total_steps = int(model.num_timesteps)
     steps = getattr(config.sampling, "steps", None) or total_steps
@@ -86,9 +97,8 @@ def estimate_memory(model: DiffusionModel, config: BaselineConfig) -> MemoryEsti
     itemsize = np.dtype(state.dtype).itemsize
     shape = (steps, *state.shape)
     trajectory = math.prod(shape) * itemsize
-    image = getattr(model, "family", "image") != "text"
     held = (2 + (1 if config.enhanced else 0)) * trajectory  # fp32, quantized (enhanced)
-    comparison = _FLOAT64_COMPARISON * 2 * trajectory if image else trajectory
+    comparison = comparison_copies * trajectory
     layers = len(model.layer_names)
     samples_per_step = int(config.calibration.samples_per_step)
     calibration_samples = int(config.calibration.samples)
@@ -96,15 +106,23 @@ def estimate_memory(model: DiffusionModel, config: BaselineConfig) -> MemoryEsti
         trajectory * calibration_samples / num_samples
         + layers * total_steps * (4 + samples_per_step) * 4
     )
-    vocab = getattr(getattr(model, "lm", None), "vocab_size", None)
-    per_step = 0.0
-    if vocab is not None:
-        per_step = _LOGIT_COPIES * 4.0 * math.prod(state.shape) * int(vocab)
-    program = trajectory + per_step  # the sampler's output buffer and its step's working set
-    if jax.default_backend() == "cpu":  # the output buffer is host memory, freed once copied
-        host = held + max(program, comparison) + calibration
-        return MemoryEstimate(shape, itemsize, host=host, device=0.0)
-    return MemoryEstimate(shape, itemsize, host=held + comparison + calibration, device=program)
+    program = trajectory + step_bytes  # the sampler's output buffer and its step's working set
+    # GPTQ's Hessians run the fp32 sampler on their own samples while the weights are quantized,
+    # before anything above is held.
+    hessian = 0.0
+    if config.quant.method == "gptq":
+        hessian = trajectory * int(config.quant.hessian_samples) / num_samples
+    cpu = jax.default_backend() == "cpu"  # the output buffer is host memory, freed once copied
+    sampling = held + (max(program, comparison) if cpu else comparison)
+    parts = {
+        "sampling.num_samples": sampling,
+        "calibration.samples": trajectory * calibration_samples / num_samples,
+        "calibration.samples_per_step": layers * total_steps * (4 + samples_per_step) * 4,
+        "quant.hessian_samples": hessian,
+    }
+    host = max(sampling + calibration, hessian if cpu else 0.0)
+    device = 0.0 if cpu else max(program, hessian)
+    return MemoryEstimate(shape, itemsize, host=host, device=device, parts=parts)
 
 
 def _meminfo_available() -> float | None:
@@ -150,16 +168,28 @@ def _gb(value: float) -> str:
     return f"{value / 1e9:.1f} GB" if value >= 1e8 else f"{value / 1e6:.0f} MB"
 
 
-def check_memory(model: DiffusionModel, config: BaselineConfig) -> MemoryEstimate:
-    """Refuse, before any allocation, a run whose estimate exceeds the available memory.
+def check_memory(
+    model: DiffusionModel,
+    config: BaselineConfig,
+    *,
+    comparison_copies: float = 1.0,
+    step_bytes: float = 0.0,
+) -> MemoryEstimate:
+    """Refuse, before any allocation, a run whose estimate exceeds the available memory
+    (``comparison_copies`` and ``step_bytes`` as for :func:`estimate_memory`).
 
     ``THERMOJAX_MEMORY_CHECK=off`` skips the refusal (the estimate is still logged).
 
     Raises:
-        UserInputError: ``sampling.num_samples`` (and the estimate, what is available, the
-            largest count that fits) when the run would not fit on the host or the device.
+        UserInputError: when the run would not fit on the host or the device: the count whose
+            part of the estimate is the largest (``sampling.num_samples``,
+            ``calibration.samples``, ``calibration.samples_per_step`` or
+            ``quant.hessian_samples``), the estimate, what is available and about how large a
+            value of that count fits.
     """
-    estimate = estimate_memory(model, config)
+    estimate = estimate_memory(
+        model, config, comparison_copies=comparison_copies, step_bytes=step_bytes
+    )
     host_free, device_free = available_memory()
     num_samples = int(config.sampling.num_samples)
     log.info(
@@ -179,6 +209,9 @@ def check_memory(model: DiffusionModel, config: BaselineConfig) -> MemoryEstimat
     ):
         if free is None or needed <= free:
             continue
+        key = max(estimate.parts, key=estimate.parts.get) if where == "memory" else ""
+        if key and key != "sampling.num_samples":
+            raise UserInputError(_refusal(config, key, estimate.parts[key], needed, free))
         fits = max(int(num_samples * free / needed), 0)
         steps, *state = estimate.trajectory
         raise UserInputError(
@@ -188,3 +221,16 @@ def check_memory(model: DiffusionModel, config: BaselineConfig) -> MemoryEstimat
             + (f"about {fits} samples fit" if fits >= 1 else "no sample count fits")
         )
     return estimate
+
+
+def _refusal(config: BaselineConfig, key: str, part: float, needed: float, free: float) -> str:
+    """The refusal naming ``key``, the count whose ``part`` of the estimate is the largest, and
+    the largest value of it that would fit with everything else as it is."""
+    section, name = key.split(".")
+    value = int(getattr(getattr(config, section), name))
+    fits = int(value * (free - (needed - part)) / part) if part > 0 else 0
+    return (
+        f"{key}={value}: the run needs about {_gb(needed)} of memory and {_gb(free)} is "
+        f"available ({key} alone takes {_gb(part)}); "
+        + (f"at most about {fits} fit" if fits >= 1 else "no value fits")
+    )

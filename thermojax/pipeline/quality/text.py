@@ -21,9 +21,10 @@ Figures that need what the model lacks (held-out text without a reference) are `
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +34,19 @@ from thermojax.core.quant import QTensor, fake_quantize_activations
 from thermojax.core.text_metrics import masked_diffusion_nll_bound, perplexity
 from thermojax.models.dream.network import shift_logits
 from thermojax.pipeline.measure.sampling import ActParams, Samples
-from thermojax.pipeline.results.codec import fields_as_plain_data
+from thermojax.pipeline.quality.drift import group_drift
+from thermojax.pipeline.quality.grading import Graded, finite, grade, graded, ratio, times
+from thermojax.pipeline.quality.kind import (
+    DriftText,
+    FigureLabel,
+    Headline,
+    QualityKind,
+    SampleQuality,
+    register_quality_kind,
+)
 from thermojax.pipeline.weights.quantize import WeightReport, dense_weights
 
-__all__ = ["NUM_MASK_RATIOS", "TEXT_PREVIEW", "TextQuality", "evaluate_text_quality"]
+__all__ = ["NUM_MASK_RATIOS", "TEXT", "TEXT_PREVIEW", "TextQuality", "evaluate_text_quality"]
 
 NUM_MASK_RATIOS = 16
 """Stratified mask ratios (network passes) per perplexity bound."""
@@ -45,14 +55,12 @@ TEXT_PREVIEW = 4
 """Samples shown as text, fp32 beside quantized."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TextQuality:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextQuality(SampleQuality):
     """Quantized sampling of a masked-diffusion LM against fp32 sampling (module doc).
 
     Attributes:
-        drift_per_timestep: float64 ``[T]``: fraction of positions differing after each step.
-        drift_per_group: float64 ``[G]``: its means over the time groups.
-        drift_mean: its mean.
+        drift_per_timestep: ``[T]``: fraction of positions differing after each step.
         token_agreement: fraction of generated positions with the same final token.
         generative_perplexity_fp32, generative_perplexity_quantized: the fp32 model's
             perplexity bound of the fp32 / quantized samples, per token.
@@ -60,38 +68,16 @@ class TextQuality:
             perplexity bound on held-out text, per token; ``None`` without held-out text.
         sample_text_fp32, sample_text_quantized: the first samples decoded (``None`` without
             a decoder).
-        layer_cosine: layer name -> weight cosine similarity; model_cosine: over all weights.
-        num_samples: N.
     """
 
-    drift_per_timestep: np.ndarray
-    drift_per_group: np.ndarray
-    drift_mean: float
-    token_agreement: float
-    generative_perplexity_fp32: float
-    generative_perplexity_quantized: float
-    heldout_perplexity_fp32: float | None
-    heldout_perplexity_quantized: float | None
-    sample_text_fp32: tuple[str, ...] | None
-    sample_text_quantized: tuple[str, ...] | None
-    layer_cosine: dict[str, float]
-    model_cosine: float = float("nan")
-    num_samples: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (arrays as lists of floats), marked ``kind: "text"``."""
-        return fields_as_plain_data(self) | {"kind": "text"}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TextQuality:
-        """Inverse of :meth:`to_dict` (the stage cache's entries)."""
-        values = {k: v for k, v in data.items() if k != "kind"}
-        for key in ("drift_per_timestep", "drift_per_group"):
-            values[key] = np.asarray(values[key], np.float64)
-        for key in ("sample_text_fp32", "sample_text_quantized"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
+    kind: ClassVar[str] = "text"
+    token_agreement: float = math.nan
+    generative_perplexity_fp32: float = math.nan
+    generative_perplexity_quantized: float = math.nan
+    heldout_perplexity_fp32: float | None = None
+    heldout_perplexity_quantized: float | None = None
+    sample_text_fp32: tuple[str, ...] | None = None
+    sample_text_quantized: tuple[str, ...] | None = None
 
 
 def timesteps_for_masks(model: Any, masked: jax.Array) -> jax.Array:
@@ -224,9 +210,9 @@ def evaluate_text_quality(
     edges = np.asarray(edges, np.int64)
     if edges.ndim != 1 or len(edges) < 2 or edges[0] != 0 or edges[-1] != model.num_timesteps:
         raise ValueError(f"edges must run from 0 to T={model.num_timesteps}, got {edges.tolist()}")
-    drift = np.mean(traj_f != traj_q, axis=(1, 2), dtype=np.float64)
-    csum = np.concatenate([[0.0], np.cumsum(drift)])
-    drift_per_group = (csum[edges[1:]] - csum[edges[:-1]]) / np.diff(edges)
+    drift, drift_per_group, drift_mean = group_drift(
+        np.mean(traj_f != traj_q, axis=(1, 2), dtype=np.float64), edges
+    )
     tokens_f, tokens_q = np.asarray(fp32.x0), np.asarray(quantized.x0)
     generated = slice(len(model.prompt), None)
     agreement = float(np.mean(tokens_f[:, generated] == tokens_q[:, generated]))
@@ -247,7 +233,7 @@ def evaluate_text_quality(
     return TextQuality(
         drift_per_timestep=drift,
         drift_per_group=drift_per_group,
-        drift_mean=float(drift.mean()),
+        drift_mean=drift_mean,
         token_agreement=agreement,
         generative_perplexity_fp32=float(perplexity(_bound(model, tokens_f, seed=seed))),
         generative_perplexity_quantized=float(perplexity(_bound(model, tokens_q, seed=seed))),
@@ -262,3 +248,146 @@ def evaluate_text_quality(
         model_cosine=float(weight_report.model_cosine),
         num_samples=len(tokens_f),
     )
+
+
+def grade_text_quality(quality: TextQuality, b: Any) -> list[Graded]:
+    """Held-out (else generative) perplexity ratio and token agreement against fp32's
+    (limits: :class:`~thermojax.pipeline.settings.InterpretationConfig`)."""
+    found = []
+    good, poor = b.good_max_perplexity_ratio, b.poor_above_perplexity_ratio
+    heldout = [quality.figure(f"heldout_perplexity_{k}") for k in ("fp32", "quantized")]
+    generative = [quality.figure(f"generative_perplexity_{k}") for k in ("fp32", "quantized")]
+    if finite(*heldout):
+        r = ratio(heldout[1], heldout[0])
+        found.append(
+            graded(
+                grade(r, good, poor),
+                f"held-out perplexity {times(r)} fp32",
+                f"held-out perplexity bound <= {good:g}x fp32's (poor above {poor:g}x)",
+                f"{times(r)} ({heldout[1]:.2f} vs {heldout[0]:.2f})",
+            )
+        )
+    elif finite(*generative):
+        r = ratio(generative[1], generative[0])
+        change = max(r, 1 / r) if r > 0 else math.inf  # lower is a change too
+        found.append(
+            graded(
+                grade(change, good, poor),
+                f"generative perplexity {times(r)} fp32",
+                f"generative perplexity within {good:g}x of fp32's either way (poor beyond "
+                f"{poor:g}x; no held-out text)",
+                f"{times(r)} ({generative[1]:.2f} vs {generative[0]:.2f})",
+            )
+        )
+    agreement = quality.figure("token_agreement")
+    if finite(agreement):
+        good, poor = b.good_min_token_agreement, b.poor_below_token_agreement
+        found.append(
+            graded(
+                grade(agreement, good, poor, higher_is_better=True),
+                f"token agreement {agreement:.0%}",
+                f"token agreement with fp32 >= {good:.0%} (poor below {poor:.0%})",
+                f"{agreement:.1%}",
+            )
+        )
+    return found
+
+
+def _summary(q: TextQuality) -> str:
+    heldout = q.heldout_perplexity_fp32
+    return (
+        f"token agreement {q.token_agreement:.3f}, generative perplexity "
+        f"{q.generative_perplexity_fp32:.2f} (fp32) / {q.generative_perplexity_quantized:.2f}"
+        + (
+            f", held-out perplexity {heldout:.2f} / {q.heldout_perplexity_quantized:.2f}"
+            if heldout is not None
+            else ""
+        )
+    )
+
+
+def _log_summary(q: TextQuality) -> str:
+    return (
+        f"drift mean {q.drift_mean:.4f}, token agreement {q.token_agreement:.4f}, generative "
+        f"perplexity fp32 {q.generative_perplexity_fp32:.3f} / quantized "
+        f"{q.generative_perplexity_quantized:.3f}, held-out perplexity fp32 "
+        f"{q.heldout_perplexity_fp32} / quantized {q.heldout_perplexity_quantized}"
+    )
+
+
+_PERPLEXITY = FigureLabel("generative perplexity", False, 3, 2)
+_HELDOUT = FigureLabel("held-out perplexity bound", False, 3, 2)
+
+TEXT = register_quality_kind(
+    QualityKind(
+        name="text",
+        type=TextQuality,
+        evaluate=evaluate_text_quality,
+        figures=(
+            "drift_mean",
+            "token_agreement",
+            "generative_perplexity_fp32",
+            "generative_perplexity_quantized",
+            "heldout_perplexity_fp32",
+            "heldout_perplexity_quantized",
+        ),
+        compared=(
+            "drift_mean",
+            "token_agreement",
+            "generative_perplexity_quantized",
+            "heldout_perplexity_quantized",
+        ),
+        fp32_reference=("generative_perplexity_fp32", "heldout_perplexity_fp32"),
+        labels={
+            "drift_mean": FigureLabel("trajectory drift (mean)", False, 5, 4),
+            "token_agreement": FigureLabel("token agreement", True, 4, 1, percent=True),
+            "generative_perplexity_quantized": _PERPLEXITY,
+            "generative_perplexity_fp32": _PERPLEXITY,
+            "heldout_perplexity_quantized": _HELDOUT,
+            "heldout_perplexity_fp32": _HELDOUT,
+        },
+        comparison_labels={
+            "drift_mean": "Trajectory drift (mean)",
+            "token_agreement": "Token agreement with fp32",
+            "generative_perplexity_quantized": "Generative perplexity (fp32 model)",
+            "heldout_perplexity_quantized": "Held-out perplexity bound",
+        },
+        headline=(
+            Headline("token_agreement", "agreement", "agreement", False),
+            Headline(
+                "heldout_perplexity_quantized",
+                "held-out ppl",
+                "held-out ppl",
+                True,
+                instead=Headline("generative_perplexity_quantized", "gen. ppl", "gen. ppl", True),
+            ),
+        ),
+        grade=grade_text_quality,
+        summary=_summary,
+        log_summary=_log_summary,
+        summary_columns=(
+            "drift_mean",
+            "token_agreement",
+            "generative_perplexity_quantized",
+            "heldout_perplexity_quantized",
+        ),
+        correlated=(
+            "drift_mean",
+            "token_agreement",
+            "generative_perplexity_quantized",
+            "heldout_perplexity_quantized",
+        ),
+        sweep_headline=(
+            ("heldout_perplexity_quantized", "held-out perplexity (quantized)"),
+            ("generative_perplexity_quantized", "generative perplexity (quantized)"),
+        ),
+        drift=DriftText(
+            measure="fraction of positions whose token differs",
+            title="Token disagreement, quantized vs fp32 (same seed)",
+            x_label="timestep t (the sampler runs T-1, all masked, down to 0)",
+            y_label="disagreement",
+            log_y=False,
+        ),
+    )
+)
+"""Token sequences: a masked-diffusion LM's."""

@@ -20,6 +20,7 @@ import numpy as np
 import thermojax
 from thermojax.core.markov import MarkovMetrics
 from thermojax.core.timegroups import group_ranges
+from thermojax.pipeline.quality.kind import SampleQuality, quality_from_dict, quality_kind
 from thermojax.pipeline.results.schema import (
     BaselineSection,
     EnhancementSection,
@@ -27,7 +28,6 @@ from thermojax.pipeline.results.schema import (
     MetricsView,
     OptimizationSection,
     PhasesSection,
-    QualitySection,
     Result,
     SamplePreview,
     Violation,
@@ -57,6 +57,11 @@ PREVIEW_SAMPLES = 16
 """Samples of each kind kept in the ``Result`` for the report's image grids."""
 
 
+def _quality(quality: SampleQuality | Mapping[str, Any]) -> SampleQuality:
+    """An evaluator's quality, or its JSON form (``kind`` names its type)."""
+    return quality if isinstance(quality, SampleQuality) else quality_from_dict(quality)
+
+
 def markov_fields(
     *,
     config: BaselineConfig,
@@ -69,7 +74,7 @@ def markov_fields(
     act_max: np.ndarray,
     layer_cosine: Sequence[float],
     model_cosine: float,
-    quality: QualitySection | None = None,
+    quality: SampleQuality | None = None,
 ) -> dict[str, Any]:
     """The Markov-smoothness fields of a :class:`Result`, from the per-layer parameters.
 
@@ -186,7 +191,7 @@ def build_result(
     model_cosine: float,
     compression_ratio: float,
     model_size_mb: float,
-    quality: Mapping[str, Any],
+    quality: SampleQuality | Mapping[str, Any],
     fp32_x0: np.ndarray,
     quantized_x0: np.ndarray,
     quantization_time_s: float,
@@ -197,13 +202,12 @@ def build_result(
 
     Args:
         metrics, act_min, act_max, layer_cosine: as for :func:`markov_fields`.
-        quality: ``Quality.to_dict()`` of the evaluator.
-        fp32_x0, quantized_x0: samples ``[N, 8, 8]`` (tokens ``[N, L]`` for an LM) from the
-            same noise.
+        quality: the evaluator's quality (or its ``to_dict()``).
+        fp32_x0, quantized_x0: samples ``[N, *data_shape]`` from the same noise; a few are
+            kept as pixels for the report when the kind of sample is shown as images.
         weights: the per-tensor section, if measured.
     """
-    text = quality.get("kind") == "text"
-    section = QualitySection.from_dict(quality)
+    section = _quality(quality)
     return Result(
         model_name=model_name,
         bit_width=config.bit_width,
@@ -214,10 +218,9 @@ def build_result(
         act_bits=config.act_bits,
         smoothness_threshold=config.smoothness_threshold,
         quality=section,
-        # Text samples are shown as text (the quality section's sample_text_*), not as grids.
-        sample_preview=None
-        if text
-        else SamplePreview(fp32=_preview(fp32_x0), quantized=_preview(quantized_x0)),
+        sample_preview=SamplePreview(fp32=_preview(fp32_x0), quantized=_preview(quantized_x0))
+        if quality_kind(section.kind).pixel_preview
+        else None,
         timings_s=dict(timings_s),
         environment=_environment(),
         config=config.to_dict(),
@@ -378,7 +381,7 @@ def with_enhancement(
     scales: np.ndarray,
     zero_points: np.ndarray,
     metrics: MarkovMetrics,
-    quality: Mapping[str, Any],
+    quality: SampleQuality | Mapping[str, Any],
     quantized_x0: np.ndarray,
 ) -> Result:
     """``result`` (built from the enhanced parameters) with the baseline's parameters, metrics,
@@ -387,7 +390,8 @@ def with_enhancement(
     Args:
         enhanced: the :class:`~thermojax.pipeline.run.variants.ParameterSet` the sampler used.
         edges, scales, zero_points, metrics: the baseline's uniform, unsmoothed parameters.
-        quality: the baseline's ``Quality.to_dict()``; quantized_x0: its quantized samples.
+        quality: the baseline's quality (or its ``to_dict()``); quantized_x0: its quantized
+            samples.
     """
     return dataclasses.replace(
         result,
@@ -396,7 +400,7 @@ def with_enhancement(
             scales=tuple(float32_list(row) for row in scales),
             zero_points=tuple(float32_list(row) for row in zero_points),
             metrics=_metrics_view(metrics),
-            quality=QualitySection.from_dict(quality),
+            quality=_quality(quality),
         ),
         enhancement=_enhancement_section(config, enhanced),
         samples={**result.samples, "baseline_quantized": _samples(quantized_x0)},

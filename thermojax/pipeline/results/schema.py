@@ -16,7 +16,9 @@ the enhanced ones (a per-timestep schedule is measured per boundary window, see
 :mod:`thermojax.core.schedule_metrics`), ``baseline`` then holds the uniform, unsmoothed parameters'
 metrics and quality from the same calibration and noise, and ``enhancement`` says what was done.
 ``phases`` is the phase table of ``experiment=phases``. Version 1 files still read. Schema 5
-also gives ``interpretation`` a quality band and a verdict beside the smoothness band.
+also gives ``interpretation`` a quality band and a verdict beside the smoothness band. Schema 7
+makes ``quality`` one type per kind of sample, named by its ``kind``
+(:mod:`thermojax.pipeline.quality.kind`); a section without one reads as an image section.
 
 Example:
     >>> result = read_result("outputs/run/baseline_metrics.json")  # doctest: +SKIP
@@ -31,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,22 @@ import numpy as np
 
 from thermojax.core.markov import SEVERITY_LABELS
 from thermojax.files import atomic_write_text
-from thermojax.pipeline.results.codec import dataclass_from_json, from_json, to_json
+from thermojax.pipeline.quality.grading import Check
+from thermojax.pipeline.quality.kind import FigureLabel, SampleQuality
+from thermojax.pipeline.results.codec import dataclass_from_json, to_json
+from thermojax.pipeline.results.phase_table import PhaseRow, PhasesSection, Spread
+from thermojax.pipeline.results.sections import (
+    BaselineSection,
+    EnhancementSection,
+    MetricsView,
+    OptimizationSection,
+)
 from thermojax.pipeline.weights.section import BlockRow, TensorRow, WeightsSection
 
 __all__ = [
-    "COMPARED",
-    "COMPARED_QUALITY",
-    "FIGURE_LABELS",
-    "FP32_REFERENCE",
-    "PHASE_SPREADS",
-    "QUALITY_FIGURES",
     "RUN_MODES",
     "SCHEMA_VERSION",
     "SEVERITY_LABELS",
-    "TEXT_QUALITY_FIGURES",
     "BaselineSection",
     "BlockRow",
     "Check",
@@ -66,27 +69,28 @@ __all__ = [
     "Pattern",
     "PhaseRow",
     "PhasesSection",
-    "QualitySection",
     "Result",
     "SamplePreview",
+    "SampleQuality",
     "Spread",
     "TensorRow",
     "Violation",
     "ViolationAnalysis",
     "WeightsSection",
     "float32_list",
-    "phase_spreads",
     "read_result",
     "write_result",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Bumped whenever a key changes meaning or a required key is added (2: the enhancement,
 baseline and phase sections; 3: ``mode`` and ``weights``, and weight-only runs; 4: the quality
 section of a masked-diffusion LM, whose image figures are ``null``; 5: the phase table's
 ``family`` and its text figures, image figures ``null`` for a masked-diffusion LM; 6:
 ``sampler``, the sampler and steps that sampled and calibrated, with ``time_groups`` on the
-model's timesteps and ``layers[].activation_min/max`` over the calibration steps)."""
+model's timesteps and ``layers[].activation_min/max`` over the calibration steps; 7: ``quality``
+is one type per kind of sample, with its ``kind`` and only that kind's figures (the phase
+table's rows likewise), and ``sampler`` describes the model's own sampler in its words)."""
 
 RUN_MODES = ("diffusion", "weight-only")
 """``Result.mode``: a model thermojax runs, or a checkpoint measured weight-only."""
@@ -174,15 +178,6 @@ class Pattern:
 
 
 @dataclasses.dataclass(frozen=True)
-class Check:
-    """One criterion of the interpretation band, with the measured value and whether it holds."""
-
-    criterion: str
-    value: str
-    met: bool
-
-
-@dataclasses.dataclass(frozen=True)
 class Interpretation:
     """The smoothness band, the quality band, the verdict, and what to do next.
 
@@ -218,343 +213,11 @@ class Interpretation:
 
 
 @dataclasses.dataclass(frozen=True)
-class QualitySection:
-    """Quality of quantized sampling against fp32 sampling from the same noise.
-
-    Attributes:
-        drift_per_timestep: at each timestep ``[T]``, how far the quantized sampler's state is
-            from the fp32 one's: the mean squared difference of x_t (DDPM), the fraction of
-            positions whose token differs (masked-diffusion LM).
-        drift_per_group: the same, averaged within each time group ``[G]``.
-        drift_mean: its mean.
-        final_mse: mean squared difference of the final samples (pixels); ``None`` for text.
-        frechet_fp32, frechet_quantized: Frechet distance to the real data (classifier
-            features); ``None`` for a model without an image reference.
-        class_coverage_fp32, class_coverage_quantized: fraction of classes predicted
-            confidently; ``None`` likewise.
-        extra: any further figures the evaluator reports (kept as given): for a
-            masked-diffusion LM ``token_agreement``, ``generative_perplexity_fp32`` /
-            ``_quantized``, ``heldout_perplexity_fp32`` / ``_quantized`` (per token),
-            ``sample_text_fp32`` / ``_quantized`` and ``kind: "text"``.
-    """
-
-    drift_per_timestep: tuple[float, ...]
-    drift_per_group: tuple[float, ...]
-    drift_mean: float
-    final_mse: float | None = None
-    frechet_fp32: float | None = None
-    frechet_quantized: float | None = None
-    class_coverage_fp32: float | None = None
-    class_coverage_quantized: float | None = None
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def is_text(self) -> bool:
-        """Whether these are a masked-diffusion LM's figures (token agreement, perplexities)."""
-        return self.extra.get("kind") == "text"
-
-    @property
-    def family(self) -> str:
-        """``text`` for a masked-diffusion LM's figures, ``image`` otherwise (:data:`COMPARED`)."""
-        return "text" if self.is_text else "image"
-
-    def figure(self, name: str) -> float | None:
-        """One scalar figure by name, named or in ``extra``; ``None`` where this run has none."""
-        value = getattr(self, name) if name in QUALITY_FIGURES else self.extra.get(name)
-        return float(value) if isinstance(value, int | float) else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat JSON form: the named figures plus the ``extra`` ones at the same level."""
-        named = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
-        }
-        return {**self.extra, **named}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> QualitySection:
-        """Inverse of :meth:`to_dict`: unnamed keys go back into ``extra``."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        named = {
-            k: from_json(typing.get_type_hints(cls)[k], data[k], f"quality.{k}")
-            for k in names
-            if k in data
-        }
-        required = {"drift_per_timestep", "drift_per_group", "drift_mean"}
-        missing = sorted(required - named.keys())
-        if missing:
-            raise ValueError(f"quality section lacks keys {missing}")
-        return cls(**named, extra={k: v for k, v in data.items() if k not in names})
-
-    def figures(self) -> dict[str, float]:
-        """Every scalar figure this run has (:data:`QUALITY_FIGURES` and
-        :data:`TEXT_QUALITY_FIGURES` that are not ``None``)."""
-        values = {name: getattr(self, name) for name in QUALITY_FIGURES}
-        values |= {name: self.extra.get(name) for name in TEXT_QUALITY_FIGURES}
-        return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
-
-
-QUALITY_FIGURES = tuple(
-    f.name for f in dataclasses.fields(QualitySection) if f.type in ("float", float, "float | None")
-)
-"""The scalar figures of :class:`QualitySection` (fp32 and quantized), for summaries."""
-
-TEXT_QUALITY_FIGURES = (
-    "token_agreement",
-    "generative_perplexity_fp32",
-    "generative_perplexity_quantized",
-    "heldout_perplexity_fp32",
-    "heldout_perplexity_quantized",
-)
-"""A masked-diffusion LM's scalar quality figures (in :attr:`QualitySection.extra`)."""
-
-COMPARED = {
-    "image": ("drift_mean", "final_mse", "frechet_quantized", "class_coverage_quantized"),
-    "text": (
-        "drift_mean",
-        "token_agreement",
-        "generative_perplexity_quantized",
-        "heldout_perplexity_quantized",
-    ),
-}
-"""Per model family, the quantized-sampling figures set beside a baseline's: enhanced against
-baseline (report, W&B) and each phase variant against the baseline of the same seed (paired
-deltas). ``image``: the digits DDPM; ``text``: a masked-diffusion LM."""
-
-COMPARED_QUALITY = COMPARED["image"]
-"""The image family's :data:`COMPARED` figures (the DDPM's)."""
-
-FP32_REFERENCE = {
-    "image": ("frechet_fp32", "class_coverage_fp32"),
-    "text": ("generative_perplexity_fp32", "heldout_perplexity_fp32"),
-}
-"""Per family, the fp32 figures a phase table gives as its reference (mean and std over seeds)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FigureLabel:
-    """How a quality figure is shown: its label, whether higher is better, its digits after the
-    point (beside a baseline; ``table_digits`` in the phase table's mean +- std cells), and
-    whether it is a fraction shown as a percentage."""
-
-    label: str
-    higher_is_better: bool
-    digits: int
-    table_digits: int
-    percent: bool = False
-
-
-FIGURE_LABELS = {
-    "drift_mean": FigureLabel("trajectory drift (mean)", False, 5, 4),
-    "final_mse": FigureLabel("final-sample MSE", False, 4, 3),
-    "frechet_quantized": FigureLabel("Frechet distance", False, 3, 2),
-    "frechet_fp32": FigureLabel("Frechet distance", False, 3, 2),
-    "class_coverage_quantized": FigureLabel("class coverage", True, 2, 0, percent=True),
-    "class_coverage_fp32": FigureLabel("class coverage", True, 2, 0, percent=True),
-    "token_agreement": FigureLabel("token agreement", True, 4, 1, percent=True),
-    "generative_perplexity_quantized": FigureLabel("generative perplexity", False, 3, 2),
-    "generative_perplexity_fp32": FigureLabel("generative perplexity", False, 3, 2),
-    "heldout_perplexity_quantized": FigureLabel("held-out perplexity bound", False, 3, 2),
-    "heldout_perplexity_fp32": FigureLabel("held-out perplexity bound", False, 3, 2),
-}
-"""Display of every :data:`COMPARED` and :data:`FP32_REFERENCE` figure (report, run log)."""
-
-
-@dataclasses.dataclass(frozen=True)
 class SamplePreview:
-    """A few fp32 and quantized samples (same noise), pixel values 0..16, for the report's grids."""
+    """A few fp32 and quantized samples (same noise), in pixel units, for the report's image grids."""
 
     fp32: tuple[tuple[tuple[float, ...], ...], ...]
     quantized: tuple[tuple[tuple[float, ...], ...], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class MetricsView:
-    """Markov metrics of one set of parameters, summarized like the top-level figures.
-
-    Attributes:
-        smoothness_score: mean over layers.
-        violation_count: (layer, boundary) pairs whose scale jump exceeds the threshold.
-        boundary_scores: per boundary, mean over layers ``[G - 1]``.
-        scale_jumps: per layer and boundary ``[L][G - 1]``.
-    """
-
-    smoothness_score: float | None
-    violation_count: int | None
-    boundary_scores: tuple[float, ...]
-    scale_jumps: tuple[tuple[float, ...], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class BaselineSection:
-    """The baseline (uniform groups, unsmoothed) of an enhanced run: same calibration, same noise.
-
-    Attributes:
-        time_groups: the uniform ``[start, end)`` groups.
-        scales, zero_points: ``[L][G]`` baseline parameters.
-        metrics: their Markov metrics.
-        quality: quantized sampling with them.
-    """
-
-    time_groups: tuple[tuple[int, int], ...]
-    scales: tuple[tuple[float, ...], ...]
-    zero_points: tuple[tuple[float, ...], ...]
-    metrics: MetricsView
-    quality: QualitySection
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizationSection:
-    """Phase 3 outcome, per layer (``[L]``; ``loss_history[l]`` has ``iterations[l]`` entries).
-
-    Attributes:
-        target: ``groups`` (``S = G``) or ``timesteps`` (the smoothed schedule, ``S = T``).
-        settings: the ``thermo.optimization`` values used.
-    """
-
-    target: str
-    settings: dict[str, Any]
-    iterations: tuple[int, ...]
-    converged: tuple[bool, ...]
-    initial_loss: tuple[float, ...]
-    final_loss: tuple[float, ...]
-    quant_error_before: tuple[float, ...]
-    quant_error_after: tuple[float, ...]
-    markov_penalty_before: tuple[float, ...]
-    markov_penalty_after: tuple[float, ...]
-    loss_history: tuple[tuple[float, ...], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class EnhancementSection:
-    """What an enhanced run did to the parameters, and the views the top level does not show.
-
-    The top-level metrics are the headline view (per boundary window for a schedule).
-
-    Attributes:
-        description: one line for people.
-        strategy, lam: time grouping (``lam`` is the YAML ``time_groups.lambda``).
-        smoothing: the ``thermo.smoothing`` values used, or ``None``.
-        per_timestep: the parameters are a per-timestep schedule ``[L][T]``.
-        schedule_scales, schedule_zero_points: that schedule (``None`` for group parameters).
-        group_view: metrics of each group's mean parameters (ArrowQuant V2's group-level view).
-        max_step_scale_jump: per layer, the largest consecutive-timestep scale jump.
-        optimization: Phase 3 outcome, or ``None``.
-        parameter_time_s: wall time of computing the enhanced parameters.
-    """
-
-    description: str
-    strategy: str
-    lam: float
-    smoothing: dict[str, Any] | None
-    per_timestep: bool
-    schedule_scales: tuple[tuple[float, ...], ...] | None
-    schedule_zero_points: tuple[tuple[float, ...], ...] | None
-    group_view: MetricsView
-    max_step_scale_jump: tuple[float, ...]
-    optimization: OptimizationSection | None
-    parameter_time_s: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Spread:
-    """Mean and sample standard deviation (``ddof=1``) over the seeds."""
-
-    mean: float
-    std: float
-
-
-def phase_spreads(family: str) -> tuple[str, ...]:
-    """The :class:`PhaseRow` figures that are a :class:`Spread` over seeds for a model family
-    (:data:`COMPARED`): one list for the phase table, its CSV and its W&B table."""
-    return ("smoothness_score", "violation_count", *COMPARED[family], "sampling_time_s")
-
-
-PHASE_SPREADS = phase_spreads("image")
-"""The DDPM's :func:`phase_spreads`."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PhaseRow:
-    """One variant of the phase table (figures over the seeds; see :func:`thermojax.pipeline.run.phases.phase_table`).
-
-    ``drift_per_group`` is on the uniform groups (comparable across variants);
-    ``drift_per_timestep`` is the mean over seeds ``[T]``. ``param_time_s`` is the warm parameter
-    computation, ``param_extra_s`` the same minus the baseline's, ``sampling_ratio`` the mean
-    quantized sampling time over the baseline's. ``paired_delta`` holds, per quality figure, the
-    mean and std over seeds of (variant - baseline with the same seed's noise). The quality
-    figures are the model family's (:data:`COMPARED`); the other family's are ``None``, and so
-    is a figure the run has none of (held-out perplexity without held-out text).
-    """
-
-    variant: str
-    phase: str
-    description: str
-    edges: tuple[int, ...]
-    num_seeds: int
-    smoothness_score: Spread
-    violation_count: Spread
-    drift_mean: Spread
-    sampling_time_s: Spread
-    drift_per_group: tuple[Spread, ...]
-    drift_per_timestep: tuple[float, ...]
-    paired_delta: dict[str, Spread]
-    param_time_s: float
-    param_compile_s: float
-    param_extra_s: float
-    sampling_ratio: float
-    final_mse: Spread | None = None
-    frechet_quantized: Spread | None = None
-    class_coverage_quantized: Spread | None = None
-    token_agreement: Spread | None = None
-    generative_perplexity_quantized: Spread | None = None
-    heldout_perplexity_quantized: Spread | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PhasesSection:
-    """The phase table (``phases.json``): every variant on one calibration, over several seeds.
-
-    ``family`` is the model's (:data:`COMPARED`); ``fp32`` holds its :data:`FP32_REFERENCE`
-    figures over the seeds (those the run has)."""
-
-    seeds: tuple[int, ...]
-    num_samples: int
-    bit_width: int
-    act_bits: int
-    num_time_groups: int
-    smoothness_threshold: float
-    drift_group_edges: tuple[int, ...]
-    rows: tuple[PhaseRow, ...]
-    total_time_s: float
-    family: str = "image"
-    fp32: dict[str, Spread] = dataclasses.field(default_factory=dict)
-
-    def spreads(self) -> tuple[str, ...]:
-        """The :func:`phase_spreads` of this table's family that its rows have (not ``None``)."""
-        first = self.rows[0] if self.rows else None
-        return tuple(
-            name
-            for name in phase_spreads(self.family)
-            if first is not None and getattr(first, name) is not None
-        )
-
-    def compared(self) -> tuple[str, ...]:
-        """The quality figures with paired deltas (:data:`COMPARED` that the rows have)."""
-        return tuple(name for name in COMPARED[self.family] if name in self.spreads())
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``phases.json`` and the ``phases`` key of ``baseline_metrics.json``)."""
-        return {f.name: to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PhasesSection:
-        """Inverse of :meth:`to_dict`, checking keys and types; a table written before schema 5
-        (``fp32_frechet`` and ``fp32_class_coverage`` at the top) reads as the image family's."""
-        data = dict(data)
-        legacy = {"fp32_frechet": "frechet_fp32", "fp32_class_coverage": "class_coverage_fp32"}
-        if any(key in data for key in legacy):
-            data["fp32"] = {new: data.pop(old) for old, new in legacy.items() if old in data}
-        return dataclass_from_json(cls, data, "phases")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -569,7 +232,7 @@ class Result:
     (``smoothness_score``, ``violation_count``, ``violation_analysis``, ``interpretation``,
     ``num_timesteps``) unless per-timestep activation statistics were given. ``weights`` lists
     every tensor with its rule and size. ``samples`` holds the full sample arrays
-    (``fp32``/``quantized`` ``[N, 8, 8]``) for ``samples.npz``; it is not part of the JSON and is
+    (``fp32``/``quantized`` ``[N, *data_shape]``) for ``samples.npz``; it is not part of the JSON and is
     ``None`` for a result read back from disk. ``sampler`` says which sampler sampled
     (``sampler``, ``steps``, ``eta``, ``timesteps``, ``description``) and which calibrated
     (``calibration``, the same keys; ``layers[].activation_min/max`` are over its
@@ -600,7 +263,7 @@ class Result:
     time_groups: tuple[tuple[int, int], ...]
     layers: tuple[LayerResult, ...]
     violation_analysis: ViolationAnalysis | None
-    quality: QualitySection | None
+    quality: SampleQuality | None
     interpretation: Interpretation | None
     sample_preview: SamplePreview | None
     timings_s: dict[str, float]

@@ -26,14 +26,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from thermojax.core.markov import HIGH_JUMP, SEVERITY_LABELS
-from thermojax.pipeline.results.schema import (
-    Check,
-    Interpretation,
-    Pattern,
-    QualitySection,
-    Violation,
-    ViolationAnalysis,
-)
+from thermojax.pipeline.quality.grading import Check
+from thermojax.pipeline.quality.kind import SampleQuality, quality_kind
+from thermojax.pipeline.results.schema import Interpretation, Pattern, Violation, ViolationAnalysis
 from thermojax.pipeline.settings import InterpretationConfig
 
 __all__ = [
@@ -199,142 +194,31 @@ class QualityBand(NamedTuple):
     checks: tuple[Check, ...]
 
 
-def _finite(*values: float | None) -> bool:
-    return all(v is not None and math.isfinite(v) for v in values)
-
-
-def _ratio(quantized: float, fp32: float) -> float:
-    """quantized / fp32, guarded: a zero fp32 figure gives 1 for an equal one, inf for more."""
-    if fp32 > 0:
-        return quantized / fp32
-    return 1.0 if quantized <= fp32 else math.inf
-
-
-def _times(ratio: float) -> str:
-    """A ratio to fp32 as people read it: ``0.93x``, ``1.01x``, ``16.8x``."""
-    return f"{ratio:.3g}x" if ratio >= 10 else f"{ratio:.2f}x"
-
-
-def _grade(value: float, good: float, poor: float, *, higher_is_better: bool = False) -> str:
-    value = round(value, 9)  # float noise on a limit (0.8 - 0.7, 1 / (1 / 1.05)) stays on it
-    if higher_is_better:
-        return "good" if value >= good else "poor" if value < poor else "fair"
-    return "good" if value <= good else "poor" if value > poor else "fair"
-
-
-_Graded = tuple[str, str, Check]
-"""A figure's band, the short text naming it, and its criterion."""
-
-
-def _graded(band: str, detail: str, criterion: str, value: str) -> _Graded:
-    return band, detail, Check(criterion, value, band == "good")
-
-
-def _text_grades(quality: QualitySection, b: InterpretationConfig) -> list[_Graded]:
-    """Held-out (else generative) perplexity ratio and token agreement of a masked-diffusion LM."""
-    graded = []
-    good, poor = b.good_max_perplexity_ratio, b.poor_above_perplexity_ratio
-    heldout = [quality.figure(f"heldout_perplexity_{k}") for k in ("fp32", "quantized")]
-    generative = [quality.figure(f"generative_perplexity_{k}") for k in ("fp32", "quantized")]
-    if _finite(*heldout):
-        ratio = _ratio(heldout[1], heldout[0])
-        graded.append(
-            _graded(
-                _grade(ratio, good, poor),
-                f"held-out perplexity {_times(ratio)} fp32",
-                f"held-out perplexity bound <= {good:g}x fp32's (poor above {poor:g}x)",
-                f"{_times(ratio)} ({heldout[1]:.2f} vs {heldout[0]:.2f})",
-            )
-        )
-    elif _finite(*generative):
-        ratio = _ratio(generative[1], generative[0])
-        change = max(ratio, 1 / ratio) if ratio > 0 else math.inf  # lower is a change too
-        graded.append(
-            _graded(
-                _grade(change, good, poor),
-                f"generative perplexity {_times(ratio)} fp32",
-                f"generative perplexity within {good:g}x of fp32's either way (poor beyond "
-                f"{poor:g}x; no held-out text)",
-                f"{_times(ratio)} ({generative[1]:.2f} vs {generative[0]:.2f})",
-            )
-        )
-    agreement = quality.figure("token_agreement")
-    if _finite(agreement):
-        good, poor = b.good_min_token_agreement, b.poor_below_token_agreement
-        graded.append(
-            _graded(
-                _grade(agreement, good, poor, higher_is_better=True),
-                f"token agreement {agreement:.0%}",
-                f"token agreement with fp32 >= {good:.0%} (poor below {poor:.0%})",
-                f"{agreement:.1%}",
-            )
-        )
-    return graded
-
-
-def _image_grades(quality: QualitySection, b: InterpretationConfig) -> list[_Graded]:
-    """Frechet ratio, class coverage lost and final-sample MSE of the digits DDPM."""
-    graded = []
-    fp32, quantized = quality.frechet_fp32, quality.frechet_quantized
-    if _finite(fp32, quantized):
-        ratio = _ratio(quantized, fp32)
-        good, poor = b.good_max_frechet_ratio, b.poor_above_frechet_ratio
-        graded.append(
-            _graded(
-                _grade(ratio, good, poor),
-                f"Frechet {_times(ratio)} fp32",
-                f"Frechet distance <= {good:g}x fp32's (poor above {poor:g}x)",
-                f"{_times(ratio)} ({quantized:.2f} vs {fp32:.2f})",
-            )
-        )
-    fp32, quantized = quality.class_coverage_fp32, quality.class_coverage_quantized
-    if _finite(fp32, quantized):
-        drop = fp32 - quantized
-        good, poor = b.good_max_coverage_drop, b.poor_above_coverage_drop
-        graded.append(
-            _graded(
-                _grade(drop, good, poor),
-                f"class coverage {quantized:.0%} vs {fp32:.0%} fp32",
-                f"class coverage at most {good:g} below fp32's (poor beyond {poor:g})",
-                f"{quantized:.0%} vs {fp32:.0%}",
-            )
-        )
-    if _finite(quality.final_mse):
-        mse, good, poor = quality.final_mse, b.good_max_final_mse, b.poor_above_final_mse
-        graded.append(
-            _graded(
-                _grade(mse, good, poor),
-                f"final MSE {mse:.3g} px^2",
-                f"final-sample MSE to fp32's <= {good:g} px^2 (poor above {poor:g})",
-                f"{mse:.3g}",
-            )
-        )
-    return graded
-
-
-def quality_band(quality: QualitySection | None, *, bands: InterpretationConfig) -> QualityBand:
+def quality_band(quality: SampleQuality | None, *, bands: InterpretationConfig) -> QualityBand:
     """The quality band of a run's samples against fp32's, from the figures it has.
 
     Each figure is ``good`` within its ``good_*`` limit, ``poor`` past its ``poor_*`` limit and
     ``fair`` in between; the band is the worst of them, so one destroyed figure is enough for
-    ``poor``. Digits DDPM (image family): Frechet ratio quantized / fp32, class coverage lost
-    against fp32, final-sample MSE. Masked-diffusion LM (``quality.is_text``): the held-out
-    perplexity bound ratio quantized / fp32 (without held-out text, the generative perplexity
-    ratio, either way), and token agreement. Limits and their reasons:
+    ``poor``. Which figures, and how each is graded, is the kind of sample's
+    (:attr:`QualityKind.grade <thermojax.pipeline.quality.kind.QualityKind.grade>`): for images
+    the Frechet ratio quantized / fp32, class coverage lost against fp32 and the final-sample
+    MSE; for text the held-out perplexity bound ratio (without held-out text, the generative
+    perplexity ratio, either way) and token agreement. Limits and their reasons:
     :class:`~thermojax.pipeline.settings.InterpretationConfig`. No quality, or none of the
     figures: no band (``None``).
 
     Example:
         >>> from thermojax.pipeline.settings import InterpretationConfig
-        >>> q = QualitySection((0.1,), (0.1,), 0.1, final_mse=36.2, frechet_fp32=23.2,
-        ...                    frechet_quantized=389.3, class_coverage_fp32=1.0,
-        ...                    class_coverage_quantized=0.5)
+        >>> from thermojax.pipeline.quality.image import ImageQuality
+        >>> q = ImageQuality(drift_per_timestep=(0.1,), drift_per_group=(0.1,), drift_mean=0.1,
+        ...                  final_mse=36.2, frechet_fp32=23.2, frechet_quantized=389.3,
+        ...                  class_coverage_fp32=1.0, class_coverage_quantized=0.5)
         >>> quality_band(q, bands=InterpretationConfig())[:2]
         ('poor', 'Frechet 16.8x fp32')
     """
     if quality is None:
         return QualityBand(None, "", ())
-    graded = _text_grades(quality, bands) if quality.is_text else _image_grades(quality, bands)
+    graded = quality_kind(quality.kind).grade(quality, bands)
     if not graded:
         return QualityBand(None, "", ())
     band, detail, _ = max(graded, key=lambda g: QUALITY_BANDS.index(g[0]))  # the first worst
@@ -450,7 +334,7 @@ def interpret(
     boundary_scores: Sequence[float],
     cosine_similarity: float,
     bands: InterpretationConfig,
-    quality: QualitySection | None = None,
+    quality: SampleQuality | None = None,
     bit_width: int | None = None,
     act_bits: int | None = None,
 ) -> Interpretation:

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from thermojax.core.timegroups import uniform_edges
+from thermojax.pipeline.families.base import evaluate_quality, family_of
 from thermojax.pipeline.measure.calibrate import CalibrationStats
 from thermojax.pipeline.measure.sampling import sample
-from thermojax.pipeline.quality.image import evaluate_quality
-from thermojax.pipeline.results.schema import COMPARED, FP32_REFERENCE, phase_spreads
+from thermojax.pipeline.quality.kind import QualityKind
 from thermojax.pipeline.run.variants import (
     ParameterSet,
     Variant,
@@ -82,7 +82,7 @@ def run_phases(
         record per variant and seed (plain dicts, in run order).
     """
     start = time.perf_counter()
-    family = _family(model)
+    kind = family_of(model).quality
     variants = build_variants(config)
     num_groups = config.num_time_groups
     # Drift per group on the uniform groups of the model's timesteps, as the sampler finds them.
@@ -147,12 +147,12 @@ def run_phases(
                 act_params=p.act_params(config.act_bits),
                 seed=seed,
             )
-            record = _record(index, p, seed, quality, sampling_s, compile_s, family)
+            record = _record(index, p, seed, quality, sampling_s, compile_s, kind)
             records.append(record)
-            shown = ", ".join(f"{m} {record[m]:.4g}" for m in COMPARED[family] if m in record)
+            shown = ", ".join(f"{m} {record[m]:.4g}" for m in kind.compared if m in record)
             _tell(progress, f"seed {seed} {p.variant.name}: {shown}")
         fp32_quality.append(
-            {m: float(v) for m in FP32_REFERENCE[family] if (v := getattr(quality, m)) is not None}
+            {m: v for m in kind.fp32_reference if (v := quality.figure(m)) is not None}
         )
         del fp32
     table = {
@@ -163,21 +163,16 @@ def run_phases(
         "num_time_groups": num_groups,
         "smoothness_threshold": config.smoothness_threshold,
         "drift_group_edges": [int(e) for e in uniform],
-        "rows": phase_table(records, family=family),
+        "rows": phase_table(records, kind=kind),
         "total_time_s": time.perf_counter() - start,
-        "family": family,
+        "family": kind.name,
         "fp32": {
             m: _mean_std([q[m] for q in fp32_quality])
-            for m in FP32_REFERENCE[family]
+            for m in kind.fp32_reference
             if all(m in q for q in fp32_quality)
         },
     }
     return table, records
-
-
-def _family(model: Any) -> str:
-    """The model's family of quality figures (:data:`thermojax.pipeline.results.schema.COMPARED`)."""
-    return "text" if getattr(model, "family", "image") == "text" else "image"
 
 
 def _tell(progress: ProgressFn | None, line: str) -> None:
@@ -193,16 +188,14 @@ def _record(
     quality: Any,
     sampling_s: float,
     compile_s: Mapping[str, float],
-    family: str,
+    kind: QualityKind,
 ) -> dict[str, Any]:
-    """One run's record: the variant's Markov figures and the family's quality figures
-    (:data:`COMPARED` and :data:`FP32_REFERENCE`; one the run has none of is left out)."""
+    """One run's record: the variant's Markov figures and the quality figures of its kind of
+    sample (compared and fp32 reference; one the run has none of is left out)."""
     windows, groups = p.metrics.windows, p.metrics.groups
     opt = p.optimization
     figures = {
-        m: float(v)
-        for m in (*COMPARED[family], *FP32_REFERENCE[family])
-        if (v := getattr(quality, m)) is not None
+        m: v for m in (*kind.compared, *kind.fp32_reference) if (v := quality.figure(m)) is not None
     }
     return {
         "index": index,
@@ -234,15 +227,13 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "std": std}
 
 
-def phase_table(
-    records: Sequence[Mapping[str, Any]], *, family: str = "image"
-) -> list[dict[str, Any]]:
+def phase_table(records: Sequence[Mapping[str, Any]], *, kind: QualityKind) -> list[dict[str, Any]]:
     """One row per variant (in first-seen order) from per-run records.
 
-    Each figure of ``phase_spreads(family)`` the records have becomes ``{"mean", "std"}`` over
+    Each figure of ``kind.phase_spreads()`` the records have becomes ``{"mean", "std"}`` over
     the variant's seeds (sample std, ``ddof=1``), as do the per-group drifts
     (``drift_per_group``: one per group); the per-timestep drift is averaged over seeds.
-    ``paired_delta[m]`` for the family's quality figures ``m`` (:data:`COMPARED`) is the mean
+    ``paired_delta[m]`` for the kind's compared quality figures ``m`` is the mean
     and std over seeds of (variant - baseline of the same seed): every variant of a seed samples
     from the same noise, so the seed-to-seed spread is shared and the paired difference's spread
     is the one to compare a change against. Timings relative to the ``baseline`` row:
@@ -263,7 +254,7 @@ def phase_table(
             "edges": list(first["edges"]),
             "num_seeds": len(runs),
         }
-        for metric in phase_spreads(family):
+        for metric in kind.phase_spreads():
             if all(metric in r for r in runs):
                 row[metric] = _mean_std([r[metric] for r in runs])
         row["drift_per_group"] = [_mean_std(col) for col in drift_groups.T]
@@ -278,7 +269,7 @@ def phase_table(
     base_runs = {r["seed"]: r for r in by_variant.get(base["variant"], [])} if base else {}
     for row in rows:
         runs = [r for r in by_variant[row["variant"]] if r["seed"] in base_runs]
-        for metric in COMPARED[family]:
+        for metric in kind.compared:
             if metric not in row:
                 continue
             row["paired_delta"][metric] = _mean_std(

@@ -275,16 +275,20 @@ def model_weights_section(
     report: WeightReport,
     *,
     seconds: float,
+    source_format: str,
 ) -> WeightsSection:
     """The result's ``weights`` section for a model thermojax runs: each quantizable layer's
     kernel (quantized, ``[out, in]`` as stored) and every other parameter (kept, float32).
 
-    ``seconds`` is the weight quantization's wall time."""
+    ``seconds`` is the weight quantization's wall time; ``source_format`` the format of the
+    model's checkpoint (its family's)."""
 
     kernels = model.quantizable_weights()
     params = getattr(model, "params", None) or {}
     if params and not any(isinstance(v, Mapping) for v in params.values()):
-        return _flat_weights_section(model, qweights, report, seconds=seconds)
+        return _flat_weights_section(
+            model, qweights, report, seconds=seconds, source_format=source_format
+        )
     rows, blocks = [], []
     for i, name in enumerate(model.layer_names):
         q = qweights[name]
@@ -338,7 +342,7 @@ def model_weights_section(
                 min_cosine=float(report.layer_cosine[i]),
             )
         )
-    return _section(rows, blocks, report, seconds, "thermojax-digits-ddpm", model)
+    return _section(rows, blocks, report, seconds, source_format, model)
 
 
 def _section(
@@ -373,6 +377,7 @@ def _flat_weights_section(
     report: WeightReport,
     *,
     seconds: float,
+    source_format: str,
 ) -> WeightsSection:
     """:func:`model_weights_section` of a model whose ``params`` are flat, named as in its
     checkpoint (a masked-diffusion LM: ``model.layers.3.mlp.up_proj.weight``): one row per
@@ -424,7 +429,7 @@ def _flat_weights_section(
                 min_cosine=min(cosines) if cosines else None,
             )
         )
-    return _section(rows, blocks, report, seconds, "huggingface-safetensors", model)
+    return _section(rows, blocks, report, seconds, source_format, model)
 
 
 def _block_cosine(

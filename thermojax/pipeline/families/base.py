@@ -1,0 +1,348 @@
+"""What a model family is to the pipeline: one adapter, which the pipeline calls and never inspects.
+
+A family says how its folders are recognised, loaded and checked against the settings, which
+kind of sample its models draw (:class:`~thermojax.pipeline.quality.kind.QualityKind`: how its
+samples are compared with fp32, graded and shown), how its sampler is described, and how its
+quantized checkpoints are written. :func:`thermojax.pipeline.run` asks the registered families
+which one claims the configured model (:func:`recognise`) and runs it; the result, the report
+and the console then know the samples only by their quality kind. Registration is open: a
+family defined anywhere (a test's toy family among them) registers with
+:func:`register_family` and runs through the same command.
+
+Example:
+    >>> from thermojax.pipeline.settings import BaselineConfig
+    >>> recognise(BaselineConfig()).name  # the shipped digits DDPM
+    'digits-ddpm'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from thermojax.core.quant import QTensor
+from thermojax.core.timegroups import step_edges, uniform_edges
+from thermojax.errors import UserInputError
+from thermojax.models.base import DiffusionModel, SamplerSpec, SkippingModel
+from thermojax.pipeline.measure.sampling import ActParams, Samples
+from thermojax.pipeline.quality.kind import QualityKind, SampleQuality
+from thermojax.pipeline.run.stages import ProgressCallback
+from thermojax.pipeline.settings import BaselineConfig, check_model_limits, sampler_specs
+
+if TYPE_CHECKING:
+    from thermojax.pipeline.results.schema import Result
+
+__all__ = [
+    "DiffusionFamily",
+    "LoadedModel",
+    "ModelFamily",
+    "check_model",
+    "check_samplers",
+    "evaluate_quality",
+    "families",
+    "family_of",
+    "recognise",
+    "refuse_quant_settings",
+    "refuse_sampling_settings",
+    "register_family",
+]
+
+log = logging.getLogger(__name__)
+
+SAMPLING_OPTIONS = ("sampler", "steps", "eta", "length", "unmasking", "temperature", "top_p")
+"""``sampling.*`` keys that belong to a model's sampler (``num_samples`` belongs to every run);
+``prompt`` too, when not empty. A family takes some of them (:attr:`DiffusionFamily.sampling_options`)."""
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """A model family, as the pipeline sees it.
+
+    Attributes:
+        name: the family's name (``DiffusionModel.family`` of its models).
+        description: the family in words, for messages (``the digits DDPM``).
+        quality: the kind of sample its models draw; ``None`` for a family whose checkpoints
+            are measured weight-only (no samples).
+    """
+
+    name: str
+    description: str
+    quality: QualityKind | None
+
+    def recognises(self, config: BaselineConfig) -> bool:
+        """Whether ``config.model`` (its folder, ``model.run``) is one of this family's."""
+        ...
+
+    def check(self, config: BaselineConfig) -> BaselineConfig:
+        """Refuse settings this family does not take (one line naming the key), before any
+        work; returns ``config`` with the family's defaults filled in."""
+        ...
+
+    def run(self, config: BaselineConfig, progress: ProgressCallback | None) -> Result:
+        """The baseline run of ``config`` on this family's model."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model to run, and the quantized codes it comes with (an exported checkpoint's, used as
+    they are; ``None``: the run quantizes the weights)."""
+
+    model: DiffusionModel
+    qtensors: Mapping[str, QTensor] | None = None
+
+
+class DiffusionFamily:
+    """A family whose models thermojax samples (:class:`ModelFamily`), with the defaults the
+    diffusion run (:func:`thermojax.pipeline.run.diffusion.run_diffusion`) asks for.
+
+    A subclass sets ``name``, ``description`` and ``quality`` and gives :meth:`recognises` and
+    :meth:`load`; the rest has defaults: the sampler settings it takes (``sampling_options``)
+    and the one ``sampling.sampler=null`` resolves to (``default_sampler``; ``None``: the
+    model's own), the format its checkpoints are stored in (``weights_format``, in the
+    result's ``weights.source``; the family's name by default), the sampler's description, no
+    quantized-checkpoint format (``exports``: whether :meth:`export` writes one), no per-step
+    working memory.
+    """
+
+    name: str = ""
+    description: str = ""
+    quality: QualityKind
+    sampling_options: tuple[str, ...] = ()
+    default_sampler: str | None = None
+    weights_format: str = ""
+    exports: bool = False
+
+    def __init__(self) -> None:
+        if not self.weights_format:
+            self.weights_format = self.name
+
+    def recognises(self, config: BaselineConfig) -> bool:
+        raise NotImplementedError
+
+    def load(self, config: BaselineConfig) -> LoadedModel:
+        """The model of ``config`` (one-line :class:`UserInputError` naming ``model.path`` when
+        it cannot be loaded), checked against the settings that need it (:func:`check_model`)."""
+        raise NotImplementedError
+
+    def check(self, config: BaselineConfig) -> BaselineConfig:
+        """Refuse sampler settings of other families, ``calibration.stats``, and
+        ``export.path`` without a format to write; fill in the default sampler."""
+        refuse_sampling_settings(config, self)
+        if config.export.path is not None and not self.exports:
+            raise UserInputError(
+                f"export.path={config.export.path!r}: {self.description} has no quantized "
+                "checkpoint format"
+            )
+        if config.calibration.stats is not None:
+            raise UserInputError(
+                f"calibration.stats={config.calibration.stats!r}: only for checkpoints thermojax "
+                "cannot run; this model is calibrated by running it"
+            )
+        if config.sampling.sampler is None and self.default_sampler is not None:
+            sampling = dataclasses.replace(config.sampling, sampler=self.default_sampler)
+            config = dataclasses.replace(config, sampling=sampling)
+        return config
+
+    def run(self, config: BaselineConfig, progress: ProgressCallback | None) -> Result:
+        from thermojax.pipeline.run.diffusion import run_diffusion
+
+        return run_diffusion(self, config, progress)
+
+    def sampler_record(self, model: Any, spec: SamplerSpec) -> dict[str, Any]:
+        """``Result.sampler``'s ``sampler``, ``steps`` (``eta``) and ``description`` of ``spec``
+        on ``model``: for a family that takes ``sampling.sampler``, the named sampler's
+        (``DDPM, 1000 steps``); else the model's own (``<family> sampler, 20 steps``)."""
+        total = int(model.num_timesteps)
+        if "sampler" in self.sampling_options:
+            return {**spec.to_dict(total), "description": spec.describe(total)}
+        steps = spec.num_steps(total)
+        return {
+            "sampler": self.name,
+            "steps": steps,
+            "description": f"{self.name} sampler, {steps} steps",
+        }
+
+    def export(
+        self,
+        config: BaselineConfig,
+        model: Any,
+        qweights: Mapping[str, QTensor],
+        act_params: ActParams,
+    ) -> Path:
+        """Write the quantized checkpoint of a run to ``config.export.path``; returns it (a
+        family with ``exports`` set gives it)."""
+        raise NotImplementedError
+
+    def step_bytes(self, model: Any, num_samples: int) -> float:
+        """Memory one sampler step of ``num_samples`` takes beyond the state (bytes)."""
+        return 0.0
+
+
+def check_model(config: BaselineConfig, model: DiffusionModel) -> None:
+    """The settings that need the model's T: group and window limits, the samplers, the
+    phase variants' names (an unknown one fails before any work).
+
+    Raises:
+        UserInputError: naming the key and its value.
+    """
+    from thermojax.pipeline.run.variants import build_variants
+
+    check_model_limits(config, int(model.num_timesteps))
+    check_samplers(config, model)
+    if config.phases.enabled:
+        build_variants(config)
+
+
+def check_samplers(config: BaselineConfig, model: DiffusionModel) -> None:
+    """The run's samplers against the model: DDIM only where the model can skip steps, steps
+    within its T, every uniform time group visited by both, windows within the calibration steps.
+
+    Raises:
+        UserInputError: naming the key and its value.
+    """
+    total = int(model.num_timesteps)
+    edges = uniform_edges(total, config.num_time_groups)
+    for prefix, spec in zip(
+        ("sampling", "calibration"), sampler_specs(config.to_dict()), strict=True
+    ):
+        if spec.name == "ddim" and not isinstance(model, SkippingModel):
+            raise UserInputError(
+                f"{prefix}.sampler=ddim: {model.name} runs its own sampler (sampling.steps sets "
+                "its steps); use the default sampler"
+            )
+        try:
+            steps = spec.timesteps(total)
+        except ValueError as exc:
+            raise UserInputError(f"{prefix}.{exc}") from None
+        if len(steps) == total:
+            continue
+        try:
+            step_edges(edges, steps)
+        except ValueError as exc:
+            raise UserInputError(
+                f"num_time_groups={config.num_time_groups}: {exc} ({prefix}: "
+                f"{spec.describe(total)})"
+            ) from None
+        if prefix == "calibration":
+            try:
+                check_model_limits(config, len(steps))
+            except UserInputError as exc:
+                raise UserInputError(f"{exc} (calibration runs {spec.describe(total)})") from None
+
+
+def refuse_sampling_settings(config: BaselineConfig, family: DiffusionFamily) -> None:
+    """A sampler setting ``family`` does not take, given: one line naming it, the families that
+    take it, and what this family's sampler takes."""
+    sampling = config.sampling
+    defaults = type(sampling)()
+    given = [
+        key
+        for key in (*SAMPLING_OPTIONS, "prompt")
+        if getattr(sampling, key) != getattr(defaults, key)
+    ]
+    for key in given:
+        if key in family.sampling_options:
+            continue
+        takers = [
+            f.description
+            for f in families()
+            if key in getattr(f, "sampling_options", ()) and f is not family
+        ]
+        own = ", ".join(f"sampling.{k}" for k in family.sampling_options) or "no settings"
+        raise UserInputError(
+            f"sampling.{key}={getattr(sampling, key)!r}: only for "
+            f"{' or '.join(takers) or 'other models'}; {family.description} runs its own sampler "
+            f"({own})"
+        )
+
+
+def refuse_quant_settings(config: BaselineConfig, what: str) -> None:
+    """``quant.*`` other than the defaults is for models thermojax quantizes and runs."""
+    quant = config.quant
+    if quant.method != "minmax":
+        raise UserInputError(f"quant.method={quant.method!r}: not for {what}")
+    if quant.keep_bits:
+        raise UserInputError(f"quant.keep_bits={dict(quant.keep_bits)!r}: not for {what}")
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+_FALLBACK: list[ModelFamily] = []
+
+
+def register_family(family: ModelFamily, *, fallback: bool = False) -> ModelFamily:
+    """Make ``family`` one that :func:`recognise` asks (after those registered before it) and
+    :func:`family_of` finds; returns it. The ``fallback`` family takes a model no family
+    claims (its loader then says what the folder lacks).
+
+    Raises:
+        ValueError: another family of that name is registered already.
+    """
+    known = _FAMILIES.get(family.name)
+    if known is not None and known is not family:
+        raise ValueError(f"a model family {family.name!r} is registered already")
+    _FAMILIES[family.name] = family
+    if fallback:
+        _FALLBACK[:] = [family]
+    return family
+
+
+def families() -> tuple[ModelFamily, ...]:
+    """Every registered family, in the order :func:`recognise` asks them."""
+    return tuple(_FAMILIES.values())
+
+
+def recognise(config: BaselineConfig) -> ModelFamily:
+    """The family that claims ``config.model`` (the first registered that recognises it), else
+    the fallback family."""
+    for family in _FAMILIES.values():
+        if family.recognises(config):
+            return family
+    if not _FALLBACK:
+        raise UserInputError(f"model.path={config.model.path!r}: no model family recognises it")
+    return _FALLBACK[0]
+
+
+def family_of(model: DiffusionModel) -> ModelFamily:
+    """The family a model declares (``model.family``).
+
+    Raises:
+        ValueError: a family nobody registered.
+    """
+    if model.family not in _FAMILIES:
+        raise ValueError(
+            f"{type(model).__name__}.family={model.family!r} is not a registered model family "
+            f"({', '.join(_FAMILIES)})"
+        )
+    return _FAMILIES[model.family]
+
+
+def evaluate_quality(
+    model: DiffusionModel,
+    fp32: Samples,
+    quantized: Samples,
+    edges: Any,
+    weight_report: Any,
+    *,
+    qweights: Mapping[str, QTensor] | None = None,
+    act_params: ActParams | None = None,
+    seed: int = 0,
+) -> SampleQuality:
+    """Quantized samples against fp32 samples of the same seed, by the evaluator of the kind of
+    sample the model's family draws (:attr:`QualityKind.evaluate`)."""
+    kind = family_of(model).quality
+    if kind is None:
+        raise ValueError(f"{model.family}: a family without samples has no sample quality")
+    return kind.evaluate(
+        model,
+        fp32,
+        quantized,
+        edges,
+        weight_report,
+        qweights=qweights,
+        act_params=act_params,
+        seed=seed,
+    )

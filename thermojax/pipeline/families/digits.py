@@ -1,0 +1,168 @@
+"""The digits DDPM family: a ``model.json`` folder (the shipped one when ``model.path`` is
+unset), or a quantized checkpoint thermojax exported from one (its codes are run as they are,
+against the full-precision source's fp32 samples). Its samples are images; it samples with
+``ddpm`` (every timestep) or ``ddim``; it exports its quantized weights with the digits
+``model.json``.
+
+Example:
+    >>> from thermojax.pipeline.settings import BaselineConfig
+    >>> DIGITS.recognises(BaselineConfig()), DIGITS.check(BaselineConfig()).sampling.sampler
+    (True, 'ddpm')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from thermojax.core.quant import QTensor
+from thermojax.errors import UserInputError
+from thermojax.models import checkpoint_format, load_model
+from thermojax.pipeline.checkpoint.layout import DIGITS_FORMAT, QUANTIZATION_FILE
+from thermojax.pipeline.families.base import (
+    DiffusionFamily,
+    LoadedModel,
+    check_model,
+    refuse_quant_settings,
+    register_family,
+)
+from thermojax.pipeline.measure.sampling import ActParams
+from thermojax.pipeline.quality.image import IMAGE
+from thermojax.pipeline.settings import BaselineConfig
+
+__all__ = ["DIGITS", "DigitsFamily"]
+
+log = logging.getLogger(__name__)
+
+
+def _exported_model_format(path: str) -> str | None:
+    """The ``model_format`` of an exported folder's ``quantization.json``, ``None`` if it
+    cannot be read (the loader then names the problem)."""
+    try:
+        document = json.loads((Path(path).expanduser() / QUANTIZATION_FILE).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return document.get("model_format") if isinstance(document, dict) else None
+
+
+def _is_export(config: BaselineConfig) -> bool:
+    path = config.model.path
+    return checkpoint_format(path) == "quantized" and _exported_model_format(path) == DIGITS_FORMAT
+
+
+class DigitsFamily(DiffusionFamily):
+    """The digits DDPM (module doc)."""
+
+    name = "digits-ddpm"
+    description = "the digits DDPM"
+    quality = IMAGE
+    sampling_options = ("sampler", "steps", "eta")
+    default_sampler = "ddpm"
+    weights_format = DIGITS_FORMAT
+    exports = True
+
+    def recognises(self, config: BaselineConfig) -> bool:
+        path = config.model.path
+        if checkpoint_format(path) == "quantized":
+            return _is_export(config)
+        return path is None or (Path(path).expanduser() / "model.json").is_file()
+
+    def check(self, config: BaselineConfig) -> BaselineConfig:
+        if _is_export(config):
+            refuse_quant_settings(
+                config, "an exported checkpoint, whose codes are used as they are"
+            )
+        config = super().check(config)
+        if config.model.run == "weight-only":
+            raise UserInputError(
+                "model.run=weight-only: the digits DDPM is run, not measured weight-only "
+                "(that is for Hugging Face folders)"
+            )
+        return config
+
+    def load(self, config: BaselineConfig) -> LoadedModel:
+        if _is_export(config):
+            return _exported(config)
+        try:
+            model = load_model(config.model.path)
+        except UserInputError as exc:
+            raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
+        check_model(config, model)
+        log.info("model %s: T=%d, layers %s", model.name, model.num_timesteps, model.layer_names)
+        return LoadedModel(model)
+
+    def export(
+        self,
+        config: BaselineConfig,
+        model: Any,
+        qweights: Mapping[str, QTensor],
+        act_params: ActParams,
+    ) -> Path:
+        from thermojax.pipeline.checkpoint.export_digits import export_digits
+
+        return export_digits(
+            model,
+            Path(config.export.path).expanduser(),
+            qweights,
+            bits=config.bit_width,
+            group_size=config.group_size,
+            activations=act_params,
+            source_path=config.model.path,
+            orbax=config.export.orbax,
+        )
+
+
+def _exported(config: BaselineConfig) -> LoadedModel:
+    """A digits DDPM's quantized checkpoint (``model.path``) and the full-precision model it
+    was exported from (its ``source``), which the reference samples need.
+
+    Raises:
+        UserInputError: the export is unreadable; its source model is missing or is not the
+            one it was exported from (fingerprint); ``bit_width`` / ``group_size`` / ``export.path``
+            that contradict it; limits the source's T breaks.
+    """
+    from thermojax.pipeline.cache.stages import model_fingerprint
+    from thermojax.pipeline.checkpoint.reload import load_quantized
+
+    where = f"model.path={config.model.path!r}"
+    if config.export.path is not None:
+        raise UserInputError(
+            f"export.path={config.export.path!r}: {where} is already a quantized checkpoint"
+        )
+    try:
+        exported = load_quantized(config.model.path)
+    except UserInputError as exc:
+        raise UserInputError(f"{where}: {exc}") from None
+    document = exported.quantization
+    bits, group_size = document.get("bits"), document.get("group_size")
+    if (config.bit_width, config.group_size) != (bits, group_size):
+        raise UserInputError(
+            f"bit_width={config.bit_width} group_size={config.group_size}: {where} holds "
+            f"{bits}-bit weights in groups of {group_size}; run it with bit_width={bits} "
+            f"group_size={group_size}"
+        )
+    source = document.get("source") if isinstance(document.get("source"), dict) else {}
+    shown = source.get("path") or "the shipped digits DDPM"
+    try:
+        model = load_model(source.get("path"))
+    except UserInputError as exc:
+        raise UserInputError(
+            f"{where}: its full-precision source {shown} (needed for the reference samples) "
+            f"cannot be loaded: {exc}"
+        ) from None
+    if model_fingerprint(model) != source.get("fingerprint"):
+        raise UserInputError(
+            f"{where}: its full-precision source {shown} is not the model it was exported from "
+            "(fingerprints differ); the reference samples need that model"
+        )
+    check_model(config, model)
+    log.info("quantized checkpoint %s of %s (%s)", exported.path, model.name, shown)
+    return LoadedModel(model, qtensors=dict(exported.qtensors))
+
+
+DIGITS = register_family(DigitsFamily(), fallback=True)
+"""The digits DDPM family (also the family of a folder no other family claims: its loader
+says what the folder lacks)."""
