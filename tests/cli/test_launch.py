@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from thermojax.cli.launch import build_entrypoint, sweep_presets
+from thermojax.cli.launch import main as launch_main
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
 REPO = Path(__file__).resolve().parents[2]
@@ -136,10 +137,21 @@ def test_entrypoint_quotes_overrides_and_lets_the_head_expand_home():
     ],
     ids=["unknown-preset", "nothing-to-sweep", "relative-sweep-dir", "missing-env"],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    proc = _launch("--address", f"127.0.0.1:{_free_port()}", *args)
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    # The command's main in this process (refused before any Ray is imported); the real
+    # command, a process of its own, is test_bad_input_through_the_command's.
+    with pytest.raises(SystemExit) as exited:
+        launch_main(["--address", f"127.0.0.1:{_free_port()}", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_input_through_the_command():
+    proc = _launch("--address", f"127.0.0.1:{_free_port()}", "--sweep", "nope")
     assert proc.returncode == 2
-    assert proc.stderr.startswith(message), proc.stderr
+    assert proc.stderr.startswith("error: unknown sweep preset 'nope' (available: "), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

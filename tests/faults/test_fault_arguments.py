@@ -1,18 +1,23 @@
-"""Faults in what the user gives, refused before any work: each a real command, one ``error:``
-line naming the value, exit 2, nothing written, no process left (README: Faults and hostile
-input)."""
+"""Faults in what the user gives, refused before any work: one ``error:`` line naming the value,
+exit 2, nothing written, no process left (README: Faults and hostile input). Each a real command,
+but where many cases go through the same code (the training arguments, a checkpoint's
+model.json) every case runs the command's main in this process and a few the real command."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from faultlib import FAST, assert_one_error, chattr_works, command, command_env, immutable
+from in_process import run_main
 
+from thermojax.cli.baseline import main as baseline_main
 from thermojax.models.digits.checkpoint import SHIPPED_CHECKPOINT
+from thermojax.models.train_digits import main as train_digits_main
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "fixtures" / "compare" / "report_template.json"
 
@@ -92,7 +97,32 @@ def _snapshot(folder: Path) -> dict[str, int]:
         "steps-not-a-number",
     ],
 )
-def test_training_arguments_refused_before_training(flags, named, tmp_path, env):
+def test_training_arguments_refused_before_training(flags, named, tmp_path, capsys, monkeypatch):
+    # The command's own main in this process (its command boundary, as `python -m` runs it):
+    # the real command, process and all, is test_training_arguments_refused_by_the_command's.
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("thermojax.models.digits.train.train", no_training)
+    before = _snapshot(SHIPPED_CHECKPOINT)
+    monkeypatch.chdir(tmp_path)  # where ./digits_ddpm would go
+    with pytest.raises(SystemExit) as exited:
+        train_digits_main(flags)
+    err = capsys.readouterr()
+    proc = subprocess.CompletedProcess(flags, exited.value.code, err.out, err.err)
+    assert_one_error(proc, 2, named)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no ./digits_ddpm, nothing else
+    assert _snapshot(SHIPPED_CHECKPOINT) == before
+
+
+# One refused by argparse, one by the command's own range check: the same code as every case
+# above, here through `python -m` (exit status, one line, no process left behind).
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--steps", "ten"], "invalid int value"), (["--seed", "-1"], "--seed -1")],
+    ids=["steps-not-a-number", "seed-negative"],
+)
+def test_training_arguments_refused_by_the_command(flags, named, tmp_path, env):
     before = _snapshot(SHIPPED_CHECKPOINT)
     proc = command("thermojax.models.train_digits", flags, cwd=tmp_path, env=env)
     assert_one_error(proc, 2, named)
@@ -172,10 +202,7 @@ MODEL_JSON = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("edit", "named"), [(e, n) for _, e, n in MODEL_JSON], ids=[i for i, _, _ in MODEL_JSON]
-)
-def test_checkpoint_values_checked_where_they_enter(edit, named, tmp_path, env):
+def _edited_checkpoint(tmp_path: Path, edit) -> Path:
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(SHIPPED_CHECKPOINT, checkpoint)
     spec_file = checkpoint / "model.json"
@@ -184,6 +211,38 @@ def test_checkpoint_values_checked_where_they_enter(edit, named, tmp_path, env):
         spec_file.write_text(text[: len(text) // 2])
     else:
         spec_file.write_text(json.dumps(edit(json.loads(text))))  # NaN written as NaN
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"), [(e, n) for _, e, n in MODEL_JSON], ids=[i for i, _, _ in MODEL_JSON]
+)
+def test_checkpoint_values_checked_where_they_enter(
+    edit, named, tmp_path, env, monkeypatch, capsys
+):
+    # The command's main in this process (Hydra, the command boundary); the real command, a
+    # process of its own, for a value refused and an unreadable file:
+    # test_checkpoint_values_checked_by_the_command.
+    checkpoint = _edited_checkpoint(tmp_path, edit)
+    run = tmp_path / "run"
+    args = [*FAST, f"hydra.run.dir={run}", f"model.path={checkpoint}"]
+    proc = run_main(
+        baseline_main, args, env=env, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert_one_error(proc, 2, "model.path", named)
+    assert not run.exists()  # the folder Hydra made is removed again
+
+
+THROUGH_THE_COMMAND = [case for case in MODEL_JSON if case[0] in ("beta-end-above-1", "truncated")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [(e, n) for _, e, n in THROUGH_THE_COMMAND],
+    ids=[i for i, _, _ in THROUGH_THE_COMMAND],
+)
+def test_checkpoint_values_checked_by_the_command(edit, named, tmp_path, env):
+    checkpoint = _edited_checkpoint(tmp_path, edit)
     run = tmp_path / "run"
     args = [*FAST, f"hydra.run.dir={run}", f"model.path={checkpoint}"]
     proc = command("thermojax.baseline", args, cwd=tmp_path, env=env)

@@ -15,8 +15,11 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 from thermojax.errors import UserInputError
 from thermojax.files import check_writable_folder
 from thermojax.pipeline.settings import BaselineConfig
+from thermojax.pipeline.settings.checks import shown
 
 __all__ = [
     "SCHEMA_NAME",
@@ -56,10 +60,14 @@ _VALUE_NODES = {str: StringNode, float: FloatNode, int: IntegerNode, bool: Boole
 
 
 def _time_groups_node() -> DictConfig:
-    """``time_groups`` with the YAML key ``lambda``: typed value nodes, unknown keys rejected."""
+    """``time_groups`` with the YAML key ``lambda``: typed value nodes (none takes null, as in
+    the dataclass), unknown keys rejected."""
     defaults = BaselineConfig().to_dict()["time_groups"]
     node = OmegaConf.create(
-        {name: _VALUE_NODES[type(value)](value) for name, value in defaults.items()}
+        {
+            name: _VALUE_NODES[type(value)](value, is_optional=False)
+            for name, value in defaults.items()
+        }
     )
     OmegaConf.set_struct(node, True)
     return node
@@ -96,6 +104,63 @@ def _writable_schema() -> DictConfig:
     return node
 
 
+@functools.cache
+def _schemas() -> tuple[DictConfig, DictConfig]:
+    """``(_writable_schema(), _typed_schema())``, built once: building them takes most of a
+    conversion's time, and ``OmegaConf.merge`` copies its first argument, so they stay as built."""
+    return _writable_schema(), _typed_schema()
+
+
+_type_hints = functools.cache(typing.get_type_hints)
+
+
+def _shape_error(cls: type, data: Mapping[str, Any], prefix: str = "") -> str:
+    """The first value of ``data`` whose shape does not fit the dataclass ``cls``: a list where
+    a mapping goes or the other way round, a list or mapping inside a list or mapping of plain
+    values, an unknown key in a list's element; ``""`` if none. OmegaConf names no key for the
+    first, lets the second through (``phases.windows=[[1]]``) and names only the field for the
+    third."""
+    hints = _type_hints(cls)
+    for key, value in data.items():
+        hint = hints.get("lam" if key == "lambda" and "lam" in hints else key)
+        if hint is None:
+            continue  # an unknown key: OmegaConf names it
+        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        name, origin = f"{prefix}{key}", typing.get_origin(hint)
+        if dataclasses.is_dataclass(hint):
+            found = (
+                _shape_error(hint, value, f"{name}.")
+                if isinstance(value, Mapping)
+                else f"{name}: is a section of keys, got {shown(value)}"
+            )
+            if found:
+                return found
+        elif origin in (list, dict):
+            wanted = list if origin is list else Mapping
+            if isinstance(value, list | tuple | Mapping) and not isinstance(value, wanted):
+                what = "a list [...]" if origin is list else "a mapping {key: value, ...}"
+                return f"{name}: takes {what}, got {shown(value)}"
+            element = typing.get_args(hint)[-1]
+            if not isinstance(value, list | tuple | Mapping):
+                continue  # a scalar: OmegaConf names the key and the type
+            items = list(value.values() if isinstance(value, Mapping) else value)
+            for index, item in enumerate(items):
+                if dataclasses.is_dataclass(element) and isinstance(item, Mapping):
+                    fields = {f.name for f in dataclasses.fields(element)}
+                    unknown = sorted(set(map(str, item)) - fields)
+                    if unknown:
+                        return (
+                            f"{name}[{index}]: unknown key {shown(unknown[0])} (known: "
+                            f"{', '.join(sorted(fields))})"
+                        )
+                elif not dataclasses.is_dataclass(element) and isinstance(
+                    item, list | tuple | Mapping
+                ):
+                    return f"{name}: takes plain {element.__name__} values, got {shown(value)}"
+    return ""
+
+
 def _clear_readonly(node: DictConfig) -> None:
     node._set_flag("readonly", None)
     for key in node:
@@ -122,6 +187,7 @@ def to_config(cfg: BaselineConfig | DictConfig | Mapping[str, Any]) -> BaselineC
     if isinstance(cfg, BaselineConfig):
         typed = cfg
     else:
+        data: Any = {}
         try:
             if isinstance(cfg, DictConfig):
                 cfg = copy.deepcopy(cfg)
@@ -131,9 +197,13 @@ def to_config(cfg: BaselineConfig | DictConfig | Mapping[str, Any]) -> BaselineC
                 data = OmegaConf.to_container(cfg, resolve=True)
             else:
                 data = dict(cfg)
+            shape = _shape_error(BaselineConfig, data) if isinstance(data, Mapping) else ""
+            if shape:
+                raise UserInputError(shape)
             # Keys and types as the user writes them (time_groups.lambda), then the typed object.
-            checked = OmegaConf.to_container(OmegaConf.merge(_writable_schema(), data))
-            merged = OmegaConf.merge(_typed_schema(), _typed_time_groups(checked))
+            writable, typed_schema = _schemas()
+            checked = OmegaConf.to_container(OmegaConf.merge(writable, data))
+            merged = OmegaConf.merge(typed_schema, _typed_time_groups(checked))
             typed = OmegaConf.to_object(merged)
         except OmegaConfBaseException as exc:
             raise UserInputError(describe_config_error(exc)) from None

@@ -49,6 +49,9 @@ from thermojax.core.quant import check_act_bits
 COSTS: tuple[str, ...] = ("range", "mse")
 JUMPS: tuple[str, ...] = ("bound", "exact")
 EXACT_MAX_TIMESTEPS = 128
+MAX_LAM = 1e20
+"""The largest jump weight ``lam``: the objective is float32 (largest 3.4e38), and a weight near
+that makes the weighted jumps inf, which the search cannot tell from a forbidden group."""
 _TINY = 1e-30
 _SCALE_FLOOR = 1e-6
 
@@ -159,8 +162,8 @@ def _check(stat_min, stat_max, *, bits, lam, cost, jump):
     if jump not in JUMPS:
         raise ValueError(f"unknown jump={jump!r}; expected one of {JUMPS}")
     check_act_bits(bits)
-    if not (math.isfinite(float(lam)) and float(lam) >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got lam={lam!r}")
+    if not (math.isfinite(float(lam)) and 0 <= float(lam) <= MAX_LAM):
+        raise ValueError(f"lam must be a number in [0, {MAX_LAM:g}], got lam={lam!r}")
     return stat_min, stat_max
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from jax import Array
 
 METHODS: tuple[str, ...] = ("linear", "cubic", "sigmoid")
+MAX_STEEPNESS = float(np.finfo(np.float32).max)
+"""The largest sigmoid slope: the blend is computed in float32, where a larger one is inf."""
 
 
 def blend_weights(u: Array, *, method: str, steepness: float = 10.0) -> Array:
@@ -48,9 +50,12 @@ def _blend(u: Array, method: str, steepness: float | Array) -> Array:
         return u
     if method == "cubic":
         return u * u * (3.0 - 2.0 * u)
-    low = jax.nn.sigmoid(-0.5 * steepness)
-    high = jax.nn.sigmoid(0.5 * steepness)
-    return (jax.nn.sigmoid(steepness * (u - 0.5)) - low) / (high - low)
+    # (sigmoid(s (u - 1/2)) - sigmoid(-s/2)) / (sigmoid(s/2) - sigmoid(-s/2)), written with tanh
+    # so that a small slope does not cancel to 0 / 0; a slope that underflows is the linear blend,
+    # the curve's limit.
+    half = jnp.tanh(0.25 * steepness)
+    curve = (jnp.tanh(0.5 * steepness * (u - 0.5)) + half) / (2.0 * jnp.where(half > 0, half, 1.0))
+    return jnp.where(half > 0, curve, u)
 
 
 def boundary_budgets(edges: Array) -> tuple[Array, Array]:
@@ -250,8 +255,11 @@ def _smooth_groups(scales, zero_points, *, window, method, steepness):
 def _check_method(method: str, steepness: float) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown smoothing method={method!r}; expected one of {METHODS}")
-    if method == "sigmoid" and not float(steepness) > 0:
-        raise ValueError(f"sigmoid steepness must be > 0, got steepness={steepness!r}")
+    if method == "sigmoid" and not 0 < float(steepness) <= MAX_STEEPNESS:
+        raise ValueError(
+            f"sigmoid steepness must be > 0 and <= {MAX_STEEPNESS:.6g} (float32), "
+            f"got steepness={steepness!r}"
+        )
 
 
 def _check_params(scales, zero_points) -> tuple[Array, Array]:

@@ -41,11 +41,30 @@ from thermojax.models.digits.ddpm import (
     digits_to_model_space,
 )
 
-__all__ = ["DEFAULT_OUT", "TrainConfig", "check_settings", "main", "train"]
+__all__ = [
+    "DEFAULT_OUT",
+    "MAX_BATCH",
+    "MAX_EVAL_SAMPLES",
+    "MAX_STEPS",
+    "TrainConfig",
+    "check_settings",
+    "main",
+    "train",
+]
 
 DEFAULT_OUT = Path("digits_ddpm")
 """Where the command writes without ``--out``: a new folder in the working directory, never the
 package's shipped checkpoint (``--ship`` rewrites that one)."""
+
+
+MAX_STEPS = 2**31 - 1
+"""The most ``--steps`` / ``--classifier-steps``: optax's step count is int32."""
+MAX_BATCH = 65_536
+"""The most ``--batch-size``: one step holds the batch, its activations and their gradients
+(36x the 1797 real digits it draws from)."""
+MAX_EVAL_SAMPLES = 65_536
+"""The most ``--eval-samples``: each keeps its trajectory ``[T, 64]`` float32 (256 KB at
+T = 1000), so 65 536 take 17 GB."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,20 +206,27 @@ def check_settings(
     Raises:
         UserInputError: the first bad value, named with the flag a user gave.
     """
-    for flag, value, low in (
-        ("--steps", cfg.steps, 1),
-        ("--batch-size", cfg.batch_size, 1),
-        ("--classifier-steps", cfg.classifier_steps, 1),
-        ("--eval-samples", eval_samples, 0),
-        ("--seed", cfg.seed, 0),
+    for flag, value, low, high, why in (
+        ("--steps", cfg.steps, 1, MAX_STEPS, "optax counts steps in int32"),
+        ("--batch-size", cfg.batch_size, 1, MAX_BATCH, "a step holds the whole batch"),
+        ("--classifier-steps", cfg.classifier_steps, 1, MAX_STEPS, "optax counts in int32"),
+        ("--eval-samples", eval_samples, 0, MAX_EVAL_SAMPLES, "each holds its trajectory"),
+        ("--seed", cfg.seed, 0, 2**32 - 2, "the classifier takes seed + 1: a 32-bit PRNG key"),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UserInputError(f"{flag} {value!r}: must be an integer >= {low}")
-    if cfg.seed > 2**32 - 1:
-        raise UserInputError(f"--seed {cfg.seed}: must be below 2**32")
+        if value > high:
+            raise UserInputError(f"{flag} {value}: must be at most {high} ({why})")
+    if eval_samples == 1:
+        raise UserInputError(
+            "--eval-samples 1: the quality check's Frechet distance needs at least 2 samples "
+            "(0 skips it)"
+        )
     for name, value in (("learning_rate", cfg.learning_rate), ("ema_decay", cfg.ema_decay)):
         if not (math.isfinite(value) and 0.0 < value < 1.0):
             raise UserInputError(f"{name}={value!r}: must be in (0, 1)")
+    if "\0" in os.fspath(out):
+        raise UserInputError(f"--out {os.fspath(out)!r}: a path cannot hold a NUL character")
     out = Path(out)
     shipped = out.resolve() == SHIPPED_CHECKPOINT.resolve()
     if shipped and not ship:

@@ -39,7 +39,7 @@ import optax
 
 from thermojax.core.text_metrics import perplexity
 from thermojax.errors import OneLineArgumentParser, UserInputError, command_boundary
-from thermojax.files import atomic_folder, atomic_write_text
+from thermojax.files import atomic_folder, atomic_write_text, check_writable_folder
 from thermojax.models.dream import corpus
 from thermojax.models.dream.checkpoint import load_dream
 from thermojax.models.dream.network import DreamLM
@@ -142,7 +142,7 @@ def check_settings(
     """Every check that can fail before training; ``ValueError`` with one line naming the value.
 
     ``out`` may be the shipped folder only with ``ship``; an existing folder must be empty
-    unless ``force``.
+    unless ``force``, and the folder it is published in must take new files.
     """
     train_size = corpus.train_and_heldout()[0].size
     heldout_size = corpus.train_and_heldout()[1].size
@@ -183,6 +183,9 @@ def check_settings(
         raise ValueError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (force or ship):
         raise ValueError(f"{out} is not empty: choose a new folder or pass --force to replace it")
+    # The folder is published by a rename from a sibling: its parent must take new files now,
+    # not after the training (a UserInputError, a ValueError).
+    check_writable_folder(out.parent if out.parent != out else out, what="--out", create=False)
 
 
 def _storage_dtype(model: DreamLM) -> str:

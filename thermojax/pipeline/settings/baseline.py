@@ -45,6 +45,7 @@ from thermojax.pipeline.weights.rules import validate_rules
 
 __all__ = ["MAX_SEED", "BaselineConfig", "check_model_limits", "validate_config"]
 
+
 @dataclasses.dataclass(frozen=True)
 class BaselineConfig:
     """The whole configuration of ``python -m thermojax.baseline``.

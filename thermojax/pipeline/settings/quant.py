@@ -8,7 +8,7 @@ import math
 from typing import Dict, List, Optional  # noqa: UP035 (OmegaConf reads typing.List)
 
 from thermojax.core.quant import WEIGHT_BITS
-from thermojax.pipeline.settings.checks import MAX_INT32, check_count, fail
+from thermojax.pipeline.settings.checks import MAX_INT32, check_count, fail, shown
 from thermojax.pipeline.weights.rules import DEFAULT_RULES, QuantRule
 
 __all__ = [
@@ -135,4 +135,9 @@ def validate_quant(quant: QuantConfig) -> None:
         raise fail("quant.damp", quant.damp, "must be in [0, 1]")
     for pattern, bits in quant.keep_bits.items():
         if bits not in SUPPORTED_BIT_WIDTHS:
-            raise fail(f"quant.keep_bits.{pattern}", bits, f"weight bits must be {BIT_WIDTHS_TEXT}")
+            key = (
+                f"quant.keep_bits.{pattern}"
+                if len(pattern) <= 80
+                else f"quant.keep_bits[{shown(pattern)}]"
+            )
+            raise fail(key, bits, f"weight bits must be {BIT_WIDTHS_TEXT}")
