@@ -28,3 +28,12 @@ def wandb_sandbox(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+
+
+@pytest.fixture(scope="session")
+def phase_experiment(tmp_path_factory):
+    """``(run folder, completed process)`` of the suite's one real phase experiment
+    (tests/phase_experiment.py), shared by the phase and the W&B tracking tests."""
+    from phase_experiment import run_phase_experiment
+
+    return run_phase_experiment(tmp_path_factory.mktemp("phase-experiment"))

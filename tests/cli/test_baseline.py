@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 from browser import chromium_screenshot, png_size
 from html_reading import check_report_shows_the_run, parse
+from in_process import run_main
 from quality_reference import assert_sample_figures, frechet, sample_figures
 from result_samples import ADDED_KEYS, ARROWQUANT_KEYS, check_model_level_figures
 from user_env import command_env
 from wandb_readback import inspect_run, offline_run_dir
 
+from thermojax.cli.baseline import main as baseline_main
 from thermojax.models import SHIPPED_CHECKPOINT, load_model
 from thermojax.report import BAND_COLORS
 
@@ -381,11 +383,41 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("args", "named"), BAD_INPUTS, ids=[a[0] for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_and_writes_nothing(args, named, tmp_path, shared):
+def test_bad_input_is_one_line_and_writes_nothing(
+    args, named, tmp_path, shared, monkeypatch, capsys
+):
+    # Every case through the command's own main in this process; the real command, a process of
+    # its own, for one of each way a value is refused: test_bad_input_through_the_command.
+    _, home, cache = shared
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_main(
+        baseline_main,
+        [*args, f"hydra.run.dir={work}/run"],
+        env=command_env(home, cache),
+        cwd=work,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert_refused_in_one_line(proc, named, work)
+
+
+# The schema's check, Hydra's (an unknown key) and one against the model (its T timesteps).
+THROUGH_THE_COMMAND = [BAD_INPUTS[0], BAD_INPUTS[7], BAD_INPUTS[2]]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"), THROUGH_THE_COMMAND, ids=[a[0] for a, _ in THROUGH_THE_COMMAND]
+)
+def test_bad_input_through_the_command(args, named, tmp_path, shared):
     _, home, cache = shared
     work = tmp_path / "work"
     work.mkdir()
     proc = baseline([*args, f"hydra.run.dir={work}/run"], cwd=work, env=command_env(home, cache))
+    assert_refused_in_one_line(proc, named, work)
+
+
+def assert_refused_in_one_line(proc: subprocess.CompletedProcess, named: str, work: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

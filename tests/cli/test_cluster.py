@@ -5,7 +5,8 @@ namespaces; needs root, skipped with the reason otherwise).
 
 The driver (``python -m thermojax.baseline -m sweep=smoke``) runs in the head's namespace and
 joins the head's address. Every process the test starts is in a session of its own, stopped by
-PID and checked gone; the namespaces are deleted and checked gone.
+PID and checked gone; the namespaces are deleted and checked gone. The tests that keep both
+nodes up share one cluster (module-scoped); the test that kills a node has one of its own.
 """
 
 import contextlib
@@ -42,8 +43,8 @@ SMOKE_JOBS = 8
 SMOKE_CALIBRATIONS = 2  # one per bit width
 
 
-@pytest.fixture
-def cluster():
+@contextlib.contextmanager
+def _two_nodes():
     root = Path(tempfile.mkdtemp(prefix="tjxc", dir="/tmp"))  # Ray's socket paths are short
     made = NamespaceCluster(root, workers=1)
     try:
@@ -55,6 +56,28 @@ def cluster():
     finally:
         made.stop()  # raises if a process or a namespace is left
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of the test's own, for a test that kills one of its nodes."""
+    with _two_nodes() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One cluster shared by the tests that keep both nodes up (a node start is the slow part
+    of a cluster test). Each test gives its sweep a folder and a cache folder of its own; only
+    the last one uses the nodes' default cache folders. Both namespaces carry the same names in
+    every cluster of this process, so the test with a cluster of its own runs first, before
+    this one starts. At the end every node is still up, then stopped and checked gone."""
+    with _two_nodes() as made:
+        yield made
+        for node in ("head", "worker"):  # none of the sharing tests took a node down
+            assert session_pids(made.sessions[node]), f"the {node} node is gone"
+        killed = made.stop()
+        assert killed and not made.pids()
 
 
 def _start_sweep(cluster: NamespaceCluster, args: list[str], cache: Path | None):
@@ -84,10 +107,68 @@ def _reports(sweep_dir: Path) -> dict[str, dict]:
     }
 
 
+def _running_a_job(sid: int) -> bool:
+    for pid in session_pids(sid):
+        with contextlib.suppress(psutil.Error):
+            if " ".join(psutil.Process(pid).cmdline()).startswith("ray::run_job_in_worker"):
+                return True
+    return False
+
+
+def _report_mtime(sweep_dir: Path, name: str) -> int:
+    return (sweep_dir / name / "baseline_metrics.json").stat().st_mtime_ns
+
+
+# First in the module: its cluster is gone before the shared one starts (the same namespace
+# names), and a node it kills takes no other test's cluster down.
+def test_worker_node_killed_mid_sweep_costs_only_its_jobs(own_cluster, tmp_path):
+    cluster = own_cluster
+    cache = cluster.root / "cache"
+    sweep_dir = tmp_path / "sweep"
+    proc = _start_sweep(
+        cluster, ["sweep=smoke", "wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"], cache
+    )
+    # Kill the worker node (its raylet, object store, agents and the job it runs) while it runs
+    # a job (Ray titles a worker process after the task it executes), after a report of its own
+    # landed, with jobs left for the head.
+    deadline = time.monotonic() + 300
+    while not (
+        any(r["environment"]["ray_node_ip"] == WORKER_IP for r in _reports(sweep_dir).values())
+        and _running_a_job(cluster.sessions["worker"])
+    ):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if time.monotonic() > deadline:
+            pytest.fail("the worker node never ran a second job")
+        time.sleep(0.1)
+    killed = stop_session(cluster.sessions["worker"])
+    assert killed
+    before = _reports(sweep_dir)
+    mtimes = {name: _report_mtime(sweep_dir, name) for name in before}
+    assert len(before) < SMOKE_JOBS
+
+    code, err = _finish(proc)
+    assert code == 0, err[-3000:]
+    runs = _reports(sweep_dir)
+    assert len(runs) == SMOKE_JOBS
+    assert not list(sweep_dir.glob("*/failure.json"))
+
+    def node(name: str, reports: dict[str, dict]) -> str:
+        return reports[name]["environment"]["ray_node_ip"]
+
+    rewritten = {name for name in runs if _report_mtime(sweep_dir, name) != mtimes.get(name)}
+    # The head's jobs finished before the kill stand, not re-run; everything (re)written after
+    # it ran on the head.
+    assert not {name for name in before if node(name, before) == HEAD_IP} & rewritten
+    assert all(node(name, runs) == HEAD_IP for name in rewritten)
+    assert set(runs) - set(before) <= rewritten
+    # The job the worker was running was lost with it, and retried on the head: no failure
+    # record, every report there.
+
+
 def test_smoke_sweep_spreads_over_two_nodes_sharing_one_cache_folder(cluster, tmp_path):
     # The nodes share nothing but the folder the driver names: the launcher hands its
     # THERMOJAX_CACHE_DIR to every job, whatever node it lands on.
-    cache = cluster.root / "cache"
+    cache = cluster.root / "cache-shared-folder"  # a cold one: the cluster is shared
     sweep_dir = tmp_path / "sweep"
     proc = _start_sweep(
         cluster, ["sweep=smoke", "wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"], cache
@@ -118,7 +199,7 @@ def test_smoke_sweep_spreads_over_two_nodes_sharing_one_cache_folder(cluster, tm
     entries = sorted(p.name for p in (cache / "entries").glob("*.npz"))
     assert len(entries) == SMOKE_CALIBRATIONS + 1 + 4, entries  # + fp32 samples, 4 qualities
     assert not list((cache / "entries").glob(".*.tmp"))
-    # Neither node's own default cache was used.
+    # Neither node's own default cache was used (only the module's last test uses them).
     for node in ("head", "worker"):
         assert not (cluster.root / f"home-{node}" / ".cache" / "thermojax").exists()
 
@@ -139,6 +220,36 @@ def test_smoke_sweep_spreads_over_two_nodes_sharing_one_cache_folder(cluster, tm
         if conn.pid in ray_pids and conn.status == psutil.CONN_LISTEN
     ]
     assert not on_host, on_host
+
+
+def test_driver_killed_mid_sweep_stops_its_jobs_on_every_node_and_resumes(cluster, tmp_path):
+    cache = cluster.root / "cache-driver-killed"  # a cold one: the cluster is shared
+    sweep_dir = tmp_path / "sweep"
+    args = ["sweep=smoke", "wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"]
+    proc = _start_sweep(cluster, args, cache)
+    nodes = (cluster.sessions["head"], cluster.sessions["worker"])
+    deadline = time.monotonic() + 300
+    while not all(_running_a_job(sid) for sid in nodes):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if time.monotonic() > deadline:
+            pytest.fail("the two nodes never ran a job at the same time")
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    # No node goes on computing for a driver that is gone; the cluster itself stays up.
+    deadline = time.monotonic() + 20
+    while any(_running_a_job(sid) for sid in nodes):
+        if time.monotonic() > deadline:
+            pytest.fail("a job outlived its killed driver")
+        time.sleep(0.1)
+    assert not stop_session(proc.pid)
+    done = len(_reports(sweep_dir))
+    assert done < SMOKE_JOBS
+
+    code, err = _finish(_start_sweep(cluster, args, cache))
+    assert code == 0, err[-3000:]
+    assert f"({SMOKE_JOBS - done} to run, {done} already complete)" in err
+    assert len(_reports(sweep_dir)) == SMOKE_JOBS
 
 
 def _entries(folder: Path) -> dict[str, bytes]:
@@ -199,14 +310,14 @@ def test_smoke_sweep_over_two_nodes_with_a_cache_folder_each_computes_each_entry
     for home in homes.values():
         assert not [p.name for p in (home / "entries").iterdir() if p.name.startswith(".")]
 
-    # The store was an actor of the sweep: it ended with the driver; the cluster stays up.
+    # The store was an actor of the sweep: it ended with the driver; the cluster stays up (the
+    # shared cluster's teardown checks both nodes are still up, then stops them, checked gone).
     deadline = time.monotonic() + 30
     while any("HeadStore" in title for title in _titles(cluster)):
         if time.monotonic() > deadline:
             pytest.fail("the head store outlived its sweep")
         time.sleep(0.2)
-    killed = cluster.stop()
-    assert killed and not cluster.pids()
+    assert all(session_pids(cluster.sessions[node]) for node in ("head", "worker"))
 
 
 def _log_span(text: str) -> tuple[datetime, datetime]:
@@ -238,88 +349,3 @@ def _listening(namespace: str) -> set[tuple[str, int]]:
         address, _, port = line.split()[3].rpartition(":")
         found.add((address.strip("[]").removeprefix("::ffff:"), int(port)))
     return found
-
-
-def _running_a_job(sid: int) -> bool:
-    for pid in session_pids(sid):
-        with contextlib.suppress(psutil.Error):
-            if " ".join(psutil.Process(pid).cmdline()).startswith("ray::run_job_in_worker"):
-                return True
-    return False
-
-
-def _report_mtime(sweep_dir: Path, name: str) -> int:
-    return (sweep_dir / name / "baseline_metrics.json").stat().st_mtime_ns
-
-
-def test_worker_node_killed_mid_sweep_costs_only_its_jobs(cluster, tmp_path):
-    cache = cluster.root / "cache"
-    sweep_dir = tmp_path / "sweep"
-    proc = _start_sweep(
-        cluster, ["sweep=smoke", "wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"], cache
-    )
-    # Kill the worker node (its raylet, object store, agents and the job it runs) while it runs
-    # a job (Ray titles a worker process after the task it executes), after a report of its own
-    # landed, with jobs left for the head.
-    deadline = time.monotonic() + 300
-    while not (
-        any(r["environment"]["ray_node_ip"] == WORKER_IP for r in _reports(sweep_dir).values())
-        and _running_a_job(cluster.sessions["worker"])
-    ):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        if time.monotonic() > deadline:
-            pytest.fail("the worker node never ran a second job")
-        time.sleep(0.1)
-    killed = stop_session(cluster.sessions["worker"])
-    assert killed
-    before = _reports(sweep_dir)
-    mtimes = {name: _report_mtime(sweep_dir, name) for name in before}
-    assert len(before) < SMOKE_JOBS
-
-    code, err = _finish(proc)
-    assert code == 0, err[-3000:]
-    runs = _reports(sweep_dir)
-    assert len(runs) == SMOKE_JOBS
-    assert not list(sweep_dir.glob("*/failure.json"))
-
-    def node(name: str, reports: dict[str, dict]) -> str:
-        return reports[name]["environment"]["ray_node_ip"]
-
-    rewritten = {name for name in runs if _report_mtime(sweep_dir, name) != mtimes.get(name)}
-    # The head's jobs finished before the kill stand, not re-run; everything (re)written after
-    # it ran on the head.
-    assert not {name for name in before if node(name, before) == HEAD_IP} & rewritten
-    assert all(node(name, runs) == HEAD_IP for name in rewritten)
-    assert set(runs) - set(before) <= rewritten
-    # The job the worker was running was lost with it, and retried on the head: no failure
-    # record, every report there.
-
-
-def test_driver_killed_mid_sweep_stops_its_jobs_on_every_node_and_resumes(cluster, tmp_path):
-    cache = cluster.root / "cache"
-    sweep_dir = tmp_path / "sweep"
-    args = ["sweep=smoke", "wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"]
-    proc = _start_sweep(cluster, args, cache)
-    nodes = (cluster.sessions["head"], cluster.sessions["worker"])
-    deadline = time.monotonic() + 300
-    while not all(_running_a_job(sid) for sid in nodes):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        if time.monotonic() > deadline:
-            pytest.fail("the two nodes never ran a job at the same time")
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    # No node goes on computing for a driver that is gone; the cluster itself stays up.
-    deadline = time.monotonic() + 20
-    while any(_running_a_job(sid) for sid in nodes):
-        if time.monotonic() > deadline:
-            pytest.fail("a job outlived its killed driver")
-        time.sleep(0.1)
-    assert not stop_session(proc.pid)
-    done = len(_reports(sweep_dir))
-    assert done < SMOKE_JOBS
-
-    code, err = _finish(_start_sweep(cluster, args, cache))
-    assert code == 0, err[-3000:]
-    assert f"({SMOKE_JOBS - done} to run, {done} already complete)" in err
-    assert len(_reports(sweep_dir)) == SMOKE_JOBS

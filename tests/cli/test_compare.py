@@ -331,8 +331,7 @@ def test_dashboard_renders_in_chromium(sweep, tmp_path):
     assert "Sweep comparison" in dom
 
 
-@pytest.mark.parametrize("kind", ["empty", "foreign", "missing"])
-def test_empty_or_foreign_folder_is_one_line_and_writes_nothing(tmp_path, kind):
+def _not_a_sweep(tmp_path: Path, kind: str) -> Path:
     folder = tmp_path / "dir"
     if kind != "missing":
         folder.mkdir()
@@ -340,6 +339,26 @@ def test_empty_or_foreign_folder_is_one_line_and_writes_nothing(tmp_path, kind):
         (folder / "0").mkdir()
         (folder / "0" / "metrics.json").write_text("{}")
         (folder / "notes.txt").write_text("hello")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["empty", "foreign", "missing"])
+def test_empty_or_foreign_folder_is_one_line_and_writes_nothing(tmp_path, kind, capsys):
+    # The command's main in this process (its command boundary); the real command, a process
+    # of its own, in test_a_folder_that_is_no_sweep_through_the_command.
+    folder = _not_a_sweep(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exited:
+        compare_main([str(folder)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: SWEEP_DIR '{folder}' ")
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_folder_that_is_no_sweep_through_the_command(tmp_path):
+    folder = _not_a_sweep(tmp_path, "foreign")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     proc = _compare(str(folder))
     assert proc.returncode == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from phase_experiment import SEEDS, VARIANTS
 from result_samples import enhanced_result, make_result, phases_result
 from wandb_readback import inspect_run, offline_run_dir
 
@@ -259,8 +260,9 @@ def run_command(out: Path, root: Path, *args: str) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def real_runs(tmp_path_factory):
-    """The real command: one enhanced run and one small phase experiment, W&B offline."""
+def real_runs(tmp_path_factory, phase_experiment):
+    """The real command: one enhanced run, and the suite's one phase experiment (made once per
+    test run, tests/phase_experiment.py; test_phases reads its table), W&B offline."""
     root = tmp_path_factory.mktemp("tracked")
     enhanced = run_command(
         root / "enhanced",
@@ -270,15 +272,7 @@ def real_runs(tmp_path_factory):
         "thermo.smoothing.window=20",
         "thermo.optimization.enabled=true",
     )
-    phases = run_command(
-        root / "phases",
-        root,
-        "experiment=phases",
-        "phases.seeds=2",
-        "phases.variants=[smooth-cubic-w25,phase3-mw1]",
-        "phases.markov_weights=[1.0]",
-    )
-    return {"enhanced": (root / "enhanced", enhanced), "phases": (root / "phases", phases)}
+    return {"enhanced": (root / "enhanced", enhanced), "phases": phase_experiment}
 
 
 @pytest.mark.slow
@@ -331,11 +325,12 @@ def test_phase_run_reads_back_the_phase_table(real_runs):
     run_dir = offline_run_dir(out)
     summary, records = inspect_run(run_dir)
     logged = summary["summary"]
-    assert logged["phases/num_variants"] == 3 and logged["phases/num_seeds"] == 2
-    assert logged["phases"]["nrows"] == 3
+    assert logged["phases/num_variants"] == 1 + len(VARIANTS)
+    assert logged["phases/num_seeds"] == SEEDS
+    assert logged["phases"]["nrows"] == 1 + len(VARIANTS)
     phases = table_file(run_dir, logged["phases"])
     cells = [dict(zip(phases["columns"], row, strict=True)) for row in phases["data"]]
-    assert [c["variant"] for c in cells] == ["baseline", "smooth-cubic-w25", "phase3-mw1"]
+    assert [c["variant"] for c in cells] == ["baseline", *VARIANTS]
     with open(out / "phases.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
     for cell, row, line in zip(cells, table["rows"], csv_rows, strict=True):

@@ -269,14 +269,26 @@ def _compare(*args: str, home: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])
-def test_compare_wandb_with_bad_input_is_one_line_and_writes_nothing(tmp_path, kind):
+def test_compare_wandb_with_bad_input_is_one_line_and_writes_nothing(
+    tmp_path, kind, capsys, monkeypatch
+):
+    # "missing" through the real command, a process of its own; "empty", refused by the same
+    # check, through the command's main in this process.
     folder = tmp_path / "dir"
     if kind == "empty":
         folder.mkdir()
     home = tmp_path / "home"
     home.mkdir()
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    proc = _compare(str(folder), "--wandb", home=home)
+    if kind == "missing":
+        proc = _compare(str(folder), "--wandb", home=home)
+    else:
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("WANDB_DATA_DIR", str(home / "wandb-data"))
+        with pytest.raises(SystemExit) as exited:
+            compare_main([str(folder), "--wandb"])
+        out = capsys.readouterr()
+        proc = subprocess.CompletedProcess([], exited.value.code, out.out, out.err)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: SWEEP_DIR '{folder}' ")
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
-"""One complete run shared by the slow fault tests of a module: its folder, HOME and warm cache."""
+"""One complete run shared by the slow fault tests of every module here: its folder, HOME and
+warm cache (session-scoped: the tests copy the cache before they damage it, or only read it)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from faultlib import FAST, command, command_env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def warm(tmp_path_factory):
     """``(root, home, cache, run)`` after one complete baseline run (stage entries and JAX
     programs cached)."""

@@ -192,16 +192,28 @@ CORRUPTIONS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("entry", "corrupt", "named"),
-    [(e, c, n) for e, _, c, n in CORRUPTIONS],
-    ids=[f"{e}-{i}" for e, i, _, _ in CORRUPTIONS],
-)
-def test_a_bad_cache_entry_is_recomputed(warm, tmp_path, entry, corrupt, named):
+# Each entry is checked, and recomputed, on its own whatever the others hold: one run damages
+# one entry of each kind at once (calibration, fp32 samples, quality), so the six corruptions
+# take three runs (and three reruns) instead of six, every one still named, recomputed to the
+# same numbers and stored again.
+CORRUPTION_RUNS = [
+    ["calibration-garbage", "fp32_samples-truncated", "quality-wrong-shape"],
+    ["calibration-nan", "fp32_samples-wrong-shape"],
+    ["calibration-fewer-samples-per-step"],
+]
+BY_ID = {f"{e}-{i}": (e, c, n) for e, i, c, n in CORRUPTIONS}
+assert sorted(i for run in CORRUPTION_RUNS for i in run) == sorted(BY_ID)  # each one, once
+assert all(len({BY_ID[i][0] for i in run}) == len(run) for run in CORRUPTION_RUNS)
+
+
+@pytest.mark.parametrize("ids", CORRUPTION_RUNS, ids=["+".join(run) for run in CORRUPTION_RUNS])
+def test_a_bad_cache_entry_is_recomputed(warm, tmp_path, ids):
     _, home, cache, reference = warm
     cache = copy_cache(cache, tmp_path / "cache")
-    path = _entries(cache)[entry]
-    corrupt(path)
+    damaged = [BY_ID[i] for i in ids]
+    paths = _entries(cache)
+    for entry, corrupt, _ in damaged:
+        corrupt(paths[entry])
     run = tmp_path / "run"
     proc = command(
         "thermojax.baseline",
@@ -211,14 +223,19 @@ def test_a_bad_cache_entry_is_recomputed(warm, tmp_path, entry, corrupt, named):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARNING" in proc.stderr and "Traceback" not in proc.stderr
-    assert named in run_log(run) and "recomputing" in run_log(run)
-    assert report(run)["cache"][entry] == "miss"
+    for entry, _, named in damaged:  # each entry's own warning line names what is wrong
+        lines = [line for line in run_log(run).splitlines() if str(paths[entry]) in line]
+        assert any(named in line and "recomputing" in line for line in lines), (entry, lines)
+        assert report(run)["cache"][entry] == "miss"
     assert figures(run) == figures(reference)  # recomputed to the same numbers
-    assert _entries(cache)[entry].exists()  # and stored again, whole
+    for entry, _, _ in damaged:
+        assert _entries(cache)[entry].exists()  # and stored again, whole
     proc = command(
         "thermojax.baseline",
         [*FAST, f"hydra.run.dir={tmp_path / 'again'}"],
         cwd=tmp_path,
         env=command_env(home, cache),
     )
-    assert proc.returncode == 0 and report(tmp_path / "again")["cache"][entry] == "hit"
+    assert proc.returncode == 0
+    for entry, _, _ in damaged:
+        assert report(tmp_path / "again")["cache"][entry] == "hit"

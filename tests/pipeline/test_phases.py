@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from phase_experiment import SEEDS, VARIANTS
 from smoothing_reference import ref_smooth_boundaries, ref_smooth_groups
 
 from thermojax.cli.config import to_config
@@ -305,44 +303,12 @@ def check_table(rows, records, family="image"):
 
 # --- end to end: the real command --------------------------------------------------------------
 
-VARIANTS = ["smooth-cubic-w25", "smooth-groups-linear-w1", "phase3-mw1", "adaptive+smooth"]
-SEEDS = 2
-
 
 @pytest.fixture(scope="module")
-def phase_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phases")
-    out = root / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(
-        HOME=str(root / "home"),
-        THERMOJAX_CACHE_DIR=str(root / "cache"),
-        JAX_PLATFORMS="cpu",
-        NO_COLOR="1",
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "thermojax.baseline",
-            "experiment=phases",
-            f"phases.seeds={SEEDS}",
-            f"phases.variants=[{','.join(VARIANTS)}]",
-            "phases.markov_weights=[1.0]",
-            "thermo.optimization.max_iterations=40",
-            "calibration=quick",
-            "sampling.num_samples=16",
-            "wandb=disabled",
-            f"hydra.run.dir={out}",
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+def phase_run(phase_experiment):
+    """The folder of the suite's one real phase experiment (tests/phase_experiment.py: VARIANTS
+    over SEEDS seeds, W&B offline), made once per test run and also read by test_tracking."""
+    out, _ = phase_experiment
     return out
 
 
