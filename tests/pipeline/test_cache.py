@@ -119,6 +119,26 @@ def test_corrupt_entry_is_recomputed(tmp_path):
     assert _json_load(path) == {"v": 4}
 
 
+def test_a_cache_folder_whose_names_are_too_long_is_a_warning(tmp_path, caplog):
+    """A cache path the file system cannot name (ENAMETOOLONG on the first look): the value
+    is computed, the run goes on, and the log says the folder takes no files."""
+    too_long = tmp_path / ("c" * 300)
+    calls = []
+    with caplog.at_level("WARNING", logger=cache.__name__):
+        for _ in range(2):
+            value = get_or_compute(
+                cache_key(kind="long"),
+                lambda: calls.append(1) or {"v": 5},
+                save=_json_save,
+                load=_json_load,
+                suffix=".json",
+                cache_dir=too_long,
+            )
+            assert value == {"v": 5}
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+    assert "takes no files" in caplog.text and "too long" in caplog.text.lower()
+
+
 def test_failed_compute_leaves_no_entry_and_releases_the_lock(tmp_path):
     key = cache_key(kind="fails")
 

@@ -284,13 +284,37 @@ def test_the_shipped_language_model_through_the_command(tmp_path):
     ],
     ids=["model", "steps", "prompt"],
 )
-def test_bad_lm_values_on_the_command_line_are_one_line_and_exit_2(tmp_path, override, message):
+def test_bad_lm_values_on_the_command_line_are_one_line_and_exit_2(
+    tmp_path, override, message, monkeypatch, capsys
+):
+    # Every case through the command's main in this process (Hydra, the command boundary); the
+    # one refused against the model, "prompt", also through the real command, a process of its
+    # own.
+    import os
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "thermojax.baseline", "model=pydoc-mdlm", override]
-    command += ["wandb.mode=disabled", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=False)
+    from in_process import run_main
+
+    from thermojax.cli.baseline import main
+
+    args = ["model=pydoc-mdlm", override, "wandb.mode=disabled"]
+    args += [f"hydra.run.dir={tmp_path / 'run'}"]
+    procs = [
+        run_main(
+            main, args, env=dict(os.environ), cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+        )
+    ]
+    if override.startswith("sampling.prompt="):
+        command = [sys.executable, "-m", "thermojax.baseline", *args]
+        procs.append(
+            subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=False)
+        )
+    for proc in procs:
+        check_refused_in_one_line(proc, message, tmp_path)
+
+
+def check_refused_in_one_line(proc, message, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], lines

@@ -4,6 +4,7 @@ round-trip, and a second run of the same configuration hits instead of recomputi
 import collections
 import copy
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -12,15 +13,28 @@ import pytest
 from thermojax.cli.config import to_config
 from thermojax.models import load_model
 from thermojax.pipeline import run
-from thermojax.pipeline.cache.stages import QualityEntry, StageCache, model_fingerprint
+from thermojax.pipeline.cache.stages import (
+    QualityEntry,
+    StageCache,
+    model_fingerprint,
+    weights_section,
+)
+from thermojax.pipeline.cache.store import cache_key, entry_path
 from thermojax.pipeline.quality.image import ImageQuality
 from thermojax.pipeline.settings import BaselineConfig
 from thermojax.pipeline.weights.quantize import quantize_weights
+from thermojax.pipeline.weights.section import WeightsSection
 
 
 @pytest.fixture(scope="module")
 def model():
     return load_model()
+
+
+@functools.cache
+def _qweights(model, bits: int, group_size: int, method: str):
+    quant = dataclasses.replace(BaselineConfig().quant, method=method)
+    return quantize_weights(model, bits=bits, group_size=group_size, quant=quant)[0]
 
 
 def _keys(model, **changes) -> dict[str, str]:
@@ -31,7 +45,10 @@ def _keys(model, **changes) -> dict[str, str]:
         for part in parents:
             node = node[part]
         node[leaf] = value
-    cached = StageCache(model, config)
+    qweights = _qweights(
+        model, config["bit_width"], config["group_size"], config["quant"]["method"]
+    )  # the weights those settings make, as a run quantizes them
+    cached = StageCache(model, config, qweights)
     return {
         "calibration": cached.calibration_key(),
         "fp32_samples": cached.fp32_samples_key(),
@@ -53,6 +70,7 @@ CASES = {
     "calibration__samples_per_step": (8, {"calibration": True, "quality": True}),
     "seed": (1, {"calibration": True, "fp32_samples": True, "quality": True}),
     "sampling__num_samples": (16, {"calibration": False, "fp32_samples": True, "quality": True}),
+    "quant__method": ("mse_clip", {"calibration": True, "fp32_samples": False, "quality": True}),
 }
 
 
@@ -68,10 +86,32 @@ def test_a_config_section_added_later_is_part_of_the_quality_key(model):
     config = BaselineConfig().to_dict()
     extended = copy.deepcopy(config)
     extended["new_section"] = {"knob": 1}
-    assert StageCache(model, config).quality_key() != StageCache(model, extended).quality_key()
-    assert StageCache(model, config).calibration_key() == (
-        StageCache(model, extended).calibration_key()
+    qweights = _qweights(model, config["bit_width"], config["group_size"], "minmax")
+    assert (
+        StageCache(model, config, qweights).quality_key()
+        != StageCache(model, extended, qweights).quality_key()
     )
+    assert StageCache(model, config, qweights).calibration_key() == (
+        StageCache(model, extended, qweights).calibration_key()
+    )
+
+
+def test_the_weights_used_are_in_the_keys_whatever_the_settings_say(model):
+    """An export's codes reloaded under the default ``quant`` settings (issue 23): other
+    weights under the same config are other calibration and quality entries; one changed code
+    is enough."""
+    config = BaselineConfig().to_dict()
+    config["bit_width"] = 4
+    minmax = _qweights(model, 4, config["group_size"], "minmax")
+    clipped = _qweights(model, 4, config["group_size"], "mse_clip")
+    first = model.layer_names[0]
+    codes = minmax[first].codes.at[0, 0].add(1)
+    edited = {**minmax, first: dataclasses.replace(minmax[first], codes=codes)}
+    keys = [StageCache(model, config, q) for q in (minmax, clipped, edited)]
+    for entry in ("calibration_key", "quality_key"):
+        found = [getattr(cached, entry)() for cached in keys]
+        assert len(set(found)) == 3, entry
+    assert len({cached.fp32_samples_key() for cached in keys}) == 1
 
 
 # The fingerprint of the shipped checkpoint, as computed before models became pytrees (when the
@@ -142,9 +182,9 @@ def test_calibration_from_the_cache_equals_a_fresh_one(model, tmp_path):
     config = BaselineConfig().to_dict()
     config["calibration"] = {"samples": 2, "samples_per_step": 2}
     qweights, _ = quantize_weights(model, bits=2)
-    computed = StageCache(model, config, cache_dir=tmp_path).calibration(qweights)
-    cached = StageCache(model, config, cache_dir=tmp_path)
-    loaded = cached.calibration(qweights)
+    computed = StageCache(model, config, qweights, cache_dir=tmp_path).calibration()
+    cached = StageCache(model, config, qweights, cache_dir=tmp_path)
+    loaded = cached.calibration()
     assert cached.record == {"calibration": "hit"}
     for name in ("act_min", "act_max", "act_mean", "act_std", "act_samples"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(computed, name))
@@ -186,3 +226,28 @@ def test_a_second_load_runs_on_the_programs_the_first_compiled(tmp_path, monkeyp
     assert second.cache == {"calibration": "miss", "fp32_samples": "miss", "quality": "miss"}
     assert dict(counts) == {}
     assert second.quality == first.quality
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_a_weights_entry_holding_a_non_number_is_recomputed(tmp_path, bad):
+    """The weight-only entry is strict JSON (written with ``allow_nan=False``): one that holds
+    NaN or Infinity was not stored whole by the cache, and is computed again, never reported."""
+    section = WeightsSection(
+        tensors=(), blocks=(), total_source_bytes=8, total_quantized_bytes=4, fp32_bytes=8,
+        compression_vs_source=2.0, compression_vs_fp32=2.0, model_cosine=0.5, seconds=1.0,
+        bytes_per_second=8.0,
+    )  # fmt: skip
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return section
+
+    key = cache_key(kind="weights-test")
+    first, state = weights_section(key, compute, cache_dir=tmp_path)
+    assert (state, first) == ("miss", section)
+    path = entry_path(key, suffix=".json", cache_dir=tmp_path)
+    path.write_text(path.read_text().replace('"model_cosine": 0.5', f'"model_cosine": {bad}'))
+    again, state = weights_section(key, compute, cache_dir=tmp_path)
+    assert (state, again, len(calls)) == ("miss", section, 2)
+    assert weights_section(key, compute, cache_dir=tmp_path) == (section, "hit")

@@ -4,19 +4,23 @@ Four entries, each keyed by a hash of exactly what it depends on, so every job o
 every later sweep on the same cache folder (``thermojax.files.cache_dir()``), computes each one
 once; two workers asking for the same entry at the same time compute it once (per-key lock):
 
-- **calibration** statistics: the denoiser (:func:`model_fingerprint`), ``bit_width``,
-  ``group_size``, ``quant`` (the weight method, its options and kept bits), ``calibration.samples``, ``calibration.samples_per_step``, ``seed`` and
-  ``CALIBRATION_VERSION``. Not ``num_time_groups``, ``smoothness_threshold`` or ``act_bits``
-  (calibration runs with fp32 activations).
+- **calibration** statistics: the denoiser (:func:`model_fingerprint`), the quantized weights
+  the run actually uses (:func:`qweights_fingerprint`: every layer's codes, scales, zero points,
+  bits and group size, whatever produced them: ``quant.*``, or an exported checkpoint's codes
+  reloaded as they are), ``bit_width``, ``group_size``, ``calibration.samples``,
+  ``calibration.samples_per_step``, ``seed`` and ``CALIBRATION_VERSION``. Not the ``quant``
+  settings themselves (the weights they produced are in the key), ``num_time_groups``,
+  ``smoothness_threshold`` or ``act_bits`` (calibration runs with fp32 activations).
 - **fp32 samples**: the denoiser, ``seed``, ``sampling.num_samples`` and ``SAMPLING_VERSION``.
 - Both also the sampler that runs (``sampling.*`` / ``calibration.*``: name, steps, eta) unless it
   is the full DDPM sampler, so that entries written before samplers were a choice stay valid.
-- **quantized sampling + quality**: the denoiser and the quality reference (classifier), and the
-  resolved config minus :data:`QUALITY_INDEPENDENT_KEYS` (the threshold, the interpretation
-  bands, W&B settings and the display name), plus ``QUALITY_VERSION``. The key is computed from
-  the config dict with those keys removed, so a config section added later is part of it without
-  anyone remembering to add it: threshold variants of one configuration share everything but the
-  violation analysis.
+- **quantized sampling + quality**: the denoiser, the quantized weights (as for calibration),
+  the quality reference (classifier, held-out text), and the resolved config minus
+  :data:`QUALITY_INDEPENDENT_KEYS` (the threshold, the interpretation bands, W&B settings and
+  the display name), plus ``QUALITY_VERSION``. The key is computed from the config dict with
+  those keys removed, so a config section added later is part of it without anyone remembering
+  to add it: threshold variants of one configuration share everything but the violation
+  analysis.
 
 - **weights** of a weight-only run (a checkpoint thermojax cannot run, without ``export.path``):
   the checkpoint's fingerprint (its config and every shard's header and size, cheap for any
@@ -43,6 +47,7 @@ import jax
 import numpy as np
 
 from thermojax.core.quant import QTensor
+from thermojax.files import read_json_file
 from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache.checks import check_entry
 from thermojax.pipeline.cache.store import arrays_fingerprint, cache_key, get_or_compute
@@ -62,6 +67,8 @@ __all__ = [
     "QualityEntry",
     "StageCache",
     "model_fingerprint",
+    "network_fingerprint",
+    "qweights_fingerprint",
     "reference_fingerprint",
     "sample_and_evaluate",
     "weights_key",
@@ -134,18 +141,48 @@ def model_fingerprint(model: DiffusionModel) -> str:
     )
 
 
+def network_fingerprint(network: Any) -> str:
+    """A hash of a network's parameters (``network.params``) and architecture (``config``),
+    without the sampler settings a :func:`model_fingerprint` holds: what an exported
+    masked-diffusion LM records of its full-precision source, which a run of the export may
+    sample with other settings."""
+    return cache_key(
+        kind="network",
+        type=f"{type(network).__module__}.{type(network).__qualname__}",
+        config=_describe(getattr(network, "config", None)),
+        arrays=arrays_fingerprint(_named_arrays(network.params, "params")),
+    )
+
+
 def reference_fingerprint(model: DiffusionModel) -> str | None:
-    """A hash of the model's quality reference (classifier parameters and config); ``None``
-    when it has none."""
+    """A hash of the model's quality reference (classifier parameters and config; a text
+    reference's description, which names its held-out windows); ``None`` when it has none."""
     reference = model.reference
     if reference is None:
         return None
+    described = getattr(reference, "description", None)
     return cache_key(
         kind="reference",
         type=f"{type(reference).__module__}.{type(reference).__qualname__}",
         config=_describe(getattr(reference, "config", None)),
         arrays=arrays_fingerprint(_named_arrays(getattr(reference, "params", {}), "params")),
+        **({} if described is None else {"description": str(described)}),
     )
+
+
+def qweights_fingerprint(qweights: Mapping[str, QTensor]) -> str:
+    """A hash of the quantized weights a run actually uses: each layer's packed codes, scales
+    and zero points, with its shape, bits, group size and symmetry.
+
+    Whatever produced them (a weight method and its options, kept bits, an exported checkpoint
+    reloaded as it is), equal weights give equal keys and different weights different ones: a
+    reload of a GPTQ export never finds the calibration of a minmax run of the same settings.
+    """
+    arrays, meta = {}, {}
+    for name, q in qweights.items():
+        arrays |= {f"{name}.{role}": getattr(q, role) for role in ("codes", "scale", "zero_point")}
+        meta[name] = [list(q.shape), int(q.bits), int(q.group_size), bool(q.symmetric)]
+    return cache_key(kind="qweights", meta=meta, arrays=arrays_fingerprint(arrays))
 
 
 def _without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
@@ -274,11 +311,14 @@ class StageCache:
     Args:
         model: the loaded model.
         config: the run's resolved config as a dict (``BaselineConfig.to_dict()``).
+        qweights: the quantized weights the run uses (layer name -> QTensor, quantized at the
+            config's ``bit_width`` and ``group_size`` or reloaded from an export): calibrated
+            with, and part of the calibration and quality keys.
         cache_dir: the cache folder (default ``thermojax.files.cache_dir()``).
 
     Example:
-        >>> cached = StageCache(model, config.to_dict())  # doctest: +SKIP
-        >>> stats = cached.calibration(qweights)  # doctest: +SKIP
+        >>> cached = StageCache(model, config.to_dict(), qweights)  # doctest: +SKIP
+        >>> stats = cached.calibration()  # doctest: +SKIP
         >>> cached.record  # doctest: +SKIP
         {'calibration': 'hit'}
     """
@@ -287,13 +327,16 @@ class StageCache:
         self,
         model: DiffusionModel,
         config: Mapping[str, Any],
+        qweights: Mapping[str, QTensor],
         *,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model = model
         self.config = dict(config)
+        self.qweights = qweights
         self.cache_dir = cache_dir
         self.model_id = model_fingerprint(model)
+        self.weights_id = qweights_fingerprint(qweights)
         self.record: dict[str, str] = {}
         self.waited_s: dict[str, float] = {}
         """Seconds each entry waited for another worker computing it (not this run's work)."""
@@ -343,21 +386,17 @@ class StageCache:
             kind="calibration",
             version=CALIBRATION_VERSION,
             model=self.model_id,
+            weights=self.weights_id,
             bit_width=cfg["bit_width"],
             group_size=cfg["group_size"],
-            quant=cfg["quant"],
             samples=cfg["calibration"]["samples"],
             samples_per_step=cfg["calibration"]["samples_per_step"],
             seed=cfg["seed"],
             **_sampler_key(self.calibration_sampler),
         )
 
-    def calibration(self, qweights: Mapping[str, QTensor]) -> CalibrationStats:
-        """Calibration statistics for this run's weights, from the cache or computed.
-
-        Args:
-            qweights: the weights quantized at the config's ``bit_width`` and ``group_size``.
-        """
+    def calibration(self) -> CalibrationStats:
+        """Calibration statistics for this run's weights, from the cache or computed."""
         cfg = self.config
         return self._get(
             "calibration",
@@ -369,7 +408,7 @@ class StageCache:
                 num_samples=cfg["calibration"]["samples"],
                 seed=cfg["seed"],
                 samples_per_step=cfg["calibration"]["samples_per_step"],
-                qweights=qweights,
+                qweights=self.qweights,
                 sampler=self.calibration_sampler,
             ),
             save=lambda stats, path: stats.save(path),
@@ -406,11 +445,13 @@ class StageCache:
 
     def quality_key(self) -> str:
         """The key of the quantized samples and quality: the config minus
-        ``QUALITY_INDEPENDENT_KEYS``, the denoiser and the quality reference."""
+        ``QUALITY_INDEPENDENT_KEYS``, the denoiser, the quantized weights and the quality
+        reference."""
         return cache_key(
             kind="quality",
             version=QUALITY_VERSION,
             model=self.model_id,
+            weights=self.weights_id,
             reference=reference_fingerprint(self.model),
             config=_without(self.config, QUALITY_INDEPENDENT_KEYS),
         )
@@ -472,7 +513,9 @@ def weights_section(
         key,
         counted,
         save=save,
-        load=lambda path: WeightsSection.from_dict(json.loads(path.read_text())),
+        # Strict: an entry holding NaN or Infinity (never written: allow_nan=False) is not one
+        # this cache stored whole, and is recomputed.
+        load=lambda path: WeightsSection.from_dict(read_json_file(path, strict=True)),
         suffix=".json",
         cache_dir=cache_dir,
     )

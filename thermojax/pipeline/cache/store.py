@@ -288,7 +288,10 @@ def _locked(lock_path: Path, what: str) -> Iterator[float]:
 
 
 def _try_load(path: Path, load: Callable[[Path], T]) -> tuple[bool, T | None]:
-    if not path.exists():
+    try:
+        if not path.exists():
+            return False, None
+    except OSError:  # a name too long for the file system: no entry (the lock then says why)
         return False, None
     try:
         return True, load(path)

@@ -76,6 +76,7 @@ def export_digits(
     group_size: int,
     activations: ActParams | None = None,
     source_path: str | os.PathLike[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
     orbax: bool = True,
 ) -> Path:
     """Write the digits DDPM's quantized weights as a quantized checkpoint (module doc).
@@ -89,11 +90,13 @@ def export_digits(
         out_dir: the folder to create; it must not exist or be empty.
         qweights: layer name -> QTensor of the transposed kernel, as
             :func:`~thermojax.pipeline.weights.quantize.quantize_weights` returns them.
-        bits: their bit width.
+        bits: the run's bit width (a layer may hold other bits: ``quant.keep_bits``).
         group_size: their group size.
         activations: the run's activation parameters (:class:`ActParams`, ``[L, S]`` for the
             model's layers), or ``None``.
         source_path: the folder ``model`` was loaded from, ``None`` for the shipped model.
+        settings: JSON-ready settings that made the codes, recorded in ``source`` (the run's
+            ``quant`` section, which a run of the export reports again).
         orbax: also save the QTensors as an Orbax checkpoint (``orbax/``).
 
     Returns:
@@ -111,10 +114,10 @@ def export_digits(
     kernels = model.quantizable_weights()
     for name in names:
         q, kernel_shape = qweights[name], tuple(np.shape(kernels[name]))
-        if (q.shape, q.bits, q.group_size) != (kernel_shape[::-1], bits, group_size):
+        if (q.shape, q.group_size) != (kernel_shape[::-1], group_size):
             raise ValueError(
-                f"qweights[{name!r}] is shape {q.shape} at {q.bits} bits, group {q.group_size}; "
-                f"expected {kernel_shape[::-1]} (the transposed kernel) at {bits}, {group_size}"
+                f"qweights[{name!r}] is shape {q.shape} in groups of {q.group_size}; expected "
+                f"{kernel_shape[::-1]} (the transposed kernel) in groups of {group_size}"
             )
     act_arrays = act_entry = None
     if activations is not None:
@@ -130,19 +133,21 @@ def export_digits(
         "num_parameters": int(model.num_parameters()),
         "path": None if source_path is None else str(Path(source_path).expanduser().resolve()),
         "fingerprint": model_fingerprint(model),
-    }
+    } | dict(settings or {})
+    json.dumps(source)  # a TypeError now, not after the whole export
     reports, sums, arrays, tensors_json, entries = [], [], {}, {}, []
     for name in names:
         q = jax.tree.map(np.asarray, qweights[name])
         weight = np.asarray(kernels[name], np.float32).T
         tensor_sums = measure_qtensor(weight, q)
         source_name = f"{name}/kernel"
+        kept = "" if q.bits == bits else " (quant.keep_bits)"
         report = TensorRow(
             name=name,
             shape=q.shape,
             dtype="F32",
-            rule=f"digits: every layer's kernel, {bits} bits, group {group_size}",
-            bits=bits,
+            rule=f"digits: every layer's kernel, {q.bits} bits{kept}, group {group_size}",
+            bits=q.bits,
             group_size=group_size,
             cosine=tensor_sums.cosine,
             sqnr_db=tensor_sums.sqnr_db,
@@ -151,7 +156,7 @@ def export_digits(
             quantized_bytes=storage_bytes(q),
             block=block_name(name),
         )
-        stored = stored_entries(name, q.shape, bits, group_size)
+        stored = stored_entries(name, q.shape, q.bits, group_size)
         arrays |= {stored[role][0]: getattr(q, role) for role in STORED_SUFFIXES}
         bias_name = f"{name}/bias"
         bias = np.ascontiguousarray(np.asarray(model.params[name]["bias"], np.float32))

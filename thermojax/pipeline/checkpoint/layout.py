@@ -34,6 +34,14 @@ holds each layer's quantized kernel under the layer's name (``block0.qcodes`` ..
 ``[out, in]`` transposed kernel, as :func:`~thermojax.pipeline.weights.quantize.quantize_weights` stores
 it) and its bias (``block0/bias``, float32).
 
+For a masked-diffusion LM that thermojax ran
+(:func:`~thermojax.pipeline.checkpoint.export_lm.export_masked_lm`) the folder is the Hugging Face
+one above, holding the codes the run sampled for every linear layer (``lm_head`` included;
+its bits may differ per layer with ``quant.keep_bits``) instead of the rules' choice, and its
+``source`` adds ``"family": "masked-diffusion-lm"``, ``"network_fingerprint"``, ``"shipped"``
+(the shipped LM's name, or null) and ``"quant"`` (the settings that made the codes; the digits
+export records them too).
+
 A quantized tensor ``NAME`` of shape ``[..., n]`` with ``bits`` and ``group_size`` is
 :class:`~thermojax.core.quant.QTensor`'s own storage: ``NAME.qcodes`` is ``[..., n * bits / 8]``,
 ``p = 8 / bits`` codes per byte, planar within each group (byte ``b`` of a group holds the

@@ -39,15 +39,20 @@ __all__ = [
     "DiffusionFamily",
     "LoadedModel",
     "ModelFamily",
+    "check_export_source",
     "check_model",
     "check_samplers",
     "evaluate_quality",
+    "export_document",
+    "export_source",
     "families",
     "family_of",
+    "load_export",
     "recognise",
     "refuse_quant_settings",
     "refuse_sampling_settings",
     "register_family",
+    "with_export_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -267,6 +272,100 @@ def refuse_quant_settings(config: BaselineConfig, what: str) -> None:
         raise UserInputError(f"quant.method={quant.method!r}: not for {what}")
     if quant.keep_bits:
         raise UserInputError(f"quant.keep_bits={dict(quant.keep_bits)!r}: not for {what}")
+
+
+def export_document(config: BaselineConfig) -> dict[str, Any] | None:
+    """``quantization.json`` of ``model.path`` when it is a quantized checkpoint thermojax
+    exported (parsed, not yet checked: :func:`load_export` checks it), else ``None``."""
+    from thermojax.files import read_json_file
+    from thermojax.models import checkpoint_format
+    from thermojax.pipeline.checkpoint.layout import QUANTIZATION_FILE
+
+    if checkpoint_format(config.model.path) != "quantized":
+        return None
+    try:
+        document = read_json_file(Path(config.model.path).expanduser() / QUANTIZATION_FILE)
+    except (OSError, ValueError):  # the loader names what is wrong with it
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def export_source(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``source`` record of an export's ``quantization.json`` (``{}`` when missing)."""
+    source = document.get("source")
+    return dict(source) if isinstance(source, Mapping) else {}
+
+
+def with_export_settings(config: BaselineConfig, document: Mapping[str, Any]) -> BaselineConfig:
+    """``config`` for a run of an exported checkpoint whose codes are used as they are: its own
+    ``quant.*`` refused, and the ``quant`` section the export recorded (the settings that made
+    its codes: ``source.quant``) filled in, so that the run reports them as the run that wrote
+    the export did.
+
+    Raises:
+        UserInputError: ``quant.*`` given, or a recorded section that is not one.
+    """
+    refuse_quant_settings(config, "an exported checkpoint, whose codes are used as they are")
+    recorded = export_source(document).get("quant")
+    if recorded is None:  # exported before the settings were recorded
+        return config
+    from thermojax.pipeline.settings import QuantConfig
+
+    try:
+        if not isinstance(recorded, Mapping):
+            raise TypeError(f"{type(recorded).__name__}, not an object")
+        return dataclasses.replace(config, quant=QuantConfig(**recorded))
+    except (TypeError, ValueError) as exc:  # UserInputError is a ValueError
+        raise UserInputError(
+            f"model.path={config.model.path!r}: quantization.json: source.quant is not the "
+            f"quant settings of a run ({exc})"
+        ) from None
+
+
+def load_export(config: BaselineConfig) -> Any:
+    """The quantized checkpoint of ``model.path``, reloaded bit for bit
+    (:func:`~thermojax.pipeline.checkpoint.reload.load_quantized`), checked against the run's
+    ``bit_width`` / ``group_size`` (those of the run that wrote it).
+
+    Raises:
+        UserInputError: the export is unreadable; ``bit_width`` / ``group_size`` that contradict
+            it; an ``export.path`` (it is a quantized checkpoint already).
+    """
+    from thermojax.pipeline.checkpoint.reload import load_quantized
+
+    where = f"model.path={config.model.path!r}"
+    if config.export.path is not None:
+        raise UserInputError(
+            f"export.path={config.export.path!r}: {where} is already a quantized checkpoint"
+        )
+    try:
+        exported = load_quantized(Path(config.model.path).expanduser())
+    except UserInputError as exc:
+        raise UserInputError(f"{where}: {exc}") from None
+    document = exported.quantization
+    bits, group_size = document.get("bits"), document.get("group_size")
+    if (config.bit_width, config.group_size) != (bits, group_size):
+        raise UserInputError(
+            f"bit_width={config.bit_width} group_size={config.group_size}: {where} holds "
+            f"{bits}-bit weights in groups of {group_size}; run it with bit_width={bits} "
+            f"group_size={group_size}"
+        )
+    return exported
+
+
+def check_export_source(config: BaselineConfig, shown: str, found: str, recorded: Any) -> None:
+    """The full-precision model an export's reference samples come from must be the one it was
+    exported from: its fingerprint ``found`` equal to the ``recorded`` one.
+
+    Raises:
+        UserInputError: naming ``model.path`` and the source (``shown``).
+    """
+    if found != recorded:
+        raise UserInputError(
+            f"model.path={config.model.path!r}: its full-precision source {shown} is not the "
+            "model it was exported from (fingerprints differ); the reference samples need "
+            "that model"
+        )
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,13 +21,17 @@ from typing import Any
 from thermojax.core.quant import QTensor
 from thermojax.errors import UserInputError
 from thermojax.models import checkpoint_format, load_model
-from thermojax.pipeline.checkpoint.layout import DIGITS_FORMAT, QUANTIZATION_FILE
+from thermojax.pipeline.checkpoint.layout import DIGITS_FORMAT
 from thermojax.pipeline.families.base import (
     DiffusionFamily,
     LoadedModel,
+    check_export_source,
     check_model,
-    refuse_quant_settings,
+    export_document,
+    export_source,
+    load_export,
     register_family,
+    with_export_settings,
 )
 from thermojax.pipeline.measure.sampling import ActParams
 from thermojax.pipeline.quality.image import IMAGE
@@ -38,19 +42,9 @@ __all__ = ["DIGITS", "DigitsFamily"]
 log = logging.getLogger(__name__)
 
 
-def _exported_model_format(path: str) -> str | None:
-    """The ``model_format`` of an exported folder's ``quantization.json``, ``None`` if it
-    cannot be read (the loader then names the problem)."""
-    try:
-        document = json.loads((Path(path).expanduser() / QUANTIZATION_FILE).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return document.get("model_format") if isinstance(document, dict) else None
-
-
 def _is_export(config: BaselineConfig) -> bool:
-    path = config.model.path
-    return checkpoint_format(path) == "quantized" and _exported_model_format(path) == DIGITS_FORMAT
+    document = export_document(config)
+    return document is not None and document.get("model_format") == DIGITS_FORMAT
 
 
 class DigitsFamily(DiffusionFamily):
@@ -71,10 +65,9 @@ class DigitsFamily(DiffusionFamily):
         return path is None or (Path(path).expanduser() / "model.json").is_file()
 
     def check(self, config: BaselineConfig) -> BaselineConfig:
-        if _is_export(config):
-            refuse_quant_settings(
-                config, "an exported checkpoint, whose codes are used as they are"
-            )
+        document = export_document(config)
+        if document is not None and document.get("model_format") == DIGITS_FORMAT:
+            config = with_export_settings(config, document)
         config = super().check(config)
         if config.model.run == "weight-only":
             raise UserInputError(
@@ -111,6 +104,7 @@ class DigitsFamily(DiffusionFamily):
             group_size=config.group_size,
             activations=act_params,
             source_path=config.model.path,
+            settings={"quant": dataclasses.asdict(config.quant)},
             orbax=config.export.orbax,
         )
 
@@ -125,39 +119,18 @@ def _exported(config: BaselineConfig) -> LoadedModel:
             that contradict it; limits the source's T breaks.
     """
     from thermojax.pipeline.cache.stages import model_fingerprint
-    from thermojax.pipeline.checkpoint.reload import load_quantized
 
-    where = f"model.path={config.model.path!r}"
-    if config.export.path is not None:
-        raise UserInputError(
-            f"export.path={config.export.path!r}: {where} is already a quantized checkpoint"
-        )
-    try:
-        exported = load_quantized(config.model.path)
-    except UserInputError as exc:
-        raise UserInputError(f"{where}: {exc}") from None
-    document = exported.quantization
-    bits, group_size = document.get("bits"), document.get("group_size")
-    if (config.bit_width, config.group_size) != (bits, group_size):
-        raise UserInputError(
-            f"bit_width={config.bit_width} group_size={config.group_size}: {where} holds "
-            f"{bits}-bit weights in groups of {group_size}; run it with bit_width={bits} "
-            f"group_size={group_size}"
-        )
-    source = document.get("source") if isinstance(document.get("source"), dict) else {}
+    exported = load_export(config)
+    source = export_source(exported.quantization)
     shown = source.get("path") or "the shipped digits DDPM"
     try:
         model = load_model(source.get("path"))
     except UserInputError as exc:
         raise UserInputError(
-            f"{where}: its full-precision source {shown} (needed for the reference samples) "
-            f"cannot be loaded: {exc}"
+            f"model.path={config.model.path!r}: its full-precision source {shown} (needed for "
+            f"the reference samples) cannot be loaded: {exc}"
         ) from None
-    if model_fingerprint(model) != source.get("fingerprint"):
-        raise UserInputError(
-            f"{where}: its full-precision source {shown} is not the model it was exported from "
-            "(fingerprints differ); the reference samples need that model"
-        )
+    check_export_source(config, shown, model_fingerprint(model), source.get("fingerprint"))
     check_model(config, model)
     log.info("quantized checkpoint %s of %s (%s)", exported.path, model.name, shown)
     return LoadedModel(model, qtensors=dict(exported.qtensors))

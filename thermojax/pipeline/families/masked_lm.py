@@ -1,8 +1,10 @@
 """The masked-diffusion LM family: a Qwen2 / Dream Hugging Face folder run as a masked-diffusion
 language model (one thermojax trained, with its ``training.json``, or any with
-``model.run=diffusion``). Its samples are token sequences; it samples with its own unmasking
-sampler, set by ``sampling.steps``, ``length``, ``unmasking``, ``temperature``, ``top_p`` and
-``prompt``. Its quantized weights are exported by the weight-only run of its folder.
+``model.run=diffusion``), or a quantized checkpoint thermojax exported from one (its codes are
+run as they are, against the full-precision source's fp32 samples). Its samples are token
+sequences; it samples with its own unmasking sampler, set by ``sampling.steps``, ``length``,
+``unmasking``, ``temperature``, ``top_p`` and ``prompt``. It exports the codes it sampled in its
+source's Hugging Face layout (:mod:`~thermojax.pipeline.checkpoint.export_lm`).
 
 Example:
     >>> from thermojax.pipeline.settings import BaselineConfig, ModelConfig
@@ -12,20 +14,29 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from thermojax.core.quant import QTensor
 from thermojax.errors import UserInputError
-from thermojax.models import checkpoint_format
+from thermojax.models import checkpoint_format, shipped_path
 from thermojax.models.base import SamplerSpec
 from thermojax.pipeline.checkpoint.layout import HF_FORMAT
 from thermojax.pipeline.families.base import (
     DiffusionFamily,
     LoadedModel,
+    check_export_source,
     check_model,
+    export_document,
+    export_source,
+    load_export,
     register_family,
+    with_export_settings,
 )
+from thermojax.pipeline.measure.sampling import ActParams
 from thermojax.pipeline.quality.text import TEXT
 from thermojax.pipeline.settings import BaselineConfig
 
@@ -46,12 +57,16 @@ class MaskedLMFamily(DiffusionFamily):
     quality = TEXT
     sampling_options = ("steps", "length", "unmasking", "temperature", "top_p", "prompt")
     weights_format = HF_FORMAT
+    exports = True
 
     def recognises(self, config: BaselineConfig) -> bool:
         """A Hugging Face folder (``config.json``) that ``model.run`` runs: ``diffusion``, or
-        ``auto`` on a folder thermojax trained (``training.json``)."""
+        ``auto`` on a folder thermojax trained (``training.json``); or a quantized checkpoint
+        exported from a run of one (not with ``model.run=weight-only``)."""
         from thermojax.models.dream.diffusion import TRAINING_FILE
 
+        if checkpoint_format(config.model.path) == "quantized":
+            return config.model.run != "weight-only" and self._export_document(config) is not None
         if checkpoint_format(config.model.path) != "safetensors":
             return False
         if config.model.run != "auto":
@@ -65,23 +80,73 @@ class MaskedLMFamily(DiffusionFamily):
             )
         return trained_here
 
+    def _export_document(self, config: BaselineConfig) -> dict[str, Any] | None:
+        """``quantization.json`` of ``model.path`` when it is an export of this family's run."""
+        document = export_document(config)
+        if document is None or document.get("model_format") != HF_FORMAT:
+            return None
+        return document if export_source(document).get("family") == self.name else None
+
     def check(self, config: BaselineConfig) -> BaselineConfig:
-        if config.export.path is not None:
-            raise UserInputError(
-                f"export.path={config.export.path!r}: a masked-diffusion LM's quantized "
-                "checkpoint is written by the weight-only run of its folder (model.run=weight-only "
-                "with export.path)"
-            )
+        document = self._export_document(config)
+        if document is not None:
+            config = with_export_settings(config, document)
         return super().check(config)
 
     def load(self, config: BaselineConfig) -> LoadedModel:
-        """The folder as a masked-diffusion LM with the run's sampler settings."""
+        """The folder as a masked-diffusion LM with the run's sampler settings; for an export,
+        its full-precision source with the exported codes."""
+        if self._export_document(config) is not None:
+            return self._exported(config)
+        model = self._load_model(config, config.model.path, "model.path")
+        return LoadedModel(model)
+
+    def _exported(self, config: BaselineConfig) -> LoadedModel:
+        """An exported checkpoint (``model.path``) and the full-precision LM it was exported
+        from (its ``source``: the shipped LM by name, else by path), which the reference samples
+        need; the exported codes are used as they are.
+
+        Raises:
+            UserInputError: the export is unreadable, or contradicts the settings
+                (:func:`load_export`); its source is missing, is not the network it was
+                exported from (fingerprint), or lacks a layer the export holds.
+        """
+        from thermojax.pipeline.cache.stages import network_fingerprint
+
+        exported = load_export(config)
+        source = export_source(exported.quantization)
+        shipped = source.get("shipped") if isinstance(source.get("shipped"), str) else None
+        try:
+            path = shipped_path(shipped) if shipped else source.get("path")
+        except UserInputError:
+            path = source.get("path")
+        shown = f"the shipped {shipped}" if shipped else str(path)
+        where = f"model.path={config.model.path!r}: its full-precision source {shown}"
+        if not isinstance(path, str | Path):
+            raise UserInputError(f"{where}: quantization.json records no source path")
+        model = self._load_model(config, path, f"{where} (needed for the reference samples)")
+        found = network_fingerprint(model.lm)
+        check_export_source(config, shown, found, source.get("network_fingerprint"))
+        if set(exported.qtensors) != set(model.layer_names):
+            raise UserInputError(
+                f"{where}: the export's quantized tensors are not the model's linear layers"
+            )
+        log.info("quantized checkpoint %s of %s (%s)", exported.path, model.name, shown)
+        return LoadedModel(model, qtensors=dict(exported.qtensors))
+
+    def _load_model(self, config: BaselineConfig, path: Any, where: str) -> Any:
+        """The folder ``path`` as a masked-diffusion LM with the run's sampler settings.
+
+        Raises:
+            UserInputError: it cannot be loaded (``where`` names it), or the settings do not
+                fit it.
+        """
         from thermojax.models.dream.diffusion import load_masked_diffusion
 
         sampling = config.sampling
         try:
             model = load_masked_diffusion(
-                config.model.path,
+                path,
                 steps=sampling.steps,
                 length=sampling.length,
                 unmasking=sampling.unmasking,
@@ -91,7 +156,9 @@ class MaskedLMFamily(DiffusionFamily):
                 name=config.model.name or None,
             )
         except UserInputError as exc:
-            raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
+            if where == "model.path":
+                raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
+            raise UserInputError(f"{where} cannot be loaded: {exc}") from None
         check_model(config, model)
         log.info(
             "masked-diffusion LM %s: %d parameters, L=%d, T=%d steps, %s unmasking, layers %d",
@@ -102,7 +169,39 @@ class MaskedLMFamily(DiffusionFamily):
             model.options.unmasking,
             len(model.layer_names),
         )
-        return LoadedModel(model)
+        return model
+
+    def export(
+        self,
+        config: BaselineConfig,
+        model: Any,
+        qweights: Mapping[str, QTensor],
+        act_params: ActParams,
+    ) -> Path:
+        """The codes the run sampled, in the source's Hugging Face layout
+        (:func:`~thermojax.pipeline.checkpoint.export_lm.export_masked_lm`); the source recorded
+        by its shipped name when it is a shipped model."""
+        from thermojax.pipeline.checkpoint.export_lm import export_masked_lm
+
+        source = Path(config.model.path).expanduser().resolve()
+        shipped = config.model.shipped
+        is_shipped = shipped != type(config.model)().shipped and source == (
+            shipped_path(shipped).resolve()
+        )
+        return export_masked_lm(
+            model,
+            Path(config.export.path).expanduser(),
+            qweights,
+            source_path=source,
+            bits=config.bit_width,
+            group_size=config.group_size,
+            activations=act_params,
+            source={
+                "shipped": shipped if is_shipped else None,
+                "quant": dataclasses.asdict(config.quant),
+            },
+            orbax=config.export.orbax,
+        )
 
     def sampler_record(self, model: Any, spec: SamplerSpec) -> dict[str, Any]:
         """Its unmasking sampler: ``masked-diffusion unmasking (random), 64 steps``."""

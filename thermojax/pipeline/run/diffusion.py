@@ -126,9 +126,9 @@ def run_diffusion(
     with stages("calibrate"):
         # Calibration, fp32 samples and quantized quality are shared by the jobs of a sweep (and
         # later runs) through the on-disk cache: thermojax.pipeline.cache.stages says what each
-        # entry depends on.
-        cached = StageCache(model, config.to_dict())
-        stats = cached.calibration(qweights)
+        # entry depends on (the weights these qweights are, not the settings that made them).
+        cached = StageCache(model, config.to_dict(), qweights)
+        stats = cached.calibration()
     with stages("time groups + metrics"):
         baseline = _group_parameters(stats, config)
     enhanced = None
