@@ -156,7 +156,8 @@ class RecordingTracker:
 
 
 def test_execute_publishes_every_output_then_the_log_then_the_json(tmp_path, monkeypatch):
-    """The order as an event record: each rename into place, and the tracker's calls."""
+    """The order as an event record: each rename into place, and the tracker's calls. The JSON
+    is written first (a report that fails to render loses no number) and published last."""
     out = tmp_path / "job"
     events: list[tuple[str, str]] = []
     real_replace = os.replace
@@ -181,9 +182,9 @@ def test_execute_publishes_every_output_then_the_log_then_the_json(tmp_path, mon
     files = baseline_module.execute(to_config({"wandb": {"mode": "disabled"}}), out)
     monkeypatch.undo()
     assert events == [
-        ("rename", "baseline_metrics.html"),
+        ("rename", ".baseline_metrics.json.pending.tmp"),  # the numbers first, under a staged name
         ("rename", "samples.npz"),
-        ("rename", ".baseline_metrics.json.pending.tmp"),
+        ("rename", "baseline_metrics.html"),
         ("tracker", "log"),
         ("tracker", "finish"),
         ("rename", "baseline_metrics.log"),

@@ -72,19 +72,11 @@ def test_json_reader_caps_the_size_and_reads_a_real_report(tmp_path):
     assert read_json_file(path) == [0] * 2001
 
 
-def _compare_reads_through_the_helper() -> None:
-    sweep = Path(__file__).resolve().parents[2] / "thermojax" / "pipeline" / "results" / "sweep.py"
-    if "read_json_file" not in sweep.read_text():
-        pytest.xfail(
-            "thermojax/pipeline/results/sweep.py reads reports and failure records with "
-            "path.read_text() + json.loads: a FIFO hangs it, /dev/zero exhausts memory; it must "
-            "read them with thermojax.files.read_json_file"
-        )
-
-
 @pytest.mark.timeout(120)
 def test_compare_given_files_that_are_not_reports(tmp_path):
-    _compare_reads_through_the_helper()
+    """A FIFO (which would hang a plain read), /dev/zero (which would exhaust memory), nesting
+    past the cap, a failure record that is a list or whose ``overrides`` is not a list: each a
+    failed row with its reason, beside the one real report."""
     sweep = tmp_path / "sweep"
     for job in ("0", "fifo", "zero", "deep", "failure-overrides", "failure-list"):
         (sweep / job).mkdir(parents=True)
@@ -106,6 +98,13 @@ def test_compare_given_files_that_are_not_reports(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "1 configurations compared, 5 failed" in proc.stdout
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    reasons = {failure["job"]: failure["message"] for failure in summary["failures"]}
+    assert "not a regular file (a FIFO)" in reasons["fifo"]
+    assert "not a regular file (a character device)" in reasons["zero"]
+    assert "nested deeper than 64" in reasons["deep"]
+    assert "overrides is a JSON int, not a list" in reasons["failure-overrides"]
+    assert "holds a JSON list, not a failure record object" in reasons["failure-list"]
 
 
 # ---------------------------------------------------------------------------- other readers

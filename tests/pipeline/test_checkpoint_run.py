@@ -146,11 +146,22 @@ def test_impossible_combinations_are_one_line(checkpoint, extra, needle):
 
 def test_statistics_need_enough_steps_and_a_checkpoint(checkpoint, tmp_path):
     lo = -np.ones((1, 3), np.float32)
-    path = write_activation_stats(tmp_path / "s.safetensors", ["a"], lo, -lo, 0 * lo, -lo)
+    layer = "model.layers.0.mlp.down_proj"
+    path = write_activation_stats(tmp_path / "s.safetensors", [layer], lo, -lo, 0 * lo, -lo)
     with pytest.raises(UserInputError, match="num_time_groups=4: exceeds the 3 steps"):
         run(settings(checkpoint, calibration={"stats": str(path)}))
     with pytest.raises(UserInputError, match="only for checkpoints thermojax cannot run"):
         run(to_config({"calibration": {"stats": str(path)}}))
+
+
+def test_statistics_of_a_layer_the_model_lacks_are_one_line(checkpoint, tmp_path):
+    """A statistics file made for another model: refused naming the layer, not reported as a
+    layer without a weight cosine."""
+    lo = -np.ones((2, 8), np.float32)
+    names = ["model.layers.0.mlp.down_proj", "model.layers.9.mlp.down_proj"]
+    path = write_activation_stats(tmp_path / "s.safetensors", names, lo, -lo, 0 * lo, -lo)
+    with pytest.raises(UserInputError, match="model.layers.9.mlp.down_proj: the model has no such"):
+        run(settings(checkpoint, calibration={"stats": str(path)}))
 
 
 def test_the_exported_checkpoint_reports_the_same_numbers_as_its_source(checkpoint, tmp_path):

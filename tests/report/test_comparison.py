@@ -6,10 +6,16 @@ the report toolkit's heatmap and scatter, and a page with nothing completed.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
+from result_samples import make_result
 
+from thermojax.cli.outputs import write_comparison
+from thermojax.files import REPORT_JSON
+from thermojax.pipeline.results.sweep import collect
 from thermojax.report.comparison import (
     COLUMNS,
     SweepSummary,
@@ -125,3 +131,34 @@ def test_a_language_model_sweep_sets_its_held_out_perplexity_against_smoothness(
     assert "r(smoothness, held-out perplexity (quantized))" in page and "-0.875" in page
     assert "held-out perplexity (quantized): Pearson r = -0.875 (n = 3)" in page
     assert all(f'<td class="num">{ppl:.3f}</td>' in page for ppl in (8.4, 7.2, 7.17))
+
+
+@pytest.mark.timeout(60)
+def test_reports_with_absurd_finite_values_are_compared_and_drawn(tmp_path):
+    """Reports someone edited to 1e308, -1e308 or a subnormal (finite, so strict JSON reads them)
+    beside ordinary ones: ``compare`` writes its three outputs, the correlations stay finite or
+    ``None``, and every chart coordinate is a finite number."""
+    sweep = tmp_path / "sweep"
+    for job, (bits, value) in enumerate(
+        [(2, None), (4, None), (8, 1e308), (4, -1e308), (2, 5e-324)]
+    ):
+        data = make_result(seed=job, bit_width=bits).to_dict()
+        if value is not None:
+            for key in ("smoothness_score", "min_boundary_score", "mean_boundary_score"):
+                data[key] = value
+            for key in ("cosine_similarity", "model_size_mb", "smoothness_threshold"):
+                data[key] = value
+            data["quality"] |= {k: value for k in ("drift_mean", "frechet_quantized", "final_mse")}
+        (sweep / str(job)).mkdir(parents=True)
+        (sweep / str(job) / REPORT_JSON).write_text(json.dumps(data))
+    summary = collect(sweep)
+    assert [row["status"] for row in summary.rows] == ["ok"] * 5
+    for correlation in summary.correlations.values():
+        assert correlation["pearson"] is None or -1 <= correlation["pearson"] <= 1
+    files = write_comparison(summary, tmp_path / "out")
+    page = files["html"].read_text()
+    assert "<svg" in page
+    coordinates = re.findall(r'\b(?:x|y|x1|y1|x2|y2|cx|cy|width|height)="([^"]*)"', page)
+    coordinates += [v for p in re.findall(r'points="([^"]*)"', page) for v in re.split("[ ,]", p)]
+    assert coordinates and all(math.isfinite(float(v)) for v in coordinates if v)
+    assert json.loads(files["json"].read_text())["configurations"]

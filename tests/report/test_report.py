@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 
 import jinja2
@@ -19,6 +20,7 @@ from html_reading import (
     parse,
     pct,
     section,
+    table_after,
     table_rows,
 )
 from result_samples import W2_DIGITS_QUALITY, enhanced_result, make_result, phases_result
@@ -26,7 +28,7 @@ from result_samples import W2_DIGITS_QUALITY, enhanced_result, make_result, phas
 from thermojax.pipeline.results.schema import read_result, write_result
 from thermojax.pipeline.settings import InterpretationConfig
 from thermojax.report import BAND_COLORS, NO_VERDICT_COLOR, environment, render_report
-from thermojax.report.charts import bar_chart, line_chart, nice_ticks
+from thermojax.report.charts import AXIS_LIMIT, bar_chart, line_chart, nice_ticks, scatter_chart
 from thermojax.report.grids import digit_grid
 
 HOSTILE_NAME = '<script>alert("x")</script> & <img src=x onerror=1>'
@@ -346,6 +348,65 @@ def test_nice_ticks_cover_the_range():
     assert ticks[0] <= 0.013 and ticks[-1] >= 0.87
     steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
     assert len(steps) == 1 and steps.pop() in (0.1, 0.2, 0.25, 0.5)
+
+
+ABSURD_RANGES = [
+    (0.9, 0.9 + math.ulp(0.9)),  # two values a rounding apart: the step moved no tick (hang)
+    (1e10, 1e10 + math.ulp(1e10)),
+    (1e308, 1e308),  # the span doubled to inf (OverflowError)
+    (-1e308, 1e308),
+    (0.0, 1.7e308),
+    (5e-324, 5e-324),  # the step underflowed to 0 (math domain error)
+    (0.0, math.inf),
+]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("lo", "hi"), ABSURD_RANGES, ids=[f"{lo:g}..{hi:g}" for lo, hi in ABSURD_RANGES]
+)
+def test_nice_ticks_of_absurd_ranges_are_a_few_finite_ticks_at_once(lo, hi):
+    ticks = [float(t) for t in nice_ticks(lo, hi)]
+    assert 2 <= len(ticks) <= 12 and all(math.isfinite(t) for t in ticks)
+    assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks)
+    assert ticks[0] <= min(max(lo, -AXIS_LIMIT), AXIS_LIMIT)
+    assert ticks[-1] >= min(max(hi, -AXIS_LIMIT), AXIS_LIMIT)
+
+
+def test_charts_of_absurd_values_have_finite_coordinates():
+    """A corrupt report's 1e308 or 5e-324 is drawn off the axis' end, never at inf or NaN."""
+    values = [0.5, 1e308, -1e308, 5e-324]
+    lines = line_chart([("a", [0, 1, 2, 3], values)], title="t", x_label="x", y_label="y")
+    logs = line_chart(
+        [("a", [0, 1, 2, 3], [1e-320, 1e308, 1.0, 2.0])],
+        title="t",
+        x_label="x",
+        y_label="y",
+        log_y=True,
+    )
+    scatter = scatter_chart(
+        [("a", 1e308, 1e308, 1e308), ("b", 0.5, 0.5, 0.1), ("c", -1e308, 5e-324, 0.0)],
+        title="t",
+        x_label="x",
+        y_label="y",
+    )
+    numbers = [
+        float(v) for chart in (lines, logs) for v in re.split("[ ,]", chart.series[0].points)
+    ]
+    numbers += [t.pos for chart in (lines, logs, scatter) for t in chart.y_ticks]
+    numbers += [v for p in scatter.points for v in (p.x, p.y, p.y_low, p.y_high)]
+    assert all(math.isfinite(v) for v in numbers)
+    assert logs.y_ticks[0].label == "1e-300"  # the axis stops at 1 / AXIS_LIMIT
+
+
+def test_fractional_zero_points_are_rounded_not_truncated():
+    """An enhanced run's group view of its schedule has fractional zero points."""
+    result = make_result(num_layers=1, num_groups=3)
+    layer = dataclasses.replace(result.layers[0], zero_points=(20.9, 13.2, 127.5))
+    rows = table_rows(
+        table_after(parse(render_report(dataclasses.replace(result, layers=(layer,)))), "Layers")
+    )
+    assert rows[0][-1] == "21, 13, 128"
 
 
 def test_bar_chart_geometry():

@@ -75,11 +75,17 @@ def enable_compilation_cache() -> Path | None:
 def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Run the baseline, write every output into ``out_dir``, track it, print a summary.
 
-    ``baseline_metrics.json`` is the completion marker a sweep's resume trusts, so it is renamed
-    into place last: the other outputs, the W&B run (finished) and the log come first, and the
-    JSON waits under a temporary name (:func:`thermojax.files.staged_path`,
-    ``.baseline_metrics.json.pending.tmp``, which the launcher removes on resume). A kill at any point leaves either no JSON (the job reruns) or every
-    output. Every file is written atomically.
+    ``baseline_metrics.json`` is the completion marker a sweep's resume trusts, so it is written
+    first and renamed into place last: it waits under a temporary name
+    (:func:`thermojax.files.staged_path`, ``.baseline_metrics.json.pending.tmp``, which the
+    launcher removes on resume) while the other outputs, the W&B run (finished) and the log are
+    written. A kill at any point leaves either no JSON (the job reruns) or every output. Every
+    file is written atomically.
+
+    A report that fails to render is a bug in the report, never a lost run: the JSON, samples
+    and log are written, the traceback goes to the log, the console gets one warning naming
+    ``baseline_metrics.html``, and the run ends normally (exit status 0: its numbers are
+    complete, and a sweep must not rerun or count as failed a job whose report exists).
 
     Before any work ``out_dir`` (and ``export.path``'s folder) must take a new file, and the
     temporaries a killed run left in ``out_dir`` are removed (each logged). The W&B run is
@@ -93,7 +99,8 @@ def execute(config: BaselineConfig, out_dir: str | os.PathLike[str]) -> dict[str
     any other failure the log is still written, with the traceback, and the error propagates.
 
     Returns:
-        The written files keyed ``json``, ``html``, ``samples``, ``log`` (and the phase table's).
+        The written files keyed ``json``, ``html`` (unless the report failed to render),
+        ``samples``, ``log`` (and the phase table's).
     """
     from rich.console import Console
 

@@ -2,10 +2,12 @@
 ``samples.npz`` and phase table; a sweep's comparison (``sweep_summary.csv`` / ``.json``,
 ``comparison.html``).
 
-Every file is published atomically; ``baseline_metrics.json`` goes last, because a sweep's resume
-takes a parseable report as "this job finished". The HTML comes from :mod:`thermojax.report`,
-which reads only the :class:`~thermojax.pipeline.results.schema.Result` (the comparison page:
-the :class:`~thermojax.pipeline.results.sweep.SweepSummary`).
+Every file is published atomically; ``baseline_metrics.json`` is written first and renamed into
+place last, because a sweep's resume takes a parseable report as "this job finished". The HTML
+comes from :mod:`thermojax.report`, which reads only the
+:class:`~thermojax.pipeline.results.schema.Result` (the comparison page: the
+:class:`~thermojax.pipeline.results.sweep.SweepSummary`); a report that fails to render is a bug
+in the report, never a lost run: one warning, and every other output is written.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from thermojax.files import (
     PHASES_JSON,
     REPORT_HTML,
     REPORT_JSON,
+    RUN_LOG,
     SAMPLES_NPZ,
     SWEEP_SUMMARY_CSV,
     SWEEP_SUMMARY_JSON,
@@ -133,37 +136,73 @@ def write_outputs(
     *,
     json_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``baseline_metrics.json``, ``baseline_metrics.html`` and ``samples.npz``, atomically.
+    """Write ``baseline_metrics.json``, ``samples.npz`` and ``baseline_metrics.html``, atomically.
+
+    The JSON, the run's numbers, is written first, then the samples and the phase table, then
+    the HTML: a report that fails to render (a bug in :mod:`thermojax.report`) loses nothing
+    else. Its traceback goes to the run log, one warning naming the report and the error to the
+    console, no ``baseline_metrics.html`` is left (not even an earlier run's) and the returned
+    paths lack ``html``; an ``OSError`` while writing any file (a full disk) still propagates.
 
     Each file goes to a temporary name in ``out_dir`` and is renamed into place, so an
-    interrupted run never leaves a half-written report. ``samples.npz`` (arrays ``fp32`` and
+    interrupted run never leaves a half-written file. ``samples.npz`` (arrays ``fp32`` and
     ``quantized``, ``[N, 8, 8]``, plus ``baseline_quantized`` for an enhanced run) is written only
     when ``result.samples`` is present. With a phase table: ``phases.json``, ``phases.csv`` and,
     when ``result.phase_records`` is present, one JSON record per variant and seed in ``phases/``.
-    ``json_path`` (default ``out_dir/baseline_metrics.json``) lets the baseline command stage the
-    JSON, the sweep's completion marker, under a temporary name and rename it after the log.
+    ``baseline_metrics.json`` is a sweep's completion marker: it waits under its staged name
+    (:func:`thermojax.files.staged_path`) and is renamed into place after the other files;
+    ``json_path`` instead lets the baseline command stage it itself (and rename it after the log).
 
     Returns:
-        The written paths keyed ``json``, ``html`` (and ``samples``, ``phases_json``,
-        ``phases_csv``, ``phases_runs``).
+        The written paths keyed ``json``, ``html`` (unless the report failed to render) and
+        ``samples``, ``phases_json``, ``phases_csv``, ``phases_runs`` when written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    html = render_report(result)
-    paths = {"html": atomic_write_text(out / OUTPUT_FILES["html"], html)}
-    if result.samples is not None:
-        paths["samples"] = out / OUTPUT_FILES["samples"]
-        with atomic_file(paths["samples"]) as temporary, open(temporary, "wb") as handle:
-            np.savez(handle, **{k: np.asarray(v) for k, v in result.samples.items()})
-    if result.phases is not None:
-        paths.update(_write_phases(result, out))
-    # The JSON goes last: a sweep's resume takes a parseable report as "this job finished".
-    paths["json"] = write_result(
-        result, out / OUTPUT_FILES["json"] if json_path is None else json_path
-    )
+    final_json = out / OUTPUT_FILES["json"]
+    staged_json = staged_path(final_json) if json_path is None else Path(json_path)
+    paths = {"json": write_result(result, staged_json)}
+    try:
+        if result.samples is not None:
+            paths["samples"] = out / OUTPUT_FILES["samples"]
+            with atomic_file(paths["samples"]) as temporary, open(temporary, "wb") as handle:
+                np.savez(handle, **{k: np.asarray(v) for k, v in result.samples.items()})
+        if result.phases is not None:
+            paths.update(_write_phases(result, out))
+        html = _render_or_warn(result)
+        if html is not None:
+            paths["html"] = atomic_write_text(out / OUTPUT_FILES["html"], html)
+        else:  # an earlier run's page beside this run's numbers would mislead
+            (out / OUTPUT_FILES["html"]).unlink(missing_ok=True)
+        if json_path is None:
+            paths["json"] = publish_staged(final_json)
+    except BaseException:
+        if json_path is None:
+            staged_json.unlink(missing_ok=True)
+        raise
     for kind, path in paths.items():
         log.info("wrote %s: %s", kind, path)
     return paths
+
+
+def _render_or_warn(result: Result) -> str | None:
+    """The HTML report of ``result``, or ``None`` (with its traceback in the run log and one
+    warning line) when rendering fails: that is a bug in the report, and the run's numbers are
+    complete in the JSON without it."""
+    try:
+        return render_report(result)
+    except Exception as err:  # any bug of the renderer: the run is complete without it
+        log.info("rendering %s failed:", OUTPUT_FILES["html"], exc_info=True)
+        log.warning(
+            "%s not written: the report failed to render (%s: %s), a bug in thermojax's report; "
+            "the run's numbers are complete in %s, the traceback is in the run log (%s)",
+            OUTPUT_FILES["html"],
+            type(err).__name__,
+            " ".join(str(err).split())[:200],
+            OUTPUT_FILES["json"],
+            RUN_LOG,
+        )
+        return None
 
 
 def write_comparison(summary: SweepSummary, out_dir: str | Path) -> dict[str, Path]:

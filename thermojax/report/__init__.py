@@ -158,10 +158,16 @@ def _activation_charts(result: Result) -> list[LineChart]:
     for layer in result.layers:
         scales = np.asarray(layer.scales, np.float64)
         zero_points = np.asarray(layer.zero_points, np.float64)
+        # A run of an exported checkpoint has the parameters, not the ranges they came from.
+        observed = len(layer.activation_min) == len(layer.activation_max) == len(t) > 0
         charts.append(
             line_chart(
                 (),
-                bands=[("observed min..max", t, layer.activation_min, layer.activation_max)],
+                bands=(
+                    [("observed min..max", t, layer.activation_min, layer.activation_max)]
+                    if observed
+                    else []
+                ),
                 steps=[
                     ("group quantization range", edges, (qmax - zero_points) * scales),
                     ("group quantization range", edges, -zero_points * scales),

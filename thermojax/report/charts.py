@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "AXIS_LIMIT",
     "PALETTE",
     "BarChart",
     "LineChart",
@@ -162,23 +163,41 @@ def _frame(width: int, height: int) -> Frame:
     return Frame(width, height, left=62.0, top=38.0, right=width - 16.0, bottom=height - 44.0)
 
 
+AXIS_LIMIT = 1e300
+"""The largest magnitude an axis reaches, and the inverse of the smallest nonzero one. Beyond it
+a span, a step or a tick overflows a float (``1e308 - -1e308``), below it a step underflows to
+0; a value past it, which only a corrupt report holds, sits at its axis' end (or at 0)."""
+
+
+def _on_axis(value: float) -> float:
+    """``value`` clipped to +-:data:`AXIS_LIMIT`, and 0 below ``1 / AXIS_LIMIT``."""
+    value = min(max(float(value), -AXIS_LIMIT), AXIS_LIMIT)
+    return 0.0 if abs(value) < 1 / AXIS_LIMIT else value
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering ``[lo, hi]`` (1, 2, 5 x 10^k steps)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    """About ``count`` round tick values covering ``[lo, hi]`` (1, 2, 5 x 10^k steps).
+
+    Always a few finite ticks, at once: ``lo`` and ``hi`` are taken within :data:`AXIS_LIMIT`
+    (an infinity at it; NaN gives ``[0, 1]``), and a range narrower than floats resolve at its
+    magnitude (two values a rounding apart, where adding the step would not move a tick) is
+    widened as an empty one is.
+    """
+    if math.isnan(lo) or math.isnan(hi):
         return [0.0, 1.0]
-    if hi <= lo:
+    count = max(count, 1)
+    lo, hi = _on_axis(lo), _on_axis(hi)
+    if hi - lo <= 64 * count * math.ulp(max(abs(lo), abs(hi))):
         hi = lo + (abs(lo) if lo else 1.0)
-    raw = (hi - lo) / max(count, 1)
+    raw = (hi - lo) / count
     power = 10 ** math.floor(math.log10(raw))
     step = min((m * power for m in (1, 2, 5, 10) if m * power >= raw), default=10 * power)
     first = math.floor(lo / step) * step
-    ticks = []
-    value = first
-    while value <= hi + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
+    # Counted, not stepped until past hi: the count is bounded whatever rounding does.
+    n = max(1, math.floor((hi - first) / step + 1e-9) + 1)
+    ticks = [round(first + i * step, 12) for i in range(n)]
     if ticks[-1] < hi:
-        ticks.append(round(value, 12))
+        ticks.append(round(first + n * step, 12))
     return ticks
 
 
@@ -193,21 +212,33 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+_PIXEL_LIMIT = 1e6
+"""How far off its frame a point is drawn at most: a value far past its axis (a corrupt report's)
+draws off the chart, never at an overflowed coordinate."""
+
+
 class _Scale:
-    """Linear (or log10) map from data to pixels."""
+    """Linear (or log10) map from data to pixels; values beyond +-:data:`AXIS_LIMIT` map as if
+    at it."""
 
     def __init__(self, lo: float, hi: float, p0: float, p1: float, *, log: bool = False) -> None:
         self.log = log
-        self.lo, self.hi = (math.log10(lo), math.log10(hi)) if log else (lo, hi)
+        if log:
+            lo, hi = (min(max(float(v), 1 / AXIS_LIMIT), AXIS_LIMIT) for v in (lo, hi))
+            self.lo, self.hi = math.log10(lo), math.log10(hi)
+        else:
+            self.lo, self.hi = _on_axis(lo), _on_axis(hi)
         if self.hi == self.lo:
             self.hi = self.lo + 1.0
         self.p0, self.p1 = p0, p1
 
     def __call__(self, value: float | np.ndarray) -> np.ndarray:
-        v = np.asarray(value, np.float64)
+        v = np.clip(np.asarray(value, np.float64), -AXIS_LIMIT, AXIS_LIMIT)
         if self.log:
             v = np.log10(np.maximum(v, 10.0**self.lo))
-        return self.p0 + (v - self.lo) / (self.hi - self.lo) * (self.p1 - self.p0)
+        with np.errstate(over="ignore"):
+            pixels = self.p0 + (v - self.lo) / (self.hi - self.lo) * (self.p1 - self.p0)
+        return np.clip(pixels, -_PIXEL_LIMIT, _PIXEL_LIMIT)
 
 
 def _points(xs: np.ndarray, ys: np.ndarray) -> str:
@@ -308,7 +339,7 @@ def line_chart(
     ys_cat = np.concatenate([y for y in ys_all if y.size] or [np.zeros(1)])
     ys_cat = ys_cat[np.isfinite(ys_cat)]
     if log_y:
-        positive = ys_cat[ys_cat > 0]
+        positive = np.clip(ys_cat[ys_cat > 0], 1 / AXIS_LIMIT, AXIS_LIMIT)
         y_lo, y_hi = (positive.min(), positive.max()) if positive.size else (1e-3, 1.0)
         y_lo, y_hi = 10 ** math.floor(math.log10(y_lo)), 10 ** math.ceil(math.log10(y_hi))
         if y_hi <= y_lo:

@@ -25,7 +25,7 @@ import numpy as np
 
 import thermojax.pipeline.families  # noqa: F401  (registers the built-in kinds of sample)
 from thermojax.errors import UserInputError
-from thermojax.files import FAILURE_JSON, REPORT_JSON
+from thermojax.files import FAILURE_JSON, REPORT_JSON, read_json_file
 from thermojax.pipeline.quality.kind import quality_kinds
 from thermojax.pipeline.results.schema import Result
 
@@ -132,12 +132,19 @@ class SweepSummary:
         }
 
 
+def _unit_scaled(values: np.ndarray) -> np.ndarray:
+    """``values`` over their largest magnitude: Pearson's r is the same, and sums of squares of
+    finite but absurd values (a corrupt report's 1e308) no longer overflow to NaN."""
+    largest = float(np.max(np.abs(values), initial=0.0))
+    return values / largest if largest > 0 else values
+
+
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Pearson correlation of paired finite values; ``None`` below 3 pairs or without spread."""
     x = np.asarray(xs, np.float64)
     y = np.asarray(ys, np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    x, y = _unit_scaled(x[keep]), _unit_scaled(y[keep])
     if x.size < 3:
         return None
     dx, dy = x - x.mean(), y - y.mean()
@@ -157,7 +164,7 @@ def bootstrap_interval(
 ) -> tuple[float, float] | None:
     """The 2.5th and 97.5th percentiles of Pearson's r over pairs resampled with replacement;
     resamples without spread are left out. ``None`` below :data:`MIN_POINTS` pairs."""
-    x, y = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    x, y = _unit_scaled(np.asarray(xs, np.float64)), _unit_scaled(np.asarray(ys, np.float64))
     if x.size < MIN_POINTS:
         return None
     idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
@@ -205,17 +212,32 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _not_strict(name: str) -> float:
-    raise ValueError(f"{name} is not strict JSON")
-
-
 def _read_report(path: Path) -> Result:
     """A sweep job's report, as :func:`~thermojax.pipeline.results.schema.read_result` reads it, but
-    strict JSON (no NaN) and an object at the top (a report of another shape is a failed row)."""
-    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_strict)
+    through :func:`thermojax.files.read_json_file` (a regular file, capped in size and nesting,
+    strict JSON: no NaN) and an object at the top (a report of another shape is a failed row)."""
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise TypeError(f"holds a JSON {type(data).__name__}, not a report object")
     return Result.from_dict(data)
+
+
+def _read_failure(path: Path) -> tuple[list[str], str, str]:
+    """A failure record's ``(overrides, error_type, message)``, read as :func:`_read_report`
+    reads a report.
+
+    Raises:
+        OSError, ValueError, KeyError, TypeError: the file cannot be read, is not strict JSON, is
+            not an object, its ``overrides`` is not a list, or it lacks ``error_type`` or
+            ``message``.
+    """
+    record = read_json_file(path)
+    if not isinstance(record, dict):
+        raise TypeError(f"holds a JSON {type(record).__name__}, not a failure record object")
+    overrides = record.get("overrides", [])
+    if not isinstance(overrides, list):
+        raise TypeError(f"overrides is a JSON {type(overrides).__name__}, not a list")
+    return [str(o) for o in overrides], str(record["error_type"]), str(record["message"])
 
 
 def _row_from_report(job: str, path: Path) -> dict[str, Any]:
@@ -318,10 +340,8 @@ def collect(sweep_dir: str | Path) -> SweepSummary:
             continue  # a later attempt of the job finished: its report wins
         job = str(path.parent.relative_to(root))
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            overrides = [str(o) for o in record.get("overrides", [])]
-            error_type, message = str(record["error_type"]), str(record["message"])
-        except (OSError, ValueError, KeyError, AttributeError) as err:
+            overrides, error_type, message = _read_failure(path)
+        except (OSError, ValueError, KeyError, TypeError) as err:
             overrides, error_type, message = [], "UnreadableFailure", f"{type(err).__name__}: {err}"
         failures.append(
             {"job": job, "overrides": overrides, "error_type": error_type, "message": message}

@@ -79,7 +79,10 @@ def run_checkpoint(
     stats = None
     if config.calibration.stats is not None:
         with stages("time groups + metrics"):
-            stats = read_activation_stats(config.calibration.stats)
+            # A layer the model lacks is refused here, not shown as a layer without a cosine.
+            stats = read_activation_stats(
+                config.calibration.stats, checkpoint_tensors=checkpoint.tensors
+            )
             markov, activations = _markov(config, stats)
     record = {}
     with stages("quantize weights"):
