@@ -11,13 +11,58 @@ from typing import Any
 import numpy as np
 
 from thermojax.core.quant import ACT_BITS_RANGE
+from thermojax.errors import UserInputError
 from thermojax.models.hf import write_safetensors
 from thermojax.models.hf.layouts import DTYPES
 from thermojax.pipeline.checkpoint.layout import ACTIVATIONS_FILE
 
-__all__ = ["activation_arrays", "write_activations"]
+__all__ = ["activation_arrays", "checked_codes", "write_activations"]
 
 _DTYPE_NAMES = {np.dtype(dtype): name for name, dtype in DTYPES.items()}
+
+
+def checked_codes(
+    qweights: Mapping[str, Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    group_size: int,
+    what: str,
+    activations: Any,
+    num_timesteps: int,
+) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
+    """An export's codes against its model's layers, and its activation arrays and entry.
+
+    Args:
+        qweights: the run's QTensors by layer name.
+        shapes: the shape each layer's QTensor must have, by layer name (in layer order).
+        group_size: the run's weight group size.
+        what: how ``shapes`` are meant, for the message (``the stored weight``).
+        activations: the run's :class:`ActParams` (or ``None``: no activation file).
+        num_timesteps: the model's T.
+
+    Returns:
+        ``(arrays, entry)`` of :func:`activation_arrays`, or ``(None, None)``.
+
+    Raises:
+        ValueError: codes that do not match the layers (a bug of the caller).
+        UserInputError: bad activation parameters.
+    """
+    names = tuple(shapes)
+    if set(qweights) != set(names):
+        raise ValueError(f"qweights has layers {sorted(qweights)}, the model {list(names)}")
+    for name, shape in shapes.items():
+        q = qweights[name]
+        if (tuple(q.shape), q.group_size) != (tuple(shape), group_size):
+            raise ValueError(
+                f"qweights[{name!r}] is shape {q.shape} in groups of {q.group_size}; expected "
+                f"{tuple(shape)} ({what}) in groups of {group_size}"
+            )
+    if activations is None:
+        return None, None
+    try:
+        return activation_arrays(activations, names, num_timesteps)
+    except ValueError as err:
+        raise UserInputError(f"activations: {err}") from err
 
 
 def activation_arrays(

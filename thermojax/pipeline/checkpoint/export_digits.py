@@ -14,11 +14,10 @@ import jax
 import numpy as np
 
 from thermojax.core.quant import QTensor, storage_bytes
-from thermojax.errors import UserInputError
 from thermojax.files import atomic_file, atomic_write_text
 from thermojax.models.hf import write_safetensors
 from thermojax.models.hf.layouts import SINGLE_FILE
-from thermojax.pipeline.checkpoint.activations import activation_arrays, write_activations
+from thermojax.pipeline.checkpoint.activations import checked_codes, write_activations
 from thermojax.pipeline.checkpoint.document import quantization_json, tensor_entry
 from thermojax.pipeline.checkpoint.folder import check_target, stage_and_publish
 from thermojax.pipeline.checkpoint.layout import (
@@ -109,22 +108,15 @@ def export_digits(
     out_dir = Path(out_dir)
     check_target(out_dir)
     names = tuple(model.layer_names)
-    if set(qweights) != set(names):
-        raise ValueError(f"qweights has layers {sorted(qweights)}, the model {list(names)}")
     kernels = model.quantizable_weights()
-    for name in names:
-        q, kernel_shape = qweights[name], tuple(np.shape(kernels[name]))
-        if (q.shape, q.group_size) != (kernel_shape[::-1], group_size):
-            raise ValueError(
-                f"qweights[{name!r}] is shape {q.shape} in groups of {q.group_size}; expected "
-                f"{kernel_shape[::-1]} (the transposed kernel) in groups of {group_size}"
-            )
-    act_arrays = act_entry = None
-    if activations is not None:
-        try:
-            act_arrays, act_entry = activation_arrays(activations, names, model.num_timesteps)
-        except ValueError as err:
-            raise UserInputError(f"activations: {err}") from err
+    act_arrays, act_entry = checked_codes(
+        qweights,
+        {name: tuple(np.shape(kernels[name]))[::-1] for name in names},
+        group_size=group_size,
+        what="the transposed kernel",
+        activations=activations,
+        num_timesteps=model.num_timesteps,
+    )
 
     from thermojax.pipeline.cache.stages import model_fingerprint
 

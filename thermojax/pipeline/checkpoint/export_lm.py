@@ -31,7 +31,7 @@ from thermojax.errors import UserInputError
 from thermojax.files import atomic_write_bytes, atomic_write_text
 from thermojax.models.hf import open_checkpoint, write_index, write_safetensors
 from thermojax.models.hf.layouts import DTYPES, SINGLE_FILE
-from thermojax.pipeline.checkpoint.activations import activation_arrays, write_activations
+from thermojax.pipeline.checkpoint.activations import checked_codes, write_activations
 from thermojax.pipeline.checkpoint.document import quantization_json, tensor_entry
 from thermojax.pipeline.checkpoint.folder import check_target, companion_files, stage_and_publish
 from thermojax.pipeline.checkpoint.layout import (
@@ -92,22 +92,15 @@ def export_masked_lm(
     check_target(out_dir)
     checkpoint = open_checkpoint(source_path)
     names = tuple(model.layer_names)
-    if set(qweights) != set(names):
-        raise ValueError(f"qweights has layers {sorted(qweights)}, the model {list(names)}")
     weights = model.lm.quantizable_weights()  # [out, in] as stored, by layer name
-    for name in names:
-        q, shape = qweights[name], tuple(np.shape(weights[name]))
-        if (q.shape, q.group_size) != (shape, group_size):
-            raise ValueError(
-                f"qweights[{name!r}] is shape {q.shape} in groups of {q.group_size}; expected "
-                f"{shape} (the stored weight) in groups of {group_size}"
-            )
-    act_arrays = act_entry = None
-    if activations is not None:
-        try:
-            act_arrays, act_entry = activation_arrays(activations, names, model.num_timesteps)
-        except ValueError as err:
-            raise UserInputError(f"activations: {err}") from err
+    act_arrays, act_entry = checked_codes(
+        qweights,
+        {name: tuple(np.shape(weights[name])) for name in names},
+        group_size=group_size,
+        what="the stored weight",
+        activations=activations,
+        num_timesteps=model.num_timesteps,
+    )
     provenance = {
         "family": model.family,
         "model": model.name,
