@@ -131,7 +131,7 @@ class ToyFamily(DiffusionFamily):
 @pytest.fixture(scope="module")
 def toy_family(tmp_path_factory):
     """The toy family and its kind of sample, registered as a plugin would register them."""
-    from thermojax.pipeline.families import base
+    from thermojax.pipeline.families import registry
     from thermojax.pipeline.quality import kind as kinds
 
     templates = tmp_path_factory.mktemp("toy-templates")
@@ -153,7 +153,7 @@ def toy_family(tmp_path_factory):
     family.quality = kind
     register_family(family)
     yield family
-    base._FAMILIES.pop(family.name)  # leave the registries as other tests expect them
+    registry._FAMILIES.pop(family.name)  # leave the registries as other tests expect them
     kinds._KINDS.pop(kind.name)
 
 

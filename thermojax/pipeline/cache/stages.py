@@ -51,7 +51,7 @@ from thermojax.files import read_json_file
 from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache.checks import check_entry
 from thermojax.pipeline.cache.store import arrays_fingerprint, cache_key, get_or_compute
-from thermojax.pipeline.families.base import evaluate_quality
+from thermojax.pipeline.families.registry import evaluate_quality
 from thermojax.pipeline.measure.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
 from thermojax.pipeline.measure.sampling import ActParams, Samples, sample
 from thermojax.pipeline.quality.kind import SampleQuality, quality_from_dict

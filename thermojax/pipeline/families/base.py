@@ -21,14 +21,22 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from thermojax.core.quant import QTensor
 from thermojax.core.timegroups import step_edges, uniform_edges
 from thermojax.errors import UserInputError
 from thermojax.models.base import DiffusionModel, SamplerSpec, SkippingModel
-from thermojax.pipeline.measure.sampling import ActParams, Samples
-from thermojax.pipeline.quality.kind import QualityKind, SampleQuality
+from thermojax.pipeline.families.registry import (
+    ModelFamily,
+    evaluate_quality,
+    families,
+    family_of,
+    recognise,
+    register_family,
+)
+from thermojax.pipeline.measure.sampling import ActParams
+from thermojax.pipeline.quality.kind import QualityKind
 from thermojax.pipeline.run.stages import ProgressCallback
 from thermojax.pipeline.settings import BaselineConfig, check_model_limits, sampler_specs
 
@@ -60,35 +68,6 @@ log = logging.getLogger(__name__)
 SAMPLING_OPTIONS = ("sampler", "steps", "eta", "length", "unmasking", "temperature", "top_p")
 """``sampling.*`` keys that belong to a model's sampler (``num_samples`` belongs to every run);
 ``prompt`` too, when not empty. A family takes some of them (:attr:`DiffusionFamily.sampling_options`)."""
-
-
-@runtime_checkable
-class ModelFamily(Protocol):
-    """A model family, as the pipeline sees it.
-
-    Attributes:
-        name: the family's name (``DiffusionModel.family`` of its models).
-        description: the family in words, for messages (``the digits DDPM``).
-        quality: the kind of sample its models draw; ``None`` for a family whose checkpoints
-            are measured weight-only (no samples).
-    """
-
-    name: str
-    description: str
-    quality: QualityKind | None
-
-    def recognises(self, config: BaselineConfig) -> bool:
-        """Whether ``config.model`` (its folder, ``model.run``) is one of this family's."""
-        ...
-
-    def check(self, config: BaselineConfig) -> BaselineConfig:
-        """Refuse settings this family does not take (one line naming the key), before any
-        work; returns ``config`` with the family's defaults filled in."""
-        ...
-
-    def run(self, config: BaselineConfig, progress: ProgressCallback | None) -> Result:
-        """The baseline run of ``config`` on this family's model."""
-        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,82 +345,3 @@ def check_export_source(config: BaselineConfig, shown: str, found: str, recorded
             "model it was exported from (fingerprints differ); the reference samples need "
             "that model"
         )
-
-
-_FAMILIES: dict[str, ModelFamily] = {}
-_FALLBACK: list[ModelFamily] = []
-
-
-def register_family(family: ModelFamily, *, fallback: bool = False) -> ModelFamily:
-    """Make ``family`` one that :func:`recognise` asks (after those registered before it) and
-    :func:`family_of` finds; returns it. The ``fallback`` family takes a model no family
-    claims (its loader then says what the folder lacks).
-
-    Raises:
-        ValueError: another family of that name is registered already.
-    """
-    known = _FAMILIES.get(family.name)
-    if known is not None and known is not family:
-        raise ValueError(f"a model family {family.name!r} is registered already")
-    _FAMILIES[family.name] = family
-    if fallback:
-        _FALLBACK[:] = [family]
-    return family
-
-
-def families() -> tuple[ModelFamily, ...]:
-    """Every registered family, in the order :func:`recognise` asks them."""
-    return tuple(_FAMILIES.values())
-
-
-def recognise(config: BaselineConfig) -> ModelFamily:
-    """The family that claims ``config.model`` (the first registered that recognises it), else
-    the fallback family."""
-    for family in _FAMILIES.values():
-        if family.recognises(config):
-            return family
-    if not _FALLBACK:
-        raise UserInputError(f"model.path={config.model.path!r}: no model family recognises it")
-    return _FALLBACK[0]
-
-
-def family_of(model: DiffusionModel) -> ModelFamily:
-    """The family a model declares (``model.family``).
-
-    Raises:
-        ValueError: a family nobody registered.
-    """
-    if model.family not in _FAMILIES:
-        raise ValueError(
-            f"{type(model).__name__}.family={model.family!r} is not a registered model family "
-            f"({', '.join(_FAMILIES)})"
-        )
-    return _FAMILIES[model.family]
-
-
-def evaluate_quality(
-    model: DiffusionModel,
-    fp32: Samples,
-    quantized: Samples,
-    edges: Any,
-    weight_report: Any,
-    *,
-    qweights: Mapping[str, QTensor] | None = None,
-    act_params: ActParams | None = None,
-    seed: int = 0,
-) -> SampleQuality:
-    """Quantized samples against fp32 samples of the same seed, by the evaluator of the kind of
-    sample the model's family draws (:attr:`QualityKind.evaluate`)."""
-    kind = family_of(model).quality
-    if kind is None:
-        raise ValueError(f"{model.family}: a family without samples has no sample quality")
-    return kind.evaluate(
-        model,
-        fp32,
-        quantized,
-        edges,
-        weight_report,
-        qweights=qweights,
-        act_params=act_params,
-        seed=seed,
-    )

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -29,11 +30,11 @@ from thermojax.core.markov import MarkovMetrics, markov_metrics
 from thermojax.core.timegroups import group_activation_params, group_ranges, uniform_edges
 from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache.stages import QualityEntry, StageCache, sample_and_evaluate
-from thermojax.pipeline.families.base import DiffusionFamily, evaluate_quality
+from thermojax.pipeline.families.registry import evaluate_quality
 from thermojax.pipeline.measure.calibrate import CalibrationStats
 from thermojax.pipeline.measure.memory import check_memory
 from thermojax.pipeline.measure.sampling import ActParams, sample
-from thermojax.pipeline.quality.kind import SampleQuality, quality_kind
+from thermojax.pipeline.quality.kind import QualityKind, SampleQuality, quality_kind
 from thermojax.pipeline.results.build import (
     build_result,
     group_means,
@@ -61,9 +62,36 @@ from thermojax.pipeline.weights.quantize import (
 )
 from thermojax.pipeline.weights.section import WeightsSection
 
-__all__ = ["GroupParameters", "run_diffusion"]
+__all__ = ["GroupParameters", "SampledFamily", "run_diffusion"]
 
 log = logging.getLogger(__name__)
+
+
+class SampledFamily(Protocol):
+    """What the diffusion run needs of the family it runs (a
+    :class:`~thermojax.pipeline.families.base.DiffusionFamily` gives all of it): declared here so
+    that the run imports no family."""
+
+    quality: QualityKind
+    weights_format: str
+
+    def load(self, config: BaselineConfig) -> Any:
+        """A ``LoadedModel``: the model, and an export's codes or ``None``."""
+        ...
+
+    def step_bytes(self, model: Any, num_samples: int) -> float:
+        """Memory one sampler step of ``num_samples`` takes beyond the state (bytes)."""
+        ...
+
+    def sampler_record(self, model: Any, spec: SamplerSpec) -> dict[str, Any]:
+        """``Result.sampler``'s record of ``spec`` on ``model``."""
+        ...
+
+    def export(
+        self, config: BaselineConfig, model: Any, qweights: Mapping[str, Any], act_params: Any
+    ) -> Any:
+        """Write the run's quantized checkpoint to ``config.export.path``; returns its path."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +115,7 @@ class GroupParameters:
 
 
 def run_diffusion(
-    family: DiffusionFamily, config: BaselineConfig, progress: ProgressCallback | None = None
+    family: SampledFamily, config: BaselineConfig, progress: ProgressCallback | None = None
 ) -> Result:
     """Quantize ``family``'s model of ``config`` with Markov validation and measure everything.
 
@@ -217,7 +245,7 @@ def run_diffusion(
 
 
 def _sampler_record(
-    family: DiffusionFamily, model: DiffusionModel, stats: CalibrationStats, fp32: Any
+    family: SampledFamily, model: DiffusionModel, stats: CalibrationStats, fp32: Any
 ) -> dict[str, Any]:
     """``Result.sampler``: the sampler that sampled and the one that calibrated, with their
     steps, in the family's words."""

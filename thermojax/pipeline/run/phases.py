@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from thermojax.core.timegroups import uniform_edges
-from thermojax.pipeline.families.base import evaluate_quality, family_of
+from thermojax.pipeline.families.registry import evaluate_quality, family_of
 from thermojax.pipeline.measure.calibrate import CalibrationStats
 from thermojax.pipeline.measure.sampling import sample
 from thermojax.pipeline.quality.kind import QualityKind

@@ -174,14 +174,14 @@ def validate_config(cfg: BaselineConfig) -> None:
         count = getattr(getattr(cfg, section), name)
         if count > MAX_INT32:
             raise fail(key, count, f"must be <= {MAX_INT32} (JAX counts samples in int32)")
-    validate_model_choice(cfg)
+    validate_model_choice(cfg.model, cfg.sampling, cfg.calibration)
     validate_quant(cfg.quant)
     if cfg.wandb.mode not in WANDB_MODES:
         raise fail("wandb.mode", cfg.wandb.mode, "must be offline, online or disabled")
     validate_interpretation(cfg.interpretation)
-    validate_thermo(cfg)
-    validate_time_groups(cfg)
-    validate_phases(cfg)
+    validate_thermo(cfg.thermo, cfg.time_groups, num_time_groups=cfg.num_time_groups)
+    validate_time_groups(cfg.time_groups)
+    validate_phases(cfg.phases, seed=cfg.seed, num_time_groups=cfg.num_time_groups)
 
 
 def _path_is(key: str, path: str, test: str) -> bool:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from thermojax.models.base import SAMPLERS, SamplerSpec
 from thermojax.models.masked_diffusion import UNMASKING_RULES
 from thermojax.pipeline.settings.checks import MAX_INT32, check_choice, check_number, fail
-
-if TYPE_CHECKING:
-    from thermojax.pipeline.settings.baseline import BaselineConfig
 
 __all__ = [
     "MODEL_RUNS",
@@ -153,11 +150,13 @@ def sampler_specs(config: Mapping[str, Any]) -> tuple[SamplerSpec, SamplerSpec]:
     return tuple(SamplerSpec(s["sampler"], s["steps"], s["eta"]) for s in samplers_of(config))  # type: ignore[return-value]
 
 
-def validate_model_choice(cfg: BaselineConfig) -> None:
-    """The shipped model's name and the masked-diffusion LM's sampler settings."""
-    check_choice("model.shipped", cfg.model.shipped, SHIPPED_MODELS)
-    check_choice("model.run", cfg.model.run, MODEL_RUNS)
-    sampling = cfg.sampling
+def validate_model_choice(
+    model: ModelConfig, sampling: SamplingConfig, calibration: CalibrationConfig
+) -> None:
+    """The shipped model's name and the samplers' settings (``model.*``, ``sampling.*``,
+    ``calibration.*``)."""
+    check_choice("model.shipped", model.shipped, SHIPPED_MODELS)
+    check_choice("model.run", model.run, MODEL_RUNS)
     for key in ("steps", "length"):
         value = getattr(sampling, key)
         if value is not None and value < (2 if key == "length" else 1):
@@ -169,7 +168,6 @@ def validate_model_choice(cfg: BaselineConfig) -> None:
     top_p = sampling.top_p
     if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise fail("sampling.top_p", top_p, "must be in (0, 1]")
-    calibration = cfg.calibration
     for prefix, name, eta in (
         ("sampling", sampling.sampler, sampling.eta),
         ("calibration", calibration.sampler, calibration.eta),
@@ -183,9 +181,10 @@ def validate_model_choice(cfg: BaselineConfig) -> None:
     for prefix, steps in (("sampling", sampling.steps), ("calibration", calibration.steps)):
         if steps is not None and steps > MAX_INT32:
             raise fail(f"{prefix}.steps", steps, f"must be <= {MAX_INT32} (int32 timesteps)")
-    for prefix, spec in (
-        ("sampling", cfg.sampler_settings()),
-        ("calibration", cfg.calibration_settings()),
-    ):
+    resolved = {
+        "sampling": dataclasses.asdict(sampling),
+        "calibration": dataclasses.asdict(calibration),
+    }
+    for prefix, spec in zip(("sampling", "calibration"), samplers_of(resolved), strict=True):
         if spec["sampler"] == "ddpm" and spec["eta"] != 0.0:
             raise fail(f"{prefix}.eta", spec["eta"], "is DDIM's noise: needs sampler=ddim")

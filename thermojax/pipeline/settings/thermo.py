@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, List  # noqa: UP035 (OmegaConf reads typing.List)
+from typing import List  # noqa: UP035 (OmegaConf reads typing.List)
 
 from thermojax.core.adaptive import MAX_LAM
 from thermojax.core.smoothing import MAX_STEEPNESS
@@ -15,9 +15,6 @@ from thermojax.pipeline.settings.checks import (
     check_number,
     fail,
 )
-
-if TYPE_CHECKING:
-    from thermojax.pipeline.settings.baseline import BaselineConfig
 
 __all__ = [
     "SEGMENTATION_COSTS",
@@ -154,11 +151,11 @@ class PhasesConfig:
     variants: List[str] = dataclasses.field(default_factory=list)  # noqa: UP006
 
 
-def check_window(key: str, window: int, *, level: str, cfg: BaselineConfig) -> None:
-    """The window checks that need no model: >= 1, groups of G, adaptive min_group_size."""
+def check_window(key: str, window: int, *, level: str, num_time_groups: int) -> None:
+    """The window checks that need no model: >= 1, and a group-level window within G groups."""
     if window < 1:
         raise fail(key, window, "the smoothing window must be >= 1")
-    groups = cfg.num_time_groups
+    groups = num_time_groups
     if level == "group" and window > groups - 1:
         raise fail(
             key,
@@ -168,8 +165,11 @@ def check_window(key: str, window: int, *, level: str, cfg: BaselineConfig) -> N
         )
 
 
-def validate_thermo(cfg: BaselineConfig) -> None:
-    smoothing = cfg.thermo.smoothing
+def validate_thermo(
+    thermo: ThermoConfig, time_groups: TimeGroupsConfig, *, num_time_groups: int
+) -> None:
+    """``thermo.*``, with the windows against the run's time groups."""
+    smoothing = thermo.smoothing
     check_choice("thermo.smoothing.method", smoothing.method, SMOOTHING_METHODS)
     check_choice("thermo.smoothing.level", smoothing.level, SMOOTHING_LEVELS)
     if smoothing.window < 1:
@@ -178,8 +178,13 @@ def validate_thermo(cfg: BaselineConfig) -> None:
         "thermo.smoothing.steepness", smoothing.steepness, positive=True, at_most=MAX_STEEPNESS
     )
     if smoothing.enabled:
-        check_window("thermo.smoothing.window", smoothing.window, level=smoothing.level, cfg=cfg)
-        adaptive = cfg.time_groups
+        check_window(
+            "thermo.smoothing.window",
+            smoothing.window,
+            level=smoothing.level,
+            num_time_groups=num_time_groups,
+        )
+        adaptive = time_groups
         if (
             smoothing.level == "timestep"
             and adaptive.strategy == "adaptive"
@@ -191,7 +196,7 @@ def validate_thermo(cfg: BaselineConfig) -> None:
                 f"larger than a group: adaptive groups may be as small as "
                 f"time_groups.min_group_size={adaptive.min_group_size} timesteps",
             )
-    opt = cfg.thermo.optimization
+    opt = thermo.optimization
     for name in ("markov_weight", "convergence_threshold", "kl_weight", "entropy_weight"):
         check_number(f"thermo.optimization.{name}", getattr(opt, name))
     for name in ("learning_rate", "grad_clip"):
@@ -205,8 +210,8 @@ def validate_thermo(cfg: BaselineConfig) -> None:
         )
 
 
-def validate_time_groups(cfg: BaselineConfig) -> None:
-    groups = cfg.time_groups
+def validate_time_groups(groups: TimeGroupsConfig) -> None:
+    """``time_groups.*``."""
     check_choice("time_groups.strategy", groups.strategy, TIME_GROUP_STRATEGIES)
     check_number("time_groups.lambda", groups.lam, at_most=MAX_LAM)
     check_choice("time_groups.cost", groups.cost, SEGMENTATION_COSTS)
@@ -214,8 +219,8 @@ def validate_time_groups(cfg: BaselineConfig) -> None:
         raise fail("time_groups.min_group_size", groups.min_group_size, "must be >= 1")
 
 
-def validate_phases(cfg: BaselineConfig) -> None:
-    phases = cfg.phases
+def validate_phases(phases: PhasesConfig, *, seed: int, num_time_groups: int) -> None:
+    """``phases.*``, with its seeds after the run's ``seed`` and windows against its groups."""
     if phases.seeds < 1:
         raise fail("phases.seeds", phases.seeds, "need at least 1 seed")
     for method in phases.methods:
@@ -228,7 +233,7 @@ def validate_phases(cfg: BaselineConfig) -> None:
         raise fail("phases.min_group_size", phases.min_group_size, "must be >= 1")
     if not phases.enabled:
         return
-    last = cfg.seed + phases.seeds - 1
+    last = seed + phases.seeds - 1
     if last > MAX_SEED:
         raise fail(
             "phases.seeds",
@@ -237,6 +242,6 @@ def validate_phases(cfg: BaselineConfig) -> None:
             "holds 32 bits)",
         )
     for window in phases.windows:
-        check_window("phases.windows", window, level="timestep", cfg=cfg)
+        check_window("phases.windows", window, level="timestep", num_time_groups=num_time_groups)
     for window in phases.group_windows:
-        check_window("phases.group_windows", window, level="group", cfg=cfg)
+        check_window("phases.group_windows", window, level="group", num_time_groups=num_time_groups)
