@@ -98,6 +98,7 @@ class NamespaceCluster:
         self.address = f"{HEAD_IP}:{GCS_PORT}"
         self.token = secrets.token_hex(32)
         self.sessions: dict[str, int] = {}
+        self._drivers: list[subprocess.Popen[str]] = []
         self._made: list[str] = []
 
     @property
@@ -195,6 +196,7 @@ class NamespaceCluster:
             start_new_session=True,
         )
         self.sessions[f"driver-{proc.pid}"] = proc.pid
+        self._drivers.append(proc)
         return proc
 
     def addresses(self, namespace: str) -> set[str]:
@@ -210,6 +212,9 @@ class NamespaceCluster:
         """Kill every process started here, by session, and delete the namespaces; returns the
         PIDs it had to kill. Raises if a process survives or a namespace stays."""
         killed = [pid for sid in self.sessions.values() for pid in stop_session(sid)]
+        for driver in self._drivers:  # a killed driver nobody waited for stays a zombie
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                driver.wait(timeout=15)
         survivors = self.pids()
         for namespace in self._made:
             _ip("netns", "del", namespace)

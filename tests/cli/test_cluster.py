@@ -130,20 +130,29 @@ def test_worker_node_killed_mid_sweep_costs_only_its_jobs(own_cluster, tmp_path)
     )
     # Kill the worker node (its raylet, object store, agents and the job it runs) while it runs
     # a job (Ray titles a worker process after the task it executes), after a report of its own
-    # landed, with jobs left for the head.
+    # landed, with jobs left for the head: besides the job the worker runs, at least one more
+    # (the worker's job may land its report between this look and the kill).
     deadline = time.monotonic() + 300
-    while not (
-        any(r["environment"]["ray_node_ip"] == WORKER_IP for r in _reports(sweep_dir).values())
-        and _running_a_job(cluster.sessions["worker"])
-    ):
+
+    def ready() -> bool:
+        reports = _reports(sweep_dir)
+        return (
+            len(reports) <= SMOKE_JOBS - 2
+            and any(r["environment"]["ray_node_ip"] == WORKER_IP for r in reports.values())
+            and _running_a_job(cluster.sessions["worker"])
+        )
+
+    while not ready():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         if time.monotonic() > deadline:
             pytest.fail("the worker node never ran a second job")
         time.sleep(0.1)
-    killed = stop_session(cluster.sessions["worker"])
-    assert killed
+    # What had landed when the kill was sent (the head goes on running jobs while the worker's
+    # processes die, so a look after the kill may find the sweep finished).
     before = _reports(sweep_dir)
     mtimes = {name: _report_mtime(sweep_dir, name) for name in before}
+    killed = stop_session(cluster.sessions["worker"])
+    assert killed
     assert len(before) < SMOKE_JOBS
 
     code, err = _finish(proc)
@@ -156,10 +165,12 @@ def test_worker_node_killed_mid_sweep_costs_only_its_jobs(own_cluster, tmp_path)
         return reports[name]["environment"]["ray_node_ip"]
 
     rewritten = {name for name in runs if _report_mtime(sweep_dir, name) != mtimes.get(name)}
-    # The head's jobs finished before the kill stand, not re-run; everything (re)written after
-    # it ran on the head.
+    # The head's jobs finished before the kill stand, not re-run.
     assert not {name for name in before if node(name, before) == HEAD_IP} & rewritten
-    assert all(node(name, runs) == HEAD_IP for name in rewritten)
+    # At most one job (the worker node's one CPU) may have finished on the worker between the
+    # look and the kill, its report copied back after; every other ran on the head.
+    assert sum(node(name, runs) == WORKER_IP for name in rewritten) <= 1
+    assert not {name for name in before if node(name, before) == WORKER_IP} & rewritten
     assert set(runs) - set(before) <= rewritten
     # The job the worker was running was lost with it, and retried on the head: no failure
     # record, every report there.
