@@ -30,6 +30,26 @@ computed from the distribution the candidate is drawn from, i.e. after temperatu
   Best"): top-1 minus top-2 probability; the largest margin first.
 - ``"entropy"``: Dream's ``alg="entropy"``: the negative entropy ``sum_v p_v log p_v``; the
   lowest-entropy positions first.
+- ``"low-confidence"``: LLaDA's ``remasking="low_confidence"`` (``generate.py`` of
+  ``ML-GSAI/LLaDA``, read on GitHub): the candidate is the Gumbel-max draw at ``temperature``
+  (LLaDA's ``argmax(exp(logits) / (-log u) ** temperature)``, the argmax at 0) and its score
+  is its probability under the *untempered* softmax of the logits, where ``"confidence"`` scores
+  it under the tempered distribution it was drawn from. LLaDA draws its Gumbel noise in float64
+  (low-precision Gumbel-max lowers generation quality, arXiv:2409.02908); here it is JAX's
+  high-dynamic-range float32 noise (``mode="high"``: events down to about 1e-14 rather than
+  1e-7 are drawn unbiased). ``top_p``, which LLaDA lacks, filters the draw as for the other
+  rules (``None`` or 1 for LLaDA's sampler). LLaDA's ``remasking="random"`` is the ``"random"``
+  rule.
+
+Semi-autoregressive blocks (LLaDA's ``block_length``, :func:`reveal_plan`): the ``G = L - P``
+generated positions are cut into ``G / block_length`` blocks, revealed left to right, and the
+``T`` steps are shared evenly among them (both divisions must be exact, as LLaDA asserts).
+During a block's steps only its masked positions are eligible (LLaDA gives the positions after
+the block confidence -inf; the blocks before it are fully revealed by then), and its
+``block_length`` positions are spread over its steps as LLaDA's ``get_num_transfer_tokens``
+does: ``block_length // steps`` each, one more on the first ``block_length % steps`` steps.
+``block_length=None`` is Dream's schedule over the whole sequence; ``block_length = G`` is one
+block with LLaDA's even schedule.
 
 ``unmasking_temperature`` is Dream's ``alg_temp``: above 0 the positions are drawn without
 replacement with probabilities ``softmax(score / unmasking_temperature)`` over the masked ones
@@ -69,6 +89,7 @@ __all__ = [
     "UNMASKING_RULES",
     "MaskedDiffusionSamples",
     "UnmaskingOptions",
+    "reveal_plan",
     "reveal_schedule",
     "sample",
     "unmask_step",
@@ -76,7 +97,7 @@ __all__ = [
 
 Array = jax.Array
 
-UNMASKING_RULES = ("random", "confidence", "margin", "entropy")
+UNMASKING_RULES = ("random", "confidence", "margin", "entropy", "low-confidence")
 """The unmasking rules of :func:`sample` (module docstring: which published rule each is)."""
 DEFAULT_EPS = 1e-3
 """Dream's default ``eps``: the last of the ``T + 1`` linearly spaced times ``1 .. eps``."""
@@ -177,6 +198,67 @@ def reveal_schedule(num_positions: int, num_steps: int, *, eps: float = DEFAULT_
     return counts.astype(np.int32)
 
 
+def reveal_plan(
+    num_positions: int,
+    num_steps: int,
+    *,
+    block_length: int | None = None,
+    eps: float = DEFAULT_EPS,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """How many tokens each step reveals, and up to which position (the blocks of LLaDA).
+
+    Without ``block_length``, Dream's :func:`reveal_schedule` over all positions. With it,
+    LLaDA's semi-autoregressive schedule (``generate``): the positions form
+    ``B = num_positions / block_length`` blocks and the steps ``B`` runs of
+    ``S = num_steps / B``; step ``k`` is in block ``b = k // S``, which may reveal only positions
+    before ``(b + 1) * block_length``, and reveals ``block_length // S`` of them, one more on
+    the first ``block_length % S`` steps of the block (``get_num_transfer_tokens``).
+
+    Args:
+        num_positions: positions to generate, >= 1 (the prompt excluded).
+        num_steps: ``T`` >= 1.
+        block_length: positions per block, >= 1, dividing ``num_positions``, with ``T`` a
+            multiple of the block count; ``None``: one block with Dream's schedule.
+        eps: the final time of Dream's schedule (unused with blocks).
+
+    Returns:
+        ``(counts, block_end)``: int32 ``[T]`` counts summing to ``num_positions``, and int32
+        ``[T]`` the exclusive end of each step's block, counted from the first generated
+        position (``None`` without blocks: every position is eligible at every step).
+
+    Raises:
+        ValueError: a count below 1, ``eps`` outside (0, 1), or blocks that do not divide the
+            positions or the steps (naming the values).
+
+    Example:
+        >>> counts, block_end = reveal_plan(8, 6, block_length=4)
+        >>> counts.tolist(), block_end.tolist()
+        ([2, 1, 1, 2, 1, 1], [4, 4, 4, 8, 8, 8])
+    """
+    if block_length is None:
+        return reveal_schedule(num_positions, num_steps, eps=eps), None
+    num_positions = _check_int("num_positions", num_positions, low=1)
+    num_steps = _check_int("num_steps", num_steps, low=1)
+    block_length = _check_int("block_length", block_length, low=1)
+    if num_positions % block_length:
+        raise ValueError(
+            f"block_length={block_length} must divide the {num_positions} positions to "
+            "generate (LLaDA's gen_length % block_length == 0)"
+        )
+    num_blocks = num_positions // block_length
+    if num_steps % num_blocks:
+        raise ValueError(
+            f"num_steps={num_steps} must be a multiple of the {num_blocks} blocks of "
+            f"block_length={block_length} (LLaDA's steps % num_blocks == 0)"
+        )
+    steps_per_block = num_steps // num_blocks
+    base, extra = divmod(block_length, steps_per_block)
+    per_block = base + (np.arange(steps_per_block) < extra)
+    counts = np.tile(per_block, num_blocks)
+    block_end = np.repeat(np.arange(1, num_blocks + 1) * block_length, steps_per_block)
+    return counts.astype(np.int32), block_end.astype(np.int32)
+
+
 def _prompt_tokens(prompt, *, num_samples: int, length: int, vocab_size: int, mask_token_id: int):
     """The prompt as int32 ``[N, P]`` (broadcast from ``[P]``), checked; ``None`` -> ``[N, 0]``."""
     if prompt is None:
@@ -233,16 +315,22 @@ def _propose(
     """A candidate token per position and its unmasking score (``None`` for the random rule).
 
     Dream's ``sample_tokens``: divide by the temperature (if > 0), filter to the nucleus, then
-    draw from (or take the argmax of) the softmax, and score from that same distribution.
+    draw from (or take the argmax of) the softmax, and score from that same distribution; LLaDA's
+    low-confidence rule scores from the untempered softmax instead (module docstring).
     """
     logits = jnp.asarray(logits, jnp.float32)
     vocab = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     logits = jnp.where(vocab == mask_token_id, -jnp.inf, logits)
+    untempered = logits
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1:
         logits = _nucleus(logits, top_p)
-    if temperature > 0:
+    if temperature > 0 and unmasking == "low-confidence":
+        # argmax(logits / T + gumbel) = argmax(logits + T * gumbel): LLaDA's Gumbel-max draw,
+        # with the high-dynamic-range noise (LLaDA's is float64).
+        candidates = jax.random.categorical(key, logits, axis=-1, mode="high")
+    elif temperature > 0:
         candidates = jax.random.categorical(key, logits, axis=-1)
     else:
         candidates = jnp.argmax(logits, axis=-1)
@@ -252,6 +340,9 @@ def _propose(
     ).astype(jnp.int32)
     if unmasking == "random":
         return candidates, None
+    if unmasking == "low-confidence":
+        probs = jax.nn.softmax(untempered, axis=-1)
+        return candidates, jnp.take_along_axis(probs, candidates[..., None], axis=-1)[..., 0]
     probs = jax.nn.softmax(logits, axis=-1)
     if unmasking == "confidence":
         scores = jnp.take_along_axis(probs, candidates[..., None], axis=-1)[..., 0]
@@ -268,7 +359,10 @@ def _propose(
 class UnmaskingOptions:
     """How one step draws candidates and picks the positions it reveals (static, hashable).
 
-    Attributes: as :func:`sample`'s arguments of the same names.
+    Attributes: as :func:`sample`'s arguments of the same names. ``block_length`` shapes the
+    schedule (:func:`reveal_plan`), which gives :func:`unmask_step` its count and block end;
+    it is compared and hashed but left out of the repr, which cache keys hash (a model that
+    uses it names it beside the options: ``MaskedDiffusionLM.config``).
     """
 
     mask_token_id: int
@@ -277,6 +371,7 @@ class UnmaskingOptions:
     temperature: float = 0.0
     top_p: float | None = None
     unmasking_temperature: float = 0.0
+    block_length: int | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         vocab_size = _check_int("vocab_size", self.vocab_size, low=2)
@@ -291,10 +386,18 @@ class UnmaskingOptions:
         if self.top_p is not None:
             _check_number("top_p", self.top_p, low=0.0, high=1.0, open_low=True)
         _check_number("unmasking_temperature", self.unmasking_temperature, low=0.0)
+        if self.block_length is not None:
+            _check_int("block_length", self.block_length, low=1)
 
 
 def unmask_step(
-    tokens: Array, logits: Array, count: Array, key: Array, options: UnmaskingOptions
+    tokens: Array,
+    logits: Array,
+    count: Array,
+    key: Array,
+    options: UnmaskingOptions,
+    *,
+    block_end: Array | int | None = None,
 ) -> tuple[Array, Array]:
     """One step: draw a candidate for every position, reveal the ``count`` best-scoring masked
     positions (a traced count is fine), keep every other token.
@@ -302,9 +405,11 @@ def unmask_step(
     Args:
         tokens: int32 ``[N, L]``, the current tokens (``[MASK]`` where still hidden).
         logits: ``[N, L, V]`` with ``logits[:, i]`` predicting token ``i``.
-        count: how many masked positions to reveal in each row (at most the masked ones).
+        count: how many masked positions to reveal in each row (at most the eligible ones).
         key: this step's PRNG key (split here into the draw's and the order's).
         options: the rule, temperature and ids.
+        block_end: positions from this index on are not eligible (the end of the current
+            block, prompt included; may be traced); ``None``: every masked position is.
 
     Returns:
         ``(tokens after the step, revealed [N, L] bool)``.
@@ -324,7 +429,11 @@ def unmask_step(
     elif options.unmasking_temperature > 0:
         noise = jax.random.gumbel(order_key, tokens.shape)
         scores = scores / options.unmasking_temperature + noise
-    reveal = top_positions(scores, count, eligible=tokens == options.mask_token_id)
+    eligible = tokens == options.mask_token_id
+    if block_end is not None:
+        position = lax.broadcasted_iota(jnp.int32, tokens.shape, tokens.ndim - 1)
+        eligible = eligible & (position < block_end)
+    reveal = top_positions(scores, count, eligible=eligible)
     return jnp.where(reveal, candidates, tokens), reveal
 
 
@@ -341,6 +450,7 @@ def sample(
     temperature: float = 0.0,
     top_p: float | None = None,
     unmasking_temperature: float = 0.0,
+    block_length: int | None = None,
     prompt: Array | None = None,
     eps: float = DEFAULT_EPS,
     has_aux: bool = False,
@@ -366,6 +476,8 @@ def sample(
         temperature: 0 takes the argmax; > 0 draws from ``softmax(logits / temperature)``.
         top_p: nucleus filtering in (0, 1] before drawing and scoring, or ``None``.
         unmasking_temperature: Dream's ``alg_temp``, >= 0 (module docstring).
+        block_length: LLaDA's semi-autoregressive blocks of generated positions
+            (:func:`reveal_plan`); ``None``: one block, Dream's schedule.
         prompt: optional int ``[P]`` (or ``[N, P]``) prefix with ``P < L``, kept at positions
             ``0..P-1`` and never masked; ids in ``[0, V)`` and not ``mask_token_id``.
         eps: the schedule's final time (:func:`reveal_schedule`).
@@ -375,11 +487,12 @@ def sample(
 
     Returns:
         A :class:`MaskedDiffusionSamples`; step ``k`` revealed exactly
-        ``reveal_schedule(L - P, T, eps=eps)[k]`` positions of every sample.
+        ``reveal_plan(L - P, T, block_length=block_length, eps=eps)[0][k]`` positions of every
+        sample.
 
     Raises:
-        ValueError: a bad count, id, rule, temperature, ``top_p`` or prompt, naming it; logits
-            that are not ``[N, L, V]`` (when traced).
+        ValueError: a bad count, id, rule, temperature, ``top_p``, block length or prompt,
+            naming it; logits that are not ``[N, L, V]`` (when traced).
     """
     num_samples = _check_int("num_samples", num_samples, low=1)
     length = _check_int("length", length, low=1)
@@ -391,6 +504,7 @@ def sample(
         temperature=temperature,
         top_p=top_p,
         unmasking_temperature=unmasking_temperature,
+        block_length=block_length,
     )
     if observe is not None and not callable(observe):
         raise ValueError(f"observe must be callable or None, got {observe!r}")
@@ -402,7 +516,10 @@ def sample(
         mask_token_id=mask_token_id,
     )
     prompt_size = prompt_ids.shape[1]
-    counts = reveal_schedule(length - prompt_size, num_steps, eps=eps)
+    counts, block_end = reveal_plan(
+        length - prompt_size, num_steps, block_length=block_length, eps=eps
+    )
+    ends = None if block_end is None else jnp.asarray(block_end + prompt_size)
     expected = (num_samples, length, vocab_size)
     step_key, observe_key = jax.random.split(key)
 
@@ -417,7 +534,12 @@ def sample(
                 f"{tuple(jnp.shape(logits))}"
             )
         tokens, reveal = unmask_step(
-            tokens, logits, count, jax.random.fold_in(step_key, step), options
+            tokens,
+            logits,
+            count,
+            jax.random.fold_in(step_key, step),
+            options,
+            block_end=None if ends is None else ends[step],
         )
         reveal_step = jnp.where(reveal, step, reveal_step)
         seen = None
