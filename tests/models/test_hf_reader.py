@@ -432,6 +432,15 @@ def test_config_with_impossible_sizes(dream):
     assert one_line_error(dream) == "config.json: hidden_size must be a positive integer, got 'big'"
 
 
+@pytest.mark.parametrize("layers", [10**9, 1001])
+def test_an_absurd_layer_count_is_refused_before_its_layout_is_built(dream, layers):
+    # 10**9 layers would be 12e9 names: refused in one line instead of filling the memory
+    edit_config(dream, num_hidden_layers=layers)
+    assert one_line_error(dream) == (
+        f"config.json: num_hidden_layers must be at most 1000, got {layers}"
+    )
+
+
 def test_unknown_architecture_checks_headers_only(dream):
     edit_config(dream, model_type="llama", intermediate_size=1)
     assert len(open_checkpoint(dream).tensors) == 27

@@ -1,4 +1,5 @@
-"""The synthetic Dream-7B-layout checkpoint: layout, scale rule, determinism, statistics, CLI."""
+"""The synthetic Dream-7B- and LLaDA-8B-layout checkpoints: layout, scale rule, determinism,
+statistics, CLI."""
 
 from __future__ import annotations
 
@@ -15,13 +16,23 @@ import pytest
 from safetensors import safe_open
 
 from thermojax.errors import UserInputError
-from thermojax.models.hf import expected_shapes, open_checkpoint, plan_shards, write_dream_like
+from thermojax.models.hf import (
+    expected_shapes,
+    open_checkpoint,
+    plan_shards,
+    write_dream_like,
+    write_llada_like,
+)
 from thermojax.models.hf.headers import TensorInfo
 from thermojax.models.hf.synthetic import (
     DREAM_7B_CONFIG,
+    LLADA_8B_CONFIG,
+    LLADA_SHARD_BYTES,
     dream_like_config,
+    llada_like_config,
     main,
     outlier_channels,
+    planned_shards,
 )
 
 
@@ -264,3 +275,107 @@ def test_generation_streams_one_tensor_at_a_time(tmp_path):
         f"peak RSS +{growth:.0f} MiB"
     )
     assert growth < largest_mib + 40  # the tensor + ~16 MB of temporaries, not the model
+
+
+# ------------------------------------------------------------------------------- LLaDA 8B
+
+
+def test_full_size_llada_layout_is_llada_8b():
+    """scale=1 plans LLaDA-8B's config, tensors and six shards without writing its 16 GB."""
+    config = llada_like_config()
+    assert config == LLADA_8B_CONFIG
+    assert (config["model_type"], config["architectures"]) == ("llada", ["LLaDAModelLM"])
+    assert (config["mask_token_id"], config["rms_norm_eps"], config["rope_theta"]) == (
+        126336,
+        1e-5,
+        5e5,
+    )
+    shapes = expected_shapes(config)
+    assert len(shapes) == 3 + 32 * 9  # wte, ln_f, head; 9 per block, no biases
+    wte, head = "model.transformer.wte.weight", "model.transformer.ff_out.weight"
+    assert shapes[wte] == shapes[head] == (126464, 4096)
+    block = "model.transformer.blocks.31"
+    for suffix, shape in {
+        "q_proj": (4096, 4096),
+        "k_proj": (4096, 4096),  # 32 key-value heads x 128
+        "v_proj": (4096, 4096),
+        "attn_out": (4096, 4096),
+        "ff_proj": (12288, 4096),
+        "up_proj": (12288, 4096),
+        "ff_out": (4096, 12288),
+        "attn_norm": (4096,),
+        "ff_norm": (4096,),
+    }.items():
+        assert shapes[f"{block}.{suffix}.weight"] == shape, suffix
+    params = sum(math.prod(shape) for shape in shapes.values())
+    assert params == 8_015_581_184
+    assert 2 * params == 16_031_162_368  # bf16: LLaDA-8B's index's total_size
+    plan = planned_shards(config, max_shard_bytes=LLADA_SHARD_BYTES)
+    shard = {name: k + 1 for k, names in enumerate(plan) for name in names}
+    assert len(plan) == 6 and set(shard) == set(shapes)
+    # LLaDA-8B's weight_map: its tensors grouped by kind, cut at 3 GB
+    assert shard[wte] == shard["model.transformer.ln_f.weight"] == 1 and shard[head] == 2
+    first_layer_of_shard = {
+        "attn_out": {0: 1},
+        "ff_out": {0: 2, 19: 3},
+        "attn_norm": {0: 3},
+        "ff_norm": {0: 3},
+        "q_proj": {0: 3},
+        "k_proj": {0: 3, 18: 4},
+        "v_proj": {0: 4},
+        "ff_proj": {0: 4, 14: 5},
+        "up_proj": {0: 5, 11: 6},
+    }
+    for suffix, starts in first_layer_of_shard.items():
+        expected = [max(k for i, k in starts.items() if i <= layer) for layer in range(32)]
+        got = [shard[f"model.transformer.blocks.{layer}.{suffix}.weight"] for layer in range(32)]
+        assert got == expected, suffix
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8, 32, 64, 112, 1000])
+def test_llada_scale_rule_keeps_multi_head_attention(scale):
+    config = llada_like_config(scale=scale)
+    hidden, heads = config["d_model"], config["n_heads"]
+    assert config["n_kv_heads"] == heads == max(1, 32 // scale)
+    head_dim = hidden // heads
+    assert hidden == heads * head_dim and head_dim >= 2 and head_dim % 2 == 0
+    assert config["vocab_size"] == config["embedding_size"]
+    assert config["vocab_size"] % 64 == 0 and config["mlp_hidden_size"] % 64 == 0
+    assert 0 <= config["mask_token_id"] < config["vocab_size"]
+    if scale & (scale - 1) == 0 and scale <= 64:  # powers of two: exact
+        assert hidden == 4096 // scale
+    assert expected_shapes(config) is not None
+
+
+def test_small_llada_checkpoint_opens_with_the_layout_check(tmp_path):
+    folder = write_llada_like(tmp_path / "llada", scale=64, layers=2, max_shard_bytes=200_000)
+    checkpoint = open_checkpoint(folder)
+    assert checkpoint.architecture == "llada"
+    assert expected_shapes(checkpoint.config) == {
+        name: info.shape for name, info in checkpoint.tensors.items()
+    }
+    assert {info.dtype for info in checkpoint.tensors.values()} == {"BF16"}
+    plan = planned_shards(checkpoint.config, max_shard_bytes=200_000)
+    assert [list(names) for names in plan] == [
+        [name for name, info in checkpoint.tensors.items() if info.file == file]
+        for file in checkpoint.shards
+    ]
+    # LLaDA's final norm is a norm too (named ln_f): drawn near 1 like the blocks' norms
+    for name in ("model.transformer.ln_f.weight", "model.transformer.blocks.1.ff_norm.weight"):
+        assert checkpoint.read(name).astype(np.float64).mean() == pytest.approx(1.0, abs=0.05)
+    down = checkpoint.read("model.transformer.blocks.0.ff_out.weight").astype(np.float64)
+    fan_in = checkpoint.config["mlp_hidden_size"]
+    normal = np.delete(down, outlier_channels(fan_in), axis=1)
+    assert normal.std() == pytest.approx(0.02 * math.sqrt(4096 / fan_in), rel=0.1)
+
+
+def test_command_line_writes_a_llada_layout(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = [str(out), "--layout", "llada", "--scale", "112", "--layers", "1"]
+    assert main(args) == 0
+    assert "model.safetensors: 12 tensors" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text()) == llada_like_config(scale=112, layers=1)
+    with pytest.raises(SystemExit) as exited:  # argparse's refusal, one line
+        main([str(tmp_path / "bad"), "--layout", "qwen3"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("error: argument --layout: invalid choice")

@@ -178,8 +178,14 @@ def test_quantization_map_records_rules_figures_and_provenance(sharded_export):
         "fingerprint": ckpt.fingerprint(), "path": str(ckpt.path), "run": "test"
     }  # fmt: skip
     assert [rule["text"] for rule in document["rules"]] == [
-        "rule 0: include 'mlp\\.down_proj', exclude 'embed|norm|lm_head', 8 bits, group 32",
-        "rule 1: include '\\.weight$', exclude 'embed|norm|lm_head', 4 bits, group 8",
+        (
+            "rule 0: include 'mlp\\.down_proj', exclude 'embed|norm|lm_head|wte|"
+            "transformer\\.ff_out', 8 bits, group 32"
+        ),
+        (
+            "rule 1: include '\\.weight$', exclude 'embed|norm|lm_head|wte|transformer\\.ff_out', "
+            "4 bits, group 8"
+        ),
     ]
     down = document["tensors"]["model.layers.1.mlp.down_proj.weight"]
     figures = next(t for t in report.tensors if t.name == "model.layers.1.mlp.down_proj.weight")

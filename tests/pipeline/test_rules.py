@@ -57,7 +57,8 @@ def test_the_first_matching_rule_wins_with_its_own_precision():
     assert got[f"{layer}.mlp.up_proj.weight"] == (2, 4, 56)
     assert got[f"{layer}.self_attn.v_proj.weight"] == (3, 4, 8)
     assert resolved[f"{layer}.mlp.up_proj.weight"].text == (
-        "rule 2: include 'mlp', exclude 'embed|norm|lm_head', 4 bits, group 56"
+        "rule 2: include 'mlp', exclude 'embed|norm|lm_head|wte|transformer\\.ff_out', 4 bits, "
+        "group 56"
     )
 
 
@@ -135,9 +136,9 @@ def test_a_group_size_that_does_not_divide_an_input_width_names_rule_and_tensor(
         resolve(rules)  # the MLP's up/gate inputs are 56 wide
     message = str(err.value)
     assert message == (
-        "rule 1: include 'mlp', exclude 'embed|norm|lm_head', 4 bits, group 64: group_size 64 "
-        "does not divide the input width 56 of model.layers.0.mlp.gate_proj.weight (shape "
-        "[320, 56])"
+        "rule 1: include 'mlp', exclude 'embed|norm|lm_head|wte|transformer\\.ff_out', 4 bits, "
+        "group 64: group_size 64 does not divide the input width 56 of "
+        "model.layers.0.mlp.gate_proj.weight (shape [320, 56])"
     )
 
 

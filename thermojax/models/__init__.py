@@ -1,6 +1,7 @@
 """Models thermojax quantizes: ``load_model()`` gives the shipped digits DDPM, ``load_model(DIR)``
-a digits folder or a Qwen2 / Dream masked-diffusion LM; any Hugging Face checkpoint opens with
-:func:`thermojax.models.hf.open_checkpoint` (:func:`checkpoint_format` says which a folder is)."""
+a digits folder or a Qwen2 / Dream or LLaDA masked-diffusion LM; any Hugging Face checkpoint
+opens with :func:`thermojax.models.hf.open_checkpoint` (:func:`checkpoint_format` says which a
+folder is)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-DREAM_ARCHITECTURES = ("qwen2", "Dream")
+DREAM_ARCHITECTURES = ("qwen2", "Dream", "llada")
 """``config.json`` architectures (``model_type``, else the first ``architectures``) that
 :func:`load_model` opens as a :class:`~thermojax.models.dream.DreamLM`."""
 
@@ -63,8 +64,8 @@ def load_model(path: str | os.PathLike[str] | None = None) -> DiffusionModel | D
     (:func:`shipped_path` names the others).
 
     A digits DDPM folder (``model.json``) gives a :class:`DigitsDDPM`; a Hugging Face folder of
-    a Qwen2 / Dream architecture (``config.json`` + safetensors, sharded or not, any float
-    dtype) gives a masked-diffusion :class:`~thermojax.models.dream.DreamLM` with float32
+    a Qwen2 / Dream or LLaDA architecture (``config.json`` + safetensors, sharded or not, any
+    float dtype) gives a masked-diffusion :class:`~thermojax.models.dream.DreamLM` with float32
     parameters under their Hugging Face names.
 
     Raises:

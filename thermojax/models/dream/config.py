@@ -1,10 +1,15 @@
-"""The architecture of a Dream / Qwen2 checkpoint, parsed and checked from its ``config.json``.
+"""The architecture of a Dream / Qwen2 or LLaDA checkpoint, parsed and checked from its
+``config.json``.
 
 Dream (``Dream-org/Dream-v0-Base-7B``) is Qwen2.5 trained as a masked-diffusion language model:
 the same tensors, RMSNorm, rotary embeddings, grouped-query attention with q/k/v biases and
-SwiGLU MLP, with bidirectional attention and a ``mask_token_id``. :class:`DreamConfig` holds
-what the forward pass needs and nothing else; it is frozen and hashable, the static part of a
-:class:`~thermojax.models.dream.network.DreamLM` pytree.
+SwiGLU MLP, with bidirectional attention and a ``mask_token_id``. LLaDA
+(``GSAI-ML/LLaDA-8B-Base`` / ``-Instruct``) is the same network without biases, under OLMo's
+tensor names and config keys (``d_model``, ``n_layers``, ...), and reads the prediction for
+token ``i`` at position ``i`` where Dream reads it at ``i - 1``. :class:`DreamConfig` holds what
+the forward pass needs and nothing else, the tensor names (a
+:class:`~thermojax.models.hf.layouts.TensorLayout`) and the logit shift included; it is frozen
+and hashable, the static part of a :class:`~thermojax.models.dream.network.DreamLM` pytree.
 
 Both spellings of the rotary base are read: ``rope_theta`` at the top level (Dream's config,
 transformers 4.x) and ``rope_parameters.rope_theta`` (what transformers 5.x saves). Features
@@ -15,8 +20,14 @@ Example:
     >>> config = DreamConfig.from_hf({"model_type": "qwen2", "hidden_size": 64,
     ...     "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
     ...     "num_key_value_heads": 2, "vocab_size": 300})
-    >>> config.head_dim, config.kv_group_size, config.rope_theta
-    (16, 2, 10000.0)
+    >>> config.head_dim, config.kv_group_size, config.rope_theta, config.logit_shift
+    (16, 2, 10000.0, 1)
+    >>> llada = DreamConfig.from_hf({"model_type": "llada", "d_model": 64, "n_layers": 2,
+    ...     "n_heads": 4, "mlp_hidden_size": 128, "vocab_size": 300, "block_type": "llama",
+    ...     "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
+    ...     "weight_tying": False})
+    >>> llada.layout.name, llada.attention_bias, llada.logit_shift, llada.rms_norm_eps
+    ('llada', False, 0, 1e-05)
     >>> DreamConfig.from_hf({"model_type": "qwen2", "hidden_size": 0})
     Traceback (most recent call last):
     ...
@@ -30,18 +41,29 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from thermojax.models.hf.layouts import expected_shapes
+from thermojax.models.hf.layouts import (
+    LAYOUTS,
+    LLADA_LAYOUT,
+    QWEN2_LAYOUT,
+    TensorLayout,
+    expected_shapes,
+    layout_of,
+    llada_layout_problem,
+    llada_sizes,
+)
 
 __all__ = ["LOGIT_SHIFT", "DreamConfig"]
 
 LOGIT_SHIFT = 1
 """Dream reads the prediction for token ``i`` from the network's output at position ``i - 1``
 (position 0 predicts itself): its sampler shifts the logits right by one place, see
-:func:`~thermojax.models.dream.network.shift_logits`."""
+:func:`~thermojax.models.dream.network.shift_logits`. LLaDA's shift is 0."""
 
-_DEFAULT_ROPE_THETA = 10_000.0  # transformers' Qwen2Config default
+_DEFAULT_ROPE_THETA = 10_000.0  # transformers' Qwen2Config default, and LLaDA's
 _DEFAULT_RMS_NORM_EPS = 1e-6
 _DEFAULT_MAX_POSITIONS = 32_768
+_LLADA_RMS_NORM_EPS = 1e-5  # LLaDA's (OLMo's) defaults
+_LLADA_MAX_SEQUENCE_LENGTH = 1024
 
 
 def _is_int(value: object) -> bool:
@@ -106,14 +128,66 @@ def _unsupported_attention(config: Mapping[str, Any]) -> None:
         raise ValueError(f"layer_types must all be 'full_attention', got {layer_types!r}")
 
 
+# LLaDA's config keys that change the computation, with its code's default and the value this
+# implementation computes (its forward pass: a llama block, RMSNorm, SiLU gate, RoPE).
+_LLADA_COMPUTATION = {
+    "activation_type": ("swiglu", "silu"),
+    "layer_norm_type": ("default", "rms"),
+    "alibi": (False, False),
+    "rope": (False, True),
+    "scale_logits": (False, False),
+    "input_emb_norm": (False, False),
+    "include_bias": (False, False),
+}
+
+
+def _unsupported_llada(config: Mapping[str, Any]) -> None:
+    """Refuse a LLaDA config whose tensors or computation this implementation does not have."""
+    problem = llada_layout_problem(dict(config))
+    if problem is not None:
+        raise ValueError(problem)
+    for key, (default, implemented) in _LLADA_COMPUTATION.items():
+        value = config.get(key, default)
+        if value != implemented or type(value) is not type(implemented):
+            raise ValueError(f"{key} must be {implemented!r}, got {value!r}")
+    if config.get("bias_for_layer_norm") not in (None, False):
+        raise ValueError(
+            f"bias_for_layer_norm must be false (RMSNorm without bias), got "
+            f"{config['bias_for_layer_norm']!r}"
+        )
+
+
+def _llada_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`DreamConfig`'s fields from a LLaDA ``config.json`` (checked)."""
+    _unsupported_llada(config)
+    qkv_bias = config.get("include_qkv_bias", False)
+    if qkv_bias is not None and type(qkv_bias) is not bool:
+        raise ValueError(f"include_qkv_bias must be true or false, got {qkv_bias!r}")
+    return llada_sizes(dict(config)) | {
+        "rms_norm_eps": config.get("rms_norm_eps", _LLADA_RMS_NORM_EPS),
+        "rope_theta": _rope_theta(config),
+        "max_position_embeddings": config.get("max_sequence_length", _LLADA_MAX_SEQUENCE_LENGTH),
+        "tie_word_embeddings": config.get("weight_tying", True),
+        "mask_token_id": config.get("mask_token_id"),
+        "pad_token_id": config.get("pad_token_id"),
+        "bos_token_id": config.get("bos_token_id"),
+        "eos_token_id": config.get("eos_token_id"),
+        "layout": LLADA_LAYOUT,
+        "attention_bias": bool(qkv_bias),
+        "logit_shift": 0,
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class DreamConfig:
-    """The architecture of a Qwen2-layout network, as Dream uses it (bidirectional).
+    """The architecture of a bidirectional Qwen2-like network, as Dream and LLaDA use it.
 
-    Field names are ``config.json``'s keys. Invariants (checked on construction, each failure a
-    ``ValueError`` naming the key and value): sizes positive, ``num_attention_heads`` a multiple
-    of ``num_key_value_heads``, ``head_dim`` even, ``rms_norm_eps`` and ``rope_theta`` positive,
-    token ids non-negative or ``None``.
+    Field names are Qwen2's ``config.json`` keys (a LLaDA config's are translated by
+    :meth:`from_hf`). Invariants (checked on construction, each failure a ``ValueError`` naming
+    the key and value): sizes positive, ``num_attention_heads`` a multiple of
+    ``num_key_value_heads``, ``head_dim`` even, ``rms_norm_eps`` and ``rope_theta`` positive,
+    token ids non-negative or ``None``, ``logit_shift`` 0 or 1, and the Qwen2 layout with its
+    q/k/v biases.
 
     ``mask_token_id`` is not required to be below ``vocab_size``: the scaled synthetic
     checkpoints keep Dream's id (151666) with a smaller vocabulary. Code that embeds the mask
@@ -136,6 +210,10 @@ class DreamConfig:
         mask_token_id: Dream's ``[MASK]`` token, or ``None`` for a plain Qwen2 config.
         pad_token_id, bos_token_id: or ``None``.
         eos_token_id: one id, a tuple of ids (a list in ``config.json``), or ``None``.
+        layout: the checkpoint's tensor names (Qwen2's or LLaDA's: a ``LAYOUTS`` value).
+        attention_bias: q, k and v have biases (Qwen2's do, LLaDA 8B's do not).
+        logit_shift: the position that predicts token ``i`` is ``i - logit_shift`` (Dream 1,
+            LLaDA 0; see :func:`~thermojax.models.dream.network.shift_logits`).
     """
 
     hidden_size: int
@@ -153,6 +231,9 @@ class DreamConfig:
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
+    layout: TensorLayout = QWEN2_LAYOUT
+    attention_bias: bool = True
+    logit_shift: int = LOGIT_SHIFT
 
     def __post_init__(self) -> None:
         for key in (
@@ -189,23 +270,48 @@ class DreamConfig:
         else:
             eos = _token_id("eos_token_id", eos)
         object.__setattr__(self, "eos_token_id", eos)
+        if self.layout not in LAYOUTS.values():  # tensor_shapes() knows these layouts
+            raise ValueError(
+                f"layout must be one of {', '.join(LAYOUTS)} (a TensorLayout), got {self.layout!r}"
+            )
+        if type(self.attention_bias) is not bool:
+            raise ValueError(f"attention_bias must be true or false, got {self.attention_bias!r}")
+        if self.layout == QWEN2_LAYOUT and not self.attention_bias:
+            raise ValueError("attention_bias must be true for the Qwen2 layout (q/k/v biases)")
+        if (
+            self.layout == LLADA_LAYOUT
+            and self.head_dim * self.num_attention_heads != self.hidden_size
+        ):
+            raise ValueError(
+                f"head_dim={self.head_dim} must be hidden_size / num_attention_heads in LLaDA's "
+                f"layout ({self.hidden_size} / {self.num_attention_heads})"
+            )
+        if self.logit_shift not in (0, 1) or type(self.logit_shift) is not int:
+            raise ValueError(f"logit_shift must be 0 or 1, got {self.logit_shift!r}")
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> DreamConfig:
-        """Parse a Qwen2 / Dream ``config.json`` (as a dict).
+        """Parse a Qwen2 / Dream or LLaDA ``config.json`` (as a dict).
+
+        A LLaDA config's keys take LLaDA's defaults where absent (``weight_tying`` true,
+        ``rms_norm_eps`` 1e-5, ``max_sequence_length`` 1024); ``vocab_size`` is the
+        embedding's rows (``embedding_size``, else ``vocab_size``), the width of the logits.
 
         Args:
             config: the parsed ``config.json``; keys this model does not use are ignored.
 
         Raises:
-            ValueError: not a Qwen2-layout config (``model_type``), a missing or impossible
+            ValueError: not a Qwen2 or LLaDA config (``model_type``), a missing or impossible
                 size, or a feature not implemented here; the message names the key and value.
         """
         config = dict(config)
-        if expected_shapes(config) is None:  # the one definition of "a Qwen2 layout"
+        layout = layout_of(config)
+        if layout == LLADA_LAYOUT:
+            return cls(**_llada_fields(config))
+        if layout is None or expected_shapes(config) is None:
             raise ValueError(
                 f"model_type {config.get('model_type')!r} (architectures "
-                f"{config.get('architectures')!r}) is not a Qwen2 / Dream model"
+                f"{config.get('architectures')!r}) is not a Qwen2 / Dream or LLaDA model"
             )
         _unsupported_attention(config)
         sizes = {
@@ -253,26 +359,40 @@ class DreamConfig:
         The layout is :func:`thermojax.models.hf.layouts.expected_shapes`'s (the one the
         checkpoint reader checks), so the two never disagree.
         """
-        shapes = expected_shapes(
-            {
-                "model_type": "qwen2",
-                **{
-                    key: getattr(self, key)
-                    for key in (
-                        "hidden_size",
-                        "num_hidden_layers",
-                        "intermediate_size",
-                        "num_attention_heads",
-                        "num_key_value_heads",
-                        "vocab_size",
-                        "head_dim",
-                        "tie_word_embeddings",
-                    )
-                },
+        return expected_shapes(self._hf_layout_config())
+
+    def _hf_layout_config(self) -> dict[str, Any]:
+        """The ``config.json`` keys that decide this architecture's tensors."""
+        if self.layout == LLADA_LAYOUT:
+            return {
+                "model_type": "llada",
+                "block_type": "llama",
+                **{key: implemented for key, (_, implemented) in _LLADA_COMPUTATION.items()},
+                "d_model": self.hidden_size,
+                "n_layers": self.num_hidden_layers,
+                "mlp_hidden_size": self.intermediate_size,
+                "n_heads": self.num_attention_heads,
+                "n_kv_heads": self.num_key_value_heads,
+                "vocab_size": self.vocab_size,
+                "weight_tying": self.tie_word_embeddings,
+                "include_qkv_bias": self.attention_bias,
             }
-        )
-        assert shapes is not None  # a qwen2 model_type always has a layout
-        return shapes
+        return {
+            "model_type": "qwen2",
+            **{
+                key: getattr(self, key)
+                for key in (
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "intermediate_size",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "vocab_size",
+                    "head_dim",
+                    "tie_word_embeddings",
+                )
+            },
+        }
 
     def checked_mask_token_id(self) -> int:
         """``mask_token_id``, checked to be a token of the vocabulary.

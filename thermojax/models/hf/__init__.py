@@ -5,8 +5,9 @@
   tensor at a time; every problem is a one-line :class:`CheckpointError` naming file and tensor.
 - :func:`write_safetensors`, :func:`write_index`, :func:`plan_shards` write checkpoints the same
   way, streamed and atomically published.
-- :func:`expected_shapes` knows the Qwen2/Dream tensor layout from ``config.json``.
-- :func:`write_dream_like` writes a synthetic checkpoint with Dream-7B's layout, at any scale.
+- :func:`expected_shapes` knows the Qwen2/Dream and LLaDA tensor layouts from ``config.json``.
+- :func:`write_dream_like` and :func:`write_llada_like` write a synthetic checkpoint with
+  Dream-7B's or LLaDA-8B's layout, at any scale.
 
 Example:
     >>> import tempfile, pathlib
@@ -32,15 +33,16 @@ __all__ = [
     "shard_file_name",
     "write_dream_like",
     "write_index",
+    "write_llada_like",
     "write_safetensors",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # write_dream_like loads on first use, so `python -m thermojax.models.hf.synthetic` does
-    # not find its module already imported by this package (runpy warns about that).
-    if name == "write_dream_like":
-        from thermojax.models.hf.synthetic import write_dream_like
+    # The writers load on first use, so `python -m thermojax.models.hf.synthetic` does not
+    # find its module already imported by this package (runpy warns about that).
+    if name in ("write_dream_like", "write_llada_like"):
+        from thermojax.models.hf import synthetic
 
-        return write_dream_like
+        return getattr(synthetic, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -258,8 +258,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> SafetensorsFolder:
     (8-byte length within the file, UTF-8 JSON, no duplicate names, dtype F32/F16/BF16, byte
     size = ``prod(shape) * itemsize``, tensors back to back from offset 0 to the end of the
     file: no gap, no overlap, no truncation, nothing after); the index and the shards list
-    the same tensors in the same places; for a known architecture (Qwen2, Dream) the tensors
-    are exactly those ``config.json`` implies, with its shapes.
+    the same tensors in the same places; for a known architecture (Qwen2, Dream, LLaDA) the
+    tensors are exactly those ``config.json`` implies, with its shapes (a config of more than
+    :data:`~thermojax.models.hf.layouts.MAX_LAYERS` layers is refused before they are listed).
 
     Args:
         path: the checkpoint folder.

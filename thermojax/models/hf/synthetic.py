@@ -1,4 +1,5 @@
-"""A synthetic checkpoint with Dream-7B's exact layout, for testing without the real weights.
+"""Synthetic checkpoints with Dream-7B's or LLaDA-8B's exact layout, for testing without the
+real weights.
 
 Dream 7B (``Dream-org/Dream-v0-Base-7B``) is Qwen2.5-7B trained as a masked-diffusion language
 model: hidden size 3584, 28 layers, MLP width 18944, 28 query heads sharing 4 key-value heads
@@ -34,10 +35,22 @@ per key-value head) and an even head_dim:
 ``layers`` overrides the layer count (28; at most :data:`MAX_LAYERS`). A checkpoint larger than
 the free space of the disk it goes to is refused before anything is written.
 
+LLaDA 8B (``GSAI-ML/LLaDA-8B-Base`` / ``-Instruct``) is a Llama-like masked-diffusion model
+under OLMo's names (:data:`~thermojax.models.hf.layouts.LLADA_LAYOUT`): ``d_model`` 4096, 32
+layers, ``mlp_hidden_size`` 12288, 32 heads (as many key-value heads, head_dim 128), no biases,
+a 126464-token vocabulary, an untied head (``model.transformer.ff_out``), bf16, in six ~3 GB
+shards (16.03 GB; its tensors are stored grouped by kind, the order
+:func:`~thermojax.models.hf.layouts.expected_shapes` lists them in, so a 3 GB limit gives the
+same six shards). :func:`write_llada_like` writes it the same way (the same value rules, with
+LLaDA's width 4096 where Dream's 3584 sets the weights' std). Its ``scale=N`` keeps multi-head
+attention: ``heads = kv_heads = max(1, 32 // N)``, ``head_dim = max(2, even_round(4096 / N /
+heads))``, ``d_model = heads * head_dim``, ``mlp_hidden_size`` and ``vocab_size`` (=
+``embedding_size``) rounded to multiples of 64 as above; ``layers`` defaults to 32.
+
 Command line::
 
-    python -m thermojax.models.hf.synthetic OUT [--scale N] [--layers L] [--shard-gb G]
-        [--seed S] [--dtype BF16]
+    python -m thermojax.models.hf.synthetic OUT [--layout dream|llada] [--scale N]
+        [--layers L] [--shard-gb G] [--seed S] [--dtype BF16]
 
 Example:
     >>> import tempfile, pathlib
@@ -74,20 +87,28 @@ from thermojax.models.hf.layouts import (
     CONFIG_FILE,
     DTYPES,
     FLOAT_DTYPES,
+    TensorLayout,
     expected_shapes,
+    layout_of,
     shard_file_name,
 )
+from thermojax.models.hf.layouts import MAX_LAYERS as LAYOUT_MAX_LAYERS
 from thermojax.models.hf.writer import plan_shards, write_index, write_safetensors
 
 __all__ = [
     "DREAM_7B_CONFIG",
+    "LLADA_8B_CONFIG",
+    "LLADA_SHARD_BYTES",
     "MAX_LAYERS",
     "OUTLIER_FACTORS",
     "OUTLIER_FRACTION",
     "dream_like_config",
+    "llada_like_config",
     "main",
     "outlier_channels",
+    "planned_shards",
     "write_dream_like",
+    "write_llada_like",
 ]
 
 DREAM_7B_CONFIG: dict[str, object] = {
@@ -124,12 +145,70 @@ DREAM_7B_CONFIG: dict[str, object] = {
 }
 """Dream-v0-Base-7B's ``config.json`` (what ``scale=1`` writes)."""
 
+LLADA_8B_CONFIG: dict[str, object] = {
+    "activation_type": "silu",
+    "alibi": False,
+    "alibi_bias_max": 8.0,
+    "architectures": ["LLaDAModelLM"],
+    "attention_dropout": 0.0,
+    "attention_layer_norm": False,
+    "attention_layer_norm_with_affine": True,
+    "auto_map": {
+        "AutoConfig": "configuration_llada.LLaDAConfig",
+        "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+        "AutoModel": "modeling_llada.LLaDAModelLM",
+    },
+    "bias_for_layer_norm": False,
+    "block_group_size": 1,
+    "block_type": "llama",
+    "d_model": 4096,
+    "embedding_dropout": 0.0,
+    "embedding_size": 126464,
+    "eos_token_id": 126081,
+    "flash_attention": False,
+    "include_bias": False,
+    "include_qkv_bias": False,
+    "init_cutoff_factor": None,
+    "init_device": "meta",
+    "init_fn": "mitchell",
+    "init_std": 0.02,
+    "input_emb_norm": False,
+    "layer_norm_type": "rms",
+    "layer_norm_with_affine": True,
+    "mask_token_id": 126336,
+    "max_sequence_length": 4096,
+    "mlp_hidden_size": 12288,
+    "mlp_ratio": 4,
+    "model_type": "llada",
+    "multi_query_attention": None,
+    "n_heads": 32,
+    "n_kv_heads": 32,
+    "n_layers": 32,
+    "pad_token_id": 126081,
+    "precision": "amp_bf16",
+    "residual_dropout": 0.0,
+    "rms_norm_eps": 1e-05,
+    "rope": True,
+    "rope_full_precision": True,
+    "rope_theta": 500000.0,
+    "scale_logits": False,
+    "transformers_version": "4.46.3",
+    "use_cache": False,
+    "vocab_size": 126464,
+    "weight_tying": False,
+}
+"""LLaDA-8B-Base's (and -Instruct's) ``config.json`` (what ``scale=1`` writes)."""
+LLADA_SHARD_BYTES = 3 * 10**9
+"""LLaDA 8B's shard size limit: its tensors in their stored order cut greedily at 3 GB are
+exactly its six shards."""
+
 OUTLIER_FRACTION = 0.005
 """The share of input channels of each linear weight that are outliers."""
 OUTLIER_FACTORS = (10.0, 30.0)
 """An outlier channel's column is the normal column times a factor drawn uniformly from this."""
 
 _GQA_RATIO = 7  # Dream: 28 query heads per 4 key-value heads
+_SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "mask_token_id", "pad_token_id")
 _TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _CHUNK = 1 << 22
 """Elements generated per step: the temporaries stay ~16 MB for any tensor."""
@@ -138,9 +217,10 @@ _NORM_STD = 0.05
 _BIAS_STD = 0.01
 
 
-MAX_LAYERS = 1000
+MAX_LAYERS = LAYOUT_MAX_LAYERS
 """Most layers a synthetic checkpoint may have (Dream has 28; the largest open models ~130): a
-count beyond it is a typo, and its layout would be built before any size check."""
+count beyond it is a typo, and :func:`~thermojax.models.hf.layouts.expected_shapes` refuses it
+too."""
 MAX_SHARD_GB = 1e6
 """The largest ``--shard-gb`` (a petabyte: in effect no limit); the limit becomes a whole number
 of bytes, which 1e308 GB (an infinite float) is not."""
@@ -166,6 +246,34 @@ def _round_to(value: float, multiple: int) -> int:
     return multiple * math.floor(value / multiple + 0.5)
 
 
+def _scaled_64(size: int, scale: int) -> int:
+    """``size / scale`` rounded to a multiple of 64, at least 64."""
+    return max(64, _round_to(size / scale, 64))
+
+
+def _checked(scale: object, layers: object, dtype: object, *, default_layers: int):
+    """``(scale, layers)`` checked (``layers`` ``None``: ``default_layers``), and ``dtype``."""
+    scale = _positive("scale", scale)
+    layers = _positive("layers", default_layers if layers is None else layers, high=MAX_LAYERS)
+    if dtype not in FLOAT_DTYPES:
+        raise UserInputError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+    return scale, layers
+
+
+def _special_tokens(base: dict[str, object], vocab: int) -> dict[str, int]:
+    """``base``'s special token ids in a ``vocab``-token vocabulary.
+
+    They keep their distance from the end of the vocabulary, so that a scaled model can embed
+    its mask token (the last id, in a vocabulary too small for that).
+    """
+    return {
+        key: vocab - from_end if from_end <= vocab else vocab - 1
+        for key in _SPECIAL_TOKENS
+        if key in base
+        for from_end in [base["vocab_size"] - base[key]]
+    }
+
+
 def dream_like_config(
     *, scale: int = 1, layers: int | None = None, dtype: str = "BF16"
 ) -> dict[str, object]:
@@ -177,36 +285,57 @@ def dream_like_config(
         ...                      "num_attention_heads", "num_key_value_heads")]
         [896, 4736, 38016, 7, 1]
     """
-    scale = _positive("scale", scale)
-    layers = DREAM_7B_CONFIG["num_hidden_layers"] if layers is None else layers
-    layers = _positive("layers", layers, high=MAX_LAYERS)
-    if dtype not in FLOAT_DTYPES:
-        raise UserInputError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+    scale, layers = _checked(
+        scale, layers, dtype, default_layers=DREAM_7B_CONFIG["num_hidden_layers"]
+    )
     kv_heads = max(1, DREAM_7B_CONFIG["num_key_value_heads"] // scale)
     heads = _GQA_RATIO * kv_heads
     head_dim = max(2, _round_to(DREAM_7B_CONFIG["hidden_size"] / scale / heads, 2))
-    vocab = max(64, _round_to(DREAM_7B_CONFIG["vocab_size"] / scale, 64))
-    # The special tokens keep their distance from the end of the vocabulary, so that a scaled
-    # model can embed its mask token (the last id, in a vocabulary too small for that).
-    special = {
-        key: vocab - from_end if from_end <= vocab else vocab - 1
-        for key in ("bos_token_id", "eos_token_id", "mask_token_id", "pad_token_id")
-        for from_end in [DREAM_7B_CONFIG["vocab_size"] - DREAM_7B_CONFIG[key]]
-    }
+    vocab = _scaled_64(DREAM_7B_CONFIG["vocab_size"], scale)
     return (
         DREAM_7B_CONFIG
-        | special
+        | _special_tokens(DREAM_7B_CONFIG, vocab)
         | {
             "hidden_size": heads * head_dim,
-            "intermediate_size": max(
-                64, _round_to(DREAM_7B_CONFIG["intermediate_size"] / scale, 64)
-            ),
+            "intermediate_size": _scaled_64(DREAM_7B_CONFIG["intermediate_size"], scale),
             "vocab_size": vocab,
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
             "num_hidden_layers": layers,
             "max_window_layers": layers,
             "torch_dtype": _TORCH_DTYPES[dtype],
+        }
+    )
+
+
+def llada_like_config(
+    *, scale: int = 1, layers: int | None = None, dtype: str = "BF16"
+) -> dict[str, object]:
+    """The ``config.json`` :func:`write_llada_like` writes (the scale rule is in the module doc).
+
+    ``dtype`` is checked but not recorded: LLaDA's config names no storage dtype.
+
+    Example:
+        >>> config = llada_like_config(scale=4)
+        >>> [config[k] for k in ("d_model", "mlp_hidden_size", "vocab_size", "n_heads",
+        ...                      "n_kv_heads", "mask_token_id")]
+        [1024, 3072, 31616, 8, 8, 31488]
+    """
+    scale, layers = _checked(scale, layers, dtype, default_layers=LLADA_8B_CONFIG["n_layers"])
+    heads = max(1, LLADA_8B_CONFIG["n_heads"] // scale)
+    head_dim = max(2, _round_to(LLADA_8B_CONFIG["d_model"] / scale / heads, 2))
+    vocab = _scaled_64(LLADA_8B_CONFIG["vocab_size"], scale)
+    return (
+        LLADA_8B_CONFIG
+        | _special_tokens(LLADA_8B_CONFIG, vocab)
+        | {
+            "d_model": heads * head_dim,
+            "mlp_hidden_size": _scaled_64(LLADA_8B_CONFIG["mlp_hidden_size"], scale),
+            "vocab_size": vocab,
+            "embedding_size": vocab,
+            "n_heads": heads,
+            "n_kv_heads": heads,
+            "n_layers": layers,
         }
     )
 
@@ -241,17 +370,20 @@ def _tensor_stream(seed: int, name: str) -> np.random.PCG64:
     return np.random.PCG64(np.random.SeedSequence([seed, key]))
 
 
-def _synthetic_tensor(name: str, shape: tuple[int, ...], *, dtype: str, seed: int) -> np.ndarray:
-    """One tensor's values; depends only on (seed, name, shape, dtype)."""
+def _synthetic_tensor(
+    name: str, shape: tuple[int, ...], *, dtype: str, seed: int, norm: bool, width: int
+) -> np.ndarray:
+    """One tensor's values; depends only on (seed, name, shape, dtype, norm, width): a norm's
+    weight, else a bias (1-D), else a weight whose std is 0.02 at ``width`` inputs."""
     stream = _tensor_stream(seed, name)
     cols = shape[-1]
     rows = math.prod(shape[:-1])
-    if len(shape) == 1 and name.endswith("norm.weight"):
+    if len(shape) == 1 and norm:
         loc, std, channels = 1.0, _NORM_STD, None
     elif len(shape) == 1:
         loc, std, channels = 0.0, _BIAS_STD, None
     else:
-        loc, std = 0.0, _WEIGHT_STD * math.sqrt(DREAM_7B_CONFIG["hidden_size"] / cols)
+        loc, std = 0.0, _WEIGHT_STD * math.sqrt(width / cols)
         channels = outlier_channels(cols, seed=seed)
         factors = _uniform(stream, *OUTLIER_FACTORS, channels.size).astype(np.float32)
     values = (loc + std * _normal_quantiles()).astype(np.float32)
@@ -271,6 +403,101 @@ def _synthetic_tensor(name: str, shape: tuple[int, ...], *, dtype: str, seed: in
             outliers = values[codes[:, channels]] * factors
             out[start : start + block, channels] = outliers.astype(target)
     return out.reshape(shape)
+
+
+def planned_shards(
+    config: dict[str, object], *, dtype: str = "BF16", max_shard_bytes: int
+) -> list[list[str]]:
+    """The tensor names of each shard of a checkpoint of ``config`` (without writing it): its
+    tensors in :func:`~thermojax.models.hf.layouts.expected_shapes`' order, cut greedily at
+    ``max_shard_bytes`` like ``transformers`` (:func:`~thermojax.models.hf.writer.plan_shards`).
+
+    Example:
+        >>> plan = planned_shards(llada_like_config(), max_shard_bytes=LLADA_SHARD_BYTES)
+        >>> len(plan), plan[0][:2]
+        (6, ['model.transformer.wte.weight', 'model.transformer.ln_f.weight'])
+    """
+    return plan_shards(_tensor_infos(config, dtype), max_shard_bytes)
+
+
+def _tensor_infos(config: dict[str, object], dtype: str) -> list[TensorInfo]:
+    shapes = expected_shapes(config)
+    itemsize = DTYPES[dtype].itemsize
+    return [
+        TensorInfo(name, "", dtype, shape, math.prod(shape) * itemsize)
+        for name, shape in shapes.items()
+    ]
+
+
+def _norm_names(layout: TensorLayout, layers: int) -> frozenset[str]:
+    """The RMSNorm weights of a ``layers``-block checkpoint (drawn near 1)."""
+    blocks = (
+        layout.block_tensor(i, suffix)
+        for i in range(layers)
+        for suffix in (layout.attention_norm, layout.mlp_norm)
+    )
+    return frozenset((*blocks, layout.final_norm))
+
+
+def _write_like(
+    out: str | os.PathLike[str],
+    config: dict[str, object],
+    *,
+    scale: int,
+    layers: int,
+    width: int,
+    max_shard_bytes: int,
+    dtype: str,
+    seed: int,
+    progress: Callable[[str], None] | None,
+) -> Path:
+    """Write the synthetic checkpoint of ``config`` (checked) into the new folder ``out``;
+    ``width`` is the full-size model's, at which a weight's std is 0.02."""
+    out = Path(out)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}")
+    max_shard_bytes = _positive("max_shard_bytes", max_shard_bytes)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"{str(out)!r}: exists and is not an empty folder; choose a new one")
+
+    infos = _tensor_infos(config, dtype)
+    shapes = {info.name: info.shape for info in infos}
+    total = sum(info.nbytes for info in infos)
+    free = _free_bytes(out)
+    if total > free:
+        raise UserInputError(
+            f"{str(out)!r}: the checkpoint needs {total / 1e9:.3g} GB and its disk has "
+            f"{free / 1e9:.3g} GB free"
+        )
+    plan = plan_shards(infos, max_shard_bytes)
+    provenance = {"scale": scale, "layers": layers, "seed": seed}
+    metadata = {"format": "pt", "thermojax_synthetic": json.dumps(provenance, sort_keys=True)}
+    norms = _norm_names(layout_of(config), layers)
+
+    def produce(name: str) -> np.ndarray:
+        return _synthetic_tensor(
+            name, shapes[name], dtype=dtype, seed=seed, norm=name in norms, width=width
+        )
+
+    weight_map: dict[str, str] = {}
+    for k, names in enumerate(plan):
+        file = shard_file_name(k, len(plan))
+        started = time.perf_counter()
+        path = write_safetensors(
+            out / file, [(n, dtype, shapes[n]) for n in names], produce, metadata=metadata
+        )
+        weight_map |= dict.fromkeys(names, file)
+        if progress is not None:
+            seconds = time.perf_counter() - started
+            size = path.stat().st_size
+            progress(
+                f"{file}: {len(names)} tensors, {size / 1e9:.2f} GB in {seconds:.1f} s "
+                f"({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
+            )
+    if len(plan) > 1:
+        write_index(out, weight_map, total)
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
 
 
 def write_dream_like(
@@ -313,69 +540,106 @@ def write_dream_like(
         ['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors',
          'model.safetensors.index.json']
     """
-    out = Path(out)
     config = dream_like_config(scale=scale, layers=layers, dtype=dtype)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}")
-    max_shard_bytes = _positive("max_shard_bytes", max_shard_bytes)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserInputError(f"{str(out)!r}: exists and is not an empty folder; choose a new one")
+    return _write_like(
+        out,
+        config,
+        scale=scale,
+        layers=config["num_hidden_layers"],
+        width=DREAM_7B_CONFIG["hidden_size"],
+        max_shard_bytes=max_shard_bytes,
+        dtype=dtype,
+        seed=seed,
+        progress=progress,
+    )
 
-    shapes = expected_shapes(config)
-    itemsize = DTYPES[dtype].itemsize
-    infos = [
-        TensorInfo(name, "", dtype, shape, math.prod(shape) * itemsize)
-        for name, shape in shapes.items()
-    ]
-    total = sum(info.nbytes for info in infos)
-    free = _free_bytes(out)
-    if total > free:
-        raise UserInputError(
-            f"{str(out)!r}: the checkpoint needs {total / 1e9:.3g} GB and its disk has "
-            f"{free / 1e9:.3g} GB free"
-        )
-    plan = plan_shards(infos, max_shard_bytes)
-    provenance = {"scale": scale, "layers": config["num_hidden_layers"], "seed": seed}
-    metadata = {"format": "pt", "thermojax_synthetic": json.dumps(provenance, sort_keys=True)}
 
-    def produce(name: str) -> np.ndarray:
-        return _synthetic_tensor(name, shapes[name], dtype=dtype, seed=seed)
+def write_llada_like(
+    out: str | os.PathLike[str],
+    *,
+    scale: int = 1,
+    layers: int | None = None,
+    max_shard_bytes: int = LLADA_SHARD_BYTES,
+    dtype: str = "BF16",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write a synthetic checkpoint with LLaDA-8B's layout (scaled) into the new folder ``out``.
 
-    weight_map: dict[str, str] = {}
-    for k, names in enumerate(plan):
-        file = shard_file_name(k, len(plan))
-        started = time.perf_counter()
-        path = write_safetensors(
-            out / file, [(n, dtype, shapes[n]) for n in names], produce, metadata=metadata
-        )
-        weight_map |= dict.fromkeys(names, file)
-        if progress is not None:
-            seconds = time.perf_counter() - started
-            size = path.stat().st_size
-            progress(
-                f"{file}: {len(names)} tensors, {size / 1e9:.2f} GB in {seconds:.1f} s "
-                f"({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
-            )
-    if len(plan) > 1:
-        write_index(out, weight_map, total)
-    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return out
+    Like :func:`write_dream_like` (the same value rules, files, order of writing and
+    determinism), with LLaDA's names, ``config.json`` and 3 GB shards.
+
+    Args:
+        out: a folder that does not exist yet, or is empty.
+        scale: the width divisor N (module doc); 1 is the full 8.0B-parameter model, 16.0 GB.
+        layers: the number of layers (default LLaDA's 32).
+        max_shard_bytes: the shard size limit (default LLaDA's: six shards at ``scale=1``).
+        dtype: ``"BF16"`` (LLaDA's), ``"F16"`` or ``"F32"``.
+        seed: the random seed.
+        progress: called with a line per shard written (e.g. ``print``).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        UserInputError: ``out`` exists and is not an empty folder, or a bad argument.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from thermojax.models.hf import open_checkpoint
+        >>> folder = write_llada_like(pathlib.Path(tempfile.mkdtemp()) / "m", scale=64, layers=1)
+        >>> checkpoint = open_checkpoint(folder)
+        >>> down = checkpoint.tensors["model.transformer.blocks.0.ff_out.weight"]
+        >>> checkpoint.architecture, down.shape, len(checkpoint.tensors)
+        ('llada', (64, 192), 12)
+    """
+    config = llada_like_config(scale=scale, layers=layers, dtype=dtype)
+    return _write_like(
+        out,
+        config,
+        scale=scale,
+        layers=config["n_layers"],
+        width=LLADA_8B_CONFIG["d_model"],
+        max_shard_bytes=max_shard_bytes,
+        dtype=dtype,
+        seed=seed,
+        progress=progress,
+    )
+
+
+_WRITERS = {
+    "dream": (write_dream_like, 5 * 10**9),
+    "llada": (write_llada_like, LLADA_SHARD_BYTES),
+}
+"""``--layout``: the writer and its default shard size limit."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: ``python -m thermojax.models.hf.synthetic OUT [options]``."""
     parser = OneLineArgumentParser(
         prog="python -m thermojax.models.hf.synthetic",
-        description="Write a synthetic checkpoint with Dream-7B's layout (random weights).",
+        description=(
+            "Write a synthetic checkpoint with Dream-7B's or LLaDA-8B's layout (random weights)."
+        ),
     )
     parser.add_argument("out", type=Path, help="a new (or empty) folder")
-    parser.add_argument("--scale", type=int, default=1, help="width divisor (1: full 7B)")
-    parser.add_argument("--layers", type=int, default=None, help="layer count (default 28)")
-    parser.add_argument("--shard-gb", type=float, default=5.0, help="shard size limit, GB")
+    parser.add_argument(
+        "--layout", choices=sorted(_WRITERS), default="dream", help="whose layout (dream)"
+    )
+    parser.add_argument("--scale", type=int, default=1, help="width divisor (1: full size)")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="layer count (default Dream's 28, LLaDA's 32)"
+    )
+    parser.add_argument(
+        "--shard-gb", type=float, default=None, help="shard size limit, GB (Dream 5, LLaDA 3)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=FLOAT_DTYPES, default="BF16")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    write, default_shard_bytes = _WRITERS[args.layout]
+    if args.shard_gb is None:
+        args.shard_gb = default_shard_bytes / 1e9
     if not (math.isfinite(args.shard_gb) and 0 < args.shard_gb <= MAX_SHARD_GB):
         print(
             f"error: --shard-gb {args.shard_gb}: must be a positive number of GB, at most "
@@ -384,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        folder = write_dream_like(
+        folder = write(
             args.out,
             scale=args.scale,
             layers=args.layers,

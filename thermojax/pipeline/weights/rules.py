@@ -9,8 +9,9 @@ says: biases, norms, every other 1-D (or higher-rank) tensor and empty tensors a
 last (input) axis, so a rule's group size must divide the input width of every tensor it takes.
 
 The default rule quantizes every ``*.weight`` matrix except embeddings, norms and the output
-head (``lm_head``), the usual choice for weight-only LLM quantization: the embedding is a
-lookup table whose rows each matter, and the head decides every token's logit.
+head (``lm_head``; LLaDA's ``transformer.wte`` and ``transformer.ff_out``), the usual choice for
+weight-only LLM quantization: the embedding is a lookup table whose rows each matter, and the
+head decides every token's logit.
 
 Example:
     >>> rules = [QuantRule(include=r"mlp\\.down_proj", bits=8), QuantRule()]
@@ -22,8 +23,9 @@ Example:
     ...     rules, bits=4, group_size=64)
     >>> [(r.index, r.bits) if r else None for r in resolved.values()]
     [(0, 8), (1, 4), None, None]
-    >>> resolved["model.layers.0.mlp.up_proj.weight"].text
-    "rule 1: include '\\\\.weight$', exclude 'embed|norm|lm_head', 4 bits, group 64"
+    >>> print(resolved["model.layers.0.mlp.up_proj.weight"].text)  # doctest: +NORMALIZE_WHITESPACE
+    rule 1: include '\\.weight$', exclude 'embed|norm|lm_head|wte|transformer\\.ff_out',
+    4 bits, group 64
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ __all__ = [
 
 DEFAULT_INCLUDE = r"\.weight$"
 """Every ``*.weight`` tensor (only the 2-D ones are quantized)."""
-DEFAULT_EXCLUDE = r"embed|norm|lm_head"
-"""Embeddings, norms and the output head stay at their stored precision."""
+DEFAULT_EXCLUDE = r"embed|norm|lm_head|wte|transformer\.ff_out"
+"""Embeddings, norms and the output head stay at their stored precision (Qwen2's / Dream's
+``embed_tokens`` and ``lm_head``, LLaDA's ``transformer.wte`` and ``transformer.ff_out``; a
+block's ``ff_out``, ``transformer.blocks.{i}.ff_out``, is its MLP's down projection)."""
 
 
 # The fields are plain str / int / None (typing.Optional, not `X | None`) because OmegaConf
@@ -89,7 +93,8 @@ class ResolvedRule:
         bits: the bit width the tensor is quantized with.
         group_size: its group size.
         text: the rule for people, e.g.
-            ``"rule 0: include '\\.weight$', exclude 'embed|norm|lm_head', 4 bits, group 64"``.
+            ``"rule 0: include '\\.weight$', exclude 'embed|norm|lm_head|wte|transformer\\.ff_out',
+            4 bits, group 64"``.
     """
 
     index: int
