@@ -66,10 +66,12 @@ __all__ = [
     "decode",
     "encode",
     "heldout_batch",
+    "heldout_text",
     "heldout_topics",
     "topics",
     "train_and_heldout",
     "train_topics",
+    "windows",
 ]
 
 NUM_BYTES = 256
@@ -186,6 +188,19 @@ def _decontaminate(text: str, heldout_paragraphs: set[str]) -> str:
 
 
 @functools.cache
+def heldout_text() -> str:
+    """The held-out side of the split as text: the held-out topics joined by the separator
+    (what another tokenizer than the bytes tokenizes for its held-out windows).
+
+    Example:
+        >>> encode(heldout_text()).tolist() == train_and_heldout()[1].tolist()
+        True
+    """
+    corpus = topics()
+    return TOPIC_SEPARATOR.join(corpus[key] for key in heldout_topics())
+
+
+@functools.cache
 def _split() -> tuple[np.ndarray, np.ndarray]:
     corpus = topics()
     held = heldout_topics()
@@ -198,8 +213,7 @@ def _split() -> tuple[np.ndarray, np.ndarray]:
     train_text = TOPIC_SEPARATOR.join(
         _decontaminate(corpus[key], heldout_paragraphs) for key in train_topics()
     )
-    heldout_text = TOPIC_SEPARATOR.join(corpus[key] for key in held)
-    train_ids, heldout_ids = encode(train_text), encode(heldout_text)
+    train_ids, heldout_ids = encode(train_text), encode(heldout_text())
     train_ids.flags.writeable = False
     heldout_ids.flags.writeable = False
     return train_ids, heldout_ids
@@ -223,17 +237,38 @@ def heldout_batch(length: int, count: int) -> np.ndarray:
     Raises:
         ValueError: ``length`` not in ``[1, n]``, or ``count`` not in ``[1, n - length + 1]``.
     """
-    heldout = _split()[1]
-    size = heldout.size
+    return windows(_split()[1], length, count, what="held-out")
+
+
+def windows(tokens: np.ndarray, length: int, count: int, *, what: str = "") -> np.ndarray:
+    """``count`` fixed windows of ``length`` tokens of the stream ``tokens`` ``[n]``, int32
+    ``[count, length]``: window ``j`` starts at ``round(j * (n - length) / (count - 1))`` (one
+    window at 0 for ``count = 1``), as :func:`heldout_batch` takes them from the held-out stream.
+
+    Args:
+        tokens: int ``[n]``, the stream.
+        length, count: the windows' length and number.
+        what: the stream's name in errors (``"held-out"``: ``(the held-out tokens)``).
+
+    Raises:
+        ValueError: ``length`` not in ``[1, n]``, or ``count`` not in ``[1, n - length + 1]``.
+
+    Example:
+        >>> windows(np.arange(10), 4, 3).tolist()
+        [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    """
+    stream = np.asarray(tokens)
+    size = stream.size
+    what = f"{what} tokens" if what else "tokens"
     for name, value in (("length", length), ("count", count)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
     if length > size:
-        raise ValueError(f"length must be <= {size} (the held-out tokens), got length={length}")
+        raise ValueError(f"length must be <= {size} (the {what}), got length={length}")
     if count > size - length + 1:
         raise ValueError(
             f"count must be <= {size - length + 1} (distinct windows of {length}), got "
             f"count={count}"
         )
     starts = np.rint(np.linspace(0, size - length, count)).astype(np.int64) if count > 1 else [0]
-    return np.stack([heldout[s : s + length] for s in starts]).astype(np.int32)
+    return np.stack([stream[s : s + length] for s in starts]).astype(np.int32)
