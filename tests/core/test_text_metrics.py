@@ -326,6 +326,40 @@ def test_bound_is_deterministic_and_jit_compatible():
     assert np.all(np.asarray(eager[0]) > 0)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 7, 100])
+def test_a_bound_in_chunks_is_the_bound_in_one_call(batch_size):
+    # The masks are drawn for the whole batch before the chunks are scored, and this
+    # logits_fn scores each row on its own: the same numbers, to the bit, in any chunking
+    # (7 rows: chunks of 3 and 4 pad the last one with repeated rows, which are dropped).
+    length = 6
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, MASK, size=(7, length)))
+    calls = []
+
+    def logits_fn(batch):
+        calls.append(batch.shape[0])
+        return neighbour_logits(1, length, jnp)(batch)
+
+    def bound(size):
+        return masked_diffusion_nll_bound(
+            logits_fn,
+            tokens,
+            key=jax.random.key(5),
+            num_mask_ratios=3,
+            mask_token_id=MASK,
+            positions=jnp.asarray(np.arange(length) >= 1),
+            batch_size=size,
+        )
+
+    whole = bound(None)
+    calls.clear()
+    chunked = bound(batch_size)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    assert set(calls) == {min(batch_size, 7)}  # logits_fn never saw more rows than a chunk
+    with pytest.raises(ValueError, match="batch_size must be"):
+        bound(0)
+
+
 @pytest.mark.parametrize(
     ("tokens", "kwargs", "message"),
     [

@@ -154,6 +154,12 @@ def _shape_error(cls: type, data: Mapping[str, Any], prefix: str = "") -> str:
                             f"{name}[{index}]: unknown key {shown(unknown[0])} (known: "
                             f"{', '.join(sorted(fields))})"
                         )
+                    try:  # the element's types, here where its place in the list is known
+                        OmegaConf.merge(OmegaConf.structured(element), dict(item))
+                    except OmegaConfBaseException as exc:
+                        field = getattr(exc, "full_key", None) or ""
+                        first = str(exc).strip().splitlines()[0] if str(exc) else ""
+                        return f"{name}[{index}].{field}: {first}" if field else f"{name}: {first}"
                 elif not dataclasses.is_dataclass(element) and isinstance(
                     item, list | tuple | Mapping
                 ):

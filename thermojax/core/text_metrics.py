@@ -270,6 +270,7 @@ def masked_diffusion_nll_bound(
     num_mask_ratios: int,
     mask_token_id: int,
     positions: Array | None = None,
+    batch_size: int | None = None,
 ) -> tuple[Array, Array]:
     """Monte Carlo estimate of the masked-diffusion ELBO, in nats per token (module docstring).
 
@@ -289,6 +290,11 @@ def masked_diffusion_nll_bound(
         mask_token_id: the ``[MASK]`` id in ``[0, V)``; its logit is removed from ``p``.
         positions: optional bool ``[L]`` or ``[N, L]``: the positions that are masked and scored
             (e.g. not the prompt, which stays as context). Default: all.
+        batch_size: call ``logits_fn`` on at most this many sequences at a time (one
+            ``lax.map`` over the chunks; the last is padded with repeated rows whose results
+            are dropped), so the logits held at once are ``[batch_size, L, V]``. The masks are
+            drawn for the whole batch first: the same estimate as one call (to the rounding of
+            ``logits_fn`` at another batch size). Default: all ``N`` in one call.
 
     Returns:
         ``(per_sample [N], mean)``: float32 nats per scored token of every sequence, and over the
@@ -302,10 +308,13 @@ def masked_diffusion_nll_bound(
     """
     num_mask_ratios = _check_int("num_mask_ratios", num_mask_ratios, low=1)
     mask_token_id = _check_int("mask_token_id", mask_token_id, low=0)
+    if batch_size is not None:
+        batch_size = _check_int("batch_size", batch_size, low=1)
     tokens = _int_array("tokens", tokens, min_ndim=2)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [N, L], got shape {tokens.shape}")
     tokens = tokens.astype(jnp.int32)
+    chunk = tokens.shape[0] if batch_size is None else min(batch_size, tokens.shape[0])
     scored = _positions_mask("positions", positions, tokens.shape)
     num_scored = jnp.sum(scored, axis=-1)
     count_key, subset_key = jax.random.split(key)
@@ -316,18 +325,32 @@ def masked_diffusion_nll_bound(
         count = jnp.clip(jnp.ceil(ratio * num_scored), 1, jnp.maximum(num_scored, 1))
         subset_scores = jax.random.uniform(jax.random.fold_in(subset_key, stratum), tokens.shape)
         masked = top_positions(subset_scores, count.astype(jnp.int32), eligible=scored)
-        logits = logits_fn(jnp.where(masked, mask_token_id, tokens))
-        if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != tokens.shape:
+        nll = jnp.where(masked, chunked_nll(jnp.where(masked, mask_token_id, tokens)), 0.0)
+        return jnp.sum(nll, axis=-1) / count
+
+    def checked_nll(inputs: Array, targets: Array) -> Array:
+        logits = logits_fn(inputs)
+        if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != inputs.shape:
             raise ValueError(
-                f"logits_fn must return logits [N, L, V] = [{tokens.shape[0]}, "
-                f"{tokens.shape[1]}, V], got shape {jnp.shape(logits)}"
+                f"logits_fn must return logits [N, L, V] = [{inputs.shape[0]}, "
+                f"{inputs.shape[1]}, V], got shape {jnp.shape(logits)}"
             )
         vocab_size = jnp.shape(logits)[-1]
         if mask_token_id >= vocab_size:
             raise ValueError(f"mask_token_id must be in [0, V={vocab_size}), got {mask_token_id}")
         _check_token_values("tokens", tokens, scored, vocab_size, mask_token_id)
-        nll = jnp.where(masked, _token_nll(logits, tokens, mask_token_id), 0.0)
-        return jnp.sum(nll, axis=-1) / count
+        return _token_nll(logits, targets, mask_token_id)
+
+    def chunked_nll(inputs: Array) -> Array:
+        """Each position's NLL ``[N, L]``, ``logits_fn`` called on ``chunk`` rows at a time."""
+        rows = tokens.shape[0]
+        if chunk == rows:
+            return checked_nll(inputs, tokens)
+        pad = -rows % chunk
+        padded = [jnp.concatenate([a, a[:pad]]) if pad else a for a in (inputs, tokens)]
+        shaped = [a.reshape(-1, chunk, a.shape[-1]) for a in padded]
+        nll = lax.map(lambda pair: checked_nll(*pair), (shaped[0], shaped[1]))
+        return nll.reshape(-1, tokens.shape[-1])[:rows]
 
     per_ratio = lax.map(one_ratio, jnp.arange(num_mask_ratios, dtype=jnp.int32))
     per_sample = jnp.where(num_scored > 0, jnp.mean(per_ratio, axis=0), 0.0)

@@ -123,10 +123,17 @@ def model_fingerprint(model: DiffusionModel) -> str:
     config, class, timestep count, layer names and data shape. Not its path or display name: a
     copy of a checkpoint elsewhere shares the cache, a retrained one does not. (The schedule is
     hashed through its float32 arrays, under the names they have always had, so keys are the same
-    as when the schedule stored them as fields.)
+    as when the schedule stored them as fields.) Parameters laid over several devices add their
+    count.
     """
     params = getattr(model, "params", None)
     arrays = _named_arrays(params if params is not None else model.quantizable_weights(), "params")
+    # Parameters laid over several devices (model.devices) sum across them in another order:
+    # the same numbers to float32 rounding, not bit for bit, so not the same entries.
+    spread = max(
+        (len(a.sharding.device_set) for a in jax.tree.leaves(params) if isinstance(a, jax.Array)),
+        default=1,
+    )
     schedule = getattr(model, "schedule", None)
     if callable(getattr(schedule, "arrays", None)):
         arrays.update({f"schedule.{name}": a for name, a in schedule.arrays().items()})
@@ -138,6 +145,7 @@ def model_fingerprint(model: DiffusionModel) -> str:
         layer_names=list(model.layer_names),
         data_shape=list(model.data_shape),
         arrays=arrays_fingerprint(arrays),
+        **({"devices": spread} if spread > 1 else {}),
     )
 
 

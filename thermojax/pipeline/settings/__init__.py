@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from thermojax.pipeline.settings.baseline import BaselineConfig, check_model_limits, validate_config
 from thermojax.pipeline.settings.model import (
+    MAX_DEVICES,
+    MODEL_DTYPES,
     MODEL_RUNS,
     SHIPPED_MODELS,
     CalibrationConfig,
+    DataConfig,
     ModelConfig,
     SamplingConfig,
     sampler_specs,
@@ -54,6 +57,8 @@ from thermojax.pipeline.settings.thermo import (
 
 __all__ = [
     "HESSIAN_WEIGHTINGS",
+    "MAX_DEVICES",
+    "MODEL_DTYPES",
     "MODEL_RUNS",
     "SEGMENTATION_COSTS",
     "SHIPPED_MODELS",
@@ -65,6 +70,7 @@ __all__ = [
     "WEIGHT_METHOD_NAMES",
     "BaselineConfig",
     "CalibrationConfig",
+    "DataConfig",
     "ExportConfig",
     "InterpretationConfig",
     "ModelConfig",

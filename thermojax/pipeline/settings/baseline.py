@@ -14,6 +14,7 @@ from thermojax.errors import UserInputError
 from thermojax.pipeline.settings.checks import MAX_INT32, MAX_SEED, fail
 from thermojax.pipeline.settings.model import (
     CalibrationConfig,
+    DataConfig,
     ModelConfig,
     SamplingConfig,
     samplers_of,
@@ -71,6 +72,7 @@ class BaselineConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     interpretation: InterpretationConfig = dataclasses.field(default_factory=InterpretationConfig)
     thermo: ThermoConfig = dataclasses.field(default_factory=ThermoConfig)
@@ -144,6 +146,10 @@ def validate_config(cfg: BaselineConfig) -> None:
     stats = cfg.calibration.stats
     if stats is not None and not _path_is("calibration.stats", stats, "is_file"):
         raise fail("calibration.stats", stats, "no such file")
+    for key in ("heldout", "calibration"):  # is_file: a FIFO or a folder is refused unread
+        text = getattr(cfg.data, key)
+        if text is not None and not _path_is(f"data.{key}", text, "is_file"):
+            raise fail(f"data.{key}", text, "no such file (a UTF-8 text file)")
     try:
         validate_rules(cfg.weights.rules, bits=cfg.bit_width, group_size=cfg.group_size)
     except UserInputError as exc:

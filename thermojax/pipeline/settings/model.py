@@ -10,12 +10,21 @@ from typing import Any, Optional
 
 from thermojax.models.base import SAMPLERS, SamplerSpec
 from thermojax.models.masked_diffusion import UNMASKING_RULES
-from thermojax.pipeline.settings.checks import MAX_INT32, check_choice, check_number, fail
+from thermojax.pipeline.settings.checks import (
+    MAX_INT32,
+    check_choice,
+    check_count,
+    check_number,
+    fail,
+)
 
 __all__ = [
+    "MAX_DEVICES",
+    "MODEL_DTYPES",
     "MODEL_RUNS",
     "SHIPPED_MODELS",
     "CalibrationConfig",
+    "DataConfig",
     "ModelConfig",
     "SamplingConfig",
     "sampler_specs",
@@ -39,13 +48,20 @@ class ModelConfig:
         run: ``auto`` runs the digits DDPM and a masked-diffusion LM thermojax trained
             (``training.json`` beside it) and measures any other Hugging Face folder
             weight-only; ``diffusion`` runs a Qwen2 / Dream folder as a masked-diffusion LM
-            (it must fit in memory at float32); ``weight-only`` measures one without running it.
+            (its parameters at ``dtype``); ``weight-only`` measures one without running it.
+        dtype: the dtype a masked-diffusion LM's parameters are held in: ``bfloat16`` or
+            ``float32``; ``None``: as stored in the checkpoint. Matmuls accumulate in float32
+            either way.
+        devices: local devices (GPUs, TPU cores, forced host devices) the parameters are laid
+            over, along their hidden and intermediate axes; 1: one device.
     """
 
     name: str = ""
     path: Optional[str] = None  # noqa: UP045
     shipped: str = "digits"
     run: str = "auto"
+    dtype: Optional[str] = None  # noqa: UP045
+    devices: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +107,9 @@ class SamplingConfig:
             model's default.
         top_p: the LM's nucleus (``1``: off); ``None``: the model's default.
         prompt: text every LM sample starts with (encoded with the model's tokenizer).
+        block_length: the LM's semi-autoregressive blocks (LLaDA's sampler): the generated
+            positions are revealed block by block, left to right, each block's share of the
+            steps within it; ``None``: one block.
     """
 
     num_samples: int = 64
@@ -102,6 +121,23 @@ class SamplingConfig:
     temperature: Optional[float] = None  # noqa: UP045
     top_p: Optional[float] = None  # noqa: UP045
     prompt: str = ""
+    block_length: Optional[int] = None  # noqa: UP045
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The text a masked-diffusion LM is measured and calibrated on (tokenized by its own
+    tokenizer).
+
+    Attributes:
+        heldout: a UTF-8 text file whose windows give the held-out bound; ``None``: the held-out
+            split of the corpus the shipped LM was trained on.
+        calibration: a UTF-8 text file whose passages prompt the calibration runs; ``None``:
+            calibration samples from the all-``[MASK]`` start, as sampling does.
+    """
+
+    heldout: Optional[str] = None  # noqa: UP045
+    calibration: Optional[str] = None  # noqa: UP045
 
 
 SHIPPED_MODELS = ("digits", "pydoc-mdlm")
@@ -109,6 +145,11 @@ SHIPPED_MODELS = ("digits", "pydoc-mdlm")
 
 MODEL_RUNS = ("auto", "diffusion", "weight-only")
 """``model.run``: how a checkpoint is measured (:class:`ModelConfig`)."""
+
+MODEL_DTYPES = ("bfloat16", "float32")
+"""``model.dtype``: the dtypes a masked-diffusion LM's parameters are held in."""
+MAX_DEVICES = 4096
+"""``model.devices``: the most devices a run lays its parameters over."""
 
 
 def samplers_of(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -157,6 +198,18 @@ def validate_model_choice(
     ``calibration.*``)."""
     check_choice("model.shipped", model.shipped, SHIPPED_MODELS)
     check_choice("model.run", model.run, MODEL_RUNS)
+    if model.dtype is not None:
+        check_choice("model.dtype", model.dtype, MODEL_DTYPES)
+    check_count(
+        "model.devices", model.devices, at_most=MAX_DEVICES, why="devices a run lays its model over"
+    )
+    if sampling.block_length is not None:
+        check_count(
+            "sampling.block_length",
+            sampling.block_length,
+            at_most=MAX_INT32,
+            why="int32 positions",
+        )
     for key in ("steps", "length"):
         value = getattr(sampling, key)
         if value is not None and value < (2 if key == "length" else 1):
