@@ -28,7 +28,7 @@ from thermojax.models import shipped_path
 from thermojax.models.dream.diffusion import load_masked_diffusion
 from thermojax.pipeline.measure.calibrate import _calibration_program, calibrate
 from thermojax.pipeline.measure.sampling import _sample_program
-from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
+from thermojax.pipeline.weights.quantize import quantize_weights, sampler_weights
 
 
 def main() -> None:
@@ -46,9 +46,9 @@ def main() -> None:
     folder = args.checkpoint or shipped_path("pydoc-mdlm")
     model = load_masked_diffusion(folder, steps=args.steps, length=args.length)
     n, key = args.samples, jax.random.PRNGKey(0)
-    fp32 = dense_weights(model, None)
+    fp32 = sampler_weights(model, None)  # the model's own, as sample() runs it
     qweights, _ = quantize_weights(model, bits=args.bits, group_size=args.group_size)
-    quant = dense_weights(model, qweights)
+    quant = sampler_weights(model, qweights)  # packed, as the pipeline runs them
     stats = calibrate(
         model, bit_width=args.bits, group_size=args.group_size, num_samples=2, samples_per_step=4,
         qweights=qweights,
@@ -61,12 +61,15 @@ def main() -> None:
     programs = {
         "fp32 sampling": _compile(
             _sample_program, model, fp32, None, None, None, key, num_samples=n, bits=0,
+            sampler=None,
         ),
         f"calibration (W{args.bits}, stats + K=64 samples)": _compile(
             _calibration_program, model, quant, key, num_samples=n, samples_per_step=64,
+            sampler=None,
         ),
         f"quantized sampling (W{args.bits}A8, {groups} groups)": _compile(
             _sample_program, model, quant, scales, zero_points, edges, key, num_samples=n, bits=8,
+            sampler=None,
         ),
     }  # fmt: skip
     runs = _best_runs(programs, args.repeats)

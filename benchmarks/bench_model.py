@@ -21,7 +21,7 @@ from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.models import load_model
 from thermojax.pipeline.measure.calibrate import _calibration_program, calibrate
 from thermojax.pipeline.measure.sampling import _sample_program
-from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
+from thermojax.pipeline.weights.quantize import quantize_weights, sampler_weights
 
 
 def _compile(fn, *args, **static) -> tuple[float, object, tuple]:
@@ -57,9 +57,9 @@ def main() -> None:
 
     model = load_model()
     n, key = args.samples, jax.random.PRNGKey(0)
-    fp32 = dense_weights(model, None)
+    fp32 = sampler_weights(model, None)  # the model's own, as sample() runs it
     qweights, _ = quantize_weights(model, bits=args.bits)
-    quant = dense_weights(model, qweights)
+    quant = sampler_weights(model, qweights)  # packed, as the pipeline runs them
     stats = calibrate(model, bit_width=args.bits, num_samples=8, samples_per_step=4)
     edges = uniform_edges(model.num_timesteps, 10)
     scales, zero_points = group_activation_params(stats.act_min, stats.act_max, edges, bits=8)
@@ -69,17 +69,17 @@ def main() -> None:
         "fp32 sampling": _compile(
             _sample_program,
             model, fp32, None, None, None, key,
-            num_samples=n, bits=0,
+            num_samples=n, bits=0, sampler=None,
         ),
         f"calibration (W{args.bits}, stats + K=64 samples)": _compile(
             _calibration_program,
             model, quant, key,
-            num_samples=n, samples_per_step=64,
+            num_samples=n, samples_per_step=64, sampler=None,
         ),
         f"quantized sampling (W{args.bits}A8, 10 groups)": _compile(
             _sample_program,
             model, quant, scales, zero_points, edges, key,
-            num_samples=n, bits=8,
+            num_samples=n, bits=8, sampler=None,
         ),
     }  # fmt: skip
     runs = _best_runs(programs, args.repeats)

@@ -24,7 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from thermojax.models.base import ActHook, Array, QualityReference, SamplerSpec, run_sampler
+from thermojax.core.quant import QTensor
+from thermojax.models.base import (
+    ActHook,
+    Array,
+    LayerWeight,
+    QualityReference,
+    SamplerSpec,
+    dense,
+    run_sampler,
+)
 
 __all__ = [
     "Denoiser",
@@ -304,15 +313,27 @@ class DigitsDDPM:
         """Total number of denoiser parameters (kernels and biases): the model's leaf sizes."""
         return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(self.params)))
 
-    def _params_with(self, weights: Mapping[str, Array]) -> dict[str, Any]:
+    def _params_with(self, weights: Mapping[str, LayerWeight], x_t: Array) -> dict[str, Any]:
+        """The Dense layers' parameters with ``weights`` as kernels, a packed one dequantized
+        here, inside the caller's jitted step (tied to the step's input ``x_t``)."""
+
+        def kernel(name: str, layer: Mapping[str, Array]) -> Array:
+            weight = weights.get(name, layer["kernel"])
+            if not isinstance(weight, QTensor):
+                return weight
+            # A QTensor holds the kernel's transpose. The kernel is materialized [in, out], as
+            # the dequantize-first path passed it: XLA:CPU folding the transpose into the
+            # matmul reads the operand in another order and rounds differently (1e-6 after
+            # 1000 steps, measured), and the samples are equal to those bit for bit.
+            return jax.lax.optimization_barrier(dense(weight, x_t).T)
+
         return {
-            name: {**layer, "kernel": weights.get(name, layer["kernel"])}
-            for name, layer in self.params.items()
+            name: {**layer, "kernel": kernel(name, layer)} for name, layer in self.params.items()
         }
 
     def denoise(
         self,
-        weights: Mapping[str, Array],
+        weights: Mapping[str, LayerWeight],
         x_t: Array,
         t: Array,
         *,
@@ -320,7 +341,7 @@ class DigitsDDPM:
     ) -> tuple[Array, tuple[Array, ...]]:
         """Predicted noise and the quantizable layers' inputs (see the protocol)."""
         module = Denoiser(self.config)
-        return module.apply({"params": self._params_with(weights)}, x_t, t, act_hook)
+        return module.apply({"params": self._params_with(weights, x_t)}, x_t, t, act_hook)
 
     def initial_state(self, key: Array, num_samples: int) -> Array:
         """x_{T-1} ~ N(0, I)."""
@@ -328,7 +349,7 @@ class DigitsDDPM:
 
     def step(
         self,
-        weights: Mapping[str, Array],
+        weights: Mapping[str, LayerWeight],
         x_t: Array,
         t: Array,
         key: Array,
@@ -349,7 +370,7 @@ class DigitsDDPM:
 
     def step_between(
         self,
-        weights: Mapping[str, Array],
+        weights: Mapping[str, LayerWeight],
         x_t: Array,
         t: Array,
         t_prev: Array,
@@ -383,7 +404,7 @@ class DigitsDDPM:
 
     def sample(
         self,
-        weights: Mapping[str, Array] | None = None,
+        weights: Mapping[str, LayerWeight] | None = None,
         *,
         key: Array,
         num_samples: int,

@@ -27,7 +27,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 def load_dream(
     path: str | os.PathLike[str], *, dtype: str | None = "float32", check_finite: bool = True
 ) -> DreamLM:
-    """Load a Dream (or any Qwen2-layout) checkpoint folder as a :class:`DreamLM`.
+    """Load a Dream (or any Qwen2-layout) or LLaDA checkpoint folder as a :class:`DreamLM`.
 
     Args:
         path: a folder with ``config.json`` and ``model.safetensors`` (or an index and its
@@ -43,7 +43,7 @@ def load_dream(
     Raises:
         CheckpointError: (a :class:`thermojax.errors.UserInputError`) one line naming the file
             and tensor at fault: a missing or malformed folder, a ``config.json`` that is not a
-            Qwen2 / Dream architecture this model implements (naming the key and value), a
+            Qwen2 / Dream or LLaDA architecture this model implements (naming the key and value), a
             tensor missing, unexpected or of the wrong shape, NaN / Inf values.
         ValueError: an unknown ``dtype``.
 

@@ -6,10 +6,11 @@ unmasking steps, run as timesteps ``T - 1 .. 0`` like every sampler of the proto
 ``t`` is step ``k = T - 1 - t`` of :mod:`thermojax.models.masked_diffusion`: ``t = T - 1`` is the
 all-``[MASK]`` start, ``t = 0`` the step that reveals the last tokens). One step runs the network
 on ``x_t`` with the given linear weights (and the activation hook on every linear layer's input),
-takes Dream's shifted predictions and reveals ``reveal_schedule(...)[k]`` positions by the
-unmasking rule. The quantizable layers are the network's linear weights, offered ``[in, out]``
-like every model of the protocol (the network stores them ``[out, in]``); their inputs per step
-are ``[N, L, in]``.
+takes its predictions (Dream's shifted one place, LLaDA's not) and reveals
+``reveal_plan(...)[0][k]`` positions by the unmasking rule (within the current block, with
+LLaDA's ``block_length``). The quantizable
+layers are the network's linear weights, offered ``[in, out]`` like every model of the protocol
+(the network stores them ``[out, in]``); their inputs per step are ``[N, L, in]``.
 
 Example:
     >>> import tempfile, pathlib, jax
@@ -36,12 +37,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from thermojax.core.quant import QTensor
 from thermojax.errors import UserInputError
-from thermojax.models.base import ActHook, SamplerSpec, run_sampler
+from thermojax.models.base import ActHook, LayerWeight, SamplerSpec, run_sampler
 from thermojax.models.dream import corpus
 from thermojax.models.dream.checkpoint import load_dream
 from thermojax.models.dream.network import DreamLM, shift_logits
-from thermojax.models.masked_diffusion import UnmaskingOptions, reveal_schedule, unmask_step
+from thermojax.models.dream.text_data import (
+    CALIBRATION_KEY,
+    HELDOUT_KEY,
+    ByteTokenizer,
+    PromptPassages,
+    TextDataError,
+    TextTokenizer,
+    calibration_passages,
+    heldout_reference,
+)
+from thermojax.models.hf.tokenizer import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE, load_tokenizer
+from thermojax.models.masked_diffusion import UnmaskingOptions, reveal_plan, unmask_step
 
 __all__ = [
     "DEFAULT_LENGTH",
@@ -53,6 +66,7 @@ __all__ = [
     "MaskedDiffusionLM",
     "TextReference",
     "load_masked_diffusion",
+    "trained_length",
 ]
 
 TRAINING_FILE = "training.json"
@@ -99,10 +113,16 @@ class MaskedDiffusionLM:
         lm: the network.
         length: L, the generated sequence length (prompt included).
         num_timesteps: T, the unmasking steps.
-        options: the unmasking rule and temperature.
+        options: the unmasking rule, temperature and block length.
         prompt: token ids kept at the start of every sample (never masked).
         reference: held-out text and a decoder, or ``None``.
         label: the model's name in reports.
+        calibration_prompts: passages that start the calibration samples instead of
+            ``prompt`` (``data.calibration``; :meth:`calibration_model`), or ``None``.
+        sample_prompts: passages that start the samples instead of ``prompt``, each sample
+            its own (:meth:`PromptPassages.rows
+            <thermojax.models.dream.text_data.PromptPassages.rows>`): set on the model
+            :meth:`calibration_model` gives; ``None``.
     """
 
     lm: DreamLM
@@ -112,6 +132,8 @@ class MaskedDiffusionLM:
     prompt: tuple[int, ...] = struct.field(pytree_node=False, default=())
     reference: Any = struct.field(pytree_node=False, default=None)
     label: str = struct.field(pytree_node=False, default="dream")
+    calibration_prompts: PromptPassages | None = struct.field(pytree_node=False, default=None)
+    sample_prompts: PromptPassages | None = struct.field(pytree_node=False, default=None)
 
     family: ClassVar[str] = "masked-diffusion-lm"
 
@@ -125,16 +147,19 @@ class MaskedDiffusionLM:
         unmasking: str = "confidence",
         temperature: float = 0.0,
         top_p: float | None = None,
+        block_length: int | None = None,
         prompt: tuple[int, ...] | list[int] = (),
         reference: TextReference | None = None,
         name: str = "dream",
+        calibration_prompts: PromptPassages | None = None,
     ) -> MaskedDiffusionLM:
         """The model with its sampler settings, checked.
 
         Raises:
-            ValueError: no mask token, a length or step count below 1, a prompt that leaves
-                no position to generate or holds ids outside the vocabulary or the mask id, a
-                bad rule or temperature (each naming the value).
+            ValueError: no mask token, a length or step count below 1, a prompt (or
+                calibration passages) that leaves no position to generate or holds ids outside
+                the vocabulary or the mask id, a bad rule or temperature, blocks that do not
+                divide the generated positions or the steps (each naming the value).
         """
         mask = lm.config.checked_mask_token_id()
         options = UnmaskingOptions(
@@ -143,6 +168,7 @@ class MaskedDiffusionLM:
             unmasking=unmasking,
             temperature=temperature,
             top_p=None if top_p is None or top_p >= 1 else top_p,
+            block_length=block_length,
         )
         for key, value in (("length", length), ("steps", steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -157,6 +183,26 @@ class MaskedDiffusionLM:
             raise ValueError(
                 f"prompt ids {bad[:5]} are outside [0, {lm.vocab_size}) or the mask id {mask}"
             )
+        if calibration_prompts is not None:
+            passages = np.asarray(calibration_prompts.tokens)
+            if not 1 <= calibration_prompts.length < length:
+                raise ValueError(
+                    f"calibration passages of {calibration_prompts.length} tokens leave nothing "
+                    f"to generate in length {length}"
+                )
+            if np.any((passages < 0) | (passages >= lm.vocab_size) | (passages == mask)):
+                raise ValueError(
+                    f"calibration passage ids are outside [0, {lm.vocab_size}) or the mask id "
+                    f"{mask}"
+                )
+        reveal_plan(length - len(prompt), steps, block_length=block_length)
+        if calibration_prompts is not None and block_length is not None:
+            try:
+                reveal_plan(length - calibration_prompts.length, steps, block_length=block_length)
+            except ValueError as err:
+                raise ValueError(
+                    f"calibration passages of {calibration_prompts.length} tokens: {err}"
+                ) from None
         return cls(
             lm=lm,
             length=int(length),
@@ -165,6 +211,7 @@ class MaskedDiffusionLM:
             prompt=prompt,
             reference=reference,
             label=name,
+            calibration_prompts=calibration_prompts,
         )
 
     # ---------------------------------------------------------------- the protocol
@@ -203,12 +250,45 @@ class MaskedDiffusionLM:
             "steps": self.num_timesteps,
             "options": self.options,
             "prompt": self.prompt,
+            # only when set (the options' repr leaves it out): one-block keys stay as they were
+            **({} if self.options.block_length is None else {"blocks": self.options.block_length}),
+            **{  # only when set: the keys of an unprompted calibration stay as they were
+                name: {"text": passages.text, "sha256": passages.sha256}
+                for name, passages in (
+                    ("calibration_prompts", self.calibration_prompts),
+                    ("sample_prompts", self.sample_prompts),
+                )
+                if passages is not None
+            },
         }
+
+    @property
+    def prompt_length(self) -> int:
+        """Positions every sample starts with (never masked): the prompt's or the passages'."""
+        return len(self.prompt) if self.sample_prompts is None else self.sample_prompts.length
+
+    def calibration_model(self) -> MaskedDiffusionLM:
+        """The model calibration runs: with ``calibration_prompts``, each sample starts with its
+        own passage (then ``[MASK]``), the prompt left out; without, the model itself."""
+        if self.calibration_prompts is None:
+            return self
+        return self.replace(
+            prompt=(), calibration_prompts=None, sample_prompts=self.calibration_prompts
+        )
 
     @property
     def schedule(self) -> np.ndarray:
         """int32 ``[T]``: the positions revealed at each step ``k`` (step order)."""
-        return reveal_schedule(self.length - len(self.prompt), self.num_timesteps)
+        return self._plan()[0]
+
+    def _plan(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The schedule, and each step's block end (prompt included) or ``None``."""
+        counts, block_end = reveal_plan(
+            self.length - self.prompt_length,
+            self.num_timesteps,
+            block_length=self.options.block_length,
+        )
+        return counts, None if block_end is None else block_end + self.prompt_length
 
     def quantizable_weights(self) -> dict[str, Array]:
         """Each linear layer's weight ``[in, out]`` (the transposed ``[out, in]`` tensor)."""
@@ -217,16 +297,30 @@ class MaskedDiffusionLM:
     def num_parameters(self) -> int:
         return self.lm.num_parameters()
 
+    @staticmethod
+    def network_weights(weights: Mapping[str, LayerWeight]) -> dict[str, LayerWeight]:
+        """The protocol's weights in the network's layout (:meth:`DreamLM.forward`): each
+        ``[in, out]`` array transposed to ``[out, in]``; a QTensor, which holds ``[out, in]``
+        already, kept packed (the network dequantizes it where the layer uses it)."""
+        return {
+            name: w if isinstance(w, QTensor) else jnp.asarray(w).T for name, w in weights.items()
+        }
+
     def initial_state(self, key: Array, num_samples: int) -> Array:
-        """The prompt, then ``[MASK]`` everywhere: int32 ``[num_samples, L]`` (``key`` unused)."""
+        """The prompt (each sample's passage, with ``sample_prompts``), then ``[MASK]``
+        everywhere: int32 ``[num_samples, L]`` (``key`` unused)."""
         del key
+        if self.sample_prompts is not None:
+            rows = np.full((num_samples, self.length), self.options.mask_token_id, np.int32)
+            rows[:, : self.prompt_length] = self.sample_prompts.rows(num_samples)
+            return jnp.asarray(rows)
         row = np.full(self.length, self.options.mask_token_id, np.int32)
         row[: len(self.prompt)] = self.prompt
         return jnp.broadcast_to(jnp.asarray(row), (num_samples, self.length))
 
     def step(
         self,
-        weights: Mapping[str, Array],
+        weights: Mapping[str, LayerWeight],
         x_t: Array,
         t: Array,
         key: Array,
@@ -235,27 +329,31 @@ class MaskedDiffusionLM:
     ) -> tuple[Array, tuple[Array, ...]]:
         """One unmasking step from timestep ``t``: ``(x_prev, layer_inputs)`` (jit-safe)."""
         logits, layer_inputs = self.denoise(weights, x_t, t, act_hook=act_hook)
-        count = jnp.asarray(self.schedule)[self.num_timesteps - 1 - t]
-        x_prev, _ = unmask_step(x_t, logits, count, key, self.options)
+        counts, block_end = self._plan()
+        k = self.num_timesteps - 1 - t
+        end = None if block_end is None else jnp.asarray(block_end)[k]
+        x_prev, _ = unmask_step(
+            x_t, logits, jnp.asarray(counts)[k], key, self.options, block_end=end
+        )
         return x_prev, layer_inputs
 
     def denoise(
         self,
-        weights: Mapping[str, Array],
+        weights: Mapping[str, LayerWeight],
         x_t: Array,
         t: Array,
         *,
         act_hook: ActHook | None = None,
     ) -> tuple[Array, tuple[Array, ...]]:
-        """The network's predictions for ``x_t`` (Dream's shifted logits ``[N, L, V]``)."""
+        """The network's predictions for ``x_t``, ``[N, L, V]`` (shifted by the checkpoint's
+        ``logit_shift``: Dream's one place, LLaDA's none)."""
         hook = None if act_hook is None else (lambda index, x: act_hook(index, x, t))
-        stored = {name: jnp.asarray(w).T for name, w in weights.items()}
-        logits, layer_inputs = self.lm.forward(stored, x_t, act_hook=hook)
-        return shift_logits(logits), layer_inputs
+        logits, layer_inputs = self.lm.forward(self.network_weights(weights), x_t, act_hook=hook)
+        return shift_logits(logits, self.lm.logit_shift), layer_inputs
 
     def sample(
         self,
-        weights: Mapping[str, Array] | None = None,
+        weights: Mapping[str, LayerWeight] | None = None,
         *,
         key: Array,
         num_samples: int,
@@ -266,7 +364,9 @@ class MaskedDiffusionLM:
 
         The unmasking sampler runs its own T steps (``sampling.steps`` sets T when the model is
         loaded); ``sampler`` may only be ``None`` or DDPM-like (every step)."""
-        weights = self.quantizable_weights() if weights is None else weights
+        # None: no layer replaced, so the network reads its own tensors where it uses them
+        # (quantizable_weights() would put a transposed copy of every layer beside the scan).
+        weights = {} if weights is None else weights
         x0, trajectory, _ = run_sampler(
             self, weights, key=key, num_samples=num_samples, act_hook=act_hook, sampler=sampler
         )
@@ -311,6 +411,44 @@ def _training_metadata(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def trained_length(path: str | os.PathLike[str]) -> int:
+    """The sequence length L a folder samples by default: its ``training.json``'s, else
+    :data:`DEFAULT_LENGTH`."""
+    sampling = _training_metadata(Path(path).expanduser()).get("sampling")
+    return (
+        int(sampling.get("length", DEFAULT_LENGTH))
+        if isinstance(sampling, dict)
+        else (DEFAULT_LENGTH)
+    )
+
+
+def _text_data(
+    lm: DreamLM,
+    tokenizer: TextTokenizer | None,
+    *,
+    length: int,
+    heldout_length: int,
+    heldout: str | os.PathLike[str] | None,
+    calibration: str | os.PathLike[str] | None,
+) -> tuple[TextReference | None, PromptPassages | None]:
+    """The reference and the calibration passages of :func:`load_masked_diffusion`: the byte
+    model's own reference unless ``heldout`` is given (its numbers as they always were)."""
+    if tokenizer is None:
+        return None, None
+    mask = lm.config.mask_token_id
+    fits = {"mask_token_id": -1 if mask is None else int(mask), "vocab_size": lm.vocab_size}
+    if isinstance(tokenizer, ByteTokenizer) and heldout is None:
+        reference: TextReference = ByteTextReference(heldout_length)
+    else:
+        reference = heldout_reference(
+            tokenizer, length=heldout_length, count=HELDOUT_WINDOWS, path=heldout, **fits
+        )
+    passages = None
+    if calibration is not None:
+        passages = calibration_passages(tokenizer, calibration, length=max(1, length // 4), **fits)
+    return reference, passages
+
+
 def load_masked_diffusion(
     path: str | os.PathLike[str],
     *,
@@ -321,24 +459,44 @@ def load_masked_diffusion(
     top_p: float | None = None,
     prompt: str = "",
     name: str | None = None,
+    heldout: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    block_length: int | None = None,
+    dtype: str | None = "float32",
 ) -> MaskedDiffusionLM:
-    """A Dream-format folder as a :class:`MaskedDiffusionLM` with its sampler settings.
+    """A Dream- or LLaDA-format folder as a :class:`MaskedDiffusionLM` with its sampler settings.
 
     ``steps`` and ``length`` default to the ``training.json`` thermojax writes beside a model
     it trained (else :data:`DEFAULT_STEPS`, :data:`DEFAULT_LENGTH`); ``unmasking``,
     ``temperature`` and ``top_p`` to :data:`DEFAULT_SAMPLER` (random order, temperature 0.8,
     nucleus 0.95: greedy most-confident-first decoding of the shipped 0.8M-parameter model
-    degenerates into runs of spaces, measured); a byte-level model (its
-    ``tokenizer`` ``bytes``) gets the corpus's held-out text as its reference and a ``prompt``
-    encoded as UTF-8 bytes; another tokenizer is not available here, so ``prompt`` is refused
-    and the held-out figures are absent.
+    degenerates into runs of spaces, measured). ``block_length`` (``None``: one block) must
+    cut the positions to generate into blocks that divide ``steps`` (LLaDA's sampler).
+
+    The text: a byte-level model (its ``training.json``'s ``tokenizer`` ``bytes``) encodes
+    ``prompt`` as UTF-8 bytes and gets the corpus's held-out windows as its reference
+    (:class:`ByteTextReference`); any other folder its own tokenizer
+    (:func:`~thermojax.models.hf.tokenizer.load_tokenizer`: ``tokenizer.json``, or ``vocab.json``
+    + ``merges.txt``) and :data:`HELDOUT_WINDOWS` windows of the corpus's held-out text in its
+    tokens (:func:`~thermojax.models.dream.text_data.heldout_reference`). ``heldout``
+    (``data.heldout``) replaces the held-out text by a UTF-8 text file's, in either case;
+    ``calibration`` (``data.calibration``) gives passages of a quarter of the sequence length
+    that prompt the calibration samples (:meth:`MaskedDiffusionLM.calibration_model`). A folder
+    without a tokenizer takes no ``prompt``, ``heldout`` or ``calibration``, and has no held-out
+    figures.
+
+    ``dtype`` (``model.dtype``) is the parameters' dtype: ``"float32"`` (the default) upcasts
+    on load, ``"bfloat16"`` halves the memory, ``None`` keeps the stored dtype
+    (:func:`~thermojax.models.dream.checkpoint.load_dream`); matmuls are float32 either way.
 
     Raises:
-        UserInputError: a bad checkpoint (one line naming the file and tensor), or sampler
-            settings that do not fit it (naming the ``sampling.*`` key).
+        UserInputError: a bad checkpoint or tokenizer (one line naming the file and tensor),
+            sampler settings that do not fit it (naming the ``sampling.*`` key), a text file
+            that cannot be used (:class:`~thermojax.models.dream.text_data.TextDataError`,
+            naming the ``data.*`` key).
     """
     folder = Path(path).expanduser()
-    lm = load_dream(folder)
+    lm = load_dream(folder, dtype=dtype)
     meta = _training_metadata(folder)
     tokenizer = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
     byte_level = tokenizer.get("type") == "bytes"
@@ -350,17 +508,38 @@ def load_masked_diffusion(
             f"sampling.length={length}: exceeds the model's max_position_embeddings="
             f"{lm.config.max_position_embeddings}"
         )
+    text_tokenizer = ByteTokenizer() if byte_level else load_tokenizer(folder)
+    for key, given in (
+        ("sampling.prompt", prompt),
+        (HELDOUT_KEY, heldout),
+        (CALIBRATION_KEY, calibration),
+    ):
+        if given and text_tokenizer is None:
+            error = UserInputError if key == "sampling.prompt" else TextDataError
+            raise error(
+                f"{key}={str(given)!r}: {folder} has no tokenizer thermojax can run "
+                f"({TOKENIZER_FILE}, or {VOCAB_FILE} + {MERGES_FILE})"
+            )
     prompt_ids: tuple[int, ...] = ()
     if prompt:
-        if not byte_level:
+        prompt_ids = tuple(int(i) for i in text_tokenizer.encode(prompt))
+    reference, passages = _text_data(
+        lm,
+        text_tokenizer,
+        length=length,
+        heldout_length=int(meta.get("heldout", {}).get("length", length)) if byte_level else length,
+        heldout=heldout,
+        calibration=calibration,
+    )
+    if block_length is not None:
+        try:
+            reveal_plan(length - len(prompt_ids), steps, block_length=block_length)
+        except ValueError as err:
+            shown = f" less a prompt of {len(prompt_ids)} tokens" if prompt_ids else ""
             raise UserInputError(
-                f"sampling.prompt={prompt!r}: {folder} has no tokenizer thermojax can run "
-                "(only byte-level models take a text prompt)"
-            )
-        prompt_ids = tuple(int(i) for i in corpus.encode(prompt))
-    reference = None
-    if byte_level:
-        reference = ByteTextReference(int(meta.get("heldout", {}).get("length", length)))
+                f"sampling.block_length={block_length}, sampling.steps={steps}, "
+                f"sampling.length={length}{shown}: {err}"
+            ) from None
     defaults = DEFAULT_SAMPLER
     try:
         return MaskedDiffusionLM.create(
@@ -370,9 +549,11 @@ def load_masked_diffusion(
             unmasking=defaults["unmasking"] if unmasking is None else unmasking,
             temperature=defaults["temperature"] if temperature is None else temperature,
             top_p=defaults["top_p"] if top_p is None else top_p,
+            block_length=block_length,
             prompt=prompt_ids,
             reference=reference,
             name=name or folder.resolve().name,
+            calibration_prompts=passages,
         )
     except ValueError as err:
         raise UserInputError(f"sampling: {err}") from None

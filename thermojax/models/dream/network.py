@@ -1,4 +1,5 @@
-"""Dream's network in JAX: a Qwen2 decoder stack with bidirectional attention, and its model pytree.
+"""Dream's and LLaDA's network in JAX: a Qwen2 / Llama decoder stack with bidirectional
+attention, and its model pytree.
 
 Per block (``x`` the residual stream, ``[B, L, H]``)::
 
@@ -10,7 +11,11 @@ Per block (``x`` the residual stream, ``[B, L, H]``)::
     h = rms_norm(x) * post_attention_layernorm
     x = x + (silu(h @ gate_proj.T) * (h @ up_proj.T)) @ down_proj.T
 
-then ``logits = (rms_norm(x) * norm) @ lm_head.T``. Weights stay in the checkpoint's layout
+then ``logits = (rms_norm(x) * norm) @ lm_head.T``. These are Qwen2's (Dream's) tensor names;
+a LLaDA checkpoint has the same network without q/k/v biases under other names (``attn_norm``,
+``q_proj`` ... ``attn_out``, ``ff_norm``, ``ff_proj`` (the gate), ``up_proj``, ``ff_out`` (down),
+``ln_f``, ``ff_out``), which the config's :class:`~thermojax.models.hf.layouts.TensorLayout`
+gives, so one implementation runs both. Weights stay in the checkpoint's layout
 (torch ``Linear``: ``[out, in]``) and dtype; every weight is upcast to float32 where it is used,
 so the whole computation is float32 whatever the storage (:func:`load_dream
 <thermojax.models.dream.checkpoint.load_dream>` upcasts on load by default, or keeps bf16 to
@@ -22,9 +27,9 @@ parameters stay one array per checkpoint tensor, never copied into stacked ``[la
 arrays (15 GB more for Dream 7B). The price, compile time growing with depth, is small: about a second
 for 28 layers on a CPU.
 
-The 2-D weights of the linear layers are the quantizable layers (:attr:`DreamLM.layer_names`:
-per block q, k, v, o, gate, up, down, then ``lm_head``); :meth:`DreamLM.forward` runs with any
-of them replaced and returns each one's input.
+The 2-D weights of the linear layers are the quantizable layers (:attr:`DreamLM.layer_names`,
+by their checkpoint names: per block q, k, v, o, gate, up, down, then the head);
+:meth:`DreamLM.forward` runs with any of them replaced and returns each one's input.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from thermojax.models.base import LayerWeight, dense
 from thermojax.models.dream.config import LOGIT_SHIFT, DreamConfig
+from thermojax.models.hf.layouts import QWEN2_LAYOUT, TensorLayout
 
 __all__ = [
     "LINEAR_SUFFIXES",
@@ -54,45 +61,37 @@ LayerInputHook = Callable[[int, Array], Array]
 (``layer_index`` a static Python int in :attr:`DreamLM.layer_names` order; q, k and v each get
 their own call on the same input). ``None`` means full precision."""
 
-LINEAR_SUFFIXES = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
-"""The linear layers of one block, in forward order."""
-LM_HEAD = "lm_head.weight"
-EMBED = "model.embed_tokens.weight"
+LINEAR_SUFFIXES = QWEN2_LAYOUT.linears
+"""The linear layers of one Qwen2 block, in forward order (a LLaDA block's are
+``LLADA_LAYOUT.linears``)."""
 
 
-def linear_layer_names(num_layers: int) -> tuple[str, ...]:
-    """The weight name of every linear layer: per block :data:`LINEAR_SUFFIXES`, then lm_head.
+def linear_layer_names(num_layers: int, layout: TensorLayout = QWEN2_LAYOUT) -> tuple[str, ...]:
+    """The weight name of every linear layer: per block ``layout.linears``, then the head.
 
     Example:
         >>> names = linear_layer_names(2)
         >>> len(names), names[0], names[-1]
         (15, 'model.layers.0.self_attn.q_proj.weight', 'lm_head.weight')
+        >>> from thermojax.models.hf.layouts import LLADA_LAYOUT
+        >>> linear_layer_names(1, LLADA_LAYOUT)[-2:]
+        ('model.transformer.blocks.0.ff_out.weight', 'model.transformer.ff_out.weight')
     """
-    blocks = tuple(
-        f"model.layers.{i}.{suffix}.weight" for i in range(num_layers) for suffix in LINEAR_SUFFIXES
-    )
-    return (*blocks, LM_HEAD)
+    return layout.linear_names(num_layers)
 
 
-def shift_logits(logits: Array) -> Array:
-    """Dream's logit convention: ``out[:, i] = logits[:, i - 1]`` for ``i >= 1``, ``out[:, 0] =
-    logits[:, 0]``.
+def shift_logits(logits: Array, shift: int = LOGIT_SHIFT) -> Array:
+    """A logit convention: ``out[:, i] = logits[:, i - shift]`` for ``i >= shift``, ``out[:, i]
+    = logits[:, i]`` before; Dream's ``shift`` is 1, LLaDA's 0 (the logits as they are).
 
     Dream was trained, like the autoregressive Qwen2.5 it started from, to predict token ``i``
     at position ``i - 1``; its sampler reads the distribution of a masked token at position
     ``i`` from ``shift_logits(logits)[:, i]``. Position 0 is never masked (a prompt starts the
-    sequence) and keeps its own logits.
+    sequence) and keeps its own logits. LLaDA predicts token ``i`` at position ``i``.
 
     Args:
         logits: raw network output ``[B, L, V]``.
+        shift: 1 (Dream's) or 0.
 
     Returns:
         The shifted logits, same shape and dtype.
@@ -100,10 +99,16 @@ def shift_logits(logits: Array) -> Array:
     Example:
         >>> shift_logits(jnp.arange(4.0).reshape(1, 4, 1))[0, :, 0]
         Array([0., 0., 1., 2.], dtype=float32)
+        >>> shift_logits(jnp.arange(4.0).reshape(1, 4, 1), shift=0)[0, :, 0]
+        Array([0., 1., 2., 3.], dtype=float32)
     """
     if logits.ndim != 3:
         raise ValueError(f"logits must be [B, L, V], got shape {logits.shape}")
-    return jnp.concatenate([logits[:, :LOGIT_SHIFT], logits[:, :-LOGIT_SHIFT]], axis=1)
+    if shift not in (0, 1) or type(shift) is not int:
+        raise ValueError(f"shift must be 0 or 1, got {shift!r}")
+    if shift == 0:
+        return logits
+    return jnp.concatenate([logits[:, :shift], logits[:, :-shift]], axis=1)
 
 
 def _f32(a: Array) -> Array:
@@ -163,14 +168,16 @@ def _precision(name: str) -> jax.lax.Precision:
 
 @struct.dataclass(eq=False)
 class DreamLM:
-    """A Dream / Qwen2 masked-diffusion language model: parameters plus static architecture.
+    """A Dream / Qwen2 or LLaDA masked-diffusion language model: parameters plus static
+    architecture.
 
     A pytree whose leaves are exactly the checkpoint's tensors, ``params``, keyed by their
-    Hugging Face names (``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.
-    weight`` / ``.bias``, ..., ``model.norm.weight``, ``lm_head.weight``), in torch's ``[out,
-    in]`` layout, float32 or the stored bf16/f16 (upcast to float32 where used). The
-    :class:`DreamConfig` and the matmul precision are static fields, so jitted programs take the
-    model as an argument and no parameter is baked into a program as a constant.
+    Hugging Face names (Qwen2's ``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.
+    q_proj.weight`` / ``.bias``, ..., ``model.norm.weight``, ``lm_head.weight``; LLaDA's
+    ``model.transformer.wte.weight``, ...: ``config.layout``), in torch's ``[out, in]`` layout,
+    float32 or the stored bf16/f16 (upcast to float32 where used). The :class:`DreamConfig` and
+    the matmul precision are static fields, so jitted programs take the model as an argument and
+    no parameter is baked into a program as a constant.
 
     Invariant: ``params`` holds exactly ``config.tensor_shapes()``, with those shapes, so
     ``sum(leaf.size for leaf in jax.tree.leaves(model)) == model.num_parameters()``.
@@ -188,8 +195,6 @@ class DreamLM:
     matmul_precision: str = struct.field(pytree_node=False, default="highest")
 
     name: ClassVar[str] = "dream"
-    logit_shift: ClassVar[int] = LOGIT_SHIFT
-    """See :func:`shift_logits`: the prediction for position ``i`` is output ``i - 1``."""
 
     @classmethod
     def create(
@@ -237,6 +242,12 @@ class DreamLM:
     # ---------------------------------------------------------------- conventions
 
     @property
+    def logit_shift(self) -> int:
+        """See :func:`shift_logits`: the prediction for position ``i`` is output ``i -
+        logit_shift`` (Dream 1, LLaDA 0)."""
+        return self.config.logit_shift
+
+    @property
     def mask_token_id(self) -> int | None:
         """Dream's ``[MASK]`` token id (``config.json``'s ``mask_token_id``), or ``None``."""
         return self.config.mask_token_id
@@ -252,10 +263,11 @@ class DreamLM:
     def layer_names(self) -> tuple[str, ...]:
         """The linear layers' weight names in forward order (the hook's ``layer_index`` order).
 
-        The last is ``"lm_head.weight"``, the output projection, also for a checkpoint with
-        tied embeddings (where its weight is ``model.embed_tokens.weight``).
+        The last is the output projection (``"lm_head.weight"``; LLaDA's
+        ``"model.transformer.ff_out.weight"``), also for a checkpoint with tied embeddings
+        (where its weight is the embedding's).
         """
-        return linear_layer_names(self.config.num_hidden_layers)
+        return linear_layer_names(self.config.num_hidden_layers, self.config.layout)
 
     @property
     def layer_input_widths(self) -> tuple[int, ...]:
@@ -267,8 +279,10 @@ class DreamLM:
 
     def quantizable_weights(self) -> dict[str, Array]:
         """Each linear layer's weight ``[out, in]`` as stored, keyed by :attr:`layer_names`."""
+        names = self.config.layout
         weights = {name: self.params[name] for name in self.layer_names[:-1]}
-        weights[LM_HEAD] = self.params[EMBED if self.config.tie_word_embeddings else LM_HEAD]
+        tied = self.config.tie_word_embeddings
+        weights[names.head] = self.params[names.embed if tied else names.head]
         return weights
 
     def num_parameters(self) -> int:
@@ -279,7 +293,7 @@ class DreamLM:
 
     def forward(
         self,
-        weights: Mapping[str, Array] | None,
+        weights: Mapping[str, LayerWeight] | None,
         tokens: Array,
         *,
         attention_mask: Array | None = None,
@@ -289,8 +303,9 @@ class DreamLM:
         """The raw logits with some linear weights replaced, and every linear layer's input.
 
         Args:
-            weights: layer name -> ``[out, in]`` weight to use instead of the model's (e.g.
-                dequantized), for any subset of :attr:`layer_names`; ``None`` for none.
+            weights: layer name -> ``[out, in]`` weight to use instead of the model's, or a
+                packed QTensor of one (dequantized where the layer uses it), for any subset of
+                :attr:`layer_names`; ``None`` for none.
             tokens: int ``[B, L]`` token ids in ``[0, V)`` (an id outside gives NaN logits).
             attention_mask: optional; ``[B, L]`` (False/0 at padding keys, which no query then
                 sees) or ``[B, L, L]`` (query x key). Without it every position sees every
@@ -331,6 +346,7 @@ class DreamLM:
         mask = _key_mask(attention_mask, batch, length)
 
         c, p = self.config, self.params
+        layout = c.layout  # the tensors' names
         precision = _precision(self.matmul_precision)
         layer_inputs: list[Array] = []
 
@@ -341,20 +357,30 @@ class DreamLM:
                 x = act_hook(index, x)
             weight = weights.get(name)
             if weight is None:
-                weight = p[EMBED if name == LM_HEAD and c.tie_word_embeddings else name]
-            y = jnp.einsum("bli,oi->blo", x, _f32(weight), precision=precision)
+                weight = p[layout.embed if name == layout.head and c.tie_word_embeddings else name]
+            # Packed or bf16 weights become float32 here, one layer at a time inside the
+            # caller's jit (base.dense), so every matmul is float32 whatever the storage: a
+            # bf16 checkpoint gives the numbers of its float32 upcast bit for bit, and the
+            # dequantized (float32) weights are measured against a reference computed alike.
+            # bf16 operands accumulating in float32 (preferred_element_type) are faster where
+            # there are bf16 matmul units (4.7x on an AMX CPU, measured; tensor cores) but
+            # round every activation to bf16 too: an error beside the quantization measured.
+            # On accelerators matmul_precision="default" is the speed knob instead.
+            y = jnp.einsum("bli,oi->blo", x, dense(weight, x), precision=precision)
             return y if bias is None else y + _trailing(_f32(p[bias]), 3)
 
-        embed = jnp.take(p[EMBED], tokens, axis=0, mode="fill", fill_value=jnp.nan)
+        embed = jnp.take(p[layout.embed], tokens, axis=0, mode="fill", fill_value=jnp.nan)
         x = _f32(embed)
         cos, sin = _rotary(positions, c)
         heads, kv_heads, head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         for i in range(c.num_hidden_layers):
-            prefix, first = f"model.layers.{i}", len(LINEAR_SUFFIXES) * i
-            h = _rms_norm(x, p[f"{prefix}.input_layernorm.weight"], c.rms_norm_eps)
-            q, k, v = (
-                linear(first + j, h, f"{prefix}.{LINEAR_SUFFIXES[j]}.bias") for j in range(3)
-            )
+            first = len(layout.linears) * i
+            h = _rms_norm(x, p[layout.block_tensor(i, layout.attention_norm)], c.rms_norm_eps)
+            biases = [
+                layout.block_tensor(i, suffix, "bias") if c.attention_bias else None
+                for suffix in layout.linears[:3]
+            ]
+            q, k, v = (linear(first + j, h, biases[j]) for j in range(3))
             q = _rotate(q.reshape(batch, length, heads, head_dim), cos, sin)
             k = _rotate(k.reshape(batch, length, kv_heads, head_dim), cos, sin)
             v = v.reshape(batch, length, kv_heads, head_dim)
@@ -367,10 +393,10 @@ class DreamLM:
             probs = jax.nn.softmax(scores, axis=-1)
             attended = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, precision=precision)
             x = x + linear(first + 3, attended.reshape(batch, length, heads * head_dim))
-            h = _rms_norm(x, p[f"{prefix}.post_attention_layernorm.weight"], c.rms_norm_eps)
+            h = _rms_norm(x, p[layout.block_tensor(i, layout.mlp_norm)], c.rms_norm_eps)
             gated = jax.nn.silu(linear(first + 4, h)) * linear(first + 5, h)
             x = x + linear(first + 6, gated)
-        h = _rms_norm(x, p["model.norm.weight"], c.rms_norm_eps)
+        h = _rms_norm(x, p[layout.final_norm], c.rms_norm_eps)
         logits = linear(len(names) - 1, h)
         return logits, tuple(layer_inputs)
 
@@ -397,7 +423,8 @@ class DreamLM:
         attention_mask: Array | None = None,
         positions: Array | None = None,
     ) -> Array:
-        """The predicted distribution of each position's token, Dream's way:
-        ``shift_logits(self.logits(tokens))``, so ``[:, i]`` is the network's output at
-        ``i - 1`` (``[:, 0]`` its own)."""
-        return shift_logits(self.logits(tokens, attention_mask=attention_mask, positions=positions))
+        """The predicted distribution of each position's token, the checkpoint's way:
+        ``shift_logits(self.logits(tokens), self.logit_shift)``, so for Dream ``[:, i]`` is
+        the network's output at ``i - 1`` (``[:, 0]`` its own), for LLaDA at ``i``."""
+        logits = self.logits(tokens, attention_mask=attention_mask, positions=positions)
+        return shift_logits(logits, self.logit_shift)

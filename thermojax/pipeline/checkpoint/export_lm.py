@@ -1,5 +1,5 @@
-"""The export of a masked-diffusion LM's quantized weights (a Qwen2 / Dream folder thermojax
-runs) as a quantized checkpoint in its source's Hugging Face layout
+"""The export of a masked-diffusion LM's quantized weights (a Qwen2 / Dream or LLaDA folder
+thermojax runs) as a quantized checkpoint in its source's Hugging Face layout
 (:mod:`~thermojax.pipeline.checkpoint.layout`).
 
 What is written is what the run sampled: its own codes for every linear layer (whichever

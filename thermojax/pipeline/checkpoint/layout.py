@@ -39,8 +39,9 @@ For a masked-diffusion LM that thermojax ran
 one above, holding the codes the run sampled for every linear layer (``lm_head`` included;
 its bits may differ per layer with ``quant.keep_bits``) instead of the rules' choice, and its
 ``source`` adds ``"family": "masked-diffusion-lm"``, ``"network_fingerprint"``, ``"shipped"``
-(the shipped LM's name, or null) and ``"quant"`` (the settings that made the codes; the digits
-export records them too).
+(the shipped LM's name, or null), ``"quant"`` (the settings that made the codes; the digits
+export records them too) and ``"dtype"`` (the run's ``model.dtype``, or null: a run of the
+export loads its source at it, the dtype its ``network_fingerprint`` was taken at).
 
 A quantized tensor ``NAME`` of shape ``[..., n]`` with ``bits`` and ``group_size`` is
 :class:`~thermojax.core.quant.QTensor`'s own storage: ``NAME.qcodes`` is ``[..., n * bits / 8]``,

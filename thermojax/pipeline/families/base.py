@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from thermojax.pipeline.results.schema import Result
 
 __all__ = [
+    "MODEL_OPTIONS",
     "DiffusionFamily",
     "LoadedModel",
     "ModelFamily",
@@ -57,15 +58,26 @@ __all__ = [
     "family_of",
     "load_export",
     "recognise",
+    "refuse_model_settings",
     "refuse_quant_settings",
     "refuse_sampling_settings",
+    "refuse_text_data",
     "register_family",
     "with_export_settings",
 ]
 
 log = logging.getLogger(__name__)
 
-SAMPLING_OPTIONS = ("sampler", "steps", "eta", "length", "unmasking", "temperature", "top_p")
+SAMPLING_OPTIONS = (
+    "sampler",
+    "steps",
+    "eta",
+    "length",
+    "unmasking",
+    "temperature",
+    "top_p",
+    "block_length",
+)
 """``sampling.*`` keys that belong to a model's sampler (``num_samples`` belongs to every run);
 ``prompt`` too, when not empty. A family takes some of them (:attr:`DiffusionFamily.sampling_options`)."""
 
@@ -96,6 +108,10 @@ class DiffusionFamily:
     description: str = ""
     quality: QualityKind
     sampling_options: tuple[str, ...] = ()
+    model_options: tuple[str, ...] = ()
+    """Which of ``model.dtype`` and ``model.devices`` (:data:`MODEL_OPTIONS`) it takes."""
+    takes_text_data: bool = False
+    """Whether it takes ``data.heldout`` and ``data.calibration`` (a language model's text)."""
     default_sampler: str | None = None
     weights_format: str = ""
     exports: bool = False
@@ -116,6 +132,9 @@ class DiffusionFamily:
         """Refuse sampler settings of other families, ``calibration.stats``, and
         ``export.path`` without a format to write; fill in the default sampler."""
         refuse_sampling_settings(config, self)
+        refuse_model_settings(config, self.description, self.model_options)
+        if not self.takes_text_data:
+            refuse_text_data(config, self.description)
         if config.export.path is not None and not self.exports:
             raise UserInputError(
                 f"export.path={config.export.path!r}: {self.description} has no quantized "
@@ -242,6 +261,33 @@ def refuse_sampling_settings(config: BaselineConfig, family: DiffusionFamily) ->
             f"{' or '.join(takers) or 'other models'}; {family.description} runs its own sampler "
             f"({own})"
         )
+
+
+MODEL_OPTIONS = ("dtype", "devices")
+"""``model.*`` keys of how a model's parameters are held, which only some families take."""
+
+
+def refuse_model_settings(config: BaselineConfig, what: str, takes: tuple[str, ...]) -> None:
+    """``model.dtype`` or ``model.devices`` given to a family that does not take it (``takes``):
+    one line naming it and ``what`` the model is."""
+    defaults = type(config.model)()
+    for key in MODEL_OPTIONS:
+        value = getattr(config.model, key)
+        if key not in takes and value != getattr(defaults, key):
+            raise UserInputError(
+                f"model.{key}={value!r}: only for a masked-diffusion LM run, not {what}"
+            )
+
+
+def refuse_text_data(config: BaselineConfig, what: str) -> None:
+    """``data.heldout`` or ``data.calibration`` (a language model's text) given to ``what``,
+    which takes no text: one line naming it."""
+    for key in ("heldout", "calibration"):
+        value = getattr(config.data, key)
+        if value is not None:
+            raise UserInputError(
+                f"data.{key}={value!r}: only for a masked-diffusion LM run, not {what}"
+            )
 
 
 def refuse_quant_settings(config: BaselineConfig, what: str) -> None:

@@ -1,9 +1,10 @@
-"""The masked-diffusion LM family: a Qwen2 / Dream Hugging Face folder run as a masked-diffusion
-language model (one thermojax trained, with its ``training.json``, or any with
+"""The masked-diffusion LM family: a Qwen2 / Dream or LLaDA Hugging Face folder run as a
+masked-diffusion language model (one thermojax trained, with its ``training.json``, or any with
 ``model.run=diffusion``), or a quantized checkpoint thermojax exported from one (its codes are
 run as they are, against the full-precision source's fp32 samples). Its samples are token
 sequences; it samples with its own unmasking sampler, set by ``sampling.steps``, ``length``,
-``unmasking``, ``temperature``, ``top_p`` and ``prompt``. It exports the codes it sampled in its
+``unmasking``, ``temperature``, ``top_p``, ``prompt`` and ``block_length`` (LLaDA's
+semi-autoregressive blocks). It exports the codes it sampled in its
 source's Hugging Face layout (:mod:`~thermojax.pipeline.checkpoint.export_lm`).
 
 Example:
@@ -38,7 +39,7 @@ from thermojax.pipeline.families.base import (
 )
 from thermojax.pipeline.measure.sampling import ActParams
 from thermojax.pipeline.quality.text import TEXT
-from thermojax.pipeline.settings import BaselineConfig
+from thermojax.pipeline.settings import MODEL_DTYPES, BaselineConfig
 
 __all__ = ["MASKED_LM", "MaskedLMFamily"]
 
@@ -55,7 +56,17 @@ class MaskedLMFamily(DiffusionFamily):
     name = "masked-diffusion-lm"
     description = "a masked-diffusion LM"
     quality = TEXT
-    sampling_options = ("steps", "length", "unmasking", "temperature", "top_p", "prompt")
+    sampling_options = (
+        "steps",
+        "length",
+        "unmasking",
+        "temperature",
+        "top_p",
+        "prompt",
+        "block_length",
+    )
+    model_options = ("dtype", "devices")
+    takes_text_data = True
     weights_format = HF_FORMAT
     exports = True
 
@@ -75,7 +86,7 @@ class MaskedLMFamily(DiffusionFamily):
         if not trained_here:
             log.info(
                 "model.path=%s: measured weight-only (model.run=diffusion runs a Qwen2 / Dream "
-                "checkpoint as a masked-diffusion LM)",
+                "or LLaDA checkpoint as a masked-diffusion LM)",
                 config.model.path,
             )
         return trained_here
@@ -91,6 +102,13 @@ class MaskedLMFamily(DiffusionFamily):
         document = self._export_document(config)
         if document is not None:
             config = with_export_settings(config, document)
+            # The source runs at the dtype of the run that exported it (recorded since
+            # model.dtype exists), which its network fingerprint holds (another model.dtype
+            # given is refused by that fingerprint).
+            recorded = export_source(document).get("dtype")
+            if config.model.dtype is None and recorded in MODEL_DTYPES:
+                model = dataclasses.replace(config.model, dtype=recorded)
+                config = dataclasses.replace(config, model=model)
         return super().check(config)
 
     def load(self, config: BaselineConfig) -> LoadedModel:
@@ -141,9 +159,35 @@ class MaskedLMFamily(DiffusionFamily):
             UserInputError: it cannot be loaded (``where`` names it), or the settings do not
                 fit it.
         """
-        from thermojax.models.dream.diffusion import load_masked_diffusion
+        from thermojax.models.dream.diffusion import load_masked_diffusion, trained_length
+        from thermojax.models.dream.sharding import model_mesh, shard_lm
+        from thermojax.models.dream.text_data import TextDataError
+        from thermojax.models.hf.headers import CheckpointError
+        from thermojax.pipeline.measure.model_memory import check_lm_memory, plan_checkpoint
+
+        def unreadable(exc: UserInputError) -> UserInputError:
+            if where == "model.path":
+                return UserInputError(f"model.path={config.model.path!r}: {exc}")
+            return UserInputError(f"{where} cannot be loaded: {exc}")
 
         sampling = config.sampling
+        try:  # the headers alone: the run is planned before a weight is read
+            plan = plan_checkpoint(
+                str(path),
+                dtype=config.model.dtype,
+                bits=config.bit_width,
+                group_size=config.group_size,
+                num_samples=int(sampling.num_samples),
+                length=sampling.length or trained_length(path),
+            )
+        except CheckpointError as exc:
+            raise unreadable(exc) from None
+        devices = config.model.devices
+        try:
+            model_mesh(devices)
+        except ValueError as exc:
+            raise UserInputError(f"model.{exc}") from None
+        check_lm_memory(plan, devices=devices)  # refuses a run that cannot fit, naming the setting
         try:
             model = load_masked_diffusion(
                 path,
@@ -154,12 +198,19 @@ class MaskedLMFamily(DiffusionFamily):
                 top_p=sampling.top_p,
                 prompt=sampling.prompt,
                 name=config.model.name or None,
+                heldout=config.data.heldout,
+                calibration=config.data.calibration,
+                block_length=sampling.block_length,
+                dtype=config.model.dtype,
             )
+        except TextDataError:
+            raise  # names its data.* key and file itself
         except UserInputError as exc:
-            if where == "model.path":
-                raise UserInputError(f"model.path={config.model.path!r}: {exc}") from None
-            raise UserInputError(f"{where} cannot be loaded: {exc}") from None
+            raise unreadable(exc) from None
         check_model(config, model)
+        if devices > 1:
+            model = model.replace(lm=shard_lm(model.lm, devices))
+            log.info("parameters laid over %d devices (%s)", devices, model_mesh(devices).devices)
         log.info(
             "masked-diffusion LM %s: %d parameters, L=%d, T=%d steps, %s unmasking, layers %d",
             model.name,
@@ -169,6 +220,10 @@ class MaskedLMFamily(DiffusionFamily):
             model.options.unmasking,
             len(model.layer_names),
         )
+        if model.reference is not None:
+            log.info("held-out text: %s", model.reference.description)
+        if model.calibration_prompts is not None:
+            log.info("calibration prompted by %s", model.calibration_prompts.describe())
         return model
 
     def export(
@@ -199,18 +254,22 @@ class MaskedLMFamily(DiffusionFamily):
             source={
                 "shipped": shipped if is_shipped else None,
                 "quant": dataclasses.asdict(config.quant),
+                "dtype": config.model.dtype,
             },
             orbax=config.export.orbax,
         )
 
     def sampler_record(self, model: Any, spec: SamplerSpec) -> dict[str, Any]:
-        """Its unmasking sampler: ``masked-diffusion unmasking (random), 64 steps``."""
+        """Its unmasking sampler: ``masked-diffusion unmasking (random), 64 steps``, or with
+        LLaDA's blocks ``masked-diffusion unmasking (low-confidence, blocks of 32), 64 steps``."""
         steps = spec.num_steps(int(model.num_timesteps))
+        options = model.options
+        blocks = "" if options.block_length is None else f", blocks of {options.block_length}"
         return {
             "sampler": "unmasking",
             "steps": steps,
             "description": (
-                f"masked-diffusion unmasking ({model.options.unmasking}), {steps} steps"
+                f"masked-diffusion unmasking ({options.unmasking}{blocks}), {steps} steps"
             ),
         }
 

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 
 from thermojax.errors import UserInputError
 from thermojax.models import checkpoint_format
-from thermojax.pipeline.families.base import refuse_quant_settings, register_family
+from thermojax.pipeline.families.base import (
+    refuse_model_settings,
+    refuse_quant_settings,
+    refuse_text_data,
+    register_family,
+)
 from thermojax.pipeline.run.stages import ProgressCallback, Stages
 from thermojax.pipeline.settings import BaselineConfig
 
@@ -43,6 +48,8 @@ class WeightOnlyFamily:
 
     def check(self, config: BaselineConfig) -> BaselineConfig:
         refuse_quant_settings(config, "a checkpoint measured weight-only (weights.rules, minmax)")
+        refuse_model_settings(config, "a checkpoint measured weight-only", ())
+        refuse_text_data(config, "a checkpoint measured weight-only")
         return config
 
     def run(self, config: BaselineConfig, progress: ProgressCallback | None) -> Result:

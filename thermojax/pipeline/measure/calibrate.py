@@ -17,10 +17,10 @@ from thermojax.core.quant import QTensor
 from thermojax.core.timegroups import step_edges, timestep_edges, uniform_edges
 from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.files import atomic_file
-from thermojax.models.base import DiffusionModel, SamplerSpec, run_sampler
-from thermojax.pipeline.weights.quantize import dense_weights, quantize_weights
+from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec, run_sampler
+from thermojax.pipeline.weights.quantize import quantize_weights, sampler_weights
 
-__all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate"]
+__all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate", "calibration_model"]
 
 CALIBRATION_VERSION = 1
 """Bump when :func:`calibrate` computes different numbers for the same inputs: cached statistics
@@ -142,7 +142,7 @@ class CalibrationStats:
 @partial(jax.jit, static_argnames=("num_samples", "samples_per_step", "sampler"))
 def _calibration_program(
     model: DiffusionModel,
-    weights: dict[str, jax.Array],
+    weights: dict[str, LayerWeight],
     key: jax.Array,
     *,
     num_samples: int,
@@ -151,7 +151,8 @@ def _calibration_program(
 ) -> tuple[jax.Array, jax.Array]:
     """``(stats [S, L, 4] = min/max/mean/std, samples [S, L, K])`` from one sampler scan.
 
-    The model is a pytree argument, so models that differ only in parameters share the program.
+    The model is a pytree argument, so models that differ only in parameters share the program;
+    so are the weights, packed QTensors included (each layer dequantized inside the step).
     """
 
     def observe(t: jax.Array, layer_inputs: tuple[jax.Array, ...], step_key: jax.Array):
@@ -194,6 +195,15 @@ def _check_qweights(
         )
 
 
+def calibration_model(model: DiffusionModel) -> DiffusionModel:
+    """The model calibration runs: ``model.calibration_model()`` where the model has one (a
+    masked-diffusion LM whose calibration samples start with passages of ``data.calibration``),
+    else ``model`` itself. Same layers, weights and timesteps; only its initial states differ.
+    """
+    chosen = getattr(model, "calibration_model", None)
+    return model if chosen is None else chosen()
+
+
 def calibrate(
     model: DiffusionModel,
     *,
@@ -208,11 +218,12 @@ def calibrate(
     """Per-timestep input-activation statistics of every quantizable layer.
 
     Runs the model's ancestral sampler on ``num_samples`` samples with its weights quantized at
-    ``bit_width`` (dequantized on the fly, as post-training quantization does) and full-precision
-    activations, in one jitted ``lax.scan`` over the sampler's steps (every one of the T
-    timesteps by default; DDIM's S with ``sampler``). The noise is the same as
+    ``bit_width`` (kept packed, each layer dequantized inside the step, as post-training
+    quantization runs them) and full-precision activations, in one jitted ``lax.scan`` over the
+    sampler's steps (every one of the T timesteps by default; DDIM's S with ``sampler``). The noise is the same as
     :func:`thermojax.pipeline.measure.sampling.sample` with the same ``seed``, ``num_samples`` and
-    ``sampler``.
+    ``sampler``, unless the model calibrates from other initial states
+    (:func:`calibration_model`).
 
     Args:
         model: the model.
@@ -243,8 +254,8 @@ def calibrate(
     else:
         _check_qweights(model, qweights, bit_width, group_size)
     stats, picks = _calibration_program(
-        model,
-        dense_weights(model, qweights),
+        calibration_model(model),
+        sampler_weights(model, qweights),
         jax.random.PRNGKey(seed),
         num_samples=int(num_samples),
         samples_per_step=int(samples_per_step),

@@ -24,8 +24,8 @@ import numpy as np
 from thermojax.core.quant import QTensor, fake_quantize_activations
 from thermojax.core.timegroups import group_of
 from thermojax.errors import UserInputError, value_errors_as_user_input
-from thermojax.models.base import DiffusionModel, SamplerSpec
-from thermojax.pipeline.weights.quantize import dense_weights
+from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec
+from thermojax.pipeline.weights.quantize import sampler_weights
 
 __all__ = ["ActParams", "Samples", "sample"]
 
@@ -74,7 +74,7 @@ class Samples:
 @partial(jax.jit, static_argnames=("num_samples", "bits", "sampler"))
 def _sample_program(
     model: DiffusionModel,
-    weights: dict[str, jax.Array],
+    weights: dict[str, LayerWeight] | None,
     scales: jax.Array | None,
     zero_points: jax.Array | None,
     edges: jax.Array | None,
@@ -86,7 +86,8 @@ def _sample_program(
 ) -> tuple[jax.Array, jax.Array]:
     """``(x0, trajectory)`` in model space. The model is a pytree argument (its parameters are
     traced, its architecture and schedule static), so models that differ only in parameters
-    share this compiled program."""
+    share this compiled program; so are the weights (``None``: the model's own), packed
+    QTensors included: their codes, scales and zero points are arguments, never constants."""
     act_hook = None
     if scales is not None:
 
@@ -134,7 +135,8 @@ def sample(
 
     Args:
         model: the model.
-        weights: ``None`` for fp32, else layer name -> QTensor (from :func:`quantize_weights`) or
+        weights: ``None`` for fp32, else layer name -> QTensor (from :func:`quantize_weights`),
+            run packed (each layer dequantized inside the step, right before its matmul), or
             ``[in, out]`` array.
         act_params: per-layer, per-time-group activation fake-quantization (``None``: fp32
             activations); groups are on the model's T timesteps, so the step at timestep t takes
@@ -155,7 +157,7 @@ def sample(
         raise UserInputError(f"num_samples must be at least 1, got {num_samples}")
     with value_errors_as_user_input("sampling"):
         timesteps = (SamplerSpec() if sampler is None else sampler).timesteps(model.num_timesteps)
-    dense = dense_weights(model, weights)
+    chosen = sampler_weights(model, weights)
     scales = zero_points = edges = None
     bits = 0
     if act_params is not None:
@@ -171,7 +173,7 @@ def sample(
         bits = int(act_params.bits)
     x0, trajectory = _sample_program(
         model,
-        dense,
+        chosen,
         scales,
         zero_points,
         edges,

@@ -31,7 +31,7 @@ from thermojax.core.quant import (
 )
 from thermojax.core.weight_quant import GptqOptions, HqqOptions, MseClipOptions, quantize_weight
 from thermojax.errors import value_errors_as_user_input
-from thermojax.models.base import DiffusionModel
+from thermojax.models.base import DiffusionModel, LayerWeight
 from thermojax.pipeline.settings import QuantConfig
 from thermojax.pipeline.weights.section import BlockRow, TensorRow, WeightsSection
 from thermojax.pipeline.weights.stream import OUTLIER_SIGMAS
@@ -46,6 +46,7 @@ __all__ = [
     "model_weights_section",
     "outlier_share",
     "quantize_weights",
+    "sampler_weights",
 ]
 
 
@@ -247,14 +248,37 @@ def measure_weights(model: DiffusionModel, qweights: Mapping[str, QTensor]) -> W
 def dense_weights(
     model: DiffusionModel, weights: Mapping[str, QTensor | jax.Array] | None
 ) -> dict[str, jax.Array]:
-    """Per-layer ``[in, out]`` float32 weights: fp32 for ``None``, dequantized for QTensors."""
+    """Per-layer ``[in, out]`` float32 weights: fp32 for ``None``, dequantized for QTensors.
+
+    Every layer dense at once, outside any jit: for what needs the dense weights themselves
+    (GPTQ's injected error). Sampling and calibration take :func:`sampler_weights` instead.
+    """
     if weights is None:
         return dict(model.quantizable_weights())
+    return {
+        n: dequantize(w).T if isinstance(w, QTensor) else jnp.asarray(w)
+        for n, w in sampler_weights(model, weights).items()
+    }
+
+
+def sampler_weights(
+    model: DiffusionModel, weights: Mapping[str, QTensor | jax.Array] | None
+) -> dict[str, LayerWeight] | None:
+    """The per-layer weights a jitted sampler takes, one per layer in ``model.layer_names``
+    order: QTensors as they are (packed: the model dequantizes each inside its step,
+    :func:`thermojax.models.base.dense`), arrays as ``[in, out]`` arrays; ``None`` (the
+    model's own weights, read inside the program, so no copy of them is made) for ``None``.
+
+    Raises:
+        ValueError: a layer of the model missing from ``weights``.
+    """
+    if weights is None:
+        return None
     missing = [n for n in model.layer_names if n not in weights]
     if missing:
         raise ValueError(f"weights lack layer(s) {missing}; expected {list(model.layer_names)}")
     return {
-        n: dequantize(weights[n]).T if isinstance(weights[n], QTensor) else jnp.asarray(weights[n])
+        n: weights[n] if isinstance(weights[n], QTensor) else jnp.asarray(weights[n])
         for n in model.layer_names
     }
 
