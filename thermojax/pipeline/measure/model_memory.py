@@ -14,8 +14,10 @@ the tensor shapes the safetensors headers declare and ``config.json`` (nothing a
   float32, the attention scores and probabilities ``[N, heads, L, L]``, the MLP's three
   ``[N, L, I]`` and the residual stream's few ``[N, L, H]`` float32 arrays, and the largest
   linear weight upcast to float32 where it is used;
-- ``heldout``: the same for the held-out bound's batch of windows
-  (:data:`~thermojax.models.dream.diffusion.HELDOUT_WINDOWS` sequences of ``L``).
+- ``heldout``: the same for one network call of the held-out bound: of its
+  :data:`~thermojax.models.dream.diffusion.HELDOUT_WINDOWS` windows of ``L`` tokens, the
+  :func:`~thermojax.core.text_metrics.bound_batch_size` it scores at a time (4 for Dream 7B at
+  ``L = 128``).
 
 The run holds the reference and the packed model together, then the larger working set:
 ``needed = parameters + packed + max(step, heldout)``. :func:`check_lm_memory` refuses a plan
@@ -43,6 +45,7 @@ import math
 import os
 from collections.abc import Mapping
 
+from thermojax.core.text_metrics import bound_batch_size
 from thermojax.errors import UserInputError
 from thermojax.models.dream.config import DreamConfig
 from thermojax.models.hf.headers import CheckpointError
@@ -91,6 +94,14 @@ class ModelMemoryPlan:
     length: int
     dtype: str = "float32"
     bf16_parameters: float | None = None
+    sizes: tuple[tuple[str, int], ...] = ()
+    heldout_windows: int = 32
+
+    def heldout_at(self, length: int) -> float:
+        """:attr:`heldout` at another sequence length (its call's batch changes with it)."""
+        sizes = dict(self.sizes)
+        calls = min(self.heldout_windows, bound_batch_size(length, sizes["vocab"]))
+        return _working_set(calls, length, **sizes) + self.largest_weight
 
     @property
     def needed(self) -> float:
@@ -157,13 +168,16 @@ def plan_lm_memory(
         parameters=parameters,
         packed=packed,
         step=step + largest,
-        heldout=_working_set(heldout_windows, length, **sizes) + largest,
+        heldout=_working_set(min(heldout_windows, bound_batch_size(length, vocab)), length, **sizes)
+        + largest,
         per_sequence=step / max(num_samples, 1),
         largest_weight=largest,
         num_samples=num_samples,
         length=length,
         dtype=dtype,
         bf16_parameters=float(sum(2 * math.prod(shape) for shape in shapes.values())),
+        sizes=tuple(sizes.items()),
+        heldout_windows=heldout_windows,
     )
 
 
@@ -236,10 +250,9 @@ def check_lm_memory(plan: ModelMemoryPlan, *, free: float | None = None, devices
             f"{length} tokens takes {_gb(plan.step)}); "
             + (f"at most about {fits} fit" if fits >= 1 else "no sample count fits")
         )
-    # The held-out bound's fixed batch of windows: its footprint grows with the length squared
-    # at most, so halve the length until it fits.
+    # The held-out bound's call: halve the length until it fits.
     shorter = length
-    while shorter > 1 and (plan.heldout - plan.largest_weight) * (shorter / length) > room:
+    while shorter > 1 and plan.heldout_at(shorter) > free - models:
         shorter //= 2
     raise UserInputError(
         f"sampling.length={length}: the run needs about {_gb(plan.needed)} and {_gb(free)} is "

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from thermojax.core.quant import QTensor, fake_quantize_activations
-from thermojax.core.text_metrics import masked_diffusion_nll_bound, perplexity
+from thermojax.core.text_metrics import bound_batch_size, masked_diffusion_nll_bound, perplexity
 from thermojax.models.dream.network import shift_logits
 from thermojax.pipeline.measure.sampling import ActParams, Samples
 from thermojax.pipeline.quality.drift import group_drift
@@ -44,7 +44,7 @@ from thermojax.pipeline.quality.kind import (
     SampleQuality,
     register_quality_kind,
 )
-from thermojax.pipeline.weights.quantize import WeightReport, dense_weights
+from thermojax.pipeline.weights.quantize import WeightReport, sampler_weights
 
 __all__ = ["NUM_MASK_RATIOS", "TEXT", "TEXT_PREVIEW", "TextQuality", "evaluate_text_quality"]
 
@@ -95,10 +95,10 @@ def timesteps_for_masks(model: Any, masked: jax.Array) -> jax.Array:
     return (model.num_timesteps - 1 - step).reshape(masked.shape).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("bits",))
+@partial(jax.jit, static_argnames=("bits", "batch_size"))
 def _bound_program(
     model: Any,
-    weights: dict[str, jax.Array] | None,
+    weights: dict[str, QTensor | jax.Array] | None,
     per_step_scales: jax.Array | None,
     per_step_zero_points: jax.Array | None,
     tokens: jax.Array,
@@ -106,10 +106,12 @@ def _bound_program(
     key: jax.Array,
     *,
     bits: int,
+    batch_size: int,
 ) -> jax.Array:
     """The masked-diffusion bound (nats per token) of ``tokens`` under the model with
-    ``weights`` (``[in, out]``; ``None``: fp32) and per-timestep activation parameters."""
-    stored = None if weights is None else {name: w.T for name, w in weights.items()}
+    ``weights`` (packed QTensors, dequantized layer by layer inside each network pass, or
+    ``[in, out]`` arrays; ``None``: fp32) and per-timestep activation parameters."""
+    stored = None if weights is None else model.network_weights(weights)
     mask_id = model.options.mask_token_id
 
     def logits_fn(batch: jax.Array) -> jax.Array:
@@ -123,7 +125,7 @@ def _bound_program(
                 return fake_quantize_activations(x, scale, zero, bits=bits)
 
         logits, _ = model.lm.forward(stored, batch, act_hook=hook)
-        return shift_logits(logits)
+        return shift_logits(logits, model.lm.logit_shift)
 
     _, mean = masked_diffusion_nll_bound(
         logits_fn,
@@ -132,6 +134,7 @@ def _bound_program(
         num_mask_ratios=NUM_MASK_RATIOS,
         mask_token_id=mask_id,
         positions=scored,
+        batch_size=batch_size,  # a 150k-token vocabulary's logits, a few sequences at a time
     )
     return mean
 
@@ -155,16 +158,16 @@ def _bound(
         scales = jnp.asarray(np.asarray(act_params.scales, np.float32)[:, group])
         zero_points = jnp.asarray(np.asarray(act_params.zero_points, np.float32)[:, group])
         bits = int(act_params.bits)
-    dense = None if weights is None else dense_weights(model, weights)
     nll = _bound_program(
         model,
-        dense,
+        sampler_weights(model, weights),
         scales,
         zero_points,
         jnp.asarray(tokens, jnp.int32),
         jnp.asarray(scored),
         jax.random.PRNGKey(seed),
         bits=bits,
+        batch_size=bound_batch_size(tokens.shape[1], model.lm.vocab_size),
     )
     return float(nll)
 
