@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -100,6 +100,24 @@ class TextReference(Protocol):
     def decode(self, tokens: np.ndarray) -> str:
         """One sequence of token ids as text (``[MASK]`` shown visibly)."""
         ...
+
+
+class _Transposed(Mapping[str, Array]):
+    """Each ``[out, in]`` weight of ``stored`` as ``[in, out]``, transposed when it is looked
+    up: a 7B model's linear layers are 14 GB, and a dict of transposed copies would be 14 GB
+    more; whoever walks the layers one at a time holds one copy at a time."""
+
+    def __init__(self, stored: Mapping[str, Array]) -> None:
+        self._stored = stored
+
+    def __getitem__(self, name: str) -> Array:
+        return self._stored[name].T
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stored)
+
+    def __len__(self) -> int:
+        return len(self._stored)
 
 
 @struct.dataclass(eq=False)
@@ -290,9 +308,10 @@ class MaskedDiffusionLM:
         )
         return counts, None if block_end is None else block_end + self.prompt_length
 
-    def quantizable_weights(self) -> dict[str, Array]:
-        """Each linear layer's weight ``[in, out]`` (the transposed ``[out, in]`` tensor)."""
-        return {name: w.T for name, w in self.lm.quantizable_weights().items()}
+    def quantizable_weights(self) -> Mapping[str, Array]:
+        """Each linear layer's weight ``[in, out]`` (the transposed ``[out, in]`` tensor),
+        transposed when it is looked up (:class:`_Transposed`)."""
+        return _Transposed(self.lm.quantizable_weights())
 
     def num_parameters(self) -> int:
         return self.lm.num_parameters()

@@ -111,6 +111,36 @@ def _quantize_program(
     return tuple(quantize(w.T, bits=bits, group_size=group_size) for w in kernels)
 
 
+STREAM_BYTES = 1 << 30
+"""Quantizable weights past this many float32 bytes are quantized and measured one layer at a
+time (a 7B model's are 30 GB: one program over all of them holds them all at once); below it,
+one program for all, which a fresh process compiles once."""
+
+
+def _streams(model: DiffusionModel) -> bool:
+    """Whether ``model``'s layers are quantized and measured one at a time (:data:`STREAM_BYTES`),
+    from the layers' shapes alone (so the same model always takes the same path)."""
+    weights = model.quantizable_weights()  # shapes traced, not computed: no copy is made
+    sizes = [jax.eval_shape(lambda n=n: weights[n]).size for n in model.layer_names]
+    return 4 * sum(sizes) > STREAM_BYTES
+
+
+@partial(jax.jit, static_argnames=("bits", "group_size"))
+def _quantize_layer(kernel: jax.Array, *, bits: int, group_size: int) -> QTensor:
+    """One layer's transposed kernel quantized (:data:`STREAM_BYTES`)."""
+    return quantize(kernel.T, bits=bits, group_size=group_size)
+
+
+@jax.jit
+def _compare_layer(kernel: jax.Array, qweight: QTensor) -> tuple[jax.Array, ...]:
+    """One layer's ``(cosine, SQNR dB, <w, d>, |w|^2, |d|^2)`` against its dequantized weight
+    (the last three summed over layers give the model's cosine)."""
+    w = kernel.astype(jnp.float32)
+    d = dequantize(qweight).T
+    sums = (jnp.vdot(w, d), jnp.vdot(w, w), jnp.vdot(d, d))
+    return (cosine_similarity(w, d), sqnr_db(w, d), *sums)
+
+
 @jax.jit
 def _compare_program(
     kernels: tuple[jax.Array, ...], qweights: tuple[QTensor, ...]
@@ -194,13 +224,18 @@ def quantize_weights(
     quant = quant if quant is not None else QuantConfig()
     weights = model.quantizable_weights()
     names = tuple(model.layer_names)
-    fp32 = tuple(weights[name] for name in names)
+    fp32 = () if _streams(model) else tuple(weights[name] for name in names)
     # The options are user input: this stage's ValueErrors (the core quantizer's argument checks
     # included) become UserInputErrors here, once.
     with value_errors_as_user_input():
         _check_weight_options(model, bits, group_size)
         per_layer = layer_bits(names, int(bits), quant.keep_bits)
-        if quant.method == "minmax" and set(per_layer.values()) == {int(bits)}:
+        if quant.method == "minmax" and _streams(model):
+            quantized = tuple(
+                _quantize_layer(weights[name], bits=per_layer[name], group_size=int(group_size))
+                for name in names
+            )
+        elif quant.method == "minmax" and set(per_layer.values()) == {int(bits)}:
             quantized = _quantize_program(fp32, bits=int(bits), group_size=int(group_size))
         else:
             if quant.method == "gptq" and (hessians is None or set(names) - set(hessians)):
@@ -226,12 +261,28 @@ def measure_weights(model: DiffusionModel, qweights: Mapping[str, QTensor]) -> W
     :func:`quantize_weights` makes them or an export holds them) are from the model's fp32
     weights, and the model's quantized size."""
     weights = model.quantizable_weights()
-    fp32 = {name: weights[name] for name in model.layer_names}
     ordered = tuple(qweights[name] for name in model.layer_names)
-    cos, sqnr, model_cos = _compare_program(tuple(fp32.values()), ordered)
-    cos, sqnr = np.asarray(cos, np.float64), np.asarray(sqnr, np.float64)
+    if _streams(model):
+        measured = np.asarray(
+            [
+                [float(v) for v in _compare_layer(weights[name], q)]
+                for name, q in zip(model.layer_names, ordered, strict=True)
+            ],
+            np.float64,
+        )
+        cos, sqnr = measured[:, 0], measured[:, 1]
+        dot, fp32_sq, deq_sq = measured[:, 2:].sum(axis=0)
+        # cosine_similarity's convention: two zero arrays are alike, one is not like anything.
+        if fp32_sq > 0 and deq_sq > 0:
+            model_cos = dot / np.sqrt(fp32_sq * deq_sq)
+        else:
+            model_cos = 1.0 if fp32_sq == deq_sq == 0 else 0.0
+    else:
+        fp32 = tuple(weights[name] for name in model.layer_names)
+        cos, sqnr, model_cos = _compare_program(fp32, ordered)
+        cos, sqnr = np.asarray(cos, np.float64), np.asarray(sqnr, np.float64)
     total = 4 * int(model.num_parameters())
-    quantized_params = sum(int(np.prod(fp32[n].shape)) for n in model.layer_names)
+    quantized_params = sum(int(np.prod(q.shape)) for q in ordered)
     quantized_bytes = sum(storage_bytes(q) for q in ordered) + (total - 4 * quantized_params)
     return WeightReport(
         layer_names=tuple(model.layer_names),
