@@ -18,6 +18,22 @@ settings.register_profile("explore", derandomize=False, database=None, print_blo
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "thermojax"))
 
 
+@pytest.fixture(autouse=True)
+def _compilation_cache_of_the_test_only():
+    """A test that runs the baseline command in this process turns on JAX's persistent
+    compilation cache (``thermojax.cli.baseline.enable_compilation_cache``), in its own cache
+    folder; JAX keeps the first folder for the process. Undone after the test, so each later
+    test compiles into nothing (or its own folder) instead of serializing every program it
+    compiles into an earlier test's folder."""
+    from jax._src import compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    if jax.config.jax_compilation_cache_dir != before:
+        jax.config.update("jax_compilation_cache_dir", before)
+        compilation_cache.reset_cache()
+
+
 @pytest.fixture
 def wandb_sandbox(tmp_path, monkeypatch):
     """No network, no API key, W&B's own files in tmp_path (``usefixtures`` in the W&B tests)."""
