@@ -1,6 +1,7 @@
 """Shared test set-up: JAX on the CPU, strict about implicit rank promotion, and hypothesis
 derandomized so that every run of the suite draws the same examples."""
 
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -16,6 +17,19 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 settings.register_profile("thermojax", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "thermojax"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_programs_of_the_module_only():
+    """Every jitted program a test module compiled is dropped after it (``jax.clear_caches``).
+
+    One pytest process runs the whole suite and would otherwise keep every XLA:CPU executable
+    of ~2000 tests, their machine code included; late in such runs XLA crashed (a segfault
+    while compiling, once while serializing) in tests that pass on their own, only after
+    everything before them had compiled its programs. A module recompiles what it needs."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
