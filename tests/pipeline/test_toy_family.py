@@ -23,7 +23,8 @@ from flax import struct
 
 from thermojax.cli import baseline as baseline_module
 from thermojax.cli.config import to_config
-from thermojax.models.base import run_sampler
+from thermojax.core.quant import QTensor
+from thermojax.models.base import dense, run_sampler
 from thermojax.pipeline.families import DiffusionFamily, LoadedModel, register_family
 from thermojax.pipeline.families.base import check_model
 from thermojax.pipeline.quality.drift import drift_figures
@@ -61,7 +62,11 @@ class ToyDenoiser:
 
     def denoise(self, weights, x_t, t, *, act_hook=None):
         x = x_t if act_hook is None else act_hook(0, x_t, t)
-        return x @ weights["w"], (x_t,)
+        # A layer's weight is its [in, out] kernel, or packed: a QTensor of the [out, in]
+        # transpose, dequantized here, where the layer uses it.
+        w = weights["w"]
+        kernel = dense(w, x).T if isinstance(w, QTensor) else dense(w, x)
+        return x @ kernel, (x_t,)
 
     def initial_state(self, key, num_samples):
         return jax.random.normal(key, (num_samples, 4))
