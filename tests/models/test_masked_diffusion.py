@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from thermojax.models.masked_diffusion import (
     UNMASKING_RULES,
     MaskedDiffusionSamples,
+    _nucleus,
     reveal_schedule,
     sample,
 )
@@ -305,6 +306,98 @@ def test_unmasking_temperature_interpolates_between_top_scores_and_random_order(
     np.testing.assert_array_equal(np.asarray(cold.reveal_step), np.asarray(greedy.reveal_step))
     same_order = np.all(np.asarray(hot.reveal_step) == np.asarray(greedy.reveal_step)[0], axis=1)
     assert same_order.mean() < 0.1
+
+
+# --- the nucleus against a sorting reference ----------------------------------------------
+
+nucleus = jax.jit(_nucleus)  # top_p traced: one program per vocabulary size
+
+
+def nucleus_reference(probs, top_p):
+    """The kept set by sorting, in float64 on the sampler's float32 probabilities."""
+    p = np.asarray(probs, np.float64)
+    descending = -np.sort(-p, axis=-1)
+    before = np.cumsum(descending, axis=-1) - descending
+    smallest_kept = np.where(before < top_p, descending, np.inf).min(axis=-1, keepdims=True)
+    return p >= smallest_kept
+
+
+def check_nucleus(logits, top_p):
+    """``_nucleus``'s kept set against the reference, row by row; returns the rows that differ.
+
+    A row may differ only where float32 rounding can move the cut: the mass above the cut tier,
+    or that mass plus the tier's, within a float32 sum's error of ``top_p``. Every row keeps at
+    least ``top_p`` and would not without its smallest kept tier (to the same error).
+    """
+    logits = np.asarray(logits, np.float32)
+    out = np.asarray(nucleus(logits, np.float32(top_p)))
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
+    kept = out > -np.inf
+    assert np.array_equal(out[kept], logits[kept])  # kept logits untouched
+    # A -inf logit stays -inf, kept or not: compare the finite ones.
+    reference = nucleus_reference(probs, top_p) & np.isfinite(logits)
+    tol = 4 * logits.shape[-1] * 2.0**-24
+    for row, mask in zip(probs, kept, strict=True):
+        assert mask.any()
+        tier = row == row[mask].min()
+        assert row[mask].sum() >= top_p - tol
+        assert row[mask & ~tier].sum() < top_p + tol
+    differ = np.flatnonzero(np.any(kept != reference, axis=-1))
+    for i in differ:
+        cut = probs[i][reference[i]].min()
+        above, through = probs[i][probs[i] > cut].sum(), probs[i][probs[i] >= cut].sum()
+        assert min(abs(above - top_p), abs(through - top_p)) < tol, (i, above, through)
+    return differ
+
+
+@pytest.mark.parametrize("vocab", [50, 1000])
+@pytest.mark.parametrize("top_p", [1e-6, 0.3, 0.7, 0.9, 0.99, 0.999])
+def test_nucleus_matches_a_sorting_float64_reference(vocab, top_p):
+    rng = np.random.default_rng(vocab)
+    spread = rng.normal(size=(6, 32, vocab)) * np.array([0.3, 1, 3, 10, 1, 3])[:, None, None]
+    spread[4:] = np.round(spread[4:])  # many ties, at the cut too
+    logits = spread.reshape(-1, vocab)
+    differ = check_nucleus(logits, top_p)
+    # Only rounding at the cut may differ, and only near top_p = 1.
+    assert len(differ) <= (0 if top_p < 0.99 else 2), differ
+
+
+@pytest.mark.parametrize("top_p", [1e-6, 0.5, 0.59, 0.95, 0.999999])
+def test_nucleus_edge_rows_match_exactly(top_p):
+    vocab = 64
+    rng = np.random.default_rng(7)
+    rows = [
+        np.zeros(vocab),  # uniform: one tie group, always kept whole
+        np.where(np.arange(vocab) < 4, 2.0, 0.0),  # four-way tie on top
+        np.r_[30.0, rng.normal(size=vocab - 1)],  # one token has all the mass
+        np.r_[np.log(0.6), np.full(vocab - 1, np.log(0.4 / (vocab - 1)))],  # top reaches 0.6
+        np.r_[rng.normal(size=vocab - 1), -np.inf],  # [MASK] removed
+        np.r_[np.full(vocab - 2, -np.inf), 1.0, -np.inf],  # one finite logit
+        np.r_[np.full(vocab - 1, -200.0), 0.0],  # the rest underflows to probability 0
+        np.round(rng.normal(size=vocab) * 2),  # ties everywhere
+    ]
+    logits = np.stack(rows).astype(np.float32)
+    assert len(check_nucleus(logits, top_p)) == 0
+    out = np.asarray(nucleus(logits, np.float32(top_p)))
+    assert np.all(np.isneginf(out[np.isneginf(logits)]))  # -inf stays -inf, never drawn
+    assert np.isneginf(out[2, 1:]).all() and np.isneginf(out[6, :-1]).all()  # only the top
+    assert np.all(np.isfinite(out[0])) and np.all(np.isfinite(out[1, :4]))  # whole tie groups
+
+
+def test_nucleus_stops_where_the_mass_reaches_top_p_exactly():
+    logits = np.array([[1.0, 1.0, 0.0, 0.0, -1.0]], np.float32)
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    reached = probs[0, 0] + probs[0, 1]  # exact in float32: twice a float32
+    kept = np.isfinite(np.asarray(nucleus(logits, reached)))
+    assert kept.tolist() == [[True, True, False, False, False]]
+    more = np.nextafter(reached, np.float32(1))
+    kept = np.isfinite(np.asarray(nucleus(logits, more)))
+    assert kept.tolist() == [[True, True, True, True, False]]
+
+
+def test_nucleus_of_a_row_without_a_number_keeps_nothing():
+    out = np.asarray(nucleus(np.full((2, 5), -np.inf, np.float32), np.float32(0.9)))
+    assert np.all(np.isneginf(out))
 
 
 # --- distributions ------------------------------------------------------------------------
