@@ -25,7 +25,7 @@ from bench_model import _best_runs, _compile
 
 from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.models import shipped_path
-from thermojax.models.dream.diffusion import load_masked_diffusion
+from thermojax.models.dream.loading import load_masked_diffusion
 from thermojax.pipeline.measure.calibrate import _calibration_program, calibrate
 from thermojax.pipeline.measure.sampling import _sample_program
 from thermojax.pipeline.weights.quantize import quantize_weights, sampler_weights

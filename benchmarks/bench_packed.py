@@ -73,7 +73,7 @@ def _prepared(folder: str, variant: str, shape: dict[str, int]):
     import jax
 
     from thermojax.core.quant import quantize
-    from thermojax.models.dream.diffusion import load_masked_diffusion
+    from thermojax.models.dream.loading import load_masked_diffusion
     from thermojax.pipeline.measure.sampling import _sample_program
     from thermojax.pipeline.weights.quantize import dense_weights
 

@@ -12,12 +12,8 @@ from tokenizer_folders import FORMATS, dream_folder
 from thermojax.errors import UserInputError
 from thermojax.models import shipped_path
 from thermojax.models.dream import corpus
-from thermojax.models.dream.diffusion import (
-    HELDOUT_WINDOWS,
-    ByteTextReference,
-    TextReference,
-    load_masked_diffusion,
-)
+from thermojax.models.dream.diffusion import HELDOUT_WINDOWS, TextReference
+from thermojax.models.dream.loading import ByteTextReference, load_masked_diffusion
 from thermojax.models.dream.text_data import MAX_CALIBRATION_PASSAGES, TextDataError
 from thermojax.models.hf.tokenizer import MASK_SHOWN, load_tokenizer
 

@@ -20,7 +20,8 @@ from thermojax.cli.config import to_config
 from thermojax.core.text_metrics import masked_diffusion_nll_bound
 from thermojax.errors import UserInputError
 from thermojax.models.dream import corpus, load_dream, shift_logits
-from thermojax.models.dream.diffusion import HELDOUT_WINDOWS, load_masked_diffusion
+from thermojax.models.dream.diffusion import HELDOUT_WINDOWS
+from thermojax.models.dream.loading import load_masked_diffusion
 from thermojax.models.hf.tokenizer import load_tokenizer
 from thermojax.pipeline import run
 from thermojax.pipeline.cache.stages import StageCache, reference_fingerprint
@@ -204,3 +205,22 @@ def check_one_line(proc, message, tmp_path):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "work" / "run" / "baseline_metrics.json").exists()
+
+
+def test_heldout_windows_sets_how_many_windows_the_bound_scores(folder, cache):
+    result = run(settings(folder, data={"heldout_windows": 2}))
+    tokenizer = load_tokenizer(folder)
+    heldout = corpus.windows(tokenizer.encode(corpus.heldout_text()), LENGTH, 2)
+    lm = load_dream(folder)
+    _, nll = masked_diffusion_nll_bound(
+        lambda tokens: shift_logits(lm.forward(None, tokens)[0]),
+        heldout,
+        key=jax.random.PRNGKey(result.config["seed"]),
+        num_mask_ratios=NUM_MASK_RATIOS,
+        mask_token_id=lm.config.mask_token_id,
+    )
+    assert result.quality.heldout_perplexity_fp32 == pytest.approx(float(np.exp(nll)), rel=1e-4)
+    with pytest.raises(UserInputError, match=r"^data\.heldout_windows=2: only for a masked"):
+        run(to_config({"data": {"heldout_windows": 2}, "wandb": {"mode": "disabled"}}))
+    with pytest.raises(UserInputError, match=r"data\.heldout_windows.*must be >= 1"):
+        run(to_config({"data": {"heldout_windows": 0}, "wandb": {"mode": "disabled"}}))

@@ -20,7 +20,7 @@ from thermojax.cli.config import to_config
 from thermojax.errors import UserInputError
 from thermojax.models import shipped_path
 from thermojax.models.dream.checkpoint import load_dream
-from thermojax.models.dream.diffusion import load_masked_diffusion
+from thermojax.models.dream.loading import load_masked_diffusion
 from thermojax.models.hf import write_dream_like
 from thermojax.pipeline import run
 from thermojax.pipeline.cache.stages import StageCache

@@ -80,7 +80,9 @@ def test_dream_7b_on_machines_of_several_sizes():
         check_lm_memory(_dream_7b_plan(itemsize=4), free=36 * GB)
     line = str(refused.value)
     assert line.startswith("model.dtype=float32: the parameters (30.5 GB)")
-    assert line.endswith("; model.dtype=bfloat16 (15.2 GB) fits")
+    assert line.endswith(
+        "; model.dtype=bfloat16 (15.2 GB) fits; model.residency=apart (about 33.7 GB) fits"
+    )
     check_lm_memory(plan, free=36 * GB)
     # The W4 run of 2 sequences of 128 tokens fits 24 GB (22.6 GB), its held-out bound's call
     # of 4 windows being the larger working set; 0.4 GB less and that call is what does not

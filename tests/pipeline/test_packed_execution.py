@@ -20,7 +20,8 @@ from thermojax.core.timegroups import group_activation_params, uniform_edges
 from thermojax.models import load_model, shipped_path
 from thermojax.models.base import SamplerSpec
 from thermojax.models.dream.checkpoint import load_dream
-from thermojax.models.dream.diffusion import MaskedDiffusionLM, load_masked_diffusion
+from thermojax.models.dream.diffusion import MaskedDiffusionLM
+from thermojax.models.dream.loading import load_masked_diffusion
 from thermojax.models.hf import write_dream_like
 from thermojax.pipeline.measure.calibrate import _calibration_program
 from thermojax.pipeline.measure.sampling import ActParams, _sample_program, sample

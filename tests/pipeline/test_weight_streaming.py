@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from thermojax.models import shipped_path
-from thermojax.models.dream.diffusion import load_masked_diffusion
+from thermojax.models.dream.loading import load_masked_diffusion
 from thermojax.pipeline.weights import quantize as quantize_module
 from thermojax.pipeline.weights.quantize import quantize_weights
 

@@ -43,14 +43,24 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from thermojax.core.quant import QTensor
 from thermojax.files import read_json_file
 from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache.checks import check_entry
-from thermojax.pipeline.cache.store import arrays_fingerprint, cache_key, get_or_compute
+from thermojax.pipeline.cache.fingerprints import (
+    checkpoint_model_fingerprint,
+    model_fingerprint,
+    network_fingerprint,
+    qweights_fingerprint,
+    reference_fingerprint,
+)
+from thermojax.pipeline.cache.store import (
+    cache_key,
+    entry_path,
+    get_or_compute,
+)
 from thermojax.pipeline.families.registry import evaluate_quality
 from thermojax.pipeline.measure.calibrate import CALIBRATION_VERSION, CalibrationStats, calibrate
 from thermojax.pipeline.measure.sampling import ActParams, Samples, sample
@@ -66,6 +76,7 @@ __all__ = [
     "WEIGHTS_VERSION",
     "QualityEntry",
     "StageCache",
+    "checkpoint_model_fingerprint",
     "model_fingerprint",
     "network_fingerprint",
     "qweights_fingerprint",
@@ -92,105 +103,13 @@ QUALITY_INDEPENDENT_KEYS = (
     ("interpretation",),
     ("wandb",),
     ("model", "name"),
+    ("model", "residency"),
     ("export",),
 )
 """Config paths that do not change quantized samples or their quality (only the analysis and
-presentation after them, or where a copy of the quantized model is written): removed from the
+presentation after them, where a copy of the quantized model is written, or whether the reference
+and the quantized model are held together): removed from the
 config before it is hashed into the quality key."""
-
-
-def _named_arrays(tree: Any, prefix: str) -> dict[str, Any]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {f"{prefix}{jax.tree_util.keystr(path)}": leaf for path, leaf in leaves}
-
-
-def _describe(obj: Any) -> Any:
-    """A JSON-ready description of a (dataclass) config object."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, str | int | float | bool) or obj is None:
-        return obj
-    if isinstance(obj, list | tuple):
-        return [_describe(v) for v in obj]
-    return repr(obj)
-
-
-def model_fingerprint(model: DiffusionModel) -> str:
-    """A hash of everything about the denoiser that changes its samples or activations.
-
-    All of its parameters (kernels and biases: ``model.params`` when it has them, else its
-    quantizable weights), its noise schedule arrays (``schedule.arrays()``), its architecture
-    config, class, timestep count, layer names and data shape. Not its path or display name: a
-    copy of a checkpoint elsewhere shares the cache, a retrained one does not. (The schedule is
-    hashed through its float32 arrays, under the names they have always had, so keys are the same
-    as when the schedule stored them as fields.) Parameters laid over several devices add their
-    count.
-    """
-    params = getattr(model, "params", None)
-    arrays = _named_arrays(params if params is not None else model.quantizable_weights(), "params")
-    # Parameters laid over several devices (model.devices) sum across them in another order:
-    # the same numbers to float32 rounding, not bit for bit, so not the same entries.
-    spread = max(
-        (len(a.sharding.device_set) for a in jax.tree.leaves(params) if isinstance(a, jax.Array)),
-        default=1,
-    )
-    schedule = getattr(model, "schedule", None)
-    if callable(getattr(schedule, "arrays", None)):
-        arrays.update({f"schedule.{name}": a for name, a in schedule.arrays().items()})
-    return cache_key(
-        kind="model",
-        type=f"{type(model).__module__}.{type(model).__qualname__}",
-        config=_describe(getattr(model, "config", None)),
-        num_timesteps=int(model.num_timesteps),
-        layer_names=list(model.layer_names),
-        data_shape=list(model.data_shape),
-        arrays=arrays_fingerprint(arrays),
-        **({"devices": spread} if spread > 1 else {}),
-    )
-
-
-def network_fingerprint(network: Any) -> str:
-    """A hash of a network's parameters (``network.params``) and architecture (``config``),
-    without the sampler settings a :func:`model_fingerprint` holds: what an exported
-    masked-diffusion LM records of its full-precision source, which a run of the export may
-    sample with other settings."""
-    return cache_key(
-        kind="network",
-        type=f"{type(network).__module__}.{type(network).__qualname__}",
-        config=_describe(getattr(network, "config", None)),
-        arrays=arrays_fingerprint(_named_arrays(network.params, "params")),
-    )
-
-
-def reference_fingerprint(model: DiffusionModel) -> str | None:
-    """A hash of the model's quality reference (classifier parameters and config; a text
-    reference's description, which names its held-out windows); ``None`` when it has none."""
-    reference = model.reference
-    if reference is None:
-        return None
-    described = getattr(reference, "description", None)
-    return cache_key(
-        kind="reference",
-        type=f"{type(reference).__module__}.{type(reference).__qualname__}",
-        config=_describe(getattr(reference, "config", None)),
-        arrays=arrays_fingerprint(_named_arrays(getattr(reference, "params", {}), "params")),
-        **({} if described is None else {"description": str(described)}),
-    )
-
-
-def qweights_fingerprint(qweights: Mapping[str, QTensor]) -> str:
-    """A hash of the quantized weights a run actually uses: each layer's packed codes, scales
-    and zero points, with its shape, bits, group size and symmetry.
-
-    Whatever produced them (a weight method and its options, kept bits, an exported checkpoint
-    reloaded as it is), equal weights give equal keys and different weights different ones: a
-    reload of a GPTQ export never finds the calibration of a minmax run of the same settings.
-    """
-    arrays, meta = {}, {}
-    for name, q in qweights.items():
-        arrays |= {f"{name}.{role}": getattr(q, role) for role in ("codes", "scale", "zero_point")}
-        meta[name] = [list(q.shape), int(q.bits), int(q.group_size), bool(q.symmetric)]
-    return cache_key(kind="qweights", meta=meta, arrays=arrays_fingerprint(arrays))
 
 
 def _without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
@@ -323,6 +242,8 @@ class StageCache:
             config's ``bit_width`` and ``group_size`` or reloaded from an export): calibrated
             with, and part of the calibration and quality keys.
         cache_dir: the cache folder (default ``thermojax.files.cache_dir()``).
+        model_id: the model's fingerprint when its arrays are not all in memory
+            (:func:`checkpoint_model_fingerprint`); ``None``: :func:`model_fingerprint`.
 
     Example:
         >>> cached = StageCache(model, config.to_dict(), qweights)  # doctest: +SKIP
@@ -338,12 +259,13 @@ class StageCache:
         qweights: Mapping[str, QTensor],
         *,
         cache_dir: str | os.PathLike[str] | None = None,
+        model_id: str | None = None,
     ) -> None:
         self.model = model
         self.config = dict(config)
         self.qweights = qweights
         self.cache_dir = cache_dir
-        self.model_id = model_fingerprint(model)
+        self.model_id = model_fingerprint(model) if model_id is None else model_id
         self.weights_id = qweights_fingerprint(qweights)
         self.record: dict[str, str] = {}
         self.waited_s: dict[str, float] = {}
@@ -385,6 +307,31 @@ class StageCache:
         )
         self.record[name] = "miss" if computed else "hit"
         log.info("cache %s: %s (key %s)", self.record[name], name, key[:16])
+        return value
+
+    def stored(self, name: str) -> Any | None:
+        """The stored ``fp32_samples`` or ``quality`` entry (recorded as a hit), or ``None``
+        (nothing recorded): a look that computes nothing and waits for nobody, for a run that
+        computes the entry in parts (its reference and quantized model held apart) and stores
+        it whole with :meth:`fp32_samples` / :meth:`quality` after."""
+        key_of, load = {
+            "fp32_samples": (self.fp32_samples_key, _load_samples),
+            "quality": (self.quality_key, QualityEntry.load),
+        }[name]
+        key = key_of()
+        path = entry_path(key, suffix=".npz", cache_dir=self.cache_dir)
+        try:
+            found = path.is_file()
+        except OSError:
+            found = False
+        if not found:
+            return None
+        try:
+            value = check_entry(name, load(path), model=self.model, config=self.config)
+        except Exception:  # noqa: BLE001 - unreadable or unfit: get_or_compute recomputes it
+            return None
+        self.record[name] = "hit"
+        log.info("cache hit: %s (key %s)", name, key[:16])
         return value
 
     def calibration_key(self) -> str:
@@ -435,13 +382,15 @@ class StageCache:
             **_sampler_key(self.sampler),
         )
 
-    def fp32_samples(self) -> Samples:
-        """fp32 samples with the config's seed and sample count, from the cache or sampled."""
+    def fp32_samples(self, model: Callable[[], DiffusionModel] | None = None) -> Samples:
+        """fp32 samples with the config's seed and sample count, from the cache or sampled
+        (by ``model()`` when given: the full-precision model of a run that holds it apart from
+        the quantized one, read in only on a miss)."""
         return self._get(
             "fp32_samples",
             self.fp32_samples_key(),
             lambda: sample(
-                self.model,
+                self.model if model is None else model(),
                 num_samples=self.config["sampling"]["num_samples"],
                 seed=self.config["seed"],
                 sampler=self.sampler,

@@ -92,7 +92,9 @@ def export_masked_lm(
     check_target(out_dir)
     checkpoint = open_checkpoint(source_path)
     names = tuple(model.layer_names)
-    weights = model.lm.quantizable_weights()  # [out, in] as stored, by layer name
+    # [out, in] as stored, by layer name (read from the file one at a time, for a model whose
+    # linear layers stay there: model.residency=apart).
+    weights = model.linear_source or model.lm.quantizable_weights()
     act_arrays, act_entry = checked_codes(
         qweights,
         {name: tuple(np.shape(weights[name])) for name in names},
@@ -107,7 +109,7 @@ def export_masked_lm(
         "num_parameters": int(model.num_parameters()),
         "path": str(Path(source_path).expanduser().resolve()),
         "fingerprint": checkpoint.fingerprint(),
-        "network_fingerprint": network_fingerprint(model.lm),
+        "network_fingerprint": network_fingerprint(model.lm, linears=model.linear_source),
     } | dict(source or {})
     json.dumps(provenance)  # a TypeError now, not after the whole export
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,10 @@ class LoadedModel:
 
     model: DiffusionModel
     qtensors: Mapping[str, QTensor] | None = None
+    full_precision: Callable[[], DiffusionModel] | None = None
+    """``None``, or for a run that holds the two apart (``model.residency``): ``model`` is
+    the network without its full-precision linear layers (it quantizes them from the file and
+    samples packed), and this reads them in, once the quantized stages are done."""
 
 
 class DiffusionFamily:
@@ -263,7 +267,7 @@ def refuse_sampling_settings(config: BaselineConfig, family: DiffusionFamily) ->
         )
 
 
-MODEL_OPTIONS = ("dtype", "devices")
+MODEL_OPTIONS = ("dtype", "devices", "residency")
 """``model.*`` keys of how a model's parameters are held, which only some families take."""
 
 
@@ -280,11 +284,12 @@ def refuse_model_settings(config: BaselineConfig, what: str, takes: tuple[str, .
 
 
 def refuse_text_data(config: BaselineConfig, what: str) -> None:
-    """``data.heldout`` or ``data.calibration`` (a language model's text) given to ``what``,
-    which takes no text: one line naming it."""
-    for key in ("heldout", "calibration"):
+    """``data.heldout``, ``data.calibration`` or ``data.heldout_windows`` (a language model's
+    text) given to ``what``, which takes no text: one line naming it."""
+    defaults = type(config.data)()
+    for key in ("heldout", "calibration", "heldout_windows"):
         value = getattr(config.data, key)
-        if value is not None:
+        if value != getattr(defaults, key):
             raise UserInputError(
                 f"data.{key}={value!r}: only for a masked-diffusion LM run, not {what}"
             )

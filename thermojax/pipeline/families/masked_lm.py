@@ -65,7 +65,7 @@ class MaskedLMFamily(DiffusionFamily):
         "prompt",
         "block_length",
     )
-    model_options = ("dtype", "devices")
+    model_options = ("dtype", "devices", "residency")
     takes_text_data = True
     weights_format = HF_FORMAT
     exports = True
@@ -117,7 +117,11 @@ class MaskedLMFamily(DiffusionFamily):
         if self._export_document(config) is not None:
             return self._exported(config)
         model = self._load_model(config, config.model.path, "model.path")
-        return LoadedModel(model)
+        if model.linear_source is None:
+            return LoadedModel(model)
+        # Held apart: the run quantizes from the file and samples the packed model first, then
+        # reads the linear layers in for the full-precision stages.
+        return LoadedModel(model, full_precision=model.full_precision)
 
     def _exported(self, config: BaselineConfig) -> LoadedModel:
         """An exported checkpoint (``model.path``) and the full-precision LM it was exported
@@ -142,7 +146,12 @@ class MaskedLMFamily(DiffusionFamily):
         where = f"model.path={config.model.path!r}: its full-precision source {shown}"
         if not isinstance(path, str | Path):
             raise UserInputError(f"{where}: quantization.json records no source path")
-        model = self._load_model(config, path, f"{where} (needed for the reference samples)")
+        model = self._load_model(
+            config,
+            path,
+            f"{where} (needed for the reference samples)",
+            together_by=f"model.path={config.model.path!r} (a quantized checkpoint)",
+        )
         found = network_fingerprint(model.lm)
         check_export_source(config, shown, found, source.get("network_fingerprint"))
         if set(exported.qtensors) != set(model.layer_names):
@@ -152,14 +161,19 @@ class MaskedLMFamily(DiffusionFamily):
         log.info("quantized checkpoint %s of %s (%s)", exported.path, model.name, shown)
         return LoadedModel(model, qtensors=dict(exported.qtensors))
 
-    def _load_model(self, config: BaselineConfig, path: Any, where: str) -> Any:
-        """The folder ``path`` as a masked-diffusion LM with the run's sampler settings.
+    def _load_model(
+        self, config: BaselineConfig, path: Any, where: str, *, together_by: str | None = None
+    ) -> Any:
+        """The folder ``path`` as a masked-diffusion LM with the run's sampler settings: whole,
+        or without its linear layers when the run holds the reference and the quantized model
+        apart (``model.residency``; ``together_by``: a reason it may not, besides the settings
+        :func:`_together_by` names).
 
         Raises:
             UserInputError: it cannot be loaded (``where`` names it), or the settings do not
                 fit it.
         """
-        from thermojax.models.dream.diffusion import load_masked_diffusion, trained_length
+        from thermojax.models.dream.loading import load_masked_diffusion, trained_length
         from thermojax.models.dream.sharding import model_mesh, shard_lm
         from thermojax.models.dream.text_data import TextDataError
         from thermojax.models.hf.headers import CheckpointError
@@ -179,6 +193,7 @@ class MaskedLMFamily(DiffusionFamily):
                 group_size=config.group_size,
                 num_samples=int(sampling.num_samples),
                 length=sampling.length or trained_length(path),
+                heldout_windows=config.data.heldout_windows,
             )
         except CheckpointError as exc:
             raise unreadable(exc) from None
@@ -187,7 +202,13 @@ class MaskedLMFamily(DiffusionFamily):
             model_mesh(devices)
         except ValueError as exc:
             raise UserInputError(f"model.{exc}") from None
-        check_lm_memory(plan, devices=devices)  # refuses a run that cannot fit, naming the setting
+        # Refuses a run that cannot fit, naming the setting; else says how it holds the models.
+        residency = check_lm_memory(
+            plan,
+            devices=devices,
+            residency=config.model.residency,
+            together_by=together_by or _together_by(config),
+        )
         try:
             model = load_masked_diffusion(
                 path,
@@ -200,8 +221,10 @@ class MaskedLMFamily(DiffusionFamily):
                 name=config.model.name or None,
                 heldout=config.data.heldout,
                 calibration=config.data.calibration,
+                heldout_windows=config.data.heldout_windows,
                 block_length=sampling.block_length,
                 dtype=config.model.dtype,
+                linear=residency == "together",
             )
         except TextDataError:
             raise  # names its data.* key and file itself
@@ -212,9 +235,10 @@ class MaskedLMFamily(DiffusionFamily):
             model = model.replace(lm=shard_lm(model.lm, devices))
             log.info("parameters laid over %d devices (%s)", devices, model_mesh(devices).devices)
         log.info(
-            "masked-diffusion LM %s: %d parameters, L=%d, T=%d steps, %s unmasking, layers %d",
+            "masked-diffusion LM %s: %d parameters%s, L=%d, T=%d steps, %s unmasking, layers %d",
             model.name,
             model.num_parameters(),
+            "" if model.linear_source is None else " in memory (the linear layers read later)",
             model.length,
             model.num_timesteps,
             model.options.unmasking,
@@ -280,3 +304,18 @@ class MaskedLMFamily(DiffusionFamily):
 
 MASKED_LM = register_family(MaskedLMFamily())
 """The masked-diffusion LM family."""
+
+
+def _together_by(config: BaselineConfig) -> str | None:
+    """The setting that needs the reference and the quantized model at once, or ``None``:
+    GPTQ (the dense weights beside their Hessians), the enhanced parameters and the phase
+    experiment (more quantized sampling after the reference's), parameters laid over devices."""
+    if config.quant.method == "gptq":
+        return "quant.method=gptq"
+    if config.enhanced:
+        return "thermo.* / time_groups.* (the enhanced parameters)"
+    if config.phases.enabled:
+        return "phases.enabled=true"
+    if config.model.devices > 1:
+        return f"model.devices={config.model.devices}"
+    return None

@@ -214,6 +214,11 @@ class QualityKind:
         comparison_copies: the memory its evaluator takes beyond the two trajectories, in
             float32 trajectories (:mod:`thermojax.pipeline.measure.memory`).
         reads_untagged: it reads a quality section without ``kind`` (written before schema 7).
+        quantized_figures: for a run that holds the reference and the quantized model apart,
+            ``quantized_figures(model, qweights, act_params, seed) -> dict`` gives the figures
+            that need the quantized model (by field name), while it is in memory; the
+            evaluator then runs on the reference with ``qweights=None`` and they replace its
+            ``None`` figures. ``None``: the kind has no such figure.
     """
 
     name: str
@@ -237,6 +242,7 @@ class QualityKind:
     pixel_preview: bool = False
     comparison_copies: float = 1.0
     reads_untagged: bool = False
+    quantized_figures: Callable[..., dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.type.kind != self.name:

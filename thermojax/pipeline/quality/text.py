@@ -219,20 +219,15 @@ def evaluate_text_quality(
     tokens_f, tokens_q = np.asarray(fp32.x0), np.asarray(quantized.x0)
     generated = slice(len(model.prompt), None)
     agreement = float(np.mean(tokens_f[:, generated] == tokens_q[:, generated]))
-    heldout_f = heldout_q = None
+    heldout_f = None
     if model.reference is not None:
         heldout = np.asarray(model.reference.heldout_tokens(), np.int32)
         heldout_f = float(perplexity(_bound(model, heldout, seed=seed, skip_prompt=False)))
-        if qweights is not None:
-            nll = _bound(
-                model,
-                heldout,
-                seed=seed,
-                weights=qweights,
-                act_params=act_params,
-                skip_prompt=False,
-            )
-            heldout_q = float(perplexity(nll))
+    heldout_q = None
+    if qweights is not None:
+        heldout_q = quantized_text_figures(model, qweights, act_params, seed)[
+            "heldout_perplexity_quantized"
+        ]
     return TextQuality(
         drift_per_timestep=drift,
         drift_per_group=drift_per_group,
@@ -251,6 +246,20 @@ def evaluate_text_quality(
         model_cosine=float(weight_report.model_cosine),
         num_samples=len(tokens_f),
     )
+
+
+def quantized_text_figures(
+    model: Any, qweights: Mapping[str, QTensor], act_params: ActParams | None, seed: int
+) -> dict[str, float | None]:
+    """The figure that needs the quantized model: its held-out perplexity bound (``None``
+    without held-out text)."""
+    if model.reference is None:
+        return {"heldout_perplexity_quantized": None}
+    heldout = np.asarray(model.reference.heldout_tokens(), np.int32)
+    nll = _bound(
+        model, heldout, seed=seed, weights=qweights, act_params=act_params, skip_prompt=False
+    )
+    return {"heldout_perplexity_quantized": float(perplexity(nll))}
 
 
 def grade_text_quality(quality: TextQuality, b: Any) -> list[Graded]:
@@ -326,6 +335,7 @@ TEXT = register_quality_kind(
         name="text",
         type=TextQuality,
         evaluate=evaluate_text_quality,
+        quantized_figures=quantized_text_figures,
         figures=(
             "drift_mean",
             "token_agreement",

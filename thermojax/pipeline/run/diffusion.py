@@ -138,6 +138,10 @@ def run_diffusion(
         comparison_copies=family.quality.comparison_copies,
         step_bytes=family.step_bytes(model, int(config.sampling.num_samples)),
     )
+    if loaded.full_precision is not None:  # the two models do not fit together
+        from thermojax.pipeline.run.apart import run_apart
+
+        return run_apart(family, config, loaded, stages, start)
     with stages("quantize weights"):
         if loaded.qtensors is None:
             qweights, weight_report = _quantize_weights(model, config)

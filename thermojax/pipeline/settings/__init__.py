@@ -25,6 +25,7 @@ from thermojax.pipeline.settings.baseline import BaselineConfig, check_model_lim
 from thermojax.pipeline.settings.model import (
     MAX_DEVICES,
     MODEL_DTYPES,
+    MODEL_RESIDENCIES,
     MODEL_RUNS,
     SHIPPED_MODELS,
     CalibrationConfig,
@@ -59,6 +60,7 @@ __all__ = [
     "HESSIAN_WEIGHTINGS",
     "MAX_DEVICES",
     "MODEL_DTYPES",
+    "MODEL_RESIDENCIES",
     "MODEL_RUNS",
     "SEGMENTATION_COSTS",
     "SHIPPED_MODELS",

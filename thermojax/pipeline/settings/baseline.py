@@ -11,8 +11,9 @@ from typing import Any
 
 from thermojax.core.quant import ACT_BITS_RANGE
 from thermojax.errors import UserInputError
-from thermojax.pipeline.settings.checks import MAX_INT32, MAX_SEED, fail
+from thermojax.pipeline.settings.checks import MAX_INT32, MAX_SEED, check_count, fail
 from thermojax.pipeline.settings.model import (
+    MAX_HELDOUT_WINDOWS,
     CalibrationConfig,
     DataConfig,
     ModelConfig,
@@ -146,6 +147,12 @@ def validate_config(cfg: BaselineConfig) -> None:
     stats = cfg.calibration.stats
     if stats is not None and not _path_is("calibration.stats", stats, "is_file"):
         raise fail("calibration.stats", stats, "no such file")
+    check_count(
+        "data.heldout_windows",
+        cfg.data.heldout_windows,
+        at_most=MAX_HELDOUT_WINDOWS,
+        why="windows of the held-out bound",
+    )
     for key in ("heldout", "calibration"):  # is_file: a FIFO or a folder is refused unread
         text = getattr(cfg.data, key)
         if text is not None and not _path_is(f"data.{key}", text, "is_file"):

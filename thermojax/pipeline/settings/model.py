@@ -20,7 +20,9 @@ from thermojax.pipeline.settings.checks import (
 
 __all__ = [
     "MAX_DEVICES",
+    "MAX_HELDOUT_WINDOWS",
     "MODEL_DTYPES",
+    "MODEL_RESIDENCIES",
     "MODEL_RUNS",
     "SHIPPED_MODELS",
     "CalibrationConfig",
@@ -54,6 +56,11 @@ class ModelConfig:
             either way.
         devices: local devices (GPUs, TPU cores, forced host devices) the parameters are laid
             over, along their hidden and intermediate axes; 1: one device.
+        residency: whether a masked-diffusion LM run holds its full-precision reference and its
+            quantized model ``together`` or one ``apart`` from the other (the quantized stages
+            first, quantized straight from the checkpoint file, then the reference's): the same
+            numbers, the memory of the larger of the two instead of both; ``auto``: together
+            when both fit, else apart.
     """
 
     name: str = ""
@@ -62,6 +69,7 @@ class ModelConfig:
     run: str = "auto"
     dtype: Optional[str] = None  # noqa: UP045
     devices: int = 1
+    residency: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +142,17 @@ class DataConfig:
             split of the corpus the shipped LM was trained on.
         calibration: a UTF-8 text file whose passages prompt the calibration runs; ``None``:
             calibration samples from the all-``[MASK]`` start, as sampling does.
+        heldout_windows: the most windows of ``sampling.length`` tokens the held-out bound
+            scores (each at 16 mask ratios: a 7B model on a CPU wants a few).
     """
 
     heldout: Optional[str] = None  # noqa: UP045
     calibration: Optional[str] = None  # noqa: UP045
+    heldout_windows: int = 32
+
+
+MAX_HELDOUT_WINDOWS = 4096
+"""``data.heldout_windows``: the most held-out windows a bound scores."""
 
 
 SHIPPED_MODELS = ("digits", "pydoc-mdlm")
@@ -148,6 +163,8 @@ MODEL_RUNS = ("auto", "diffusion", "weight-only")
 
 MODEL_DTYPES = ("bfloat16", "float32")
 """``model.dtype``: the dtypes a masked-diffusion LM's parameters are held in."""
+MODEL_RESIDENCIES = ("auto", "together", "apart")
+"""``model.residency``: how a masked-diffusion LM run holds its reference and quantized model."""
 MAX_DEVICES = 4096
 """``model.devices``: the most devices a run lays its parameters over."""
 
@@ -200,6 +217,7 @@ def validate_model_choice(
     check_choice("model.run", model.run, MODEL_RUNS)
     if model.dtype is not None:
         check_choice("model.dtype", model.dtype, MODEL_DTYPES)
+    check_choice("model.residency", model.residency, MODEL_RESIDENCIES)
     check_count(
         "model.devices", model.devices, at_most=MAX_DEVICES, why="devices a run lays its model over"
     )

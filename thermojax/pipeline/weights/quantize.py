@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -461,9 +462,12 @@ def _flat_weights_section(
 
     kernels = model.quantizable_weights()
     layer = {name: i for i, name in enumerate(model.layer_names)}
+    shapes = {name: np.shape(value) for name, value in model.params.items()}
+    if getattr(model, "linear_source", None) is not None:  # its linear layers still in the file
+        shapes = model.lm.config.tensor_shapes()  # the order a whole network's params have
     rows = []
-    for name, value in model.params.items():
-        shape, size = tuple(int(d) for d in np.shape(value)), int(np.size(value))
+    for name, shape in shapes.items():
+        shape, size = tuple(int(d) for d in shape), math.prod(int(d) for d in shape)
         kept = dict.fromkeys(("rule", "bits", "group_size", "cosine", "sqnr_db", "outlier_share"))
         quantized_bytes = 4 * size
         if name in layer:
