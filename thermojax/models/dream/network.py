@@ -132,8 +132,13 @@ def _rotary(positions: Array, config: DreamConfig) -> tuple[Array, Array]:
     exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim
     inv_freq = jnp.asarray(1.0 / config.rope_theta**exponents, jnp.float32)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq.reshape(1, 1, half)
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    return jnp.cos(angles), jnp.sin(angles)
+    # cos and sin of the half, then the halves joined (HF's cat(freqs, freqs), the same
+    # values): XLA:CPU otherwise fuses cos/sin into every q and k rotation and recomputes them
+    # for each head, per layer (measured: 2.4 -> 0.7 ms a layer at B=2, L=256, 16/4 heads).
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    cos = jnp.concatenate([cos, cos], axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([sin, sin], axis=-1)[:, :, None, :]
+    return cos, sin
 
 
 def _rotate(x: Array, cos: Array, sin: Array) -> Array:
@@ -384,15 +389,22 @@ class DreamLM:
             q = _rotate(q.reshape(batch, length, heads, head_dim), cos, sin)
             k = _rotate(k.reshape(batch, length, kv_heads, head_dim), cos, sin)
             v = v.reshape(batch, length, kv_heads, head_dim)
-            # Query head h reads key/value head h // group (transformers' repeat_kv order).
+            # Heads first ([B, kv, group, L, D] queries, [B, kv, L, D] keys and values), so both
+            # contractions are batched matmuls over leading batch dims: on XLA:CPU about half
+            # the time of the same einsums on the [B, L, heads, D] layout (measured: 10 -> 5 ms
+            # a layer at B=2, L=256, 16/4 heads of 64, one core). Query head h reads key/value
+            # head h // group (transformers' repeat_kv order); k and v are never repeated.
             q = q.reshape(batch, length, kv_heads, c.kv_group_size, head_dim)
-            scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, precision=precision)
+            q = q.transpose(0, 2, 3, 1, 4)
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+            scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k, precision=precision)
             scores = scores * (head_dim**-0.5)
             if mask is not None:
                 scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1)
-            attended = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, precision=precision)
-            x = x + linear(first + 3, attended.reshape(batch, length, heads * head_dim))
+            attended = jnp.einsum("bkgqs,bksd->bkgqd", probs, v, precision=precision)
+            attended = attended.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads * head_dim)
+            x = x + linear(first + 3, attended)
             h = _rms_norm(x, p[layout.block_tensor(i, layout.mlp_norm)], c.rms_norm_eps)
             gated = jax.nn.silu(linear(first + 4, h)) * linear(first + 5, h)
             x = x + linear(first + 6, gated)

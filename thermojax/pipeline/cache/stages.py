@@ -88,10 +88,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SAMPLING_VERSION = 1
+SAMPLING_VERSION = 2
 """Bump when :func:`thermojax.pipeline.measure.sampling.sample` draws different numbers for the same inputs."""
 
-QUALITY_VERSION = 1
+QUALITY_VERSION = 2
 """Bump when quantized sampling, activation parameters or quality metrics change their numbers."""
 
 WEIGHTS_VERSION = 1

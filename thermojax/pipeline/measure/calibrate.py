@@ -22,7 +22,7 @@ from thermojax.pipeline.weights.quantize import quantize_weights, sampler_weight
 
 __all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate", "calibration_model"]
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 """Bump when :func:`calibrate` computes different numbers for the same inputs: cached statistics
 (keyed with this version) from older code are then never used again."""
 
