@@ -21,12 +21,13 @@ refuses them apart).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import jax
 
 from thermojax.pipeline.cache.stages import (
     QualityEntry,
@@ -34,6 +35,7 @@ from thermojax.pipeline.cache.stages import (
     checkpoint_model_fingerprint,
 )
 from thermojax.pipeline.families.registry import evaluate_quality
+from thermojax.pipeline.measure.memory import release_freed_memory
 from thermojax.pipeline.measure.sampling import sample
 from thermojax.pipeline.results.schema import Result
 from thermojax.pipeline.run.stages import EXPORT_STAGE, Stages
@@ -130,9 +132,11 @@ def run_apart(
             )
             by_kind = family.quality.quantized_figures
             figures = {} if by_kind is None else by_kind(packed, qweights, act_params, config.seed)
-    # The packed codes go before the full-precision layers come in.
+    # The packed codes go before the full-precision layers come in, and the packed phase's
+    # compiled programs with them (the reference's are others; their code is held in memory).
     cached.qweights = qweights = None
-    gc.collect()
+    jax.clear_caches()
+    release_freed_memory()
     with stages(LOAD_REFERENCE_STAGE):
         reference = _Reference(loaded.full_precision)
         if stored is None:  # the evaluation needs it; the fp32 samples only on a miss

@@ -1,7 +1,8 @@
 """The named stages of a run: their order, their timings, and the progress callback.
 
 Example:
-    >>> from thermojax.pipeline.settings import BaselineConfig
+    >>> from thermojax.pipeline.measure.memory import release_freed_memory
+from thermojax.pipeline.settings import BaselineConfig
     >>> stage_names(BaselineConfig())[:3]
     ('load model', 'quantize weights', 'calibrate')
 """
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from thermojax.pipeline.measure.memory import release_freed_memory
 from thermojax.pipeline.settings import BaselineConfig
 
 __all__ = [
@@ -79,6 +81,7 @@ class Stages:
         start = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - start
+        release_freed_memory()  # what the stage's compilations freed, before the next allocates
         log.info("stage %s took %.2f s", name, self.timings[name])
         if self.progress is not None and index == total - 1:
             self.progress("done", total, total)
