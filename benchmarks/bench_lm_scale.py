@@ -24,8 +24,9 @@ and the quality bounds (``text._bound_program``, which the ``sample quantized`` 
 after sampling: 16 network passes per bound, two generative bounds, and for a folder with a
 tokenizer the held-out bound on 32 windows twice, so that stage's wall time is not the quantized
 sampler's). The fp32 bounds also give the time of one network pass alone over the same N x L
-tokens: what a denoising step costs beyond it is the sampler's own work (at small scale mostly
-the top-p sort over the vocabulary; ``--set sampling.top_p=1.0`` shows it).
+tokens: what a denoising step costs beyond it is the sampler's own work (the top-p threshold
+search and the draw over the vocabulary, which weigh most at small scale;
+``--set sampling.top_p=1.0`` leaves out the first).
 Peak RSS is the process's ``VmHWM``, reset (``/proc/self/clear_refs``) at each stage's start,
 so each stage's peak is its own; the overall peak is the largest of them and of what ran
 between stages (start-up, writing the outputs).

@@ -232,8 +232,13 @@ def quantize_weights(
         _check_weight_options(model, bits, group_size)
         per_layer = layer_bits(names, int(bits), quant.keep_bits)
         if quant.method == "minmax" and _streams(model):
+            # Each layer waits for its quantization before the next is looked up: dispatched
+            # ahead, the layers a model reads from its file (model.residency=apart) would queue
+            # at full precision behind the quantizer.
             quantized = tuple(
-                _quantize_layer(weights[name], bits=per_layer[name], group_size=int(group_size))
+                jax.block_until_ready(
+                    _quantize_layer(weights[name], bits=per_layer[name], group_size=int(group_size))
+                )
                 for name in names
             )
         elif quant.method == "minmax" and set(per_layer.values()) == {int(bits)}:
