@@ -25,6 +25,7 @@ import numpy as np
 from flax import struct
 
 from thermojax.core.quant import QTensor
+from thermojax.core.rotation import HadamardRotation, randomized_hadamard, rotate
 from thermojax.models.base import (
     ActHook,
     Array,
@@ -41,6 +42,7 @@ __all__ = [
     "DigitsDDPM",
     "NoiseSchedule",
     "digits_to_model_space",
+    "layer_rotation",
     "model_space_to_pixels",
     "timestep_embedding",
 ]
@@ -69,6 +71,13 @@ def timestep_embedding(t: Array, dim: int) -> Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def layer_rotation(seed: int, index: int, width: int) -> HadamardRotation:
+    """The randomized Hadamard rotation ``Q`` through which layer ``index`` of a denoiser with
+    online rotations (``rotation_seed`` ``seed``) reads its ``width``-channel input: its signs
+    from ``fold_in(key(seed), index)``. Traced inside the forward pass, so no array is static."""
+    return randomized_hadamard(jax.random.fold_in(jax.random.key(seed), index), width)
+
+
 @dataclasses.dataclass(frozen=True)
 class DenoiserConfig:
     """Architecture of the residual-MLP denoiser (stored in the checkpoint's JSON)."""
@@ -92,10 +101,14 @@ class Denoiser(nn.Module):
     """epsilon-prediction residual MLP.
 
     ``e = silu(time_embed(sin_emb(t)))``, ``h = input(x) + e``, then per block
-    ``h = h + block(silu(h + e))``, and ``eps = output(silu(h))``.
+    ``h = h + block(silu(h + e))``, and ``eps = output(silu(h))``. A layer named in
+    ``online_rotation`` reads its input rotated, ``x Q`` (:func:`layer_rotation` with
+    ``rotation_seed``), before it is recorded and hooked.
     """
 
     config: DenoiserConfig
+    online_rotation: tuple[str, ...] = ()
+    rotation_seed: int = 0
 
     @nn.compact
     def __call__(
@@ -110,6 +123,8 @@ class Denoiser(nn.Module):
 
         def dense(name: str, h: Array, width: int) -> Array:
             index = len(layer_inputs)
+            if name in self.online_rotation:
+                h = rotate(h, layer_rotation(self.rotation_seed, index, h.shape[-1]))
             layer_inputs.append(h)
             if act_hook is not None:
                 h = act_hook(index, h, t)
@@ -240,6 +255,11 @@ class DigitsDDPM:
             fingerprint of the classifier's config and parameters).
         metadata_json: the checkpoint's JSON (training settings, measured quality) as canonical
             JSON text (static); :attr:`metadata` gives it as a dict.
+        online_rotation: the layers whose input the denoiser rotates (``x Q``,
+            :func:`layer_rotation`) before it is recorded and hooked; their kernels must hold
+            ``Q^T K`` (:func:`thermojax.models.digits.rotation.rotate_digits`). Static; empty
+            (the default) for the model as trained. Not saved in a checkpoint.
+        rotation_seed: the seed of the online rotations' signs (static).
     """
 
     params: dict[str, dict[str, Array]]
@@ -247,6 +267,8 @@ class DigitsDDPM:
     schedule: NoiseSchedule = struct.field(pytree_node=False)
     reference: QualityReference | None = struct.field(pytree_node=False, default=None)
     metadata_json: str = struct.field(pytree_node=False, default="{}")
+    online_rotation: tuple[str, ...] = struct.field(pytree_node=False, default=())
+    rotation_seed: int = struct.field(pytree_node=False, default=0)
 
     name: ClassVar[str] = "digits-ddpm"
     family: ClassVar[str] = "digits-ddpm"
@@ -340,7 +362,9 @@ class DigitsDDPM:
         act_hook: ActHook | None = None,
     ) -> tuple[Array, tuple[Array, ...]]:
         """Predicted noise and the quantizable layers' inputs (see the protocol)."""
-        module = Denoiser(self.config)
+        module = Denoiser(
+            self.config, online_rotation=self.online_rotation, rotation_seed=self.rotation_seed
+        )
         return module.apply({"params": self._params_with(weights, x_t)}, x_t, t, act_hook)
 
     def initial_state(self, key: Array, num_samples: int) -> Array:

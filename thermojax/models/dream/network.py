@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from thermojax.core.rotation import walsh_hadamard
 from thermojax.models.base import LayerWeight, dense
 from thermojax.models.dream.config import LOGIT_SHIFT, DreamConfig
 from thermojax.models.hf.layouts import QWEN2_LAYOUT, TensorLayout
@@ -208,11 +209,18 @@ class DreamLM:
         matmul_precision: ``jax.lax.Precision`` name for every matmul (static). ``"highest"``
             (the default) is true float32 on every backend; ``"default"`` lets GPUs and TPUs use
             TF32 / bf16 passes, faster and less exact.
+        online_hadamard: the linear layers (by :attr:`layer_names`) whose input is multiplied
+            by the normalized block-diagonal Hadamard matrix
+            (:func:`~thermojax.core.rotation.walsh_hadamard`) in the forward pass, before it is
+            recorded and before the activation hook, so the quantized input is the transformed
+            one; their weights must hold ``W H`` (:func:`thermojax.models.dream.rotation.
+            rotate_lm`). Static; empty (the default) for a checkpoint as trained.
     """
 
     params: dict[str, Array]
     config: DreamConfig = struct.field(pytree_node=False)
     matmul_precision: str = struct.field(pytree_node=False, default="highest")
+    online_hadamard: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
     name: ClassVar[str] = "dream"
 
@@ -338,7 +346,8 @@ class DreamLM:
         Returns:
             ``(logits, layer_inputs)``: float32 ``[B, L, V]`` raw network output (not shifted,
             see :func:`shift_logits`), and ``layer_inputs[j]`` the input of layer ``j`` before
-            the hook, float32 ``[B, L, layer_input_widths[j]]``.
+            the hook (after the transform of an :attr:`online_hadamard` layer), float32
+            ``[B, L, layer_input_widths[j]]``.
 
         Raises:
             ValueError: a weight name that is not a linear layer, or a shape mismatch.
@@ -348,6 +357,9 @@ class DreamLM:
         unknown = sorted(set(weights) - set(names))
         if unknown:
             raise ValueError(f"weights: {unknown[:3]} are not linear layers of the model")
+        strange = sorted(set(self.online_hadamard) - set(names))
+        if strange:
+            raise ValueError(f"online_hadamard: {strange[:3]} are not linear layers of the model")
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"tokens must be integer [B, L], got {tokens.dtype} {tokens.shape}")
@@ -372,6 +384,8 @@ class DreamLM:
 
         def linear(index: int, x: Array, bias: str | None = None) -> Array:
             name = names[index]
+            if name in self.online_hadamard:
+                x = walsh_hadamard(x)
             layer_inputs.append(x)
             if act_hook is not None:
                 x = act_hook(index, x)
