@@ -275,6 +275,7 @@ def test_public_api_is_explicit():
         "QTensor",
         "activation_params",
         "fake_quantize_activations",
+        "fake_quantize_per_token",
         "cosine_similarity",
         "mse",
         "sqnr_db",

@@ -379,6 +379,8 @@ BAD_INPUTS = [
     (["sampling.sampler=ddim", "sampling.eta=1.5"], "sampling.eta=1.5"),
     (["sampling.sampler=ddim", "sampling.steps=3"], "num_time_groups=4"),
     (["calibration.sampler=ddim", "calibration.steps=2"], "num_time_groups=4"),
+    (["act.mode=bogus"], "act.mode='bogus': must be one of static, dynamic"),
+    (["act.mode=dynamic", "experiment=phases"], "act.mode='dynamic': the phase experiment"),
 ]
 
 

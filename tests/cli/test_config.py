@@ -42,6 +42,15 @@ def test_overrides_reach_the_typed_config():
     assert cfg.calibration.samples == 16
 
 
+def test_act_mode_from_the_command_line():
+    assert to_config(composed()).act.mode == "static"
+    assert to_config(composed("act.mode=dynamic")).act.mode == "dynamic"
+    with pytest.raises(
+        UserInputError, match=r"^act\.mode='bogus': must be one of static, dynamic$"
+    ):
+        to_config(composed("act.mode=bogus"))
+
+
 def test_experiment_files_only_override():
     cfg = to_config(composed("experiment=int4_8groups"))
     assert (cfg.bit_width, cfg.num_time_groups) == (4, 8)
@@ -120,6 +129,22 @@ def test_mapping_with_partial_keys_gets_defaults():
         ({"bit_width": "two"}, "bit_width"),
         ({"bit_widht": 2}, "bit_widht"),
         ({"model": {"file": "x"}}, "model.file"),
+        ({"act": {"mode": "bogus"}}, "act.mode='bogus': must be one of static, dynamic"),
+        ({"act": {"mode": 3}}, "act.mode"),
+        ({"act": {"rotation": "hadamard"}}, "act.rotation"),
+        ({"act": "dynamic"}, "act: is a section of keys"),
+        (
+            {"act": {"mode": "dynamic"}, "phases": {"enabled": True}},
+            "act.mode='dynamic': the phase experiment compares static time-group parameters",
+        ),
+        (
+            {"act": {"mode": "dynamic"}, "thermo": {"smoothing": {"enabled": True, "window": 1}}},
+            "act.mode='dynamic': thermo",
+        ),
+        (
+            {"act": {"mode": "dynamic"}, "time_groups": {"strategy": "adaptive"}},
+            "time_groups.strategy=adaptive reshape static time-group parameters, which dynamic",
+        ),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )

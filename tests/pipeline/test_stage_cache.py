@@ -14,6 +14,7 @@ from thermojax.cli.config import to_config
 from thermojax.models import load_model
 from thermojax.pipeline import run
 from thermojax.pipeline.cache.stages import (
+    KEYS_ADDED_LATER,
     QualityEntry,
     StageCache,
     model_fingerprint,
@@ -71,6 +72,7 @@ CASES = {
     "seed": (1, {"calibration": True, "fp32_samples": True, "quality": True}),
     "sampling__num_samples": (16, {"calibration": False, "fp32_samples": True, "quality": True}),
     "quant__method": ("mse_clip", {"calibration": True, "fp32_samples": False, "quality": True}),
+    "act__mode": ("dynamic", {"calibration": False, "fp32_samples": False, "quality": True}),
 }
 
 
@@ -94,6 +96,30 @@ def test_a_config_section_added_later_is_part_of_the_quality_key(model):
     assert StageCache(model, config, qweights).calibration_key() == (
         StageCache(model, extended, qweights).calibration_key()
     )
+
+
+def test_a_key_added_later_keeps_the_entries_of_runs_before_it(model, monkeypatch):
+    """The default ``act`` section hashes as the config did before it existed; another value
+    re-keys; a key added after it at its earlier value re-keys nothing, not even that value."""
+    config = BaselineConfig().to_dict()
+    earlier = copy.deepcopy(config)
+    del earlier["act"]  # what a run hashed before act.mode existed
+    qweights = _qweights(model, config["bit_width"], config["group_size"], "minmax")
+
+    def key(data):
+        return StageCache(model, data, qweights).quality_key()
+
+    assert key(config) == key(earlier)
+    dynamic = copy.deepcopy(config)
+    dynamic["act"]["mode"] = "dynamic"
+    assert key(dynamic) != key(config)
+    before = key(dynamic)
+    monkeypatch.setitem(KEYS_ADDED_LATER, ("act", "rotation"), "none")
+    for data in (config, dynamic):
+        data["act"]["rotation"] = "none"
+    assert (key(config), key(dynamic)) == (key(earlier), before)
+    dynamic["act"]["rotation"] = "hadamard"
+    assert key(dynamic) != before
 
 
 def test_the_weights_used_are_in_the_keys_whatever_the_settings_say(model):

@@ -34,8 +34,15 @@ MULTIRUN_YAML = "multirun.yaml"
 
 RUN_NAME_TAGS = {"seed": "s", "group_size": "g"}
 """Swept keys shown as a prefix and their value in a run name (``s1``, ``g128``)."""
-RUN_NAME_VALUES = ("quant.method", "model", "experiment", "calibration", "time_groups.strategy")
-"""Swept keys shown by their value alone in a run name (``gptq``, ``pydoc-mdlm``)."""
+RUN_NAME_VALUES = (
+    "quant.method",
+    "model",
+    "experiment",
+    "calibration",
+    "time_groups.strategy",
+    "act.mode",
+)
+"""Swept keys shown by their value alone in a run name (``gptq``, ``pydoc-mdlm``, ``dynamic``)."""
 _NAMED_KEYS = ("bit_width", "act_bits", "num_time_groups", "smoothness_threshold")
 _UNNAMED_KEYS = ("sweep", "wandb", "hydra")
 

@@ -30,6 +30,10 @@ WEIGHT_BITS = (2, 4, 8)
 """The weight bit widths the packed :class:`QTensor` supports (whole codes per byte)."""
 ACT_BITS_RANGE = (2, 16)
 """The smallest and largest activation bit width, inclusive."""
+ACT_MODES = ("static", "dynamic")
+"""How activations get their range: ``static`` from given (calibrated) scales and zero points
+(:func:`fake_quantize_activations`), ``dynamic`` from each token's own values while the model
+runs (:func:`fake_quantize_per_token`)."""
 _TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -358,6 +362,48 @@ def fake_quantize_activations(
     """
     check_act_bits(bits)
     return _fake_quantize_activations(x, scale, zero_point, bits=int(bits))
+
+
+@partial(jax.jit, static_argnames=("bits",))
+def _fake_quantize_per_token(x: jax.Array, *, bits: int) -> jax.Array:
+    x = jnp.asarray(x, jnp.float32)
+    # The static formula with each row's own range: keepdims keeps x's rank for broadcasting.
+    scale, zero_point = _activation_params(
+        jnp.min(x, axis=-1, keepdims=True), jnp.max(x, axis=-1, keepdims=True), bits=bits
+    )
+    return _fake_quantize_activations(x, scale, zero_point, bits=bits)
+
+
+def fake_quantize_per_token(x: jax.Array, *, bits: int) -> jax.Array:
+    """Dynamic activation fake-quantization: each row over the last axis (a token of ``[N, L, C]``,
+    a sample of ``[N, C]``) gets its own affine range, computed from its values.
+
+    Per row, :func:`activation_params` of the row's ``(min, max)`` (widened to include zero; a
+    constant zero row gets scale 1, so nothing divides by zero), then
+    :func:`fake_quantize_activations`. No calibration: the range is measured at every call,
+    inside the caller's ``jit``.
+
+    Args:
+        x: activations ``[..., C]`` with ``C >= 1``.
+        bits: activation bit width in [2, 16] (static).
+
+    Returns:
+        float32 array of ``x``'s shape.
+
+    Raises:
+        ValueError: ``bits`` outside [2, 16], or ``x`` a scalar or with an empty last axis.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> x = jnp.array([[-1.0, 0.0, 2.0], [0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
+        >>> fake_quantize_per_token(x, bits=2).tolist()  # ranges 3, none and 4: steps 1, -, 4/3
+        [[-1.0, 0.0, 2.0], [0.0, 0.0, 0.0], [4.0, 4.0, 4.0]]
+    """
+    check_act_bits(bits)
+    shape = jnp.shape(x)
+    if len(shape) == 0 or shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last axis (one row per token), got {shape}")
+    return _fake_quantize_per_token(x, bits=int(bits))
 
 
 def _check_same_shape(name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:

@@ -20,7 +20,8 @@ once; two workers asking for the same entry at the same time compute it once (pe
   the display name), plus ``QUALITY_VERSION``. The key is computed from the config dict with
   those keys removed, so a config section added later is part of it without anyone remembering
   to add it: threshold variants of one configuration share everything but the violation
-  analysis.
+  analysis. A key added once entries existed (:data:`KEYS_ADDED_LATER`, e.g. ``act.mode``) is
+  left out while it holds the value every earlier run had, so its default keeps their entries.
 
 - **weights** of a weight-only run (a checkpoint thermojax cannot run, without ``export.path``):
   the checkpoint's fingerprint (its config and every shard's header and size, cheap for any
@@ -70,6 +71,7 @@ from thermojax.pipeline.weights.quantize import WeightReport
 from thermojax.pipeline.weights.section import WeightsSection
 
 __all__ = [
+    "KEYS_ADDED_LATER",
     "QUALITY_INDEPENDENT_KEYS",
     "QUALITY_VERSION",
     "SAMPLING_VERSION",
@@ -112,6 +114,33 @@ and the quantized model are held together): removed from the
 config before it is hashed into the quality key."""
 
 
+KEYS_ADDED_LATER: dict[tuple[str, ...], Any] = {
+    ("act", "mode"): "static",
+}
+"""Config paths added after quality entries were written, each with the value that every run
+before it had: hashed into the quality key only when they hold another value (a section left
+empty goes too). A default run keeps its entries, and a path added here (one line each, with
+the value that keeps the old numbers) re-keys no entry, not even those of the paths before it
+set to other values."""
+
+
+def _without_earlier_values(node: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict:
+    """``node`` without ``path`` if it holds ``value``, and without sections that left empty."""
+    out = dict(node)
+    head, rest = path[0], path[1:]
+    if head not in out:
+        return out
+    if not rest:
+        if out[head] == value:
+            del out[head]
+        return out
+    if isinstance(out[head], Mapping):
+        out[head] = _without_earlier_values(out[head], rest, value)
+        if not out[head]:
+            del out[head]
+    return out
+
+
 def _without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.items()}
     for path in paths:
@@ -121,6 +150,15 @@ def _without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> d
         if isinstance(node, dict):
             node.pop(path[-1], None)
     return out
+
+
+def _hashed_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the quality key hashes of the config: less :data:`QUALITY_INDEPENDENT_KEYS`, and
+    less each of :data:`KEYS_ADDED_LATER` that holds its earlier value."""
+    hashed = _without(config, QUALITY_INDEPENDENT_KEYS)
+    for path, value in KEYS_ADDED_LATER.items():
+        hashed = _without_earlier_values(hashed, path, value)
+    return hashed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,7 +448,7 @@ class StageCache:
             model=self.model_id,
             weights=self.weights_id,
             reference=reference_fingerprint(self.model),
-            config=_without(self.config, QUALITY_INDEPENDENT_KEYS),
+            config=_hashed_config(self.config),
         )
 
     def quality(self, compute: Callable[[], QualityEntry]) -> QualityEntry:

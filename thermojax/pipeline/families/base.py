@@ -178,10 +178,11 @@ class DiffusionFamily:
         config: BaselineConfig,
         model: Any,
         qweights: Mapping[str, QTensor],
-        act_params: ActParams,
+        act_params: ActParams | None,
     ) -> Path:
         """Write the quantized checkpoint of a run to ``config.export.path``; returns it (a
-        family with ``exports`` set gives it)."""
+        family with ``exports`` set gives it). ``act_params`` ``None``: no activation file
+        (``act.mode=dynamic``)."""
         raise NotImplementedError
 
     def step_bytes(self, model: Any, num_samples: int) -> float:

@@ -92,7 +92,7 @@ class DigitsFamily(DiffusionFamily):
         config: BaselineConfig,
         model: Any,
         qweights: Mapping[str, QTensor],
-        act_params: ActParams,
+        act_params: ActParams | None,
     ) -> Path:
         from thermojax.pipeline.checkpoint.export_digits import export_digits
 

@@ -255,7 +255,7 @@ class MaskedLMFamily(DiffusionFamily):
         config: BaselineConfig,
         model: Any,
         qweights: Mapping[str, QTensor],
-        act_params: ActParams,
+        act_params: ActParams | None,
     ) -> Path:
         """The codes the run sampled, in the source's Hugging Face layout
         (:func:`~thermojax.pipeline.checkpoint.export_lm.export_masked_lm`); the source recorded

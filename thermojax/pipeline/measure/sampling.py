@@ -1,4 +1,5 @@
-"""Sampling, fp32 or quantized (weights and per-time-group activations), from the same noise.
+"""Sampling, fp32 or quantized (weights, and activations per time group or per token), from
+the same noise.
 
 Example:
     >>> from thermojax.models import load_model
@@ -21,7 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thermojax.core.quant import QTensor, fake_quantize_activations
+from thermojax.core.quant import (
+    ACT_MODES,
+    QTensor,
+    fake_quantize_activations,
+    fake_quantize_per_token,
+)
 from thermojax.core.timegroups import group_of
 from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec
@@ -39,12 +45,17 @@ class ActParams:
         zero_points: float32 ``[L, S]``, integer values in ``[0, 2**bits - 1]``.
         edges: int32 ``[S + 1]`` time-group edges (``arange(T + 1)`` for a per-timestep schedule).
         bits: activation bit width.
+        mode: ``static`` (the step's group's scales and zero points quantize each layer's
+            input) or ``dynamic`` (each token's own range, measured in the step:
+            :func:`~thermojax.core.quant.fake_quantize_per_token`; ``scales`` and
+            ``zero_points`` then quantize nothing, ``edges`` still cut the drift into groups).
     """
 
     scales: np.ndarray
     zero_points: np.ndarray
     edges: np.ndarray
     bits: int
+    mode: str = "static"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +82,7 @@ class Samples:
             object.__setattr__(self, "timesteps", np.arange(len(self.trajectory), dtype=np.int32))
 
 
-@partial(jax.jit, static_argnames=("num_samples", "bits", "sampler"))
+@partial(jax.jit, static_argnames=("num_samples", "bits", "act_mode", "sampler"))
 def _sample_program(
     model: DiffusionModel,
     weights: dict[str, LayerWeight] | None,
@@ -83,13 +94,20 @@ def _sample_program(
     num_samples: int,
     bits: int,
     sampler: SamplerSpec | None,
+    act_mode: str = "static",
 ) -> tuple[jax.Array, jax.Array]:
     """``(x0, trajectory)`` in model space. The model is a pytree argument (its parameters are
     traced, its architecture and schedule static), so models that differ only in parameters
     share this compiled program; so are the weights (``None``: the model's own), packed
-    QTensors included: their codes, scales and zero points are arguments, never constants."""
+    QTensors included: their codes, scales and zero points are arguments, never constants.
+    ``act_mode="dynamic"`` quantizes each layer input per token at ``bits`` (no parameters)."""
     act_hook = None
-    if scales is not None:
+    if act_mode == "dynamic":
+
+        def act_hook(layer: int, h: jax.Array, t: jax.Array) -> jax.Array:
+            return fake_quantize_per_token(h, bits=bits)
+
+    elif scales is not None:
 
         def act_hook(layer: int, h: jax.Array, t: jax.Array) -> jax.Array:
             g = group_of(t, edges)
@@ -101,6 +119,8 @@ def _sample_program(
 
 
 def _check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
+    if act_params.mode not in ACT_MODES:
+        raise ValueError(f"act_params mode must be one of {ACT_MODES}, got {act_params.mode!r}")
     scales = np.asarray(act_params.scales)
     zero_points = np.asarray(act_params.zero_points)
     edges = np.asarray(act_params.edges)
@@ -140,7 +160,8 @@ def sample(
             ``[in, out]`` array.
         act_params: per-layer, per-time-group activation fake-quantization (``None``: fp32
             activations); groups are on the model's T timesteps, so the step at timestep t takes
-            row ``group_of(t, edges)`` whatever the sampler and its number of steps.
+            row ``group_of(t, edges)`` whatever the sampler and its number of steps. With
+            ``mode="dynamic"`` every layer input is quantized per token at ``bits`` instead.
         num_samples: N >= 1.
         seed: PRNG seed of the noise.
         sampler: the reverse process and its steps (``None``: the model's own, every timestep).
@@ -160,8 +181,11 @@ def sample(
     chosen = sampler_weights(model, weights)
     scales = zero_points = edges = None
     bits = 0
+    act_mode = "static"
     if act_params is not None:
         _check_act_params(model, act_params)
+        bits, act_mode = int(act_params.bits), act_params.mode
+    if act_params is not None and act_mode == "static":
         # Each timestep's row, gathered here: the program then sees [L, T] parameters whatever
         # the number of groups, so one compilation serves every num_time_groups of a sweep.
         # The sampler picks exactly the values it would pick with group_of(t, edges).
@@ -170,7 +194,6 @@ def sample(
         scales = jnp.asarray(np.asarray(act_params.scales, np.float32)[:, group])
         zero_points = jnp.asarray(np.asarray(act_params.zero_points, np.float32)[:, group])
         edges = jnp.arange(num_timesteps + 1, dtype=jnp.int32)
-        bits = int(act_params.bits)
     x0, trajectory = _sample_program(
         model,
         chosen,
@@ -180,6 +203,7 @@ def sample(
         jax.random.PRNGKey(seed),
         num_samples=int(num_samples),
         bits=bits,
+        act_mode=act_mode,
         sampler=sampler,
     )
     trajectory = np.asarray(trajectory)

@@ -13,7 +13,8 @@ and how well each model predicts held-out text.
   and activations quantized) on the model's held-out text, an upper bound on its perplexity per
   token (per byte for a byte-level model). The quantized model quantizes each sequence's
   activations with the time group the sampler would use at its mask ratio: the timestep whose
-  step sees as many ``[MASK]`` tokens as the sequence has (:func:`timesteps_for_masks`).
+  step sees as many ``[MASK]`` tokens as the sequence has (:func:`timesteps_for_masks`); with
+  dynamic activations (``ActParams.mode``), each token by its own range, as the sampler does.
 
 Figures that need what the model lacks (held-out text without a reference) are ``None``.
 """
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thermojax.core.quant import QTensor, fake_quantize_activations
+from thermojax.core.quant import QTensor, fake_quantize_activations, fake_quantize_per_token
 from thermojax.core.text_metrics import bound_batch_size, masked_diffusion_nll_bound, perplexity
 from thermojax.models.dream.network import shift_logits
 from thermojax.pipeline.measure.sampling import ActParams, Samples
@@ -95,7 +96,7 @@ def timesteps_for_masks(model: Any, masked: jax.Array) -> jax.Array:
     return (model.num_timesteps - 1 - step).reshape(masked.shape).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("bits", "batch_size"))
+@partial(jax.jit, static_argnames=("bits", "batch_size", "act_mode"))
 def _bound_program(
     model: Any,
     weights: dict[str, QTensor | jax.Array] | None,
@@ -107,16 +108,23 @@ def _bound_program(
     *,
     bits: int,
     batch_size: int,
+    act_mode: str = "static",
 ) -> jax.Array:
     """The masked-diffusion bound (nats per token) of ``tokens`` under the model with
     ``weights`` (packed QTensors, dequantized layer by layer inside each network pass, or
-    ``[in, out]`` arrays; ``None``: fp32) and per-timestep activation parameters."""
+    ``[in, out]`` arrays; ``None``: fp32) and per-timestep activation parameters
+    (``act_mode="dynamic"``: none, each token quantized by its own range at ``bits``)."""
     stored = None if weights is None else model.network_weights(weights)
     mask_id = model.options.mask_token_id
 
     def logits_fn(batch: jax.Array) -> jax.Array:
         hook = None
-        if per_step_scales is not None:
+        if act_mode == "dynamic":
+
+            def hook(layer: int, x: jax.Array) -> jax.Array:
+                return fake_quantize_per_token(x, bits=bits)
+
+        elif per_step_scales is not None:
             t = timesteps_for_masks(model, jnp.sum(batch == mask_id, axis=1))
 
             def hook(layer: int, x: jax.Array) -> jax.Array:
@@ -153,11 +161,13 @@ def _bound(
         scored[:, : len(model.prompt)] = False
     scales = zero_points = None
     bits = 0
+    act_mode = "static" if act_params is None else act_params.mode
     if act_params is not None:
+        bits = int(act_params.bits)
+    if act_params is not None and act_mode == "static":
         group = np.searchsorted(act_params.edges, np.arange(model.num_timesteps), side="right") - 1
         scales = jnp.asarray(np.asarray(act_params.scales, np.float32)[:, group])
         zero_points = jnp.asarray(np.asarray(act_params.zero_points, np.float32)[:, group])
-        bits = int(act_params.bits)
     nll = _bound_program(
         model,
         sampler_weights(model, weights),
@@ -168,6 +178,7 @@ def _bound(
         jax.random.PRNGKey(seed),
         bits=bits,
         batch_size=bound_batch_size(tokens.shape[1], model.lm.vocab_size),
+        act_mode=act_mode,
     )
     return float(nll)
 

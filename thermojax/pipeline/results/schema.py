@@ -310,6 +310,13 @@ class Result:
             return [int(t) for t in self.sampler["timesteps"]]
         return list(range(self.num_timesteps or 0))
 
+    def act_mode(self) -> str:
+        """How the quantized sampler quantized activations, from ``config.act.mode``:
+        ``static`` (each time group's parameters, and for a result written before the option
+        existed) or ``dynamic`` (each token's own range; the time groups and their parameters
+        then describe calibration, not what sampled)."""
+        return str((self.config.get("act") or {}).get("mode", "static"))
+
     def weight_method(self) -> str:
         """The weight quantizer in words, from ``config.quant`` (``minmax`` for a result written
         before the option existed): the method, GPTQ's Hessian weighting, kept bits."""

@@ -62,14 +62,15 @@ CONFIG_KEYS = (
     "bit_width",
     "group_size",
     "act_bits",
+    "act_mode",
     "num_time_groups",
     "smoothness_threshold",
     "seed",
     "sampler",
     "sampling_steps",
 )
-"""What tells the configurations of a sweep apart (and orders them); ``sampler`` and
-``sampling_steps`` are the sampler that sampled and its S."""
+"""What tells the configurations of a sweep apart (and orders them); ``act_mode`` is
+``act.mode``, ``sampler`` and ``sampling_steps`` are the sampler that sampled and its S."""
 COLUMNS = (
     "job",
     "status",
@@ -106,7 +107,8 @@ class SweepSummary:
             does not apply, e.g. metrics of a failed configuration).
         failures: ``{job, overrides, error_type, message}`` per failed configuration.
         correlations: ``smoothness_vs_<metric>`` -> ``{"pearson": r or None, "n": count}`` over
-            the distinct configurations apart from the threshold (which changes neither).
+            the distinct configurations apart from the threshold (which changes neither), less
+            ``act.mode=dynamic`` runs (their smoothness is of parameters they did not use).
     """
 
     sweep_dir: str
@@ -252,6 +254,7 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
         "bit_width": result.bit_width,
         "group_size": result.config.get("group_size"),
         "act_bits": result.act_bits,
+        "act_mode": result.act_mode(),
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "seed": result.config.get("seed"),
@@ -275,7 +278,11 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
     return {key: _finite_or_none(value) for key, value in row.items()}
 
 
-_OVERRIDE_COLUMNS = {"sampling.sampler": "sampler", "sampling.steps": "sampling_steps"}
+_OVERRIDE_COLUMNS = {
+    "sampling.sampler": "sampler",
+    "sampling.steps": "sampling_steps",
+    "act.mode": "act_mode",
+}
 """Override keys whose summary column has another name."""
 
 
@@ -350,10 +357,11 @@ def collect(sweep_dir: str | Path) -> SweepSummary:
     rows.sort(key=_sort_key)
     failures.sort(key=lambda f: f["job"])
     # Quality and smoothness do not depend on the threshold: count each calibrated and sampled
-    # configuration once, or threshold variants would weigh it several times.
+    # configuration once, or threshold variants would weigh it several times. A dynamic run's
+    # smoothness describes parameters it did not sample with: not a point of the correlations.
     distinct: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
-        if row["status"] == "ok":
+        if row["status"] == "ok" and row["act_mode"] != "dynamic":
             distinct.setdefault(
                 tuple(row[k] for k in CONFIG_KEYS if k != "smoothness_threshold"), row
             )

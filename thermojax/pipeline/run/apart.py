@@ -84,6 +84,7 @@ def run_apart(
         _log_quality,
         _quantize_weights,
         _sampler_record,
+        shipped_act_params,
     )
 
     names = list(APART_STAGES)
@@ -112,11 +113,13 @@ def run_apart(
     with stages("time groups + metrics"):
         baseline = _group_parameters(stats, config)
     quantization_time_s = sum(stages.timings.values()) - sum(cached.waited_s.values())
-    act_params = baseline.act_params(config.act_bits)
+    act_params = baseline.act_params(config.act_bits, config.act.mode)
     export_path = None
     if config.export.path is not None:
         with stages(EXPORT_STAGE):
-            export_path = family.export(config, packed, qweights, act_params)
+            export_path = family.export(
+                config, packed, qweights, shipped_act_params(config, act_params)
+            )
             log.info("quantized checkpoint written to %s", export_path)
     stored = cached.stored("quality")
     quantized = figures = None

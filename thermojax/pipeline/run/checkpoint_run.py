@@ -131,6 +131,11 @@ def _refuse_diffusion_settings(config: BaselineConfig) -> None:
             f"phases.enabled=True: the phase experiment samples the model; "
             f"model.path={config.model.path!r} is measured weight-only"
         )
+    if config.act.mode != "static":
+        raise UserInputError(
+            f"act.mode={config.act.mode!r}: activations are quantized per token while the model "
+            f"samples; model.path={config.model.path!r} is measured weight-only"
+        )
 
 
 def _markov(config: BaselineConfig, stats: ActivationStats) -> tuple[dict[str, Any], ActParams]:

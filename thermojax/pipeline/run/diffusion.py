@@ -62,7 +62,7 @@ from thermojax.pipeline.weights.quantize import (
 )
 from thermojax.pipeline.weights.section import WeightsSection
 
-__all__ = ["GroupParameters", "SampledFamily", "run_diffusion"]
+__all__ = ["GroupParameters", "SampledFamily", "run_diffusion", "shipped_act_params"]
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,9 @@ class GroupParameters:
     zero_points: np.ndarray
     metrics: MarkovMetrics
 
-    def act_params(self, bits: int) -> ActParams:
-        """The sampler's :class:`ActParams`."""
-        return ActParams(self.scales, self.zero_points, self.edges, bits)
+    def act_params(self, bits: int, mode: str = "static") -> ActParams:
+        """The sampler's :class:`ActParams` (``mode``: ``act.mode``)."""
+        return ActParams(self.scales, self.zero_points, self.edges, bits, mode)
 
 
 def run_diffusion(
@@ -177,7 +177,7 @@ def run_diffusion(
                 model,
                 fp32,
                 qweights=qweights,
-                act_params=baseline.act_params(config.act_bits),
+                act_params=baseline.act_params(config.act_bits, config.act.mode),
                 weight_report=weight_report,
                 num_samples=config.sampling.num_samples,
                 seed=config.seed,
@@ -236,7 +236,7 @@ def run_diffusion(
     if config.export.path is not None:
         with stages(EXPORT_STAGE):
             act_params = (baseline if enhanced is None else enhanced).act_params(config.act_bits)
-            path = family.export(config, model, qweights, act_params)
+            path = family.export(config, model, qweights, shipped_act_params(config, act_params))
             log.info("quantized checkpoint written to %s", path)
             result = dataclasses.replace(
                 result, weights=dataclasses.replace(result.weights, export_path=str(path))
@@ -246,6 +246,15 @@ def run_diffusion(
     )
     _log_details(result)
     return result
+
+
+def shipped_act_params(config: BaselineConfig, act_params: ActParams) -> ActParams | None:
+    """The activation parameters an export ships: none with ``act.mode=dynamic``, whose
+    quantized model quantizes each token by its own range and uses no calibrated parameters."""
+    if config.act.mode == "dynamic":
+        log.info("act.mode=dynamic: the checkpoint ships no activation parameters")
+        return None
+    return act_params
 
 
 def _sampler_record(

@@ -21,6 +21,7 @@ The YAML / command-line key ``time_groups.lambda`` is a Python keyword, so the t
 
 from __future__ import annotations
 
+from thermojax.pipeline.settings.act import ACT_MODES, ActConfig
 from thermojax.pipeline.settings.baseline import BaselineConfig, check_model_limits, validate_config
 from thermojax.pipeline.settings.model import (
     MAX_DEVICES,
@@ -57,6 +58,7 @@ from thermojax.pipeline.settings.thermo import (
 )
 
 __all__ = [
+    "ACT_MODES",
     "HESSIAN_WEIGHTINGS",
     "MAX_DEVICES",
     "MODEL_DTYPES",
@@ -70,6 +72,7 @@ __all__ = [
     "TIME_GROUP_STRATEGIES",
     "WANDB_MODES",
     "WEIGHT_METHOD_NAMES",
+    "ActConfig",
     "BaselineConfig",
     "CalibrationConfig",
     "DataConfig",

@@ -11,6 +11,7 @@ from typing import Any
 
 from thermojax.core.quant import ACT_BITS_RANGE
 from thermojax.errors import UserInputError
+from thermojax.pipeline.settings.act import ActConfig, validate_act
 from thermojax.pipeline.settings.checks import MAX_INT32, MAX_SEED, check_count, fail
 from thermojax.pipeline.settings.model import (
     MAX_HELDOUT_WINDOWS,
@@ -54,7 +55,8 @@ class BaselineConfig:
 
     Attributes:
         bit_width: weight bits (2, 4 or 8).
-        act_bits: activation bits (2..16, fake-quantized per time group).
+        act_bits: activation bits (2..16, fake-quantized per time group, or per token with
+            ``act.mode=dynamic``).
         num_time_groups: G, contiguous groups of the model's T timesteps (1 <= G <= T).
         smoothness_threshold: a scale jump above this at a boundary is a violation.
         group_size: weight quantization group size along the input dimension.
@@ -62,6 +64,7 @@ class BaselineConfig:
         thermo: Phase 2 smoothing and Phase 3 optimization (off by default).
         time_groups: uniform or adaptive group boundaries.
         phases: the phase experiment (off by default; ``experiment=phases``).
+        act: how activations are quantized (static time-group parameters by default).
     """
 
     bit_width: int = 2
@@ -82,6 +85,7 @@ class BaselineConfig:
     weights: WeightsConfig = dataclasses.field(default_factory=WeightsConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    act: ActConfig = dataclasses.field(default_factory=ActConfig)
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -195,6 +199,7 @@ def validate_config(cfg: BaselineConfig) -> None:
     validate_thermo(cfg.thermo, cfg.time_groups, num_time_groups=cfg.num_time_groups)
     validate_time_groups(cfg.time_groups)
     validate_phases(cfg.phases, seed=cfg.seed, num_time_groups=cfg.num_time_groups)
+    validate_act(cfg.act, enhanced=cfg.enhanced, phases=cfg.phases.enabled)
 
 
 def _path_is(key: str, path: str, test: str) -> bool:
