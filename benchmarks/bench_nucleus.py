@@ -1,13 +1,13 @@
 """The masked-diffusion sampler's nucleus (top-p) filter: bisection against the sort it replaced.
 
-``_nucleus`` (``thermojax/models/masked_diffusion.py``) finds the nucleus's cut by bisecting
+``nucleus_filter`` (``thermojax/models/nucleus.py``) finds the nucleus's cut by bisecting
 over the float32 bit patterns of the probabilities (30 masked sums over the vocabulary); until
 it did, it sorted the whole vocabulary at every position of every step (``sort`` below, the
 old code verbatim). Both run jitted on the same ``[rows, vocab]`` float32 logits (normal, times
 ``--scale``: a peaked, LM-like softmax), after a warm-up call; per row of the table: the median
 time per call over ``--repeats`` rounds (each round runs every variant once, so that load from
 other processes hits them alike), the softmax alone as the floor both pay, the ratio, and how
-many rows' kept sets differ (rounding at the cut: see ``_nucleus``'s docstring).
+many rows' kept sets differ (rounding at the cut: see ``nucleus_filter``'s docstring).
 
 Usage::
 
@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thermojax.models.masked_diffusion import _nucleus
+from thermojax.models.nucleus import nucleus_filter as _nucleus
 
 
 def nucleus_sort(logits: jax.Array, top_p: float) -> jax.Array:
-    """The sort-based filter ``_nucleus`` replaced (the baseline)."""
+    """The sort-based filter ``nucleus_filter`` replaced (the baseline)."""
     probs = jax.nn.softmax(logits, axis=-1)
     descending = -jnp.sort(-probs, axis=-1)
     mass_before = jnp.cumsum(descending, axis=-1) - descending

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from thermojax.models.masked_diffusion import (
     UNMASKING_RULES,
     MaskedDiffusionSamples,
-    _nucleus,
     reveal_schedule,
     sample,
 )
+from thermojax.models.nucleus import nucleus_filter as _nucleus
 
 V = 6
 MASK = 5
