@@ -42,6 +42,19 @@ def _describe(obj: Any) -> Any:
     return repr(obj)
 
 
+def _model_parts(model: DiffusionModel) -> dict[str, Any]:
+    """What both model fingerprints hash besides the parameters: its class, architecture config,
+    timestep count, layer names and data shape."""
+    return {
+        "kind": "model",
+        "type": f"{type(model).__module__}.{type(model).__qualname__}",
+        "config": _describe(getattr(model, "config", None)),
+        "num_timesteps": int(model.num_timesteps),
+        "layer_names": list(model.layer_names),
+        "data_shape": list(model.data_shape),
+    }
+
+
 def model_fingerprint(model: DiffusionModel) -> str:
     """A hash of everything about the denoiser that changes its samples or activations.
 
@@ -65,12 +78,7 @@ def model_fingerprint(model: DiffusionModel) -> str:
     if callable(getattr(schedule, "arrays", None)):
         arrays.update({f"schedule.{name}": a for name, a in schedule.arrays().items()})
     return cache_key(
-        kind="model",
-        type=f"{type(model).__module__}.{type(model).__qualname__}",
-        config=_describe(getattr(model, "config", None)),
-        num_timesteps=int(model.num_timesteps),
-        layer_names=list(model.layer_names),
-        data_shape=list(model.data_shape),
+        **_model_parts(model),
         arrays=arrays_fingerprint(arrays),
         **({"devices": spread} if spread > 1 else {}),
     )
@@ -87,12 +95,7 @@ def checkpoint_model_fingerprint(model: DiffusionModel, path: str, *, dtype: str
     checkpoint = open_checkpoint(path)
     files = ["config.json", *checkpoint.shards]
     return cache_key(
-        kind="model",
-        type=f"{type(model).__module__}.{type(model).__qualname__}",
-        config=_describe(getattr(model, "config", None)),
-        num_timesteps=int(model.num_timesteps),
-        layer_names=list(model.layer_names),
-        data_shape=list(model.data_shape),
+        **_model_parts(model),
         checkpoint=checkpoint.fingerprint(),
         modified={file: os.stat(Path(checkpoint.path) / file).st_mtime_ns for file in files},
         dtype=dtype,
