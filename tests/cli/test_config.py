@@ -51,6 +51,15 @@ def test_act_mode_from_the_command_line():
         to_config(composed("act.mode=bogus"))
 
 
+def test_act_rotation_from_the_command_line():
+    assert to_config(composed()).act.rotation == "none"
+    assert to_config(composed("act.rotation=hadamard")).act.rotation == "hadamard"
+    with pytest.raises(
+        UserInputError, match=r"^act\.rotation='bogus': must be one of none, hadamard$"
+    ):
+        to_config(composed("act.rotation=bogus"))
+
+
 def test_experiment_files_only_override():
     cfg = to_config(composed("experiment=int4_8groups"))
     assert (cfg.bit_width, cfg.num_time_groups) == (4, 8)
@@ -131,7 +140,17 @@ def test_mapping_with_partial_keys_gets_defaults():
         ({"model": {"file": "x"}}, "model.file"),
         ({"act": {"mode": "bogus"}}, "act.mode='bogus': must be one of static, dynamic"),
         ({"act": {"mode": 3}}, "act.mode"),
-        ({"act": {"rotation": "hadamard"}}, "act.rotation"),
+        ({"act": {"rotation": "bogus"}}, "act.rotation='bogus': must be one of none, hadamard"),
+        ({"act": {"rotation": 1}}, "act.rotation"),
+        ({"act": {"rotating": "hadamard"}}, "act.rotating"),
+        (
+            {"act": {"rotation": "hadamard"}, "export": {"path": "/nonexistent/export"}},
+            "act.rotation='hadamard': exports do not record the rotation yet",
+        ),
+        (
+            {"act": {"rotation": "hadamard"}, "model": {"devices": 2}},
+            "act.rotation='hadamard': not with parameters laid over devices (model.devices=2",
+        ),
         ({"act": "dynamic"}, "act: is a section of keys"),
         (
             {"act": {"mode": "dynamic"}, "phases": {"enabled": True}},

@@ -62,8 +62,9 @@ BASE = {"bit_width": 2, "act_bits": 8, "num_time_groups": 4, "smoothness_thresho
         (BASE, ["sampling.num_samples=16", "seed=1"], ["seed"], "W2-G4-t0.3-s1"),
         (BASE, ["sampling.num_samples=16"], None, "W2-G4-t0.3-sampling.num_samples=16"),
         (BASE, ["+hydra.launcher.num_cpus=1", "model=pydoc-mdlm"], None, "W2-G4-t0.3-pydoc-mdlm"),
+        (BASE, ["act.mode=dynamic", "act.rotation=hadamard"], None, "W2-G4-t0.3-dynamic-hadamard"),
     ],
-    ids=["core", "act-bits", "seed-method-group-size", "only-swept", "other-key", "model"],
+    ids=["core", "act-bits", "seed-method-group-size", "only-swept", "other-key", "model", "act"],
 )
 def test_run_name_says_the_configuration(config, overrides, swept, name):
     assert run_name(config, overrides, swept) == name

@@ -80,7 +80,8 @@ def dynamic_params(model, bits: int) -> ActParams:
 @pytest.mark.parametrize("mode", MODES)
 def test_the_result_says_which_mode_sampled(runs, kind, mode, tmp_path):
     result = runs[kind, mode]
-    assert result.act_mode() == mode and result.config["act"] == {"mode": mode}
+    assert result.act_mode() == mode
+    assert result.config["act"] == {"mode": mode, "rotation": "none"}
     path = write_result(result, tmp_path / "job" / REPORT_JSON)
     assert read_result(path).act_mode() == mode
     page = render_report(result)

@@ -21,6 +21,7 @@ from thermojax.pipeline.cache.stages import (
     weights_section,
 )
 from thermojax.pipeline.cache.store import cache_key, entry_path
+from thermojax.pipeline.families.digits import DIGITS
 from thermojax.pipeline.quality.image import ImageQuality
 from thermojax.pipeline.settings import BaselineConfig
 from thermojax.pipeline.weights.quantize import quantize_weights
@@ -73,6 +74,9 @@ CASES = {
     "sampling__num_samples": (16, {"calibration": False, "fp32_samples": True, "quality": True}),
     "quant__method": ("mse_clip", {"calibration": True, "fp32_samples": False, "quality": True}),
     "act__mode": ("dynamic", {"calibration": False, "fp32_samples": False, "quality": True}),
+    # Of the same model: a run rotates it first, which re-keys everything through its
+    # fingerprint (test_a_rotated_model_is_another_model).
+    "act__rotation": ("hadamard", {"calibration": False, "fp32_samples": False, "quality": True}),
 }
 
 
@@ -99,9 +103,11 @@ def test_a_config_section_added_later_is_part_of_the_quality_key(model):
 
 
 def test_a_key_added_later_keeps_the_entries_of_runs_before_it(model, monkeypatch):
-    """The default ``act`` section hashes as the config did before it existed; another value
-    re-keys; a key added after it at its earlier value re-keys nothing, not even that value."""
+    """The default ``act`` section hashes as the config did before it existed, and as it did
+    between ``act.mode`` and ``act.rotation``; another value re-keys; a key added after them at
+    its earlier value re-keys nothing, not even their other values."""
     config = BaselineConfig().to_dict()
+    assert config["act"] == {"mode": "static", "rotation": "none"}
     earlier = copy.deepcopy(config)
     del earlier["act"]  # what a run hashed before act.mode existed
     qweights = _qweights(model, config["bit_width"], config["group_size"], "minmax")
@@ -109,17 +115,31 @@ def test_a_key_added_later_keeps_the_entries_of_runs_before_it(model, monkeypatc
     def key(data):
         return StageCache(model, data, qweights).quality_key()
 
-    assert key(config) == key(earlier)
-    dynamic = copy.deepcopy(config)
-    dynamic["act"]["mode"] = "dynamic"
+    def with_act(**act):
+        return {**copy.deepcopy(config), "act": act}
+
+    assert key(config) == key(earlier) == key(with_act(mode="static"))
+    dynamic = with_act(mode="dynamic", rotation="none")
+    assert key(dynamic) == key(with_act(mode="dynamic"))  # before act.rotation existed
     assert key(dynamic) != key(config)
-    before = key(dynamic)
-    monkeypatch.setitem(KEYS_ADDED_LATER, ("act", "rotation"), "none")
-    for data in (config, dynamic):
-        data["act"]["rotation"] = "none"
-    assert (key(config), key(dynamic)) == (key(earlier), before)
-    dynamic["act"]["rotation"] = "hadamard"
-    assert key(dynamic) != before
+    rotated = with_act(mode="static", rotation="hadamard")
+    assert len({key(config), key(dynamic), key(rotated)}) == 3
+    before = key(rotated), key(dynamic)
+    monkeypatch.setitem(KEYS_ADDED_LATER, ("act", "later"), "off")
+    for data in (config, dynamic, rotated):
+        data["act"]["later"] = "off"
+    assert (key(config), (key(rotated), key(dynamic))) == (key(earlier), before)
+    rotated["act"]["later"] = "on"
+    assert key(rotated) != before[0]
+
+
+def test_a_rotated_model_is_another_model(model):
+    """``act.rotation=hadamard`` runs the rotated model (the same function within float32
+    rounding, other parameters): its own calibration and fp32 entries, one per seed."""
+    rotated = [DIGITS.rotate(model, seed) for seed in (0, 0, 1)]
+    prints = [model_fingerprint(m) for m in (model, *rotated)]
+    assert prints[1] == prints[2]
+    assert len({prints[0], prints[1], prints[3]}) == 3
 
 
 def test_the_weights_used_are_in_the_keys_whatever_the_settings_say(model):

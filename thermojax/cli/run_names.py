@@ -41,8 +41,10 @@ RUN_NAME_VALUES = (
     "calibration",
     "time_groups.strategy",
     "act.mode",
+    "act.rotation",
 )
-"""Swept keys shown by their value alone in a run name (``gptq``, ``pydoc-mdlm``, ``dynamic``)."""
+"""Swept keys shown by their value alone in a run name (``gptq``, ``pydoc-mdlm``, ``dynamic``,
+``hadamard``)."""
 _NAMED_KEYS = ("bit_width", "act_bits", "num_time_groups", "smoothness_threshold")
 _UNNAMED_KEYS = ("sweep", "wandb", "hydra")
 

@@ -149,10 +149,11 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
     """
     markov = result.smoothness_score is not None
     mode = "weight-only, " if result.mode == "weight-only" else ""
-    dynamic = " dynamic per token" if result.act_mode() == "dynamic" else ""
+    act = " dynamic per token" if result.act_mode() == "dynamic" else ""
+    act += ", Hadamard-rotated" if result.act_rotation() == "hadamard" else ""
     lines = [
         f"[bold]{escape(result.model_name)}[/bold]: {mode}INT{result.bit_width} weights"
-        + (f", A{result.act_bits}{dynamic}, {result.num_time_groups} time groups" if markov else "")
+        + (f", A{result.act_bits}{act}, {result.num_time_groups} time groups" if markov else "")
         + (f", {escape(result.sampler_description())}" if result.sampler is not None else "")
     ]
     if markov:

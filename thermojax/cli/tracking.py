@@ -125,6 +125,7 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
         "bit_width": result.bit_width,
         "act_bits": result.act_bits,
         "act_mode": result.act_mode(),
+        "act_rotation": result.act_rotation(),
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "patterns": ",".join(p.id for p in result.common_violation_patterns),
@@ -153,7 +154,14 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
     }
 
 
-CONFIG_SCALARS = ("bit_width", "act_bits", "act_mode", "num_time_groups", "smoothness_threshold")
+CONFIG_SCALARS = (
+    "bit_width",
+    "act_bits",
+    "act_mode",
+    "act_rotation",
+    "num_time_groups",
+    "smoothness_threshold",
+)
 """Keys of :func:`summary_metrics` that repeat the run config: in the summary, not metrics."""
 
 

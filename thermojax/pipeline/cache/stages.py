@@ -116,6 +116,7 @@ config before it is hashed into the quality key."""
 
 KEYS_ADDED_LATER: dict[tuple[str, ...], Any] = {
     ("act", "mode"): "static",
+    ("act", "rotation"): "none",
 }
 """Config paths added after quality entries were written, each with the value that every run
 before it had: hashed into the quality key only when they hold another value (a section left

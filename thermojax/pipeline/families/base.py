@@ -60,6 +60,7 @@ __all__ = [
     "recognise",
     "refuse_model_settings",
     "refuse_quant_settings",
+    "refuse_rotation",
     "refuse_sampling_settings",
     "refuse_text_data",
     "register_family",
@@ -105,7 +106,8 @@ class DiffusionFamily:
     model's own), the format its checkpoints are stored in (``weights_format``, in the
     result's ``weights.source``; the family's name by default), the sampler's description, no
     quantized-checkpoint format (``exports``: whether :meth:`export` writes one), no per-step
-    working memory.
+    working memory, no rotations (``rotates``: whether :meth:`rotate` gives its models the
+    rotations of ``act.rotation=hadamard``).
     """
 
     name: str = ""
@@ -119,6 +121,7 @@ class DiffusionFamily:
     default_sampler: str | None = None
     weights_format: str = ""
     exports: bool = False
+    rotates: bool = False
 
     def __init__(self) -> None:
         if not self.weights_format:
@@ -133,8 +136,16 @@ class DiffusionFamily:
         raise NotImplementedError
 
     def check(self, config: BaselineConfig) -> BaselineConfig:
-        """Refuse sampler settings of other families, ``calibration.stats``, and
-        ``export.path`` without a format to write; fill in the default sampler."""
+        """Refuse sampler settings of other families, ``calibration.stats``, ``export.path``
+        without a format to write, and ``act.rotation`` where the family does not rotate or
+        ``model.path`` is a quantized checkpoint; fill in the default sampler."""
+        if not self.rotates:
+            refuse_rotation(config, self.description)
+        elif config.act.rotation != "none" and export_document(config) is not None:
+            raise UserInputError(
+                f"act.rotation={config.act.rotation!r}: model.path={config.model.path!r} is a "
+                "quantized checkpoint, whose codes were made without the rotation"
+            )
         refuse_sampling_settings(config, self)
         refuse_model_settings(config, self.description, self.model_options)
         if not self.takes_text_data:
@@ -188,6 +199,18 @@ class DiffusionFamily:
     def step_bytes(self, model: Any, num_samples: int) -> float:
         """Memory one sampler step of ``num_samples`` takes beyond the state (bytes)."""
         return 0.0
+
+    def rotate(self, model: Any, seed: int) -> Any:
+        """``model`` with the randomized Hadamard rotations of ``act.rotation=hadamard``, their
+        signs from ``seed`` (the same seed, the same model): the same function within float32
+        rounding, with activations that quantize better (a family with ``rotates`` set gives
+        it)."""
+        raise NotImplementedError
+
+    def describe_rotation(self, model: Any) -> str:
+        """What :meth:`rotate` did to ``model``, for the run log: which tensors it rotated and
+        which layers' inputs get an online transform."""
+        raise NotImplementedError
 
 
 def check_model(config: BaselineConfig, model: DiffusionModel) -> None:
@@ -282,6 +305,15 @@ def refuse_model_settings(config: BaselineConfig, what: str, takes: tuple[str, .
             raise UserInputError(
                 f"model.{key}={value!r}: only for a masked-diffusion LM run, not {what}"
             )
+
+
+def refuse_rotation(config: BaselineConfig, what: str) -> None:
+    """``act.rotation`` other than ``none`` given to ``what``, which has no rotations: one line
+    naming it."""
+    if config.act.rotation != "none":
+        raise UserInputError(
+            f"act.rotation={config.act.rotation!r}: {what} has no rotations (set act.rotation=none)"
+        )
 
 
 def refuse_text_data(config: BaselineConfig, what: str) -> None:

@@ -2,7 +2,7 @@
 unset), or a quantized checkpoint thermojax exported from one (its codes are run as they are,
 against the full-precision source's fp32 samples). Its samples are images; it samples with
 ``ddpm`` (every timestep) or ``ddim``; it exports its quantized weights with the digits
-``model.json``.
+``model.json``; ``act.rotation=hadamard`` gives its residual blocks online rotations.
 
 Example:
     >>> from thermojax.pipeline.settings import BaselineConfig
@@ -57,6 +57,7 @@ class DigitsFamily(DiffusionFamily):
     default_sampler = "ddpm"
     weights_format = DIGITS_FORMAT
     exports = True
+    rotates = True
 
     def recognises(self, config: BaselineConfig) -> bool:
         path = config.model.path
@@ -86,6 +87,16 @@ class DigitsFamily(DiffusionFamily):
         check_model(config, model)
         log.info("model %s: T=%d, layers %s", model.name, model.num_timesteps, model.layer_names)
         return LoadedModel(model)
+
+    def rotate(self, model: Any, seed: int) -> Any:
+        """An online rotation before each residual block
+        (:func:`~thermojax.models.digits.rotation.rotate_digits`), signs from ``seed``."""
+        from thermojax.models.digits.rotation import rotate_digits
+
+        return rotate_digits(model, seed=seed)
+
+    def describe_rotation(self, model: Any) -> str:
+        return f"online rotation before {', '.join(model.online_rotation)}"
 
     def export(
         self,

@@ -6,6 +6,8 @@ sequences; it samples with its own unmasking sampler, set by ``sampling.steps``,
 ``unmasking``, ``temperature``, ``top_p``, ``prompt`` and ``block_length`` (LLaDA's
 semi-autoregressive blocks). It exports the codes it sampled in its
 source's Hugging Face layout (:mod:`~thermojax.pipeline.checkpoint.export_lm`).
+``act.rotation=hadamard`` rotates its residual stream in the weights and gives each MLP down
+projection an online Hadamard transform (:func:`~thermojax.models.dream.rotation.rotate_lm`).
 
 Example:
     >>> from thermojax.pipeline.settings import BaselineConfig, ModelConfig
@@ -69,6 +71,7 @@ class MaskedLMFamily(DiffusionFamily):
     takes_text_data = True
     weights_format = HF_FORMAT
     exports = True
+    rotates = True
 
     def recognises(self, config: BaselineConfig) -> bool:
         """A Hugging Face folder (``config.json``) that ``model.run`` runs: ``diffusion``, or
@@ -283,6 +286,23 @@ class MaskedLMFamily(DiffusionFamily):
             orbax=config.export.orbax,
         )
 
+    def rotate(self, model: Any, seed: int) -> Any:
+        """The network rotated QuaRot-style (:func:`~thermojax.models.dream.rotation.rotate_lm`:
+        norms folded, residual stream rotated, online Hadamard before each MLP down
+        projection), with the key ``jax.random.key(seed)``."""
+        import jax
+
+        from thermojax.models.dream.rotation import rotate_lm
+
+        return model.replace(lm=rotate_lm(model.lm, key=jax.random.key(seed)))
+
+    def describe_rotation(self, model: Any) -> str:
+        online = model.lm.online_hadamard
+        return (
+            "residual stream rotated in the weights (RMSNorm scales folded), online Hadamard "
+            f"before the {len(online)} MLP down projections ({', '.join(online)})"
+        )
+
     def sampler_record(self, model: Any, spec: SamplerSpec) -> dict[str, Any]:
         """Its unmasking sampler: ``masked-diffusion unmasking (random), 64 steps``, or with
         LLaDA's blocks ``masked-diffusion unmasking (low-confidence, blocks of 32), 64 steps``."""
@@ -309,7 +329,10 @@ MASKED_LM = register_family(MaskedLMFamily())
 def _together_by(config: BaselineConfig) -> str | None:
     """The setting that needs the reference and the quantized model at once, or ``None``:
     GPTQ (the dense weights beside their Hessians), the enhanced parameters and the phase
-    experiment (more quantized sampling after the reference's), parameters laid over devices."""
+    experiment (more quantized sampling after the reference's), parameters laid over devices,
+    a rotation (it rewrites every tensor of the network)."""
+    if config.act.rotation != "none":
+        return f"act.rotation={config.act.rotation}"
     if config.quant.method == "gptq":
         return "quant.method=gptq"
     if config.enhanced:

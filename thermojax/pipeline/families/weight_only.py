@@ -21,6 +21,7 @@ from thermojax.models import checkpoint_format
 from thermojax.pipeline.families.base import (
     refuse_model_settings,
     refuse_quant_settings,
+    refuse_rotation,
     refuse_text_data,
     register_family,
 )
@@ -50,6 +51,7 @@ class WeightOnlyFamily:
         refuse_quant_settings(config, "a checkpoint measured weight-only (weights.rules, minmax)")
         refuse_model_settings(config, "a checkpoint measured weight-only", ())
         refuse_text_data(config, "a checkpoint measured weight-only")
+        refuse_rotation(config, "a checkpoint measured weight-only")
         return config
 
     def run(self, config: BaselineConfig, progress: ProgressCallback | None) -> Result:

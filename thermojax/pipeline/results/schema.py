@@ -317,6 +317,12 @@ class Result:
         then describe calibration, not what sampled)."""
         return str((self.config.get("act") or {}).get("mode", "static"))
 
+    def act_rotation(self) -> str:
+        """What the model was rotated by before anything ran on it, from
+        ``config.act.rotation``: ``none`` (and for a result written before the option existed)
+        or ``hadamard`` (randomized Hadamard rotations; every figure is of the rotated model)."""
+        return str((self.config.get("act") or {}).get("rotation", "none"))
+
     def weight_method(self) -> str:
         """The weight quantizer in words, from ``config.quant`` (``minmax`` for a result written
         before the option existed): the method, GPTQ's Hessian weighting, kept bits."""

@@ -63,14 +63,16 @@ CONFIG_KEYS = (
     "group_size",
     "act_bits",
     "act_mode",
+    "act_rotation",
     "num_time_groups",
     "smoothness_threshold",
     "seed",
     "sampler",
     "sampling_steps",
 )
-"""What tells the configurations of a sweep apart (and orders them); ``act_mode`` is
-``act.mode``, ``sampler`` and ``sampling_steps`` are the sampler that sampled and its S."""
+"""What tells the configurations of a sweep apart (and orders them); ``act_mode`` and
+``act_rotation`` are ``act.mode`` and ``act.rotation``, ``sampler`` and ``sampling_steps`` the
+sampler that sampled and its S."""
 COLUMNS = (
     "job",
     "status",
@@ -255,6 +257,7 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
         "group_size": result.config.get("group_size"),
         "act_bits": result.act_bits,
         "act_mode": result.act_mode(),
+        "act_rotation": result.act_rotation(),
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "seed": result.config.get("seed"),
@@ -282,6 +285,7 @@ _OVERRIDE_COLUMNS = {
     "sampling.sampler": "sampler",
     "sampling.steps": "sampling_steps",
     "act.mode": "act_mode",
+    "act.rotation": "act_rotation",
 }
 """Override keys whose summary column has another name."""
 

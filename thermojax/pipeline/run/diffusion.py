@@ -83,6 +83,14 @@ class SampledFamily(Protocol):
         """Memory one sampler step of ``num_samples`` takes beyond the state (bytes)."""
         ...
 
+    def rotate(self, model: Any, seed: int) -> Any:
+        """``model`` with the rotations of ``act.rotation=hadamard``, signs from ``seed``."""
+        ...
+
+    def describe_rotation(self, model: Any) -> str:
+        """What :meth:`rotate` did to ``model``, in words."""
+        ...
+
     def sampler_record(self, model: Any, spec: SamplerSpec) -> dict[str, Any]:
         """``Result.sampler``'s record of ``spec`` on ``model``."""
         ...
@@ -131,7 +139,7 @@ def run_diffusion(
     stages = Stages(progress, stage_names(config))
     with stages("load model"):
         loaded = family.load(config)
-    model = loaded.model
+        model = _rotated(family, config, loaded)
     check_memory(  # refuses, with the estimate, a run that cannot fit
         model,
         config,
@@ -246,6 +254,25 @@ def run_diffusion(
     )
     _log_details(result)
     return result
+
+
+def _rotated(family: SampledFamily, config: BaselineConfig, loaded: Any) -> DiffusionModel:
+    """The loaded model, rotated with ``act.rotation=hadamard`` (signs from ``seed``): what
+    every later stage sees (weight quantization, calibration, fp32 and quantized samples), the
+    same function as the loaded model within float32 rounding."""
+    if config.act.rotation == "none":
+        return loaded.model
+    if loaded.qtensors is not None or loaded.full_precision is not None:
+        # family.check refuses an export, and the LM's memory plan model.residency=apart.
+        raise ValueError("act.rotation rotates a full-precision model held whole in memory")
+    rotated = family.rotate(loaded.model, config.seed)
+    log.info(
+        "act.rotation=%s (signs from seed %d): %s",
+        config.act.rotation,
+        config.seed,
+        family.describe_rotation(rotated),
+    )
+    return rotated
 
 
 def shipped_act_params(config: BaselineConfig, act_params: ActParams) -> ActParams | None:

@@ -21,7 +21,7 @@ The YAML / command-line key ``time_groups.lambda`` is a Python keyword, so the t
 
 from __future__ import annotations
 
-from thermojax.pipeline.settings.act import ACT_MODES, ActConfig
+from thermojax.pipeline.settings.act import ACT_MODES, ACT_ROTATIONS, ActConfig
 from thermojax.pipeline.settings.baseline import BaselineConfig, check_model_limits, validate_config
 from thermojax.pipeline.settings.model import (
     MAX_DEVICES,
@@ -59,6 +59,7 @@ from thermojax.pipeline.settings.thermo import (
 
 __all__ = [
     "ACT_MODES",
+    "ACT_ROTATIONS",
     "HESSIAN_WEIGHTINGS",
     "MAX_DEVICES",
     "MODEL_DTYPES",

@@ -1,4 +1,5 @@
-"""How activations are quantized while the quantized model samples and is scored: ``act.*``.
+"""How activations are quantized while the quantized model samples and is scored, and what
+rotates them first: ``act.*``.
 
 Each setting is one field of :class:`ActConfig` with a default that keeps the numbers of runs
 made before the setting existed; the stage cache leaves a setting out of its quality key while it
@@ -13,7 +14,11 @@ import dataclasses
 from thermojax.core.quant import ACT_MODES
 from thermojax.pipeline.settings.checks import check_choice, fail
 
-__all__ = ["ACT_MODES", "ActConfig", "validate_act"]
+__all__ = ["ACT_MODES", "ACT_ROTATIONS", "ActConfig", "validate_act"]
+
+ACT_ROTATIONS = ("none", "hadamard")
+"""What the model's activations are rotated by before they are quantized: ``none`` or
+``hadamard`` (randomized Hadamard rotations, QuaRot-style; :class:`ActConfig`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,20 +33,58 @@ class ActConfig:
             baseline to beat). Calibration, the time groups and their Markov metrics are still
             computed and reported in ``dynamic`` mode: they describe the static parameters,
             which then do not sample.
+        rotation: ``none``, or ``hadamard``: the loaded model is replaced by one with
+            randomized Hadamard rotations that compute the same function (within float32
+            rounding) from activations with fewer outliers, before anything else sees it, so
+            the weight quantizer (GPTQ included), calibration, the fp32 reference samples and
+            the quantized samples all run the rotated model. On a masked-diffusion LM the
+            residual stream is rotated in the weights (RMSNorm scales folded into the layers
+            reading them, :func:`~thermojax.models.dream.rotation.rotate_lm`) and each MLP down
+            projection's input gets an online Hadamard transform; on the digits DDPM each
+            residual block's input gets an online rotation
+            (:func:`~thermojax.models.digits.rotation.rotate_digits`). The signs come from the
+            run's ``seed``: the same config and seed, the same model. Not for a family that
+            does not rotate, an exported checkpoint (``model.path``, whose codes were made
+            without it, or ``export.path``, which does not record it yet), parameters held
+            apart (``model.residency=apart``) or laid over devices (``model.devices>1``).
     """
 
     mode: str = "static"
+    rotation: str = "none"
 
 
-def validate_act(act: ActConfig, *, enhanced: bool, phases: bool) -> None:
-    """``act.*``, with what the static parameters' enhancements and experiment need.
+def validate_act(
+    act: ActConfig,
+    *,
+    enhanced: bool,
+    phases: bool,
+    export_path: str | None = None,
+    devices: int = 1,
+) -> None:
+    """``act.*``, with what the static parameters' enhancements and experiment need, and what
+    a rotation cannot be combined with yet.
 
     Args:
         enhanced: smoothing, optimization or adaptive groups are on (they reshape the static
             parameters, which ``dynamic`` mode does not sample with).
         phases: the phase experiment is on (it compares static parameter variants).
+        export_path: ``export.path`` (an export does not record a rotation yet).
+        devices: ``model.devices`` (a rotation is untested on parameters laid over devices).
     """
     check_choice("act.mode", act.mode, ACT_MODES)
+    check_choice("act.rotation", act.rotation, ACT_ROTATIONS)
+    if act.rotation != "none" and export_path is not None:
+        raise fail(
+            "act.rotation",
+            act.rotation,
+            "exports do not record the rotation yet (leave export.path unset)",
+        )
+    if act.rotation != "none" and devices > 1:
+        raise fail(
+            "act.rotation",
+            act.rotation,
+            f"not with parameters laid over devices (model.devices={devices}; use 1)",
+        )
     if act.mode == "dynamic" and (enhanced or phases):
         what = (
             "the phase experiment compares"

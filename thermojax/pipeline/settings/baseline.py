@@ -64,7 +64,8 @@ class BaselineConfig:
         thermo: Phase 2 smoothing and Phase 3 optimization (off by default).
         time_groups: uniform or adaptive group boundaries.
         phases: the phase experiment (off by default; ``experiment=phases``).
-        act: how activations are quantized (static time-group parameters by default).
+        act: how activations are quantized (static time-group parameters by default) and
+            rotated first (not by default).
     """
 
     bit_width: int = 2
@@ -199,7 +200,13 @@ def validate_config(cfg: BaselineConfig) -> None:
     validate_thermo(cfg.thermo, cfg.time_groups, num_time_groups=cfg.num_time_groups)
     validate_time_groups(cfg.time_groups)
     validate_phases(cfg.phases, seed=cfg.seed, num_time_groups=cfg.num_time_groups)
-    validate_act(cfg.act, enhanced=cfg.enhanced, phases=cfg.phases.enabled)
+    validate_act(
+        cfg.act,
+        enhanced=cfg.enhanced,
+        phases=cfg.phases.enabled,
+        export_path=cfg.export.path,
+        devices=cfg.model.devices,
+    )
 
 
 def _path_is(key: str, path: str, test: str) -> bool:
