@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast baseline system-deps bench bench-sweep lint clean mutate
+.PHONY: install test test-slow test-all baseline system-deps bench bench-sweep lint clean mutate
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,18 +29,20 @@ system-deps:
 	  fi; \
 	fi
 
-# Two pytest processes, so that no process holds the compiled programs of the whole suite (the
-# suite's one session fixture used in two folders, the phase experiment, is in the first);
-# both run whatever the first ends in, and the target fails if either failed.
-test: install system-deps
-	@status=0; \
-	$(PY) -m pytest tests/cli tests/pipeline $(PYTEST_ARGS) || status=$$?; \
-	$(PY) -m pytest tests --ignore=tests/cli --ignore=tests/pipeline $(PYTEST_ARGS) || status=$$?; \
-	exit $$status
+# The suite on TEST_WORKERS pytest-xdist processes (tests/conftest.py keeps each module on one
+# worker and the Ray modules together): `make test` is everything but the end-to-end tests marked
+# slow; `make test-slow` runs those (CI runs both: .ci/run); `make test-all` both in one call.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
-# Everything but the slow end-to-end tests.
-test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test: install system-deps
+	$(PYTEST) -m "not slow" tests $(PYTEST_ARGS)
+
+test-slow: install system-deps
+	$(PYTEST) -m slow tests $(PYTEST_ARGS)
+
+test-all: install system-deps
+	$(PYTEST) tests $(PYTEST_ARGS)
 
 baseline: install
 	$(PY) -m thermojax.baseline bit_width=2 num_time_groups=4

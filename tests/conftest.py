@@ -19,6 +19,36 @@ settings.register_profile("explore", derandomize=False, database=None, print_blo
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "thermojax"))
 
 
+# Modules whose tests start Ray (embedded, a loopback head, a two-node cluster) or share the
+# suite's phase experiment with one that does: one xdist group, so that one worker runs them
+# one after another (two Ray instances starting at once on one machine race for its ports).
+SERIAL_MODULES = frozenset(
+    {
+        "tests/cli/test_checkpoint_command.py",
+        "tests/cli/test_cluster.py",
+        "tests/cli/test_launch.py",
+        "tests/cli/test_launcher.py",
+        "tests/cli/test_sweep.py",
+        "tests/cli/test_tracking.py",
+        "tests/cli/test_wandb_comparison.py",
+        "tests/pipeline/test_cache_peers.py",
+        "tests/pipeline/test_phases.py",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` (make test): a module's tests run on one worker,
+    so its module fixtures are built once; the Ray modules share one group. A test's own
+    ``xdist_group`` mark wins."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::", 1)[0]
+            group = "ray" if module in SERIAL_MODULES else module
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _compiled_programs_of_the_module_only():
     """Every jitted program a test module compiled is dropped after it (``jax.clear_caches``).
