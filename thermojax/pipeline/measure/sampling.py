@@ -33,7 +33,7 @@ from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec
 from thermojax.pipeline.weights.quantize import sampler_weights
 
-__all__ = ["ActParams", "Samples", "sample"]
+__all__ = ["ActParams", "Samples", "check_act_params", "sample"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +118,9 @@ def _sample_program(
     )
 
 
-def _check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
+def check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
+    """``act_params`` fit ``model``: a known mode, ``[L, G]`` scales and zero points for its L
+    layers, edges from 0 to its T timesteps, strictly increasing (``ValueError`` naming which)."""
     if act_params.mode not in ACT_MODES:
         raise ValueError(f"act_params mode must be one of {ACT_MODES}, got {act_params.mode!r}")
     scales = np.asarray(act_params.scales)
@@ -183,7 +185,7 @@ def sample(
     bits = 0
     act_mode = "static"
     if act_params is not None:
-        _check_act_params(model, act_params)
+        check_act_params(model, act_params)
         bits, act_mode = int(act_params.bits), act_params.mode
     if act_params is not None and act_mode == "static":
         # Each timestep's row, gathered here: the program then sees [L, T] parameters whatever
