@@ -48,12 +48,16 @@ def quantization_json(
     report: WeightOnlyReport,
     activations: dict[str, Any] | None,
     orbax: bool,
+    export_format: str | None = None,
 ) -> str:
+    """The map's text; ``export_format`` (the layout of the stored tensors, recorded unless it
+    is thermojax's own) is ``"compressed-tensors"`` or ``None``."""
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_format": model_format,
         "config_file": config_file,
+        **({"export_format": export_format} if export_format is not None else {}),
         "source": source,
         "bits": int(bits),
         "group_size": int(group_size),

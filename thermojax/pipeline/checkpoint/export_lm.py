@@ -11,11 +11,19 @@ shard. ``quantization.json``'s ``source`` records the family (``masked-diffusion
 the folder samples it), the source's path (and ``shipped`` name), its checkpoint fingerprint,
 the network's :func:`~thermojax.pipeline.cache.stages.network_fingerprint`, and the settings
 that made the codes.
+
+``export_format="compressed-tensors"`` stores the same codes, scales and zero points in
+compressed-tensors' ``pack-quantized`` layout
+(:mod:`~thermojax.pipeline.checkpoint.compressed_tensors`) for serving stacks: ``config.json``
+gains its ``quantization_config`` (and a head tied to the embedding in the source is untied,
+since the folder holds the head's own codes), the activation parameters go into
+``thermojax/activations.safetensors`` and no Orbax copy is written.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -32,6 +40,14 @@ from thermojax.files import atomic_write_bytes, atomic_write_text
 from thermojax.models.hf import open_checkpoint, write_index, write_safetensors
 from thermojax.models.hf.layouts import DTYPES, SINGLE_FILE
 from thermojax.pipeline.checkpoint.activations import checked_codes, write_activations
+from thermojax.pipeline.checkpoint.compressed_tensors import (
+    COMPRESSED_TENSORS,
+    SERVED_BITS,
+    SIDECAR_DIR,
+    ct_stored_entries,
+    quantization_config,
+    to_compressed_tensors,
+)
 from thermojax.pipeline.checkpoint.document import quantization_json, tensor_entry
 from thermojax.pipeline.checkpoint.folder import check_target, companion_files, stage_and_publish
 from thermojax.pipeline.checkpoint.layout import (
@@ -48,7 +64,11 @@ from thermojax.pipeline.weights.stream import TensorSums, block_name, build_repo
 
 __all__ = ["export_masked_lm"]
 
+log = logging.getLogger(__name__)
+
 _KEPT = TensorSums(0.0, 0.0, 0.0, 0, 0)
+_TIE_KEYS = {"qwen2": "tie_word_embeddings", "llada": "weight_tying"}
+"""The ``config.json`` key that ties the head to the embedding, by tensor layout name."""
 
 
 def export_masked_lm(
@@ -62,6 +82,7 @@ def export_masked_lm(
     activations: ActParams | None = None,
     source: Mapping[str, Any] | None = None,
     orbax: bool = True,
+    export_format: str = "thermojax",
 ) -> Path:
     """Write a masked-diffusion LM's quantized weights as a quantized checkpoint (module doc).
 
@@ -76,7 +97,9 @@ def export_masked_lm(
         activations: the run's activation parameters (``[L, S]`` for the model's layers), or
             ``None``.
         source: extra JSON-ready provenance for ``source`` (the settings that made the codes).
-        orbax: also save the QTensors as Orbax checkpoints (``orbax/``).
+        orbax: also save the QTensors as Orbax checkpoints (``orbax/``; thermojax's layout
+            only).
+        export_format: ``thermojax`` (its own layout) or ``compressed-tensors``.
 
     Returns:
         ``out_dir``.
@@ -90,6 +113,8 @@ def export_masked_lm(
 
     out_dir = Path(out_dir)
     check_target(out_dir)
+    served = export_format == COMPRESSED_TENSORS
+    entries_of = ct_stored_entries if served else stored_entries
     checkpoint = open_checkpoint(source_path)
     names = tuple(model.layer_names)
     # [out, in] as stored, by layer name (read from the file one at a time, for a model whose
@@ -119,7 +144,7 @@ def export_masked_lm(
     for info in checkpoint.tensors.values():
         if info.name in qweights:
             q = qweights[info.name]
-            stored = stored_entries(info.name, q.shape, q.bits, q.group_size)
+            stored = entries_of(info.name, q.shape, q.bits, q.group_size)
         else:
             stored = {"values": (info.name, info.dtype, tuple(info.shape))}
         layout[info.file].append((info.name, stored))
@@ -127,7 +152,7 @@ def export_masked_lm(
         if name not in checkpoint.tensors:
             q = qweights[name]
             layout[checkpoint.shards[-1]].append(
-                (name, stored_entries(name, q.shape, q.bits, q.group_size))
+                (name, entries_of(name, q.shape, q.bits, q.group_size))
             )
     owner: dict[str, tuple[str, str]] = {}
     for members in layout.values():
@@ -178,15 +203,43 @@ def export_masked_lm(
             tensors_json[name] = tensor_entry(row, file, stored)
     report = build_report(rows, sums, 0.0)
     companions = companion_files(Path(checkpoint.path))
+    with_orbax = orbax and not served
+    if served:
+        head_tied = names[-1] not in checkpoint.tensors
+        config_text = _served_config(
+            checkpoint.config_text,
+            {name: (qweights[name].bits, qweights[name].group_size) for name in names},
+            tie_key=_TIE_KEYS[model.lm.config.layout.name] if head_tied else None,
+        )
+        if act_entry is not None:
+            act_entry = {**act_entry, "file": f"{SIDECAR_DIR}/{act_entry['file']}"}
+        unserved = sorted({q.bits for q in qweights.values()} - set(SERVED_BITS))
+        if unserved:
+            log.warning(
+                "export.format=%s: %s-bit layers are written (compressed-tensors and "
+                "transformers read them), but vLLM's kernels take %s bits only",
+                COMPRESSED_TENSORS,
+                "/".join(map(str, unserved)),
+                " and ".join(map(str, SERVED_BITS)),
+            )
+    converted: dict[str, dict[str, np.ndarray]] = {}
 
     def produce(entry_name: str) -> np.ndarray:
         tensor, role = owner[entry_name]
         if role == "values":
             return checkpoint.read(tensor, check_finite=False)  # checked when the model loaded
-        return np.asarray(getattr(qweights[tensor], role))
+        if not served:
+            return np.asarray(getattr(qweights[tensor], role))
+        if tensor not in converted:  # one tensor's arrays at a time
+            converted.clear()
+            converted[tensor] = to_compressed_tensors(jax.tree.map(np.asarray, qweights[tensor]))
+        return converted[tensor][role]
 
     def write(folder: Path) -> None:
-        atomic_write_bytes(folder / HF_CONFIG, checkpoint.config_text.encode("utf-8"))
+        if served:
+            atomic_write_text(folder / HF_CONFIG, config_text)
+        else:
+            atomic_write_bytes(folder / HF_CONFIG, checkpoint.config_text.encode("utf-8"))
         for file in companions:
             shutil.copyfile(Path(checkpoint.path) / file, folder / file)
         weight_map: dict[str, str] = {}
@@ -202,9 +255,12 @@ def export_masked_lm(
                 for _, dtype, shape in stored.values()
             )
             write_index(folder, weight_map, stored_bytes)
+        converted.clear()
         if act_arrays is not None:
-            write_activations(folder, act_arrays)
-        if orbax:
+            sidecar = folder / SIDECAR_DIR if served else folder
+            sidecar.mkdir(exist_ok=True)
+            write_activations(sidecar, act_arrays)
+        if with_orbax:
             write_orbax(folder, tensors_json)
         document = quantization_json(
             model_format=HF_FORMAT,
@@ -218,9 +274,24 @@ def export_masked_lm(
             tensors=tensors_json,
             report=report,
             activations=act_entry,
-            orbax=orbax,
+            orbax=with_orbax,
+            export_format=export_format if served else None,
         )
         atomic_write_text(folder / QUANTIZATION_FILE, document)
 
     stage_and_publish(out_dir, write)
     return out_dir
+
+
+def _served_config(
+    config_text: str, layers: Mapping[str, tuple[int, int]], *, tie_key: str | None
+) -> str:
+    """The source's ``config.json`` with compressed-tensors' ``quantization_config`` of
+    ``layers`` (weight name -> bits, group size), and with ``tie_key`` false when the source
+    ties its head to the embedding (the folder holds the head's own codes, which a loader that
+    ties them would drop)."""
+    config = json.loads(config_text)
+    config["quantization_config"] = quantization_config(layers)
+    if tie_key is not None:
+        config[tie_key] = False
+    return json.dumps(config, indent=2) + "\n"

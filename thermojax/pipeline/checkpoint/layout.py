@@ -43,6 +43,15 @@ its bits may differ per layer with ``quant.keep_bits``) instead of the rules' ch
 export records them too) and ``"dtype"`` (the run's ``model.dtype``, or null: a run of the
 export loads its source at it, the dtype its ``network_fingerprint`` was taken at).
 
+With ``export.format=compressed-tensors`` a masked-diffusion LM's folder is the same Hugging
+Face folder in the layout serving stacks load
+(:mod:`~thermojax.pipeline.checkpoint.compressed_tensors`): each quantized ``X.weight`` as
+``X.weight_packed``, ``X.weight_scale``, ``X.weight_zero_point`` and ``X.weight_shape``,
+``config.json`` with a ``quantization_config``, the activation parameters in
+``thermojax/activations.safetensors`` (out of the loaders' ``*.safetensors`` glob), no Orbax
+copy, and ``quantization.json`` with ``"export_format": "compressed-tensors"`` and those four
+stored tensors (roles ``packed``, ``scale``, ``zero_point``, ``shape``) per quantized tensor.
+
 A quantized tensor ``NAME`` of shape ``[..., n]`` with ``bits`` and ``group_size`` is
 :class:`~thermojax.core.quant.QTensor`'s own storage: ``NAME.qcodes`` is ``[..., n * bits / 8]``,
 ``p = 8 / bits`` codes per byte, planar within each group (byte ``b`` of a group holds the
@@ -55,6 +64,7 @@ codes of the group's elements ``b + k * group_size / p``, element ``k`` in bits
     {"format": "thermojax-quantized", "format_version": 1,
      "model_format": "huggingface-safetensors" | "thermojax-digits-ddpm",
      "config_file": "config.json" | "model.json",
+     "export_format": "compressed-tensors" (absent: thermojax's own layout),
      "source": {"fingerprint": ..., "path": ..., ...} (digits: also "model", "num_parameters";
                 "path" null for the shipped model), "bits": 4, "group_size": 64,
      "outlier_sigmas": 6.0,

@@ -24,6 +24,12 @@ from thermojax.core.quant import WEIGHT_BITS, QTensor
 from thermojax.files import UnreadableJSON, read_json_file
 from thermojax.models.hf import CheckpointError
 from thermojax.models.hf.layouts import DTYPES
+from thermojax.pipeline.checkpoint.compressed_tensors import (
+    COMPRESSED_TENSORS,
+    SIDECAR_DIR,
+    ct_stored_entries,
+    from_compressed_tensors,
+)
 from thermojax.pipeline.checkpoint.layout import (
     FORMAT,
     FORMAT_VERSION,
@@ -97,8 +103,11 @@ def _shape(value: object, what: str, tensor: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _expected_stored(name: str, entry: Any) -> tuple[dict[str, tuple], dict[str, Any] | None]:
-    """The stored tensors ``entry`` must list, and the QTensor metadata (``None``: kept)."""
+def _expected_stored(
+    name: str, entry: Any, export_format: str | None = None
+) -> tuple[dict[str, tuple], dict[str, Any] | None]:
+    """The stored tensors ``entry`` must list in the layout ``export_format`` (``None``:
+    thermojax's own), and the QTensor metadata (``None``: kept)."""
     if not isinstance(entry, dict):
         raise CheckpointError(QUANTIZATION_FILE, "tensor entry is not an object", name)
     missing = {"file", "shape", "dtype", "bits", "stored"} - set(entry)
@@ -129,6 +138,11 @@ def _expected_stored(name: str, entry: Any) -> tuple[dict[str, tuple], dict[str,
             name,
         )
     meta = {"shape": shape, "bits": bits, "group_size": group_size, "symmetric": symmetric}
+    if export_format == COMPRESSED_TENSORS:
+        try:
+            return ct_stored_entries(name, shape, bits, group_size), meta
+        except ValueError as err:
+            raise CheckpointError(QUANTIZATION_FILE, str(err), name) from None
     return stored_entries(name, shape, bits, group_size), meta
 
 
@@ -145,6 +159,12 @@ def _check_document(document: Any) -> None:
     for key, kind in (("tensors", dict), ("shards", list), ("config_file", str)):
         if not isinstance(document.get(key), kind):
             raise CheckpointError(QUANTIZATION_FILE, f"{key!r} is missing or not a {kind.__name__}")
+    if document.get("export_format", COMPRESSED_TENSORS) != COMPRESSED_TENSORS:
+        raise CheckpointError(
+            QUANTIZATION_FILE,
+            f"export_format {document['export_format']!r}; this thermojax reads "
+            f"{COMPRESSED_TENSORS!r} (or thermojax's own layout, without the field)",
+        )
 
 
 def _open_safetensors(folder: Path, file: str):
@@ -207,7 +227,11 @@ def _read_activations(folder: Path, entry: Any) -> ActParams:
         entry
     ):
         raise CheckpointError(QUANTIZATION_FILE, "'activations' entry is malformed")
-    file = _plain_file(entry["file"], "activations file")
+    file = entry["file"]  # beside the shards, or in a compressed-tensors export's sidecar folder
+    if not (isinstance(file, str) and file.startswith(f"{SIDECAR_DIR}/")):
+        file = _plain_file(file, "activations file")
+    else:
+        _plain_file(file.removeprefix(f"{SIDECAR_DIR}/"), "activations file")
     bits, num_layers, num_params = check_activation_entry(entry)
     expected = {
         "edges": ("edges", "I32", (num_params + 1,)),
@@ -233,7 +257,9 @@ def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> Quanti
     shape, bits and group size, every scale positive and finite and every zero point in range,
     every kept tensor finite; the activation parameters' edges, scales and zero points, and
     the map's measured figures, are checked too
-    (:mod:`~thermojax.pipeline.checkpoint.validate`). Orbax is not needed.
+    (:mod:`~thermojax.pipeline.checkpoint.validate`). Orbax is not needed. A compressed-tensors
+    export (``export_format``) gives the same QTensors, its codes and zero points re-laid from
+    the int32 words into arrays of their own (the scales and kept tensors are mapped).
 
     By default the tensors are read-only views of the memory-mapped shards: reloading reads
     the headers, scales and zero points, and the codes are paged in from the page cache when
@@ -263,9 +289,10 @@ def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> Quanti
     if not isinstance(config, dict):
         raise CheckpointError(document["config_file"], "not a JSON object")
 
+    export_format = document.get("export_format")
     by_file: dict[str, list[tuple[str, dict[str, tuple], dict[str, Any] | None]]] = {}
     for name, entry in document["tensors"].items():
-        stored, meta = _expected_stored(name, entry)
+        stored, meta = _expected_stored(name, entry, export_format)
         listed = entry["stored"]
         if (
             not isinstance(listed, dict)
@@ -315,8 +342,14 @@ def load_quantized(path: str | os.PathLike[str], *, mmap: bool = True) -> Quanti
                     check_kept(file, name, arrays["values"])
                     tensors[name] = arrays["values"]
                     continue
-                qtensor = QTensor(**arrays, **meta)
-                check_groups(file, name, qtensor)
+                if export_format == COMPRESSED_TENSORS:
+                    try:
+                        qtensor = from_compressed_tensors(arrays, **meta)
+                    except ValueError as err:
+                        raise CheckpointError(file, str(err), stored["shape"][0]) from None
+                else:
+                    qtensor = QTensor(**arrays, **meta)
+                check_groups(file, name, qtensor, zero_name=stored["zero_point"][0])
                 qtensors[name] = qtensor
     activations = None
     if document.get("activations") is not None:
@@ -342,7 +375,7 @@ def restore_orbax_copy(path: str | os.PathLike[str]) -> dict[str, QTensor]:
         raise CheckpointError(ORBAX_DIR, f"not found in {folder} (exported without orbax)")
     targets: dict[str, dict[str, QTensor]] = {}
     for name, entry in document["tensors"].items():
-        stored, meta = _expected_stored(name, entry)
+        stored, meta = _expected_stored(name, entry, document.get("export_format"))
         if meta is None:
             continue
         leaves = {

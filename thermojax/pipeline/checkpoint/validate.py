@@ -64,10 +64,11 @@ def _first(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
-def check_groups(file: str, name: str, qtensor: QTensor) -> None:
+def check_groups(file: str, name: str, qtensor: QTensor, *, zero_name: str | None = None) -> None:
     """Scales positive and finite, zero points within the codes' range (a symmetric tensor's
     at ``2**(bits-1)``): cheap, one value per group, and catches a corrupted group that the
-    shapes cannot."""
+    shapes cannot. ``zero_name``: the stored zero points' name (``NAME.qzero`` by default)."""
+    zero_name = zero_name or name + STORED_SUFFIXES["zero_point"]
     scale, zero = np.asarray(qtensor.scale), np.asarray(qtensor.zero_point)
     bad = ~(np.isfinite(scale) & (scale > 0))
     if bad.any():
@@ -86,14 +87,14 @@ def check_groups(file: str, name: str, qtensor: QTensor) -> None:
             raise CheckpointError(
                 file,
                 f"has zero points other than {half}, but the tensor is symmetric",
-                name + STORED_SUFFIXES["zero_point"],
+                zero_name,
             )
     elif int(zero.max()) > qtensor.qmax:
         raise CheckpointError(
             file,
             f"has zero points above {qtensor.qmax} (the largest {qtensor.bits}-bit code): "
             f"{int(zero.max())}",
-            name + STORED_SUFFIXES["zero_point"],
+            zero_name,
         )
 
 

@@ -121,6 +121,8 @@ class DiffusionFamily:
     default_sampler: str | None = None
     weights_format: str = ""
     exports: bool = False
+    export_formats: tuple[str, ...] = ("thermojax",)
+    """The ``export.format`` values :meth:`export` writes."""
     rotates: bool = False
 
     def __init__(self) -> None:
@@ -155,6 +157,7 @@ class DiffusionFamily:
                 f"export.path={config.export.path!r}: {self.description} has no quantized "
                 "checkpoint format"
             )
+        refuse_export_format(config, self.description, self.export_formats)
         if config.calibration.stats is not None:
             raise UserInputError(
                 f"calibration.stats={config.calibration.stats!r}: only for checkpoints thermojax "
@@ -305,6 +308,17 @@ def refuse_model_settings(config: BaselineConfig, what: str, takes: tuple[str, .
             raise UserInputError(
                 f"model.{key}={value!r}: only for a masked-diffusion LM run, not {what}"
             )
+
+
+def refuse_export_format(config: BaselineConfig, what: str, formats: tuple[str, ...]) -> None:
+    """An ``export.format`` that ``what`` has no writer for (``formats`` it has), with an
+    ``export.path``: one line naming it."""
+    chosen = config.export.format
+    if config.export.path is not None and chosen not in formats:
+        raise UserInputError(
+            f"export.format={chosen!r}: {what} has no {chosen} writer (export.format="
+            f"{' or '.join(formats)}; compressed-tensors is written for a masked-diffusion LM run)"
+        )
 
 
 def refuse_rotation(config: BaselineConfig, what: str) -> None:

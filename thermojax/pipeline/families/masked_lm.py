@@ -27,6 +27,7 @@ from thermojax.core.quant import QTensor
 from thermojax.errors import UserInputError
 from thermojax.models import checkpoint_format, shipped_path
 from thermojax.models.base import SamplerSpec
+from thermojax.pipeline.checkpoint.compressed_tensors import COMPRESSED_TENSORS
 from thermojax.pipeline.checkpoint.layout import HF_FORMAT
 from thermojax.pipeline.families.base import (
     DiffusionFamily,
@@ -71,6 +72,7 @@ class MaskedLMFamily(DiffusionFamily):
     takes_text_data = True
     weights_format = HF_FORMAT
     exports = True
+    export_formats = ("thermojax", COMPRESSED_TENSORS)
     rotates = True
 
     def recognises(self, config: BaselineConfig) -> bool:
@@ -261,8 +263,9 @@ class MaskedLMFamily(DiffusionFamily):
         act_params: ActParams | None,
     ) -> Path:
         """The codes the run sampled, in the source's Hugging Face layout
-        (:func:`~thermojax.pipeline.checkpoint.export_lm.export_masked_lm`); the source recorded
-        by its shipped name when it is a shipped model."""
+        (:func:`~thermojax.pipeline.checkpoint.export_lm.export_masked_lm`; thermojax's own or
+        compressed-tensors', ``export.format``); the source recorded by its shipped name when it
+        is a shipped model."""
         from thermojax.pipeline.checkpoint.export_lm import export_masked_lm
 
         source = Path(config.model.path).expanduser().resolve()
@@ -284,6 +287,7 @@ class MaskedLMFamily(DiffusionFamily):
                 "dtype": config.model.dtype,
             },
             orbax=config.export.orbax,
+            export_format=config.export.format,
         )
 
     def rotate(self, model: Any, seed: int) -> Any:

@@ -28,6 +28,7 @@ from thermojax.pipeline.settings.quant import (
     ExportConfig,
     QuantConfig,
     WeightsConfig,
+    validate_export,
     validate_quant,
 )
 from thermojax.pipeline.settings.reporting import (
@@ -166,6 +167,7 @@ def validate_config(cfg: BaselineConfig) -> None:
         validate_rules(cfg.weights.rules, bits=cfg.bit_width, group_size=cfg.group_size)
     except UserInputError as exc:
         raise UserInputError(f"weights.rules: {exc}") from None
+    validate_export(cfg.export)
     export = cfg.export.path
     if export is not None:
         target = Path(export).expanduser()

@@ -13,12 +13,14 @@ from thermojax.pipeline.weights.rules import DEFAULT_RULES, QuantRule
 
 __all__ = [
     "BIT_WIDTHS_TEXT",
+    "EXPORT_FORMATS",
     "HESSIAN_WEIGHTINGS",
     "SUPPORTED_BIT_WIDTHS",
     "WEIGHT_METHOD_NAMES",
     "ExportConfig",
     "QuantConfig",
     "WeightsConfig",
+    "validate_export",
     "validate_quant",
 ]
 
@@ -44,6 +46,11 @@ class WeightsConfig:
     )
 
 
+EXPORT_FORMATS = ("thermojax", "compressed-tensors")
+"""``export.format`` values: thermojax's own layout, or compressed-tensors' ``pack-quantized``
+(:mod:`thermojax.pipeline.checkpoint.compressed_tensors`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """Write the quantized checkpoint (:mod:`thermojax.pipeline.checkpoint.export`).
@@ -52,10 +59,21 @@ class ExportConfig:
         path: the folder to create (it must not exist, or be empty); ``None``: no export.
         orbax: also save the quantized tensors as Orbax checkpoints (``orbax/``); reloading
             never needs them, and without them an export writes each quantized byte once.
+            thermojax's layout only: a compressed-tensors folder holds its codes once.
+        format: ``thermojax`` (its own layout) or ``compressed-tensors`` (the
+            ``pack-quantized`` Hugging Face folder serving stacks load; a masked-diffusion
+            LM's export only).
     """
 
     path: Optional[str] = None  # noqa: UP045
     orbax: bool = True
+    format: str = "thermojax"
+
+
+def validate_export(export: ExportConfig) -> None:
+    """``export.format`` from :data:`EXPORT_FORMATS`."""
+    if export.format not in EXPORT_FORMATS:
+        raise fail("export.format", export.format, f"must be {' or '.join(EXPORT_FORMATS)}")
 
 
 WEIGHT_METHOD_NAMES = ("minmax", "mse_clip", "hqq", "gptq")
