@@ -24,7 +24,7 @@ from thermojax import (
     sqnr_db,
     storage_bytes,
 )
-from thermojax.core.quant import _pack, _unpack
+from thermojax.core.quant import _pack, _unpack, pack_codes, unpack_codes
 
 SHAPES = [(64,), (3, 128), (2, 3, 256), (5, 512)]
 GROUP_SIZES = [32, 64, 128]
@@ -376,3 +376,18 @@ def test_error_metrics_degenerate_inputs_are_finite():
 def test_error_metrics_shape_mismatch_raises(fn):
     with pytest.raises(ValueError, match="same shape"):
         fn(jnp.zeros((2, 3)), jnp.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_unpacked_codes_are_in_element_order_and_pack_back_to_the_stored_bytes(bits):
+    """``unpack_codes`` gives each element's code where the element is (checked against the
+    float64 codes of the reference's group parameters), and ``pack_codes`` its stored bytes."""
+    x = np.random.default_rng(bits).normal(size=(3, 64)).astype(np.float32)
+    q = quantize(jnp.asarray(x), bits=bits, group_size=16)
+    codes = unpack_codes(q)
+    assert codes.dtype == np.uint8 and codes.shape == (3, 64)
+    scale = np.repeat(np.asarray(q.scale, np.float64), 16, axis=-1)
+    zero = np.repeat(np.asarray(q.zero_point, np.float64), 16, axis=-1)
+    expected = np.clip(np.round(x.astype(np.float64) / scale) + zero, 0, 2**bits - 1)
+    np.testing.assert_array_equal(codes, expected)
+    np.testing.assert_array_equal(pack_codes(codes, bits=bits, group_size=16), np.asarray(q.codes))

@@ -251,6 +251,22 @@ def quantize(x: jax.Array, *, bits: int, group_size: int, symmetric: bool = Fals
     )
 
 
+def unpack_codes(q: QTensor) -> np.ndarray:
+    """``q``'s integer codes in element order, uint8 of ``q.shape`` (its storage is planar within
+    each group: :func:`pack_codes` is the inverse)."""
+    packed = jnp.asarray(q.codes).reshape(*q.shape[:-1], q.num_groups, -1)
+    return np.asarray(_unpack(packed, q.bits)).reshape(q.shape)
+
+
+def pack_codes(codes: np.ndarray, *, bits: int, group_size: int) -> np.ndarray:
+    """Integer codes ``[..., n]`` in element order -> the planar uint8 bytes a :class:`QTensor`
+    stores, ``[..., n * bits // 8]`` (inverse of :func:`unpack_codes`)."""
+    codes = np.asarray(codes)
+    grouped = codes.reshape(*codes.shape[:-1], codes.shape[-1] // group_size, group_size)
+    packed = _pack(jnp.asarray(grouped, jnp.float32), bits)
+    return np.asarray(packed).reshape(*codes.shape[:-1], codes.shape[-1] * bits // 8)
+
+
 @jax.jit
 def dequantize(q: QTensor) -> jax.Array:
     """Reconstruct the float32 array of shape ``q.shape``: ``(codes - zero_point) * scale``.

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from thermojax.core.quant import QTensor
+from thermojax.core.quant import QTensor, pack_codes, unpack_codes
 
 __all__ = [
     "COMPRESSED_TENSORS",
@@ -128,35 +128,11 @@ def unpack_int32(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return codes.reshape(stream.shape[0], -1)[:, :count]
 
 
-def _codes(q: QTensor) -> np.ndarray:
-    """A 2-D QTensor's codes, uint8 ``[out, in]`` in element order (its storage is planar within
-    each group: :class:`~thermojax.core.quant.QTensor`)."""
-    rows, width = q.shape
-    per_byte = 8 // q.bits
-    lane = q.group_size // per_byte
-    planar = np.asarray(q.codes).reshape(rows, width // q.group_size, lane)
-    codes = np.empty((rows, width // q.group_size, per_byte, lane), np.uint8)
-    for k in range(per_byte):
-        codes[:, :, k, :] = (planar >> np.uint8(k * q.bits)) & np.uint8(q.qmax)
-    return codes.reshape(rows, width)
-
-
-def _planar(codes: np.ndarray, bits: int, group_size: int) -> np.ndarray:
-    """Inverse of :func:`_codes`: uint8 ``[out, in]`` codes -> QTensor's planar bytes."""
-    rows, width = codes.shape
-    per_byte = 8 // bits
-    lanes = codes.reshape(rows, width // group_size, per_byte, group_size // per_byte)
-    planar = lanes[:, :, 0, :].copy()
-    for k in range(1, per_byte):
-        planar |= lanes[:, :, k, :] << np.uint8(k * bits)
-    return planar.reshape(rows, width * bits // 8)
-
-
 def to_compressed_tensors(q: QTensor) -> dict[str, np.ndarray]:
     """A 2-D QTensor's stored tensors, by role of :func:`ct_stored_entries` (module doc)."""
     zero = np.asarray(q.zero_point)
     return {
-        "packed": pack_int32(_codes(q), q.bits),
+        "packed": pack_int32(unpack_codes(q), q.bits),
         "scale": np.asarray(q.scale, np.float32),
         "zero_point": np.ascontiguousarray(pack_int32(np.ascontiguousarray(zero.T), q.bits).T),
         "shape": np.asarray(q.shape, np.int64),
@@ -184,7 +160,7 @@ def from_compressed_tensors(
     codes = unpack_int32(arrays["packed"], bits, width)
     zero = unpack_int32(np.ascontiguousarray(np.asarray(arrays["zero_point"]).T), bits, rows)
     return QTensor(
-        codes=_planar(codes, bits, group_size),
+        codes=pack_codes(codes, bits=bits, group_size=group_size),
         scale=np.asarray(arrays["scale"]),
         zero_point=np.ascontiguousarray(zero.T),
         shape=tuple(shape),
