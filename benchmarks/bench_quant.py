@@ -5,11 +5,15 @@ Not a test: prints tables. Run from the repository root:
     .venv/bin/python benchmarks/bench_quant.py            # 32Mi elements, group 128
     .venv/bin/python benchmarks/bench_quant.py --elements 67108864 --repeats 20
 
-Quantize: jitted ``thermojax.quantize`` (fp32 in, packed codes out) vs a plain numpy implementation
-of the same algorithm vs ``np.copyto`` of the same array (the memory-bandwidth reference; it reads
-and writes the array). Throughput is GB/s of fp32 input. Runs are interleaved (copyto, then each
-kernel, repeated) and the best of N is kept, so all figures see the same machine state; quote the
-ratios, the absolute numbers move with whatever else the machine runs.
+Quantize: jitted ``thermojax.quantize`` (fp32 in, packed codes out) against two references of the
+same array: a read-only pass (a jitted ``jnp.max`` of the whole array: one read, no output, the
+fastest XLA reads it) and ``np.copyto`` (reads and writes it). Throughput is GB/s of fp32 input.
+Beside the kernel: its two passes alone (the per-group min/max reduce, and the codes from given
+ranges), the one-pass form (``lax.map`` over blocks of rows, each block's range and codes computed
+while it sits in cache; equal codes, checked) and a plain numpy implementation of the same
+algorithm. Runs are interleaved (each callable once per round) and the best of N is kept, so all
+figures see the same machine state; quote the ratios, the absolute numbers move with whatever else
+the machine runs.
 
 Markov metrics: one jitted ``markov_metrics`` call over 10,000 layers x 64 groups x 16 thresholds
 vs a Python loop over thresholds and layers (numpy per chain, as ArrowQuant V2's validator did).
@@ -23,13 +27,15 @@ import platform
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from thermojax import markov_metrics, quantize
-from thermojax.core.quant import _quantize_grouped
+from thermojax.core.quant import _codes, _group_params, _pack, _quantize_grouped
 
 
 def numpy_quantize(x: np.ndarray, bits: int, group_size: int):
@@ -49,6 +55,44 @@ def numpy_quantize(x: np.ndarray, bits: int, group_size: int):
     for k in range(1, per_byte):
         packed |= codes[..., k * lane : (k + 1) * lane] << np.uint8(k * bits)
     return packed.reshape(*x.shape[:-1], -1), scale, zero_point.astype(np.uint8)
+
+
+@jax.jit
+def read_only(x: jax.Array) -> jax.Array:
+    """One read of ``x``, nothing written: the fastest pass XLA makes over it."""
+    return jnp.max(x)
+
+
+@partial(jax.jit, static_argnames=("group_size",))
+def range_pass(x: jax.Array, *, group_size: int):
+    """The kernel's first pass alone: each group's scale and zero point (one min/max reduce)."""
+    xg = x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+    _, inv_scale, zero_point = _group_params(xg, 1, False)
+    return inv_scale, zero_point
+
+
+@partial(jax.jit, static_argnames=("bits", "group_size"))
+def codes_pass(x: jax.Array, inv_scale, zero_point, *, bits: int, group_size: int):
+    """The kernel's second pass alone: packed codes from given per-group ranges."""
+    xg = x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+    return _pack(_codes(xg, inv_scale, zero_point, (1 << bits) - 1), bits)
+
+
+@partial(jax.jit, static_argnames=("bits", "group_size", "rows"))
+def one_pass_blocked(x: jax.Array, *, bits: int, group_size: int, rows: int):
+    """The kernel's algorithm one block of ``rows`` rows at a time (``lax.map``): each block's range
+    and codes are computed while the block is in cache, so main memory sees one read of ``x``."""
+    qmax = (1 << bits) - 1
+
+    def block(xb):
+        xg = xb.reshape(rows, xb.shape[-1] // group_size, group_size)
+        scale, inv_scale, zero_point = _group_params(xg, qmax, False)
+        packed = _pack(_codes(xg, inv_scale, zero_point, qmax), bits)
+        return packed, scale, zero_point.astype(jnp.uint8)
+
+    packed, scale, zero_point = lax.map(block, x.reshape(-1, rows, x.shape[-1]))
+    n = x.shape[0]
+    return packed.reshape(n, *packed.shape[2:]), scale.reshape(n, -1), zero_point.reshape(n, -1)
 
 
 def best_of(fns: dict[str, Callable[[], object]], repeats: dict[str, int]) -> dict[str, float]:
@@ -79,7 +123,7 @@ def passes_over_input(bits: int, shape: tuple[int, ...], group_size: int) -> tup
     return len(fusions), len(reading)
 
 
-def bench_quantize(num_elements: int, group_size: int, repeats: int) -> None:
+def bench_quantize(num_elements: int, group_size: int, repeats: int, block_rows: int) -> None:
     row = 4096
     shape = (num_elements // row, row)
     rng = np.random.default_rng(0)
@@ -87,16 +131,34 @@ def bench_quantize(num_elements: int, group_size: int, repeats: int) -> None:
     x = jnp.asarray(x_np)
     dst = np.empty_like(x_np)
     gb = x_np.nbytes / 1e9
+    inv_scale, zero_point = range_pass(x, group_size=group_size)
 
-    fns: dict[str, Callable[[], object]] = {"np.copyto": lambda: np.copyto(dst, x_np)}
-    reps = {"np.copyto": repeats}
+    fns: dict[str, Callable[[], object]] = {
+        "read-only": lambda: read_only(x),
+        "np.copyto": lambda: np.copyto(dst, x_np),
+        "range pass": lambda: range_pass(x, group_size=group_size),
+    }
+    reps = dict.fromkeys(fns, repeats)
     for bits in (2, 4, 8):
         fns[f"jax int{bits}"] = lambda b=bits: quantize(x, bits=b, group_size=group_size).codes
+        fns[f"codes int{bits}"] = lambda b=bits: codes_pass(
+            x, inv_scale, zero_point, bits=b, group_size=group_size
+        )
+        fns[f"one-pass int{bits}"] = lambda b=bits: one_pass_blocked(
+            x, bits=b, group_size=group_size, rows=block_rows
+        )[0]
         fns[f"numpy int{bits}"] = lambda b=bits: numpy_quantize(x_np, b, group_size)[0]
-        reps[f"jax int{bits}"] = repeats
+        reps.update({f"jax int{bits}": repeats, f"codes int{bits}": repeats})
+        reps[f"one-pass int{bits}"] = max(2, repeats // 5)
         reps[f"numpy int{bits}"] = max(2, repeats // 5)
     for fn in fns.values():  # warm-up: compile, fault in output pages
         jax.block_until_ready(fn())
+    for bits in (2, 4, 8):
+        kernel = _quantize_grouped(x, bits=bits, group_size=group_size, symmetric=False)
+        blocked = one_pass_blocked(x, bits=bits, group_size=group_size, rows=block_rows)
+        packed = kernel[0].reshape(blocked[0].shape)
+        for ours, theirs in zip((packed, *kernel[1:]), blocked, strict=True):
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
     # The numpy reference must agree with the kernel (ties may differ by one code).
     for bits in (2, 4):
         ours = np.asarray(quantize(x[:64], bits=bits, group_size=group_size).codes)
@@ -104,28 +166,34 @@ def bench_quantize(num_elements: int, group_size: int, repeats: int) -> None:
         assert np.mean(ours != theirs) < 1e-3, f"numpy reference disagrees at int{bits}"
 
     best = best_of(fns, reps)
-    copy_gbs = gb / best["np.copyto"]
     print(
         f"\nQuantize: {num_elements:,} fp32 elements ({x_np.nbytes / 2**20:.0f} MiB) as {shape}, "
-        f"group {group_size}; best of {repeats} interleaved runs (numpy: {reps['numpy int2']})"
+        f"group {group_size}; best of {repeats} interleaved runs (one-pass and numpy: "
+        f"{reps['numpy int2']}); one-pass blocks of {block_rows} rows"
     )
-    print(f"{'kernel':<12} {'best ms':>9} {'GB/s':>8} {'vs copyto':>10} {'vs numpy':>9}  fusions")
-    print(f"{'np.copyto':<12} {best['np.copyto'] * 1e3:9.2f} {copy_gbs:8.2f} {'1.00':>10} {'':>9}")
+    print(
+        f"{'kernel':<15} {'best ms':>9} {'GB/s':>8} {'vs read':>8} {'vs copyto':>10} "
+        f"{'vs numpy':>9}  fusions"
+    )
+
+    def line(name: str, extra: str = "") -> None:
+        t = best[name]
+        print(
+            f"{name:<15} {t * 1e3:9.2f} {gb / t:8.2f} {best['read-only'] / t:8.2f} "
+            f"{best['np.copyto'] / t:10.2f} {extra}"
+        )
+
+    line("read-only")
+    line("np.copyto")
+    line("range pass")
     for bits in (2, 4, 8):
-        t_jax = best[f"jax int{bits}"]
-        t_np = best[f"numpy int{bits}"]
         n_fusions, n_reads = passes_over_input(bits, shape, group_size)
-        print(
-            f"{f'jax int{bits}':<12} {t_jax * 1e3:9.2f} {gb / t_jax:8.2f} "
-            f"{best['np.copyto'] / t_jax:10.2f} {t_np / t_jax:9.1f}  "
-            f"{n_fusions} ({n_reads} read x)"
-        )
+        speedup = best[f"numpy int{bits}"] / best[f"jax int{bits}"]
+        line(f"jax int{bits}", f"{speedup:9.1f}  {n_fusions} ({n_reads} read x)")
+        line(f"codes int{bits}")
+        line(f"one-pass int{bits}")
     for bits in (2, 4, 8):
-        t_np = best[f"numpy int{bits}"]
-        print(
-            f"{f'numpy int{bits}':<12} {t_np * 1e3:9.2f} {gb / t_np:8.2f} "
-            f"{best['np.copyto'] / t_np:10.2f} {'1.0':>9}"
-        )
+        line(f"numpy int{bits}", f"{1.0:9.1f}")
 
 
 def markov_loop(scales: np.ndarray, zero_points: np.ndarray, qmax: float, thresholds) -> list:
@@ -181,12 +249,15 @@ def main() -> None:
     parser.add_argument("--elements", type=int, default=32 * 2**20, help="fp32 elements (32Mi)")
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=15, help="best-of-N for jitted kernels")
+    parser.add_argument("--block-rows", type=int, default=64, help="rows per one-pass block")
     parser.add_argument("--layers", type=int, default=10_000)
     parser.add_argument("--groups", type=int, default=64)
     parser.add_argument("--thresholds", type=int, default=16)
     args = parser.parse_args()
     if args.elements % 4096 or 4096 % args.group_size:
         parser.error("--elements must be a multiple of 4096 and --group-size divide 4096")
+    if args.block_rows < 1 or (args.elements // 4096) % args.block_rows:
+        parser.error(f"--block-rows {args.block_rows} must divide the {args.elements // 4096} rows")
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(
@@ -194,7 +265,7 @@ def main() -> None:
         f"numpy {np.__version__}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"load average {load[0]:.1f}"
     )
-    bench_quantize(args.elements, args.group_size, args.repeats)
+    bench_quantize(args.elements, args.group_size, args.repeats, args.block_rows)
     bench_markov(args.layers, args.groups, args.thresholds, args.repeats)
 
 
