@@ -293,20 +293,85 @@ def test_a_bad_export_format_is_one_line():
         to_config({"export": {"format": "gguf"}})
 
 
-@pytest.mark.parametrize(
-    "model, what",
-    [({}, "the digits DDPM"), ("weight-only", "a checkpoint measured weight-only")],
-    ids=["digits", "weight-only"],
-)
-def test_a_family_without_a_writer_refuses_it(tmp_path, model, what):
-    if model == "weight-only":
-        model = {"path": str(shipped_path("pydoc-mdlm")), "run": "weight-only"}
-    settings = {
-        "model": model,
-        "export": {"path": str(tmp_path / "q"), "format": "compressed-tensors"},
-    }
-    with pytest.raises(UserInputError, match=r"^export.format='compressed-tensors': " + what):
+def test_a_family_without_a_writer_refuses_it(tmp_path):
+    settings = {"export": {"path": str(tmp_path / "q"), "format": "compressed-tensors"}}
+    with pytest.raises(
+        UserInputError, match=r"^export.format='compressed-tensors': the digits DDPM has no "
+    ):
         run(to_config(settings))
+    assert not (tmp_path / "q").exists()
+
+
+# ------------------------------------------- a checkpoint measured weight-only, streamed
+
+
+def test_a_checkpoint_measured_weight_only_is_streamed_for_serving(dream, tmp_path):
+    """The streamed export of a Hugging Face folder by ``weights.rules`` (how a 7B checkpoint
+    is exported): the quantized layers are targeted by name (the head and the embedding, kept
+    by the default rules, are not), each decodes to the codes of the reloaded export, the rest
+    is stored as in the source, and a weight-only run of the export reports the same figures."""
+    out = tmp_path / "served"
+    settings = {
+        "model": {"path": str(dream), "run": "weight-only"},
+        "bit_width": 4,
+        "group_size": 8,
+        "weights": {"rules": [{"bits": 8, "include": r"\.v_proj\.weight$"}, {}]},
+        "export": {"path": str(out), "format": "compressed-tensors"},
+    }
+    first = run(to_config(settings))
+    config, tensors = read_folder(out)
+    loaded = load_quantized(out)
+    quantized = {row.name for row in first.weights.quantized_tensors}
+    assert set(loaded.qtensors) == quantized and "lm_head.weight" not in quantized
+    groups = config["quantization_config"]["config_groups"]
+    targets = {g["weights"]["num_bits"]: set(g["targets"]) for g in groups.values()}
+    assert targets[8] == {n.removesuffix(".weight") for n in quantized if "v_proj" in n}
+    assert targets[4] == {n.removesuffix(".weight") for n in quantized if "v_proj" not in n}
+    for name, q in loaded.qtensors.items():
+        module = name.removesuffix(".weight")
+        assert_decodes_to(tensors, module, scheme_of(config, module), q)
+    with safe_open(str(dream / "model.safetensors"), "np") as handle:
+        kept = [n for n in list(handle.keys()) if n not in quantized]
+        assert "lm_head.weight" in kept
+        for n in kept:
+            np.testing.assert_array_equal(tensors[n], handle.get_tensor(n), err_msg=n)
+    assert len(tensors) == len(kept) + 4 * len(quantized)
+    document = json.loads((out / "quantization.json").read_text())
+    assert document["export_format"] == "compressed-tensors" and not (out / "orbax").exists()
+    again = run(to_config({"model": {"path": str(out), "run": "weight-only"}}))
+    rows = {row.name: row for row in again.weights.quantized_tensors}
+    for row in first.weights.quantized_tensors:
+        assert (rows[row.name].bits, rows[row.name].cosine) == (row.bits, row.cosine), row.name
+
+
+def test_a_rule_on_a_tensor_the_format_cannot_hold_is_one_line(tmp_path):
+    from thermojax.models.hf import open_checkpoint
+    from thermojax.pipeline.checkpoint.export import export_checkpoint
+    from thermojax.pipeline.weights.rules import QuantRule
+
+    source = tmp_path / "src"
+    source.mkdir()
+    arrays = {"proj.kernel": np.ones((4, 16), np.float32), "out.weight": np.ones((4, 16))}
+    arrays["out.weight"] = arrays["out.weight"].astype(np.float32)
+    write_safetensors(
+        source / "model.safetensors",
+        [(n, "F32", a.shape) for n, a in arrays.items()],
+        arrays.__getitem__,
+    )
+    (source / "config.json").write_text("{}")
+    with pytest.raises(
+        UserInputError,
+        match=r"^export.format=compressed-tensors: proj.kernel: shape \[4, 16\]; "
+        r"compressed-tensors packs a linear layer's 2-D .weight",
+    ):
+        export_checkpoint(
+            open_checkpoint(source),
+            tmp_path / "q",
+            [QuantRule(include=".", exclude=None)],
+            bits=4,
+            group_size=8,
+            export_format="compressed-tensors",
+        )
     assert not (tmp_path / "q").exists()
 
 

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "from_compressed_tensors",
     "pack_int32",
     "quantization_config",
+    "served_config",
     "to_compressed_tensors",
     "unpack_int32",
 ]
@@ -170,15 +172,19 @@ def from_compressed_tensors(
     )
 
 
-def quantization_config(layers: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+def quantization_config(
+    layers: Mapping[str, tuple[int, int]], *, every_linear: bool = True
+) -> dict[str, Any]:
     """``config.json``'s ``quantization_config`` for quantized linear layers, weight name ->
-    ``(bits, group_size)``, every linear layer of the model among them.
+    ``(bits, group_size)``.
 
     One config group per ``(bits, group_size)``, asymmetric integer weights in groups (the
     library's ``W4A16_ASYM`` preset at the run's settings), the fields as compressed-tensors'
-    ``QuantizationConfig`` dumps them and ``ModelCompressor.update_config`` writes them. One
-    group targets ``Linear`` (every linear layer is quantized, so ``ignore`` is empty); several
-    target their layers by name, so that no layer matches two groups.
+    ``QuantizationConfig`` dumps them and ``ModelCompressor.update_config`` writes them. When
+    ``every_linear`` (every linear layer of the model is among ``layers``) and there is one
+    group, it targets ``Linear`` and ``ignore`` is empty; otherwise each group targets its layers
+    by name, so that no layer matches two groups and no unquantized layer matches any (a
+    checkpoint quantized by rules, whose module types the tensor names do not tell).
 
     Example:
         >>> config = quantization_config({"a.weight": (4, 64), "b.weight": (4, 64)})
@@ -191,7 +197,7 @@ def quantization_config(layers: Mapping[str, tuple[int, int]]) -> dict[str, Any]
     groups = {}
     for index, ((bits, group_size), modules) in enumerate(by_scheme.items()):
         groups[f"group_{index}"] = {
-            "targets": ["Linear"] if len(by_scheme) == 1 else modules,
+            "targets": ["Linear"] if every_linear and len(by_scheme) == 1 else modules,
             "weights": {
                 "num_bits": int(bits),
                 "type": "int",
@@ -217,3 +223,21 @@ def quantization_config(layers: Mapping[str, tuple[int, int]]) -> dict[str, Any]
         "transform_config": {},
         "version": CT_VERSION,
     }
+
+
+def served_config(
+    config_text: str,
+    layers: Mapping[str, tuple[int, int]],
+    *,
+    tie_key: str | None = None,
+    every_linear: bool = True,
+) -> str:
+    """The source's ``config.json`` text with the :func:`quantization_config` of ``layers``
+    (weight name -> bits, group size), and with ``tie_key`` false when the source ties its head
+    to the embedding and the folder holds the head's own codes (a loader that ties them would
+    drop those)."""
+    config = json.loads(config_text)
+    config["quantization_config"] = quantization_config(layers, every_linear=every_linear)
+    if tie_key is not None:
+        config[tie_key] = False
+    return json.dumps(config, indent=2) + "\n"

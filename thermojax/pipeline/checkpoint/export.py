@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -32,6 +33,14 @@ from thermojax.files import atomic_write_bytes, atomic_write_text
 from thermojax.models.hf import write_index, write_safetensors
 from thermojax.models.hf.layouts import DTYPES, SINGLE_FILE
 from thermojax.pipeline.checkpoint.activations import activation_arrays, write_activations
+from thermojax.pipeline.checkpoint.compressed_tensors import (
+    COMPRESSED_TENSORS,
+    SERVED_BITS,
+    SIDECAR_DIR,
+    ct_stored_entries,
+    served_config,
+    to_compressed_tensors,
+)
 from thermojax.pipeline.checkpoint.document import quantization_json, rules_json, tensor_entry
 from thermojax.pipeline.checkpoint.folder import check_target, companion_files, stage_and_publish
 from thermojax.pipeline.checkpoint.layout import (
@@ -49,6 +58,8 @@ from thermojax.pipeline.weights.stream import CheckpointQuantizer, QuantizedTens
 
 __all__ = ["export_checkpoint"]
 
+log = logging.getLogger(__name__)
+
 
 def export_checkpoint(
     ckpt: Any,
@@ -62,6 +73,7 @@ def export_checkpoint(
     source: Mapping[str, Any] | None = None,
     orbax: bool = True,
     progress: Callable[[TensorRow], None] | None = None,
+    export_format: str = "thermojax",
 ) -> tuple[Path, WeightOnlyReport]:
     """Quantize a Hugging Face checkpoint and write the quantized checkpoint (module doc).
 
@@ -79,20 +91,27 @@ def export_checkpoint(
         layer_names: the names of the activation parameters' L layers, or ``None``.
         source: extra JSON-ready provenance recorded in ``quantization.json`` (the run's
             settings, say), beside the source's fingerprint and path.
-        orbax: also save the quantized tensors as an Orbax checkpoint (``orbax/``).
+        orbax: also save the quantized tensors as an Orbax checkpoint (``orbax/``; thermojax's
+            layout only).
         progress: called with each tensor's :class:`TensorRow` once it is quantized, just
             before it is written (a command's progress line).
+        export_format: ``thermojax`` (its own layout) or ``compressed-tensors``
+            (:mod:`~thermojax.pipeline.checkpoint.compressed_tensors`: ``config.json`` gains its
+            ``quantization_config``, each group of quantized layers targeted by name, the
+            activation parameters go into ``thermojax/activations.safetensors``, no Orbax copy).
 
     Returns:
         ``(out_dir, WeightOnlyReport)``.
 
     Raises:
-        UserInputError: ``out_dir`` is not empty; a bad rule, bit width or group size, or bad
-            activation parameters (all before anything is read); a CheckpointError from the
+        UserInputError: ``out_dir`` is not empty; a bad rule, bit width or group size, bad
+            activation parameters, or with ``compressed-tensors`` a quantized tensor that is not
+            a linear layer's 2-D ``.weight`` (all before anything is read); a CheckpointError from the
             source (NaN/Inf values, a file changed while reading).
     """
     out_dir = Path(out_dir)
     check_target(out_dir)
+    served = export_format == COMPRESSED_TENSORS
     quantizer = CheckpointQuantizer(ckpt, rules, bits=bits, group_size=group_size)
     act_arrays = act_entry = None
     if activations is not None:
@@ -112,6 +131,14 @@ def export_checkpoint(
         rule = quantizer.plan[info.name]
         if rule is None:
             stored = {"values": (info.name, info.dtype, tuple(info.shape))}
+        elif served:
+            try:
+                stored = ct_stored_entries(info.name, tuple(info.shape), rule.bits, rule.group_size)
+            except ValueError as err:
+                raise UserInputError(
+                    f"export.format={COMPRESSED_TENSORS}: {err} (a rule quantizes it; keep it "
+                    "or export.format=thermojax)"
+                ) from None
         else:
             stored = stored_entries(info.name, tuple(info.shape), rule.bits, rule.group_size)
         layout[info.file].append((info.name, info.file, stored))
@@ -122,13 +149,35 @@ def export_checkpoint(
                     f"{owner[entry_name][0]} would overwrite this tensor; rename or keep it"
                 )
             owner[entry_name] = (info.name, role)
+    if served:
+        layers = {
+            name: (rule.bits, rule.group_size)
+            for name, rule in quantizer.plan.items()
+            if rule is not None
+        }
+        config_text = served_config(ckpt.config_text, layers, every_linear=False)
+        unserved = sorted({bits for bits, _ in layers.values()} - set(SERVED_BITS))
+        if unserved:
+            log.warning(
+                "export.format=%s: %s-bit layers are written (compressed-tensors and "
+                "transformers read them), but vLLM's kernels take %s bits only",
+                COMPRESSED_TENSORS,
+                "/".join(map(str, unserved)),
+                " and ".join(map(str, SERVED_BITS)),
+            )
+        if act_entry is not None:
+            act_entry = {**act_entry, "file": f"{SIDECAR_DIR}/{act_entry['file']}"}
 
     def write(folder: Path) -> WeightOnlyReport:
-        atomic_write_bytes(folder / HF_CONFIG, ckpt.config_text.encode("utf-8"))
+        if served:
+            atomic_write_text(folder / HF_CONFIG, config_text)
+        else:
+            atomic_write_bytes(folder / HF_CONFIG, ckpt.config_text.encode("utf-8"))
         for file in companions:
             shutil.copyfile(Path(ckpt.path) / file, folder / file)
         stream = iter(quantizer)
         current: list[QuantizedTensor | None] = [None]
+        converted: dict[str, dict[str, np.ndarray]] = {}  # the current tensor's, when served
         entries_json: dict[str, dict[str, Any]] = {}
 
         def produce(entry_name: str) -> np.ndarray:
@@ -144,7 +193,12 @@ def export_checkpoint(
                     progress(item.report)
             if role == "values":
                 return item.array
-            return np.asarray(getattr(item.qtensor, role))
+            if not served:
+                return np.asarray(getattr(item.qtensor, role))
+            if tensor not in converted:  # one tensor's arrays at a time
+                converted.clear()
+                converted[tensor] = to_compressed_tensors(item.qtensor)
+            return converted[tensor][role]
 
         weight_map: dict[str, str] = {}
         for file, members in layout.items():
@@ -153,6 +207,7 @@ def export_checkpoint(
             for _, _, stored in members:
                 weight_map |= {entry[0]: file for entry in stored.values()}
         current[0] = None
+        converted.clear()
         if next(stream, None) is not None:  # finishes the pass (and its clock)
             raise RuntimeError("the stream has tensors the layout does not")
         report = quantizer.report()
@@ -169,8 +224,11 @@ def export_checkpoint(
             )
             write_index(folder, weight_map, stored_bytes)
         if act_arrays is not None:
-            write_activations(folder, act_arrays)
-        with_orbax = orbax and report.model_cosine is not None  # Orbax refuses an empty tree
+            sidecar = folder / SIDECAR_DIR if served else folder
+            sidecar.mkdir(exist_ok=True)
+            write_activations(sidecar, act_arrays)
+        # Orbax refuses an empty tree; a compressed-tensors folder holds its codes once.
+        with_orbax = orbax and not served and report.model_cosine is not None
         if with_orbax:
             write_orbax(folder, entries_json)
         text = quantization_json(
@@ -186,6 +244,7 @@ def export_checkpoint(
             report=report,
             activations=act_entry,
             orbax=with_orbax,
+            export_format=export_format if served else None,
         )
         atomic_write_text(folder / QUANTIZATION_FILE, text)
         return report

@@ -45,7 +45,7 @@ from thermojax.pipeline.checkpoint.compressed_tensors import (
     SERVED_BITS,
     SIDECAR_DIR,
     ct_stored_entries,
-    quantization_config,
+    served_config,
     to_compressed_tensors,
 )
 from thermojax.pipeline.checkpoint.document import quantization_json, tensor_entry
@@ -206,7 +206,7 @@ def export_masked_lm(
     with_orbax = orbax and not served
     if served:
         head_tied = names[-1] not in checkpoint.tensors
-        config_text = _served_config(
+        config_text = served_config(
             checkpoint.config_text,
             {name: (qweights[name].bits, qweights[name].group_size) for name in names},
             tie_key=_TIE_KEYS[model.lm.config.layout.name] if head_tied else None,
@@ -281,17 +281,3 @@ def export_masked_lm(
 
     stage_and_publish(out_dir, write)
     return out_dir
-
-
-def _served_config(
-    config_text: str, layers: Mapping[str, tuple[int, int]], *, tie_key: str | None
-) -> str:
-    """The source's ``config.json`` with compressed-tensors' ``quantization_config`` of
-    ``layers`` (weight name -> bits, group size), and with ``tie_key`` false when the source
-    ties its head to the embedding (the folder holds the head's own codes, which a loader that
-    ties them would drop)."""
-    config = json.loads(config_text)
-    config["quantization_config"] = quantization_config(layers)
-    if tie_key is not None:
-        config[tie_key] = False
-    return json.dumps(config, indent=2) + "\n"

@@ -317,7 +317,8 @@ def refuse_export_format(config: BaselineConfig, what: str, formats: tuple[str, 
     if config.export.path is not None and chosen not in formats:
         raise UserInputError(
             f"export.format={chosen!r}: {what} has no {chosen} writer (export.format="
-            f"{' or '.join(formats)}; compressed-tensors is written for a masked-diffusion LM run)"
+            f"{' or '.join(formats)}; compressed-tensors is written for a masked-diffusion LM run "
+            "or a Hugging Face checkpoint measured weight-only)"
         )
 
 

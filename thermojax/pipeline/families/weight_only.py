@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from thermojax.errors import UserInputError
 from thermojax.models import checkpoint_format
+from thermojax.pipeline.checkpoint.compressed_tensors import COMPRESSED_TENSORS
 from thermojax.pipeline.families.base import (
     refuse_export_format,
     refuse_model_settings,
@@ -53,7 +54,9 @@ class WeightOnlyFamily:
         refuse_model_settings(config, "a checkpoint measured weight-only", ())
         refuse_text_data(config, "a checkpoint measured weight-only")
         refuse_rotation(config, "a checkpoint measured weight-only")
-        refuse_export_format(config, "a checkpoint measured weight-only", ("thermojax",))
+        refuse_export_format(
+            config, "a checkpoint measured weight-only", ("thermojax", COMPRESSED_TENSORS)
+        )
         return config
 
     def run(self, config: BaselineConfig, progress: ProgressCallback | None) -> Result:

@@ -209,6 +209,7 @@ def _quantize(
         layer_names=stats.layer_names if stats is not None else None,
         source={"path": str(checkpoint.path), "fingerprint": checkpoint.fingerprint()},
         orbax=config.export.orbax,
+        export_format=config.export.format,
     )
     log.info("quantized checkpoint written to %s", path)
     return report, str(path)

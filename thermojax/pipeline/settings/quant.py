@@ -62,7 +62,7 @@ class ExportConfig:
             thermojax's layout only: a compressed-tensors folder holds its codes once.
         format: ``thermojax`` (its own layout) or ``compressed-tensors`` (the
             ``pack-quantized`` Hugging Face folder serving stacks load; a masked-diffusion
-            LM's export only).
+            LM's export, or a Hugging Face checkpoint's measured weight-only).
     """
 
     path: Optional[str] = None  # noqa: UP045
