@@ -38,6 +38,7 @@ __all__ = [
     "LOG_FORMAT",
     "PHASE_ROWS_SHOWN",
     "RunLog",
+    "chain_line",
     "comparison_lines",
     "phase_lines",
     "print_summary",
@@ -191,6 +192,8 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
         )
     if result.quality is not None:
         lines.append(f"  quality: {quality_kind(result.quality.kind).summary(result.quality)}")
+    if result.chain is not None:
+        lines.append(chain_line(result))
     lines.append(
         f"  time: quantization {result.quantization_time_s:.1f} s, "
         f"total {result.timings_s.get('total', float('nan')):.1f} s"
@@ -209,6 +212,22 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
     tail.append(f"  outputs: {folder}/")
     for line in tail:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def chain_line(result: Result) -> str:
+    """The chain's error budget in one line (a run with ``thermo.chain_budget.enabled``).
+
+    Example (as printed)::
+
+          chain budget (final-state MSE, 16 samples): total 0.1508, per group 0.02749 / 0.04189 /
+          0.01138 / 0.002247, additivity 0.55
+    """
+    chain = result.chain
+    return (
+        f"  chain budget (final-state MSE, {chain.num_samples} samples): total {chain.total:.4g}, "
+        f"per group {' / '.join(f'{v:.4g}' for v in chain.per_group)}, "
+        f"additivity {chain.additivity:.2f}"
+    )
 
 
 def comparison_lines(result: Result) -> list[str]:

@@ -133,6 +133,14 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
     if result.quality is not None:  # the figures of its kind of sample
         for key, value in result.quality.figures().items():
             scalars[f"quality/{key}"] = value
+    if result.chain is not None:  # the chain's error budget: its total, groups and boundaries
+        chain = result.chain
+        scalars["chain/total"] = chain.total
+        scalars["chain/additivity"] = chain.additivity
+        for g, value in enumerate(chain.per_group):
+            scalars[f"chain/group_{g}"] = value
+        for b, value in enumerate(chain.per_boundary):
+            scalars[f"chain/boundary_{b}"] = value
     if result.weights is not None:
         w = result.weights
         scalars.update(
@@ -388,7 +396,8 @@ class WandbTracker:
     artifact. An enhanced run adds the baseline-vs-enhanced figures (:func:`comparison_metrics`),
     Phase 3's per-layer table and its loss curve (``optimization/loss`` against
     ``optimization/iteration``); the phase experiment adds the ``phases`` table (one row per
-    variant) and its CSV/JSON files.
+    variant) and its CSV/JSON files; the chain's error budget adds ``chain/total``,
+    ``chain/additivity``, ``chain/group_<g>`` and ``chain/boundary_<b>``.
     """
 
     def __init__(

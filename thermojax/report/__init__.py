@@ -183,6 +183,32 @@ def _activation_charts(result: Result) -> list[LineChart]:
     return charts
 
 
+def _chain_chart(result: Result) -> LineChart | None:
+    """The chain's error budget over the timesteps: each group's error as a bar over its span,
+    the fully quantized chain's total across them, each boundary's cost marked at its edge."""
+    chain = result.chain
+    if chain is None:
+        return None
+    edges = chain.edges
+    group = "only this group's steps quantized"
+    return line_chart(
+        [("every step quantized (total)", [edges[0], edges[-1]], [chain.total, chain.total])],
+        bands=[
+            (group, [edges[g], edges[g + 1]], [0.0, 0.0], [value, value])
+            for g, value in enumerate(chain.per_group)
+        ],
+        v_rules=[
+            (edge, f"b{b} {cost:+.2g}")
+            for b, (edge, cost) in enumerate(zip(edges[1:-1], chain.per_boundary, strict=True))
+        ],
+        title="Chain error budget: final error by the time group its steps are quantized in",
+        x_label="timestep t (the sampler runs T-1 down to 0)",
+        y_label="final-state MSE",
+        width=640,
+        height=280,
+    )
+
+
 def _drift_chart(result: Result, kind: QualityKind) -> LineChart:
     """The drift per step, in the words of the result's kind of sample."""
     drift = np.asarray(result.quality.drift_per_timestep, np.float64)
@@ -469,6 +495,7 @@ def render_report(result: Result) -> str:
         ),
         "comparison": _comparison_rows(result) if result.baseline is not None else [],
         "loss_chart": _loss_chart(result),
+        "chain_chart": _chain_chart(result),
         "schedule_chart": _schedule_chart(result),
         "phase_charts": (
             [

@@ -16,11 +16,11 @@ once; two workers asking for the same entry at the same time compute it once (pe
   is the full DDPM sampler, so that entries written before samplers were a choice stay valid.
 - **quantized sampling + quality**: the denoiser, the quantized weights (as for calibration),
   the quality reference (classifier, held-out text), and the resolved config minus
-  :data:`QUALITY_INDEPENDENT_KEYS` (the threshold, the interpretation bands, W&B settings and
-  the display name), plus ``QUALITY_VERSION``. The key is computed from the config dict with
-  those keys removed, so a config section added later is part of it without anyone remembering
-  to add it: threshold variants of one configuration share everything but the violation
-  analysis. A key added once entries existed (:data:`KEYS_ADDED_LATER`, e.g. ``act.mode``) is
+  :data:`QUALITY_INDEPENDENT_KEYS` (the threshold, the interpretation bands, W&B settings, the
+  display name and the chain's error budget), plus ``QUALITY_VERSION``. The key is computed
+  from the config dict with those keys removed, so a config section added later is part of it
+  without anyone remembering to add it: threshold variants of one configuration share
+  everything but the violation analysis. A key added once entries existed (:data:`KEYS_ADDED_LATER`, e.g. ``act.mode``) is
   left out while it holds the value every earlier run had, so its default keeps their entries.
 
 - **weights** of a weight-only run (a checkpoint thermojax cannot run, without ``export.path``):
@@ -107,11 +107,12 @@ QUALITY_INDEPENDENT_KEYS = (
     ("model", "name"),
     ("model", "residency"),
     ("export",),
+    ("thermo", "chain_budget"),
 )
 """Config paths that do not change quantized samples or their quality (only the analysis and
-presentation after them, where a copy of the quantized model is written, or whether the reference
-and the quantized model are held together): removed from the
-config before it is hashed into the quality key."""
+presentation after them, where a copy of the quantized model is written, whether the reference
+and the quantized model are held together, or the chain's error budget measured after them):
+removed from the config before it is hashed into the quality key."""
 
 
 KEYS_ADDED_LATER: dict[tuple[str, ...], Any] = {

@@ -58,6 +58,7 @@ __all__ = [
     "family_of",
     "load_export",
     "recognise",
+    "refuse_chain_budget",
     "refuse_model_settings",
     "refuse_quant_settings",
     "refuse_rotation",
@@ -107,7 +108,7 @@ class DiffusionFamily:
     result's ``weights.source``; the family's name by default), the sampler's description, no
     quantized-checkpoint format (``exports``: whether :meth:`export` writes one), no per-step
     working memory, no rotations (``rotates``: whether :meth:`rotate` gives its models the
-    rotations of ``act.rotation=hadamard``).
+    rotations of ``act.rotation=hadamard``), no chain error budget (``budgets_chain``).
     """
 
     name: str = ""
@@ -124,6 +125,9 @@ class DiffusionFamily:
     export_formats: tuple[str, ...] = ("thermojax",)
     """The ``export.format`` values :meth:`export` writes."""
     rotates: bool = False
+    budgets_chain: bool = False
+    """Whether ``thermo.chain_budget.enabled`` runs on its models (a float state, whose final
+    error :func:`~thermojax.pipeline.measure.chain.chain_budget` measures)."""
 
     def __init__(self) -> None:
         if not self.weights_format:
@@ -141,6 +145,8 @@ class DiffusionFamily:
         """Refuse sampler settings of other families, ``calibration.stats``, ``export.path``
         without a format to write, and ``act.rotation`` where the family does not rotate or
         ``model.path`` is a quantized checkpoint; fill in the default sampler."""
+        if not self.budgets_chain:
+            refuse_chain_budget(config, self.description)
         if not self.rotates:
             refuse_rotation(config, self.description)
         elif config.act.rotation != "none" and export_document(config) is not None:
@@ -328,6 +334,17 @@ def refuse_rotation(config: BaselineConfig, what: str) -> None:
     if config.act.rotation != "none":
         raise UserInputError(
             f"act.rotation={config.act.rotation!r}: {what} has no rotations (set act.rotation=none)"
+        )
+
+
+def refuse_chain_budget(config: BaselineConfig, what: str) -> None:
+    """``thermo.chain_budget.enabled`` given to ``what``, whose final error the budget has no
+    measure for: one line naming it, before any work."""
+    if config.thermo.chain_budget.enabled:
+        raise UserInputError(
+            f"thermo.chain_budget.enabled={config.thermo.chain_budget.enabled!r}: {what} has no "
+            "chain error budget (it measures a float final state: the digits DDPM's; set "
+            "thermo.chain_budget.enabled=false)"
         )
 
 

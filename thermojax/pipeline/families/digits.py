@@ -2,7 +2,8 @@
 unset), or a quantized checkpoint thermojax exported from one (its codes are run as they are,
 against the full-precision source's fp32 samples). Its samples are images; it samples with
 ``ddpm`` (every timestep) or ``ddim``; it exports its quantized weights with the digits
-``model.json``; ``act.rotation=hadamard`` gives its residual blocks online rotations.
+``model.json``; ``act.rotation=hadamard`` gives its residual blocks online rotations; its image
+state has the chain's error budget (``thermo.chain_budget``).
 
 Example:
     >>> from thermojax.pipeline.settings import BaselineConfig
@@ -58,6 +59,7 @@ class DigitsFamily(DiffusionFamily):
     weights_format = DIGITS_FORMAT
     exports = True
     rotates = True
+    budgets_chain = True
 
     def recognises(self, config: BaselineConfig) -> bool:
         path = config.model.path

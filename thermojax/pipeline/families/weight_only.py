@@ -20,6 +20,7 @@ from thermojax.errors import UserInputError
 from thermojax.models import checkpoint_format
 from thermojax.pipeline.checkpoint.compressed_tensors import COMPRESSED_TENSORS
 from thermojax.pipeline.families.base import (
+    refuse_chain_budget,
     refuse_export_format,
     refuse_model_settings,
     refuse_quant_settings,
@@ -54,6 +55,7 @@ class WeightOnlyFamily:
         refuse_model_settings(config, "a checkpoint measured weight-only", ())
         refuse_text_data(config, "a checkpoint measured weight-only")
         refuse_rotation(config, "a checkpoint measured weight-only")
+        refuse_chain_budget(config, "a checkpoint measured weight-only")
         refuse_export_format(
             config, "a checkpoint measured weight-only", ("thermojax", COMPRESSED_TENSORS)
         )

@@ -3,7 +3,7 @@
 The model-level figures are computed from the per-layer values exactly as they are written to the
 JSON, so anyone can recompute them from ``layers``: :func:`build_result` assembles a run's top
 level, :func:`with_enhancement` adds the baseline beside the enhanced parameters of an enhanced run,
-and :func:`with_phases` the phase table.
+:func:`with_phases` the phase table and :func:`with_chain` the chain's error budget.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import numpy as np
 import thermojax
 from thermojax.core.markov import MarkovMetrics
 from thermojax.core.timegroups import group_ranges
+from thermojax.pipeline.measure.chain import FINAL_ERROR, ChainBudget
 from thermojax.pipeline.quality.kind import SampleQuality, quality_from_dict, quality_kind
 from thermojax.pipeline.results.schema import (
     BaselineSection,
+    ChainSection,
     EnhancementSection,
     LayerResult,
     MetricsView,
@@ -49,6 +51,7 @@ __all__ = [
     "build_weight_only_result",
     "group_means",
     "markov_fields",
+    "with_chain",
     "with_enhancement",
     "with_phases",
 ]
@@ -413,4 +416,21 @@ def with_phases(
     """``result`` with the phase table and its per-run records."""
     return dataclasses.replace(
         result, phases=PhasesSection.from_dict(table), phase_records=tuple(records)
+    )
+
+
+def with_chain(result: Result, budget: ChainBudget, *, num_samples: int) -> Result:
+    """``result`` with the chain's error budget (``budget``, of ``num_samples`` chains)."""
+    return dataclasses.replace(
+        result,
+        chain=ChainSection(
+            total=float(budget.total),
+            per_group=tuple(float(v) for v in budget.per_group),
+            per_boundary=tuple(float(v) for v in budget.per_boundary),
+            additivity=float(budget.additivity),
+            edges=tuple(int(e) for e in budget.edges),
+            steps_per_group=tuple(int(n) for n in budget.steps_per_group),
+            measure=FINAL_ERROR,
+            num_samples=int(num_samples),
+        ),
     )

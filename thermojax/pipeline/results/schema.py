@@ -15,7 +15,9 @@ the quantized sampler actually used; with smoothing, optimization or adaptive gr
 the enhanced ones (a per-timestep schedule is measured per boundary window, see
 :mod:`thermojax.core.schedule_metrics`), ``baseline`` then holds the uniform, unsmoothed parameters'
 metrics and quality from the same calibration and noise, and ``enhancement`` says what was done.
-``phases`` is the phase table of ``experiment=phases``. Version 1 files still read. Schema 5
+``phases`` is the phase table of ``experiment=phases``; ``chain`` the chain's error budget of
+``thermo.chain_budget.enabled`` (optional and absent unless measured: no new schema version,
+a file without it reads as before). Version 1 files still read. Schema 5
 also gives ``interpretation`` a quality band and a verdict beside the smoothness band. Schema 7
 makes ``quality`` one type per kind of sample, named by its ``kind``
 (:mod:`thermojax.pipeline.quality.kind`); a section without one reads as an image section.
@@ -47,6 +49,7 @@ from thermojax.pipeline.results.codec import dataclass_from_json, to_json
 from thermojax.pipeline.results.phase_table import PhaseRow, PhasesSection, Spread
 from thermojax.pipeline.results.sections import (
     BaselineSection,
+    ChainSection,
     EnhancementSection,
     MetricsView,
     OptimizationSection,
@@ -59,6 +62,7 @@ __all__ = [
     "SEVERITY_LABELS",
     "BaselineSection",
     "BlockRow",
+    "ChainSection",
     "Check",
     "EnhancementSection",
     "FigureLabel",
@@ -237,7 +241,8 @@ class Result:
     (``sampler``, ``steps``, ``eta``, ``timesteps``, ``description``) and which calibrated
     (``calibration``, the same keys; ``layers[].activation_min/max`` are over its
     ``timesteps``); ``None`` (a weight-only run, or a result written before schema 6) means the
-    full DDPM sampler. ``phase_records`` likewise holds the phase
+    full DDPM sampler. ``chain`` is the chain's error budget (``thermo.chain_budget``), ``None``
+    when not measured. ``phase_records`` likewise holds the phase
     experiment's per-run records for ``phases/runs/*.json``.
     """
 
@@ -276,6 +281,7 @@ class Result:
     phases: PhasesSection | None = None
     cache: dict[str, str] = dataclasses.field(default_factory=dict)  # stage -> hit/miss
     sampler: dict[str, Any] | None = None
+    chain: ChainSection | None = None
     schema_version: int = SCHEMA_VERSION
     samples: dict[str, np.ndarray] | None = dataclasses.field(
         default=None, compare=False, repr=False, metadata={"json": False}

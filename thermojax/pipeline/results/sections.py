@@ -1,5 +1,6 @@
 """The optional sections of an enhanced run's result: the baseline beside the enhanced
-parameters, what the enhancement did, and Phase 3's outcome (schema 2 on; ``None`` when absent).
+parameters, what the enhancement did, and Phase 3's outcome (schema 2 on; ``None`` when absent);
+and the chain's error budget of a run with ``thermo.chain_budget.enabled`` (``None`` without).
 
 Example:
     >>> MetricsView(smoothness_score=0.9, violation_count=1, boundary_scores=(0.9,),
@@ -14,7 +15,13 @@ from typing import Any
 
 from thermojax.pipeline.quality.kind import SampleQuality
 
-__all__ = ["BaselineSection", "EnhancementSection", "MetricsView", "OptimizationSection"]
+__all__ = [
+    "BaselineSection",
+    "ChainSection",
+    "EnhancementSection",
+    "MetricsView",
+    "OptimizationSection",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,3 +110,32 @@ class EnhancementSection:
     max_step_scale_jump: tuple[float, ...]
     optimization: OptimizationSection | None
     parameter_time_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainSection:
+    """The chain's error budget of the parameters the quantized sampler used
+    (:class:`~thermojax.pipeline.measure.chain.ChainBudget`): every figure is ``measure``
+    against the fp32 chain from the same noise.
+
+    Attributes:
+        total: the fully quantized chain's final error.
+        per_group: ``[G]``, the final error with only group ``g``'s steps quantized.
+        per_boundary: ``[G - 1]``, at edge ``b + 1``: the final error with group ``b + 1`` on
+            group ``b``'s activation parameters, minus ``total`` (positive: the jump helps).
+        additivity: ``sum(per_group) / total`` (``null`` in the JSON for ``total == 0``).
+            Errors injected at different steps need not add up: it is measured, not assumed.
+        edges: the ``G + 1`` time-group edges on the model's T timesteps.
+        steps_per_group: the sampler's steps in each group.
+        measure: what the figures are (:data:`~thermojax.pipeline.measure.chain.FINAL_ERROR`).
+        num_samples: the chains' size.
+    """
+
+    total: float
+    per_group: tuple[float, ...]
+    per_boundary: tuple[float, ...]
+    additivity: float
+    edges: tuple[int, ...]
+    steps_per_group: tuple[int, ...]
+    measure: str
+    num_samples: int

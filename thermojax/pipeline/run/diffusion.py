@@ -10,8 +10,10 @@ sampler and writes its quantized checkpoint; this module never asks which family
 With smoothing, optimization or adaptive groups on, two more stages compute the enhanced
 parameters from the same calibration and sample them from the same noise; the ``Result``'s top
 level then describes the enhanced parameters (measured on what the sampler used) with the
-baseline beside them. With ``phases.enabled`` the run ends with the phase experiment
-(:mod:`thermojax.pipeline.run.phases`).
+baseline beside them. With ``thermo.chain_budget.enabled`` the chain's error budget of the
+parameters the sampler used follows (:mod:`thermojax.pipeline.measure.chain`), with the run's
+quantized weights, sampler and seed. With ``phases.enabled`` the run ends with the phase
+experiment (:mod:`thermojax.pipeline.run.phases`).
 """
 
 from __future__ import annotations
@@ -32,17 +34,20 @@ from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache.stages import QualityEntry, StageCache, sample_and_evaluate
 from thermojax.pipeline.families.registry import evaluate_quality
 from thermojax.pipeline.measure.calibrate import CalibrationStats
+from thermojax.pipeline.measure.chain import ChainBudget, chain_budget
 from thermojax.pipeline.measure.memory import check_memory
 from thermojax.pipeline.measure.sampling import ActParams, sample
 from thermojax.pipeline.quality.kind import QualityKind, SampleQuality, quality_kind
 from thermojax.pipeline.results.build import (
     build_result,
     group_means,
+    with_chain,
     with_enhancement,
     with_phases,
 )
 from thermojax.pipeline.results.schema import Result
 from thermojax.pipeline.run.stages import (
+    CHAIN_STAGE,
     ENHANCE_STAGE,
     EXPORT_STAGE,
     PHASES_STAGE,
@@ -62,7 +67,13 @@ from thermojax.pipeline.weights.quantize import (
 )
 from thermojax.pipeline.weights.section import WeightsSection
 
-__all__ = ["GroupParameters", "SampledFamily", "run_diffusion", "shipped_act_params"]
+__all__ = [
+    "GroupParameters",
+    "SampledFamily",
+    "chain_samples",
+    "run_diffusion",
+    "shipped_act_params",
+]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +228,15 @@ def run_diffusion(
                 seed=config.seed,
             )
             _log_quality("enhanced", enhanced_quality)
+    chain = None
+    if config.thermo.chain_budget.enabled:
+        with stages(CHAIN_STAGE):
+            used = (
+                baseline.act_params(config.act_bits)
+                if enhanced is None
+                else enhanced.act_params(config.act_bits)
+            )
+            chain = _chain_budget(model, config, qweights, used, fp32.sampler)
     phases = None
     if config.phases.enabled:
         from thermojax.pipeline.run.phases import run_phases
@@ -239,6 +259,8 @@ def run_diffusion(
         timings_s={**stages.timings, "total": time.perf_counter() - start},
         weights=weights,
     )
+    if chain is not None:
+        result = with_chain(result, chain, num_samples=chain_samples(config))
     if phases is not None:
         result = with_phases(result, *phases)
     if config.export.path is not None:
@@ -387,6 +409,43 @@ def _enhanced_parameters(
         group_ranges(enhanced.edges),
     )
     return enhanced
+
+
+def chain_samples(config: BaselineConfig) -> int:
+    """The chains' size of ``thermo.chain_budget``: its ``samples``, else ``sampling.num_samples``."""
+    samples = config.thermo.chain_budget.samples
+    return int(config.sampling.num_samples if samples is None else samples)
+
+
+def _chain_budget(
+    model: DiffusionModel,
+    config: BaselineConfig,
+    qweights: Mapping[str, Any],
+    act_params: ActParams,
+    sampler: SamplerSpec | None,
+) -> ChainBudget:
+    """The chain's error budget of the run's quantized weights and the activation parameters
+    the quantized sampler used, on its sampler and seed (the settings refused what it cannot
+    budget: dynamic activations, a per-timestep schedule, a family without a float state)."""
+    num_samples = chain_samples(config)
+    budget = chain_budget(
+        model,
+        qweights=qweights,
+        act_params=act_params,
+        num_samples=num_samples,
+        seed=config.seed,
+        sampler=sampler,
+    )
+    log.info(
+        "chain budget (%d samples, final-state MSE): total %.4g, per group [%s], per boundary "
+        "[%s], additivity %.3f",
+        num_samples,
+        budget.total,
+        ", ".join(f"{v:.4g}" for v in budget.per_group),
+        ", ".join(f"{v:+.4g}" for v in budget.per_boundary),
+        budget.additivity,
+    )
+    return budget
 
 
 def _assemble(

@@ -18,6 +18,7 @@ from thermojax.pipeline.measure.memory import release_freed_memory
 from thermojax.pipeline.settings import BaselineConfig
 
 __all__ = [
+    "CHAIN_STAGE",
     "ENHANCE_STAGE",
     "EXPORT_STAGE",
     "PHASES_STAGE",
@@ -43,6 +44,7 @@ STAGES = (
 
 ENHANCE_STAGE = "enhance parameters"
 SAMPLE_ENHANCED_STAGE = "sample enhanced"
+CHAIN_STAGE = "chain budget"
 PHASES_STAGE = "phase experiment"
 EXPORT_STAGE = "export"
 
@@ -53,6 +55,8 @@ def stage_names(config: BaselineConfig) -> tuple[str, ...]:
     if config.enhanced:
         names.insert(names.index("sample fp32"), ENHANCE_STAGE)
         names.insert(names.index("evaluate quality"), SAMPLE_ENHANCED_STAGE)
+    if config.thermo.chain_budget.enabled:
+        names.append(CHAIN_STAGE)
     if config.phases.enabled:
         names.append(PHASES_STAGE)
     if config.export.path is not None:

@@ -41,6 +41,7 @@ from thermojax.pipeline.settings.thermo import (
     PhasesConfig,
     ThermoConfig,
     TimeGroupsConfig,
+    validate_chain_budget,
     validate_phases,
     validate_thermo,
     validate_time_groups,
@@ -62,7 +63,8 @@ class BaselineConfig:
         smoothness_threshold: a scale jump above this at a boundary is a violation.
         group_size: weight quantization group size along the input dimension.
         seed: seeds calibration and sampling noise (same seed, same numbers).
-        thermo: Phase 2 smoothing and Phase 3 optimization (off by default).
+        thermo: Phase 2 smoothing and Phase 3 optimization, and the chain's error budget (all
+            off by default).
         time_groups: uniform or adaptive group boundaries.
         phases: the phase experiment (off by default; ``experiment=phases``).
         act: how activations are quantized (static time-group parameters by default) and
@@ -208,6 +210,9 @@ def validate_config(cfg: BaselineConfig) -> None:
         phases=cfg.phases.enabled,
         export_path=cfg.export.path,
         devices=cfg.model.devices,
+    )
+    validate_chain_budget(
+        cfg.thermo.chain_budget, act_mode=cfg.act.mode, smoothing=cfg.thermo.smoothing
     )
 
 

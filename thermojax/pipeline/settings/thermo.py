@@ -1,14 +1,15 @@
-"""The enhancements and the experiment: ``thermo.*`` (Phase 2 smoothing, Phase 3 optimization),
-``time_groups.*`` and ``phases.*``."""
+"""The enhancements and the experiment: ``thermo.*`` (Phase 2 smoothing, Phase 3 optimization,
+the chain's error budget), ``time_groups.*`` and ``phases.*``."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import List  # noqa: UP035 (OmegaConf reads typing.List)
+from typing import List, Optional  # noqa: UP035 (OmegaConf reads typing.List)
 
 from thermojax.core.adaptive import MAX_LAM
 from thermojax.core.smoothing import MAX_STEEPNESS
 from thermojax.pipeline.settings.checks import (
+    MAX_INT32,
     MAX_SEED,
     check_choice,
     check_count,
@@ -21,11 +22,13 @@ __all__ = [
     "SMOOTHING_LEVELS",
     "SMOOTHING_METHODS",
     "TIME_GROUP_STRATEGIES",
+    "ChainBudgetConfig",
     "OptimizationConfig",
     "PhasesConfig",
     "SmoothingConfig",
     "ThermoConfig",
     "TimeGroupsConfig",
+    "validate_chain_budget",
     "validate_phases",
     "validate_thermo",
     "validate_time_groups",
@@ -93,11 +96,30 @@ class OptimizationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChainBudgetConfig:
+    """The chain's error budget (:mod:`thermojax.pipeline.measure.chain`): where along the
+    sampler the final error of the quantized run enters, per time group and boundary, from
+    ``2 G + 1`` more sampler runs with the run's weights, activation parameters, sampler and
+    seed. A measurement: it changes no other figure and no cache entry.
+
+    Attributes:
+        enabled: measure it (the digits DDPM only: a masked-diffusion LM's final state is
+            tokens, which the budget has no measure for, and a weight-only run samples nothing).
+        samples: the chains' size (``None``: ``sampling.num_samples``).
+    """
+
+    enabled: bool = False
+    samples: Optional[int] = None  # noqa: UP045
+
+
+@dataclasses.dataclass(frozen=True)
 class ThermoConfig:
-    """The enhancements beyond the baseline: Phase 2 smoothing and Phase 3 optimization."""
+    """The enhancements beyond the baseline: Phase 2 smoothing and Phase 3 optimization; and
+    the chain's error budget, which measures the parameters the sampler used."""
 
     smoothing: SmoothingConfig = dataclasses.field(default_factory=SmoothingConfig)
     optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)
+    chain_budget: ChainBudgetConfig = dataclasses.field(default_factory=ChainBudgetConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +229,36 @@ def validate_thermo(
             getattr(opt, name),
             at_most=MAX_OPTIMIZATION_STEPS,
             why="the loss history holds one value per step and layer",
+        )
+
+
+def validate_chain_budget(
+    chain: ChainBudgetConfig, *, act_mode: str, smoothing: SmoothingConfig
+) -> None:
+    """``thermo.chain_budget.*``, with the activation parameters it needs: static ones, in
+    time groups (not a per-timestep schedule, whose ``T`` groups would cost ``2 T`` runs)."""
+    if chain.samples is not None:
+        check_count(
+            "thermo.chain_budget.samples",
+            chain.samples,
+            at_most=MAX_INT32,
+            why="JAX counts samples in int32",
+        )
+    if not chain.enabled:
+        return
+    if act_mode != "static":
+        raise fail(
+            "thermo.chain_budget.enabled",
+            chain.enabled,
+            f"act.mode={act_mode} quantizes each token by its own range; the budget swaps static "
+            "time-group parameters in and out (set act.mode=static)",
+        )
+    if smoothing.enabled and smoothing.level == "timestep":
+        raise fail(
+            "thermo.chain_budget.enabled",
+            chain.enabled,
+            "thermo.smoothing.level=timestep makes a per-timestep schedule, one group per "
+            "timestep; the budget is per time group (use thermo.smoothing.level=group)",
         )
 
 
