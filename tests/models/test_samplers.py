@@ -177,7 +177,7 @@ def test_run_sampler_observes_the_steps_that_run(model):
         model.quantizable_weights(),
         key=jax.random.PRNGKey(0),
         num_samples=2,
-        observe=lambda t, inputs, key: t,
+        observe=lambda t, inputs, key, x_t: t,
         sampler=spec,
     )
     assert trajectory.shape == (5, 2, 64)

@@ -81,7 +81,7 @@ def dynamic_params(model, bits: int) -> ActParams:
 def test_the_result_says_which_mode_sampled(runs, kind, mode, tmp_path):
     result = runs[kind, mode]
     assert result.act_mode() == mode
-    assert result.config["act"] == {"mode": mode, "rotation": "none"}
+    assert result.config["act"] == {"mode": mode, "rotation": "none", "mask_aware": False}
     path = write_result(result, tmp_path / "job" / REPORT_JSON)
     assert read_result(path).act_mode() == mode
     page = render_report(result)
@@ -138,7 +138,7 @@ def test_the_sampler_quantizes_each_token_by_its_own_range(models, kind):
                 weights,
                 key=jax.random.PRNGKey(0),
                 num_samples=4,
-                act_hook=lambda layer, h, t: quantizer(h, 4),
+                act_hook=lambda layer, h, t, kinds=None: quantizer(h, 4),
             )
         )(sampler_weights(model, qweights))
         return model.to_pixels(x0)

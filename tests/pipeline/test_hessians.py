@@ -39,7 +39,7 @@ def recorded(model):
         dict(model.quantizable_weights()),
         key=jax.random.PRNGKey(3),
         num_samples=N,
-        observe=lambda t, inputs, key: inputs,
+        observe=lambda t, inputs, key, x_t: inputs,
     )
     return {
         name: np.asarray(x, np.float64) for name, x in zip(model.layer_names, seen, strict=True)

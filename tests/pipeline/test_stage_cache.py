@@ -107,7 +107,7 @@ def test_a_key_added_later_keeps_the_entries_of_runs_before_it(model, monkeypatc
     between ``act.mode`` and ``act.rotation``; another value re-keys; a key added after them at
     its earlier value re-keys nothing, not even their other values."""
     config = BaselineConfig().to_dict()
-    assert config["act"] == {"mode": "static", "rotation": "none"}
+    assert config["act"] == {"mode": "static", "rotation": "none", "mask_aware": False}
     earlier = copy.deepcopy(config)
     del earlier["act"]  # what a run hashed before act.mode existed
     qweights = _qweights(model, config["bit_width"], config["group_size"], "minmax")
@@ -119,6 +119,8 @@ def test_a_key_added_later_keeps_the_entries_of_runs_before_it(model, monkeypatc
         return {**copy.deepcopy(config), "act": act}
 
     assert key(config) == key(earlier) == key(with_act(mode="static"))
+    assert key(config) == key(with_act(mode="static", rotation="none"))  # before mask_aware
+    assert key(config) != key(with_act(mode="static", rotation="none", mask_aware=True))
     dynamic = with_act(mode="dynamic", rotation="none")
     assert key(dynamic) == key(with_act(mode="dynamic"))  # before act.rotation existed
     assert key(dynamic) != key(config)

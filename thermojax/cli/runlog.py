@@ -152,6 +152,7 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
     mode = "weight-only, " if result.mode == "weight-only" else ""
     act = " dynamic per token" if result.act_mode() == "dynamic" else ""
     act += ", Hadamard-rotated" if result.act_rotation() == "hadamard" else ""
+    act += ", mask-aware" if result.act_mask_aware() else ""
     lines = [
         f"[bold]{escape(result.model_name)}[/bold]: {mode}INT{result.bit_width} weights"
         + (f", A{result.act_bits}{act}, {result.num_time_groups} time groups" if markov else "")

@@ -157,10 +157,13 @@ def dense(weight: LayerWeight, layer_input: Array) -> Array:
     return jnp.where(always, weight, jnp.zeros((), weight.dtype)).astype(jnp.float32)
 
 
-ActHook = Callable[[int, Array, Array], Array]
-"""``hook(layer_index, layer_input, t) -> layer_input'``: applied to the input of each quantizable
-layer (``layer_index`` is a static Python int in ``layer_names`` order, ``t`` the traced scalar
-timestep). Quantized sampling passes a fake-quantizer; ``None`` means full precision."""
+ActHook = Callable[..., Array]
+"""``hook(layer_index, layer_input, t[, kinds]) -> layer_input'``: applied to the input of each
+quantizable layer (``layer_index`` is a static Python int in ``layer_names`` order, ``t`` the
+traced scalar timestep). A model whose positions are of two kinds (a masked-diffusion LM: masked
+or not, :meth:`position_kinds`) passes ``kinds`` too, bool ``[N, length]``, True at the masked
+positions; hooks take it as an optional argument. Quantized sampling passes a fake-quantizer;
+``None`` means full precision."""
 
 
 @runtime_checkable
@@ -284,8 +287,9 @@ class DiffusionModel(Protocol):
         ...
 
 
-Observer = Callable[[Array, tuple[Array, ...], Array], Any]
-"""``observe(t, layer_inputs, key) -> pytree`` evaluated inside the sampler scan at each step."""
+Observer = Callable[[Array, tuple[Array, ...], Array, Array], Any]
+"""``observe(t, layer_inputs, key, x_t) -> pytree`` evaluated inside the sampler scan at each
+step (``x_t`` the state the step started from)."""
 
 
 @runtime_checkable
@@ -331,8 +335,8 @@ def run_sampler(
         key: PRNG key; split into the initial-noise key and the per-step key (folded with t).
         num_samples: N.
         act_hook: optional activation transform per quantizable layer.
-        observe: optional per-step function of ``(t, layer_inputs, key)``; its outputs are
-            stacked over the steps.
+        observe: optional per-step function of ``(t, layer_inputs, key, x_t)``; its outputs
+            are stacked over the steps.
         sampler: the reverse process and its steps (``None``: the model's own ``step`` at every
             timestep, which for the digits DDPM is ``SamplerSpec("ddpm")``).
 
@@ -363,7 +367,7 @@ def run_sampler(
             x_prev, layer_inputs = model.step(weights, x_t, t, step_noise, act_hook=act_hook)
         seen = None
         if observe is not None:
-            seen = observe(t, layer_inputs, jax.random.fold_in(observe_key, t))
+            seen = observe(t, layer_inputs, jax.random.fold_in(observe_key, t), x_t)
         return x_prev, (x_prev, seen)
 
     descending = ascending[::-1]

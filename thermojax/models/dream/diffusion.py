@@ -356,6 +356,11 @@ class MaskedDiffusionLM:
         )
         return x_prev, layer_inputs
 
+    def position_kinds(self, x_t: Array) -> Array:
+        """Which positions of ``x_t`` are masked: bool ``[N, L]`` (a token's layer inputs
+        come from the mask embedding there, from a token elsewhere)."""
+        return jnp.asarray(x_t) == self.options.mask_token_id
+
     def denoise(
         self,
         weights: Mapping[str, LayerWeight],
@@ -366,7 +371,8 @@ class MaskedDiffusionLM:
     ) -> tuple[Array, tuple[Array, ...]]:
         """The network's predictions for ``x_t``, ``[N, L, V]`` (shifted by the checkpoint's
         ``logit_shift``: Dream's one place, LLaDA's none)."""
-        hook = None if act_hook is None else (lambda index, x: act_hook(index, x, t))
+        kinds = self.position_kinds(x_t)
+        hook = None if act_hook is None else (lambda index, x: act_hook(index, x, t, kinds))
         logits, layer_inputs = self.lm.forward(self.network_weights(weights), x_t, act_hook=hook)
         return shift_logits(logits, self.lm.logit_shift), layer_inputs
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from thermojax.models.base import DiffusionModel
 from thermojax.pipeline.measure.activation_stats import MAX_MAGNITUDE
+from thermojax.pipeline.measure.calibrate import act_rows
 from thermojax.pipeline.settings import sampler_specs
 
 __all__ = ["check_entry"]
@@ -90,9 +91,9 @@ def _check_samples(value: Any, model: DiffusionModel, num_samples: int) -> None:
 
 
 def _check_calibration(
-    value: Any, model: DiffusionModel, samples_per_step: int, steps: int
+    value: Any, model: DiffusionModel, samples_per_step: int, steps: int, mask_aware: bool
 ) -> None:
-    layers = tuple(model.layer_names)
+    layers = act_rows(tuple(model.layer_names), mask_aware)
     if tuple(value.layer_names) != layers:
         raise ValueError(f"layers {list(value.layer_names)} are not the model's {list(layers)}")
     for name in ("act_min", "act_max", "act_mean", "act_std"):
@@ -117,7 +118,9 @@ def check_entry(name: str, value: Any, *, model: DiffusionModel, config: Mapping
     if name == "calibration":
         # The calibration sampler's steps (every timestep for the full DDPM sampler).
         steps = sampler_specs(config)[1].num_steps(int(model.num_timesteps))
-        _check_calibration(value, model, int(config["calibration"]["samples_per_step"]), steps)
+        mask_aware = bool((config.get("act") or {}).get("mask_aware", False))
+        samples_per_step = int(config["calibration"]["samples_per_step"])
+        _check_calibration(value, model, samples_per_step, steps, mask_aware)
     elif name == "fp32_samples":
         _check_samples(value, model, num_samples)
     elif name == "quality":

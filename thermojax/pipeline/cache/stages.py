@@ -118,6 +118,7 @@ removed from the config before it is hashed into the quality key."""
 KEYS_ADDED_LATER: dict[tuple[str, ...], Any] = {
     ("act", "mode"): "static",
     ("act", "rotation"): "none",
+    ("act", "mask_aware"): False,
 }
 """Config paths added after quality entries were written, each with the value that every run
 before it had: hashed into the quality key only when they hold another value (a section left
@@ -388,7 +389,13 @@ class StageCache:
             samples_per_step=cfg["calibration"]["samples_per_step"],
             seed=cfg["seed"],
             **_sampler_key(self.calibration_sampler),
+            # added later: a key without it is the statistics of all positions together
+            **({"mask_aware": True} if self._mask_aware else {}),
         )
+
+    @property
+    def _mask_aware(self) -> bool:
+        return bool((self.config.get("act") or {}).get("mask_aware", False))
 
     def calibration(self) -> CalibrationStats:
         """Calibration statistics for this run's weights, from the cache or computed."""
@@ -405,6 +412,7 @@ class StageCache:
                 samples_per_step=cfg["calibration"]["samples_per_step"],
                 qweights=self.qweights,
                 sampler=self.calibration_sampler,
+                mask_aware=self._mask_aware,
             ),
             save=lambda stats, path: stats.save(path),
             load=CalibrationStats.load,

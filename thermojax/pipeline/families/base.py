@@ -125,6 +125,8 @@ class DiffusionFamily:
     export_formats: tuple[str, ...] = ("thermojax",)
     """The ``export.format`` values :meth:`export` writes."""
     rotates: bool = False
+    masks_positions: bool = False
+    """Whether its models have masked positions (``position_kinds``), for ``act.mask_aware``."""
     budgets_chain: bool = False
     """Whether ``thermo.chain_budget.enabled`` runs on its models (a float state, whose final
     error :func:`~thermojax.pipeline.measure.chain.chain_budget` measures)."""
@@ -147,6 +149,11 @@ class DiffusionFamily:
         ``model.path`` is a quantized checkpoint; fill in the default sampler."""
         if not self.budgets_chain:
             refuse_chain_budget(config, self.description)
+        if config.act.mask_aware and not self.masks_positions:
+            raise UserInputError(
+                f"act.mask_aware=true: {self.description} has no masked positions (a "
+                "masked-diffusion LM has; set act.mask_aware=false)"
+            )
         if not self.rotates:
             refuse_rotation(config, self.description)
         elif config.act.rotation != "none" and export_document(config) is not None:

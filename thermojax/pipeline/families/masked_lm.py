@@ -74,6 +74,7 @@ class MaskedLMFamily(DiffusionFamily):
     exports = True
     export_formats = ("thermojax", COMPRESSED_TENSORS)
     rotates = True
+    masks_positions = True
 
     def recognises(self, config: BaselineConfig) -> bool:
         """A Hugging Face folder (``config.json``) that ``model.run`` runs: ``diffusion``, or

@@ -55,6 +55,11 @@ class WeightOnlyFamily:
         refuse_model_settings(config, "a checkpoint measured weight-only", ())
         refuse_text_data(config, "a checkpoint measured weight-only")
         refuse_rotation(config, "a checkpoint measured weight-only")
+        if config.act.mask_aware:
+            raise UserInputError(
+                "act.mask_aware=true: a checkpoint measured weight-only samples nothing (set "
+                "act.mask_aware=false)"
+            )
         refuse_chain_budget(config, "a checkpoint measured weight-only")
         refuse_export_format(
             config, "a checkpoint measured weight-only", ("thermojax", COMPRESSED_TENSORS)

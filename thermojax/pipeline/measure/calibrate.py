@@ -20,7 +20,31 @@ from thermojax.files import atomic_file
 from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec, run_sampler
 from thermojax.pipeline.weights.quantize import quantize_weights, sampler_weights
 
-__all__ = ["CALIBRATION_VERSION", "CalibrationStats", "calibrate", "calibration_model"]
+__all__ = [
+    "CALIBRATION_VERSION",
+    "MASKED_SUFFIX",
+    "CalibrationStats",
+    "act_rows",
+    "calibrate",
+    "calibration_model",
+]
+
+MASKED_SUFFIX = " [masked]"
+"""Appended to a layer's name for its masked positions' row (``act.mask_aware``)."""
+
+
+def act_rows(layer_names: tuple[str, ...], mask_aware: bool) -> tuple[str, ...]:
+    """The rows of activation statistics and parameters: one per layer, or with
+    ``mask_aware`` (a masked-diffusion LM's masked and unmasked positions apart) the L layers
+    for the unmasked positions, then the L layers again for the masked ones (named with
+    :data:`MASKED_SUFFIX`).
+
+    Example:
+        >>> act_rows(("a", "b"), True)
+        ('a', 'b', 'a [masked]', 'b [masked]')
+    """
+    names = tuple(layer_names)
+    return names + tuple(n + MASKED_SUFFIX for n in names) if mask_aware else names
 
 CALIBRATION_VERSION = 2
 """Bump when :func:`calibrate` computes different numbers for the same inputs: cached statistics
@@ -139,7 +163,47 @@ class CalibrationStats:
             )
 
 
-@partial(jax.jit, static_argnames=("num_samples", "samples_per_step", "sampler"))
+def _layer_stats(flat: jax.Array, key: jax.Array, samples_per_step: int):
+    """min, max, mean, std of ``flat`` and ``samples_per_step`` of its values, at random."""
+    mean = jnp.mean(flat)
+    std = jnp.sqrt(jnp.maximum(jnp.mean(jnp.square(flat - mean)), 0.0))
+    idx = jax.random.randint(key, (samples_per_step,), 0, flat.shape[0])
+    return jnp.stack([jnp.min(flat), jnp.max(flat), mean, std]), flat[idx]
+
+
+def _kind_stats(
+    h: jax.Array, chosen: jax.Array, key: jax.Array, samples_per_step: int, fallback
+) -> tuple[jax.Array, jax.Array]:
+    """The statistics of the positions ``chosen`` (bool ``[N, length]``) of ``h``
+    ``[N, length, C]`` only, and values drawn from them; ``fallback`` (all positions') where
+    no position is chosen at this step (its parameters then quantize nothing here)."""
+    weight = jnp.broadcast_to(chosen[..., None], h.shape).reshape(-1)
+    flat = h.reshape(-1)
+    count = jnp.sum(weight)
+    some = count > 0
+    n = jnp.maximum(count, 1).astype(jnp.float32)
+    mean = jnp.sum(jnp.where(weight, flat, 0.0)) / n
+    var = jnp.sum(jnp.where(weight, jnp.square(flat - mean), 0.0)) / n
+    stats = jnp.stack(
+        [
+            jnp.min(jnp.where(weight, flat, jnp.inf)),
+            jnp.max(jnp.where(weight, flat, -jnp.inf)),
+            mean,
+            jnp.sqrt(jnp.maximum(var, 0.0)),
+        ]
+    )
+    # The k-th draw is the position of the k-th of samples_per_step uniform ranks among the
+    # chosen values (their cumulative count), so each chosen value is equally likely.
+    ranks = jax.random.randint(key, (samples_per_step,), 0, jnp.maximum(count, 1))
+    idx = jnp.searchsorted(jnp.cumsum(weight), ranks, side="right")
+    picks = flat[jnp.minimum(idx, flat.shape[0] - 1)]
+    all_stats, all_picks = fallback
+    return jnp.where(some, stats, all_stats), jnp.where(some, picks, all_picks)
+
+
+@partial(
+    jax.jit, static_argnames=("num_samples", "samples_per_step", "sampler", "mask_aware")
+)
 def _calibration_program(
     model: DiffusionModel,
     weights: dict[str, LayerWeight],
@@ -148,25 +212,37 @@ def _calibration_program(
     num_samples: int,
     samples_per_step: int,
     sampler: SamplerSpec | None,
+    mask_aware: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """``(stats [S, L, 4] = min/max/mean/std, samples [S, L, K])`` from one sampler scan.
+    """``(stats [S, R, 4] = min/max/mean/std, samples [S, R, K])`` from one sampler scan, R the
+    :func:`act_rows` (``mask_aware``: the unmasked positions' L rows, then the masked ones').
 
     The model is a pytree argument, so models that differ only in parameters share the program;
     so are the weights, packed QTensors included (each layer dequantized inside the step).
     """
 
-    def observe(t: jax.Array, layer_inputs: tuple[jax.Array, ...], step_key: jax.Array):
+    def observe(t, layer_inputs: tuple[jax.Array, ...], step_key: jax.Array, x_t: jax.Array):
         keys = jax.random.split(step_key, len(layer_inputs))
         stats, picks = [], []
         # Layers have different input widths, so they cannot be stacked into one array; this
         # trace-time loop over the L layers unrolls into one fused program per step.
         for h, layer_key in zip(layer_inputs, keys, strict=True):
-            flat = h.reshape(-1)
-            mean = jnp.mean(flat)
-            std = jnp.sqrt(jnp.maximum(jnp.mean(jnp.square(flat - mean)), 0.0))
-            stats.append(jnp.stack([jnp.min(flat), jnp.max(flat), mean, std]))
-            idx = jax.random.randint(layer_key, (samples_per_step,), 0, flat.shape[0])
-            picks.append(flat[idx])
+            layer_stats, layer_picks = _layer_stats(h.reshape(-1), layer_key, samples_per_step)
+            stats.append(layer_stats)
+            picks.append(layer_picks)
+        if mask_aware:
+            masked = model.position_kinds(x_t)
+            keys = jax.random.split(jax.random.fold_in(step_key, 1), 2 * len(layer_inputs))
+            by_kind: list[list] = [[], []]
+            for j, h in enumerate(layer_inputs):
+                for kind, chosen in enumerate((~masked, masked)):
+                    by_kind[kind].append(
+                        _kind_stats(
+                            h, chosen, keys[2 * j + kind], samples_per_step, (stats[j], picks[j])
+                        )
+                    )
+            rows = by_kind[0] + by_kind[1]
+            stats, picks = [s for s, _ in rows], [p for _, p in rows]
         return jnp.stack(stats), jnp.stack(picks)
 
     _, _, (stats, picks) = run_sampler(
@@ -214,6 +290,7 @@ def calibrate(
     samples_per_step: int = 64,
     qweights: Mapping[str, QTensor] | None = None,
     sampler: SamplerSpec | None = None,
+    mask_aware: bool = False,
 ) -> CalibrationStats:
     """Per-timestep input-activation statistics of every quantizable layer.
 
@@ -237,9 +314,13 @@ def calibrate(
             run's method, some layers perhaps at other bits); ``None`` quantizes them here
             (``minmax`` at ``bit_width``).
         sampler: the sampler that runs (``None``: the model's own, every timestep).
+        mask_aware: the statistics of the masked and the unmasked positions apart (a model
+            with ``position_kinds``: a masked-diffusion LM), ``2 L`` rows (:func:`act_rows`);
+            a step without positions of a kind gives that kind all positions' statistics.
 
     Returns:
-        :class:`CalibrationStats` with ``[L, S]`` statistics and ``[L, S, K]`` samples.
+        :class:`CalibrationStats` with ``[R, S]`` statistics and ``[R, S, K]`` samples, R the
+        rows of :func:`act_rows`.
 
     Raises:
         UserInputError: ``num_samples < 1``, ``samples_per_step < 1``, bad ``bit_width`` or a
@@ -249,6 +330,8 @@ def calibrate(
     for name, value in (("num_samples", num_samples), ("samples_per_step", samples_per_step)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise UserInputError(f"calibration {name} must be an integer >= 1, got {value!r}")
+    if mask_aware and not hasattr(model, "position_kinds"):
+        raise ValueError(f"mask_aware: {type(model).__name__} has no masked positions")
     if qweights is None:
         qweights, _ = quantize_weights(model, bits=bit_width, group_size=group_size)
     else:
@@ -260,11 +343,12 @@ def calibrate(
         num_samples=int(num_samples),
         samples_per_step=int(samples_per_step),
         sampler=sampler,
+        mask_aware=bool(mask_aware),
     )
-    stats = np.asarray(stats, np.float32).transpose(2, 1, 0)  # [4, L, S]
+    stats = np.asarray(stats, np.float32).transpose(2, 1, 0)  # [4, R, S]
     spec = SamplerSpec() if sampler is None else sampler
     return CalibrationStats(
-        layer_names=tuple(model.layer_names),
+        layer_names=act_rows(tuple(model.layer_names), mask_aware),
         act_min=stats[0].copy(),
         act_max=stats[1].copy(),
         act_mean=stats[2].copy(),

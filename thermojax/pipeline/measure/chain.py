@@ -136,7 +136,7 @@ def _switched_chain_program(
         act_hook = None
         if scales is not None:
 
-            def act_hook(layer: int, h: jax.Array, t: jax.Array) -> jax.Array:
+            def act_hook(layer: int, h: jax.Array, t: jax.Array, kinds=None) -> jax.Array:
                 q = fake_quantize_activations(h, scales[layer, t], zero_points[layer, t], bits=bits)
                 return jnp.where(acts_on[t], q, h)
 

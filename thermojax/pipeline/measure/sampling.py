@@ -33,7 +33,7 @@ from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec
 from thermojax.pipeline.weights.quantize import sampler_weights
 
-__all__ = ["ActParams", "Samples", "check_act_params", "sample"]
+__all__ = ["ActParams", "Samples", "check_act_params", "pick_rows", "sample"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +41,17 @@ class ActParams:
     """Activation fake-quantization parameters for each layer and each time group.
 
     Attributes:
-        scales: float32 ``[L, S]`` (> 0).
-        zero_points: float32 ``[L, S]``, integer values in ``[0, 2**bits - 1]``.
+        scales: float32 ``[L, S]`` (> 0), or ``[2 L, S]`` with ``mask_aware``.
+        zero_points: float32 like ``scales``, integer values in ``[0, 2**bits - 1]``.
         edges: int32 ``[S + 1]`` time-group edges (``arange(T + 1)`` for a per-timestep schedule).
         bits: activation bit width.
         mode: ``static`` (the step's group's scales and zero points quantize each layer's
             input) or ``dynamic`` (each token's own range, measured in the step:
             :func:`~thermojax.core.quant.fake_quantize_per_token`; ``scales`` and
             ``zero_points`` then quantize nothing, ``edges`` still cut the drift into groups).
+        mask_aware: rows ``0..L-1`` quantize the unmasked positions of a masked-diffusion LM,
+            rows ``L..2L-1`` the masked ones (:func:`~thermojax.pipeline.measure.calibrate.act_rows`;
+            the model's ``position_kinds`` tells them apart at every step).
     """
 
     scales: np.ndarray
@@ -56,6 +59,7 @@ class ActParams:
     edges: np.ndarray
     bits: int
     mode: str = "static"
+    mask_aware: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,18 @@ class Samples:
             object.__setattr__(self, "timesteps", np.arange(len(self.trajectory), dtype=np.int32))
 
 
+def pick_rows(table: jax.Array, layer: int, column, kinds, *, num_layers: int) -> jax.Array:
+    """Layer ``layer``'s parameter of ``table`` at ``column`` (a time group or timestep):
+    ``table[layer, column]``, or for ``[2 L, ...]`` mask-aware parameters and the step's
+    ``kinds`` (bool ``[N, length]``, True where masked) each position's row,
+    ``[N, length, 1]`` (broadcast against the layer input ``[N, length, C]``)."""
+    if table.shape[0] == num_layers:
+        return table[layer, column]
+    if kinds is None:
+        raise ValueError("mask-aware activation parameters need a model with masked positions")
+    return jnp.where(kinds, table[num_layers + layer, column], table[layer, column])[..., None]
+
+
 @partial(jax.jit, static_argnames=("num_samples", "bits", "act_mode", "sampler"))
 def _sample_program(
     model: DiffusionModel,
@@ -104,14 +120,17 @@ def _sample_program(
     act_hook = None
     if act_mode == "dynamic":
 
-        def act_hook(layer: int, h: jax.Array, t: jax.Array) -> jax.Array:
+        def act_hook(layer: int, h: jax.Array, t: jax.Array, kinds=None) -> jax.Array:
             return fake_quantize_per_token(h, bits=bits)
 
     elif scales is not None:
+        num_layers = len(model.layer_names)
 
-        def act_hook(layer: int, h: jax.Array, t: jax.Array) -> jax.Array:
+        def act_hook(layer: int, h: jax.Array, t: jax.Array, kinds=None) -> jax.Array:
             g = group_of(t, edges)
-            return fake_quantize_activations(h, scales[layer, g], zero_points[layer, g], bits=bits)
+            scale = pick_rows(scales, layer, g, kinds, num_layers=num_layers)
+            zero = pick_rows(zero_points, layer, g, kinds, num_layers=num_layers)
+            return fake_quantize_activations(h, scale, zero, bits=bits)
 
     return model.sample(
         weights, key=key, num_samples=num_samples, act_hook=act_hook, sampler=sampler
@@ -120,17 +139,21 @@ def _sample_program(
 
 def check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
     """``act_params`` fit ``model``: a known mode, ``[L, G]`` scales and zero points for its L
-    layers, edges from 0 to its T timesteps, strictly increasing (``ValueError`` naming which)."""
+    layers (``[2 L, G]`` mask-aware, for a model with masked positions), edges from 0 to its T
+    timesteps, strictly increasing (``ValueError`` naming which)."""
     if act_params.mode not in ACT_MODES:
         raise ValueError(f"act_params mode must be one of {ACT_MODES}, got {act_params.mode!r}")
     scales = np.asarray(act_params.scales)
     zero_points = np.asarray(act_params.zero_points)
     edges = np.asarray(act_params.edges)
     num_layers, num_timesteps = len(model.layer_names), model.num_timesteps
-    if scales.ndim != 2 or scales.shape[0] != num_layers or scales.shape != zero_points.shape:
+    if act_params.mask_aware and not hasattr(model, "position_kinds"):
+        raise ValueError(f"act_params mask_aware: {type(model).__name__} has no masked positions")
+    rows = 2 * num_layers if act_params.mask_aware else num_layers
+    if scales.ndim != 2 or scales.shape[0] != rows or scales.shape != zero_points.shape:
         raise ValueError(
             f"act_params scales {scales.shape} and zero_points {zero_points.shape} must both be "
-            f"[L={num_layers}, S]"
+            f"[{'2 L' if act_params.mask_aware else 'L'}={rows}, S]"
         )
     if edges.shape != (scales.shape[1] + 1,) or edges[0] != 0 or edges[-1] != num_timesteps:
         raise ValueError(

@@ -126,10 +126,18 @@ def _bound_program(
 
         elif per_step_scales is not None:
             t = timesteps_for_masks(model, jnp.sum(batch == mask_id, axis=1))
+            num_layers = len(model.layer_names)
+            # Mask-aware parameters ([2 L, T]): the masked positions take rows L..2L-1.
+            masked = (batch == mask_id)[..., None]
+
+            def row(table: jax.Array, layer: int) -> jax.Array:
+                own = table[layer, t][:, None, None]
+                if table.shape[0] == num_layers:
+                    return own
+                return jnp.where(masked, table[num_layers + layer, t][:, None, None], own)
 
             def hook(layer: int, x: jax.Array) -> jax.Array:
-                scale = per_step_scales[layer, t][:, None, None]
-                zero = per_step_zero_points[layer, t][:, None, None]
+                scale, zero = row(per_step_scales, layer), row(per_step_zero_points, layer)
                 return fake_quantize_activations(x, scale, zero, bits=bits)
 
         logits, _ = model.lm.forward(stored, batch, act_hook=hook)

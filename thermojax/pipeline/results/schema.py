@@ -329,6 +329,13 @@ class Result:
         or ``hadamard`` (randomized Hadamard rotations; every figure is of the rotated model)."""
         return str((self.config.get("act") or {}).get("rotation", "none"))
 
+    def act_mask_aware(self) -> bool:
+        """Whether a masked-diffusion LM's masked and unmasked positions had their own
+        activation parameters (``config.act.mask_aware``; false for a result written before the
+        option existed): :attr:`layers` then holds each layer twice, the second time for its
+        masked positions."""
+        return bool((self.config.get("act") or {}).get("mask_aware", False))
+
     def weight_method(self) -> str:
         """The weight quantizer in words, from ``config.quant`` (``minmax`` for a result written
         before the option existed): the method, GPTQ's Hessian weighting, kept bits."""

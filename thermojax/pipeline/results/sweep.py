@@ -64,14 +64,16 @@ CONFIG_KEYS = (
     "act_bits",
     "act_mode",
     "act_rotation",
+    "act_mask_aware",
     "num_time_groups",
     "smoothness_threshold",
     "seed",
     "sampler",
     "sampling_steps",
 )
-"""What tells the configurations of a sweep apart (and orders them); ``act_mode`` and
-``act_rotation`` are ``act.mode`` and ``act.rotation``, ``sampler`` and ``sampling_steps`` the
+"""What tells the configurations of a sweep apart (and orders them); ``act_mode``,
+``act_rotation`` and ``act_mask_aware`` are ``act.mode``, ``act.rotation`` and
+``act.mask_aware``, ``sampler`` and ``sampling_steps`` the
 sampler that sampled and its S."""
 COLUMNS = (
     "job",
@@ -258,6 +260,7 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
         "act_bits": result.act_bits,
         "act_mode": result.act_mode(),
         "act_rotation": result.act_rotation(),
+        "act_mask_aware": result.act_mask_aware(),
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "seed": result.config.get("seed"),
@@ -286,6 +289,7 @@ _OVERRIDE_COLUMNS = {
     "sampling.steps": "sampling_steps",
     "act.mode": "act_mode",
     "act.rotation": "act_rotation",
+    "act.mask_aware": "act_mask_aware",
 }
 """Override keys whose summary column has another name."""
 

@@ -119,18 +119,23 @@ class GroupParameters:
 
     Attributes:
         edges: int32 ``[G + 1]`` on the model's T timesteps (what the sampler, the results and
-            a checkpoint use); scales, zero_points: float32 ``[L, G]``;
-        metrics: their :class:`MarkovMetrics` at the run's threshold.
+            a checkpoint use); scales, zero_points: float32 ``[L, G]`` (``[2 L, G]``
+            mask-aware: the unmasked positions' rows, then the masked ones');
+        metrics: their :class:`MarkovMetrics` at the run's threshold, over every row.
+        mask_aware: ``act.mask_aware``.
     """
 
     edges: np.ndarray
     scales: np.ndarray
     zero_points: np.ndarray
     metrics: MarkovMetrics
+    mask_aware: bool = False
 
     def act_params(self, bits: int, mode: str = "static") -> ActParams:
         """The sampler's :class:`ActParams` (``mode``: ``act.mode``)."""
-        return ActParams(self.scales, self.zero_points, self.edges, bits, mode)
+        return ActParams(
+            self.scales, self.zero_points, self.edges, bits, mode, mask_aware=self.mask_aware
+        )
 
 
 def run_diffusion(
@@ -386,7 +391,9 @@ def _group_parameters(stats: CalibrationStats, config: BaselineConfig) -> GroupP
         scales, zero_points, qmax=2**config.act_bits - 1, threshold=config.smoothness_threshold
     )
     log.info("time groups %s", group_ranges(edges))
-    return GroupParameters(edges, np.asarray(scales), np.asarray(zero_points), metrics)
+    return GroupParameters(
+        edges, np.asarray(scales), np.asarray(zero_points), metrics, config.act.mask_aware
+    )
 
 
 def _enhanced_parameters(
@@ -473,17 +480,20 @@ def _assemble(
         scales = group_means(enhanced.scales, enhanced.param_edges, enhanced.edges)
         zero_points = group_means(enhanced.zero_points, enhanced.param_edges, enhanced.edges)
         metrics, quality, quantized_x0 = enhanced.metrics.windows, enhanced_quality, enhanced_x0
+    # One row per parameter set: mask-aware, each layer's unmasked then masked positions,
+    # both rows with the layer's weight cosine.
+    repeat = len(stats.layer_names) // len(model.layer_names)
     result = build_result(
         config=config,
         model_name=config.model.name or model.name,
-        layer_names=model.layer_names,
+        layer_names=stats.layer_names,
         edges=edges,
         scales=scales,
         zero_points=zero_points,
         metrics=metrics,
         act_min=stats.act_min,
         act_max=stats.act_max,
-        layer_cosine=weight_report.layer_cosine,
+        layer_cosine=list(weight_report.layer_cosine) * repeat,
         model_cosine=weight_report.model_cosine,
         compression_ratio=weight_report.compression_ratio,
         model_size_mb=weight_report.model_size_mb,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from thermojax.core.quant import ACT_MODES
+from thermojax.errors import UserInputError
 from thermojax.pipeline.settings.checks import check_choice, fail
 
 __all__ = ["ACT_MODES", "ACT_ROTATIONS", "ActConfig", "validate_act"]
@@ -47,10 +48,19 @@ class ActConfig:
             does not rotate, an exported checkpoint (``model.path``, whose codes were made
             without it, or ``export.path``, which does not record it yet), parameters held
             apart (``model.residency=apart``) or laid over devices (``model.devices>1``).
+        mask_aware: a masked-diffusion LM's masked and unmasked positions get their own scale
+            and zero point in each time group and layer (their inputs differ within a step:
+            the mask embedding's hidden states against the tokens'): calibrated apart, chosen
+            per position at every step (the sampler knows which positions are masked), and
+            reported as ``2 L`` rows (each layer, then each layer's masked positions, named
+            ``"<layer> [masked]"``) with Markov metrics over all of them. Static mode only; not
+            with the enhancements, the phase experiment or an export (they hold one parameter
+            set per layer), and only for a family with masked positions.
     """
 
     mode: str = "static"
     rotation: str = "none"
+    mask_aware: bool = False
 
 
 def validate_act(
@@ -73,6 +83,20 @@ def validate_act(
     """
     check_choice("act.mode", act.mode, ACT_MODES)
     check_choice("act.rotation", act.rotation, ACT_ROTATIONS)
+    if not isinstance(act.mask_aware, bool):
+        raise fail("act.mask_aware", act.mask_aware, "must be true or false")
+    if act.mask_aware:
+        why = None
+        if act.mode != "static":
+            why = f"act.mode={act.mode} has no calibrated parameters to split (set act.mode=static)"
+        elif enhanced:
+            why = "thermo.* and time_groups.strategy=adaptive reshape one parameter set per layer"
+        elif phases:
+            why = "the phase experiment compares one parameter set per layer"
+        elif export_path is not None:
+            why = "exports hold one parameter set per layer (leave export.path unset)"
+        if why is not None:
+            raise UserInputError(f"act.mask_aware=true: {why}")
     if act.rotation != "none" and export_path is not None:
         raise fail(
             "act.rotation",
