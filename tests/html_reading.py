@@ -147,7 +147,17 @@ def check_report_shows_the_run(html: str, data: dict, band_colors: dict[str, str
     assert root.find("h1").text() == f"{kind} Markov smoothness: {name}"
 
     hero = root.find("section", "hero")
-    assert hero.find(cls="score").text() == num(data["smoothness_score"], 3)
+    quality = data.get("quality") or {}
+    frechet = quality.get("frechet_fp32"), quality.get("frechet_quantized")
+    if None in frechet:  # no graded ratio: the smoothness score leads
+        assert hero.find(cls="score").text() == num(data["smoothness_score"], 3)
+        assert not hero.find_all(cls="smoothness-score")
+    else:  # the graded quality figure leads, the smoothness score beside it
+        r = frechet[1] / frechet[0]
+        assert hero.find(cls="score").text() == (f"{r:.3g}x" if r >= 10 else f"{r:.2f}x")
+        assert hero.find(cls="muted").text() == "Frechet / fp32"
+        assert hero.find(cls="smoothness-score").text() == num(data["smoothness_score"], 3)
+        assert hero.find(cls="secondary").text().endswith(" smoothness score")
     smoothness = hero.find("span", "smoothness")
     assert smoothness.text() == f"smoothness band: {band}"
     assert f"background: {band_colors[band]}" in smoothness.attrs["style"]

@@ -154,6 +154,9 @@ def test_int2_headlines_its_destroyed_samples_not_its_smoothness(first_run, metr
     assert interpretation["verdict"] == interpretation["quality_band"] == "poor"
     assert interpretation["quality_detail"].startswith("Frechet ")
     hero = parse((out / "baseline_metrics.html").read_text()).find("section", "hero")
+    ratio = quality["frechet_quantized"] / quality["frechet_fp32"]
+    assert hero.find(cls="score").text() == (f"{ratio:.3g}x" if ratio >= 10 else f"{ratio:.2f}x")
+    assert hero.find(cls="muted").text() == "Frechet / fp32"
     assert hero.find("span", "verdict").text() == "quality band: poor"
     assert hero.find("span", "smoothness").text() == f"smoothness band: {interpretation['band']}"
     assert hero.find("p").text().startswith("Sample quality is poor against fp32")

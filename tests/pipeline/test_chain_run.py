@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from html_reading import parse
 from rich.console import Console
 
 from thermojax.cli.config import to_config
@@ -33,6 +34,7 @@ from thermojax.pipeline.families.weight_only import WEIGHT_ONLY
 from thermojax.pipeline.measure.chain import FINAL_ERROR, chain_budget
 from thermojax.pipeline.measure.sampling import ActParams
 from thermojax.pipeline.results.schema import read_result, write_result
+from thermojax.pipeline.results.verdict import MEASURABLE_BOUNDARY_SHARE
 from thermojax.pipeline.run.stages import CHAIN_STAGE, STAGES, stage_names
 from thermojax.pipeline.weights.quantize import quantize_weights
 from thermojax.report import render_report
@@ -137,6 +139,11 @@ def test_off_leaves_the_result_without_a_chain_and_every_number_as_it_was(runs):
     assert off.chain is None and "chain" not in off.to_dict()
     assert "chain budget" not in off.timings_s and CHAIN_STAGE in on.timings_s
     assert off.config["thermo"]["chain_budget"] == {"enabled": False, "samples": None}
+    # The interpretation reads the budget on top of what it said without it.
+    assert on.interpretation.summary.startswith(f"{off.interpretation.summary} The chain's")
+    assert on.interpretation.actions[-len(off.interpretation.actions) :] == (
+        off.interpretation.actions
+    )
     assert without_times(off) == without_times(on)
     np.testing.assert_array_equal(off.samples["quantized"], on.samples["quantized"])
     # Both computed every entry in their own cache folder.
@@ -158,9 +165,13 @@ def test_an_enhanced_run_budgets_the_parameters_its_sampler_used(runs):
 
 def without_times(result) -> dict:
     """The JSON of ``result`` less what differs between two runs of one configuration (wall
-    times, the environment) and what the switch itself adds (its config entry, the section)."""
+    times, the environment) and what the switch itself adds (its config entry, the section,
+    the interpretation's reading of it)."""
     varying = {"chain", "config", "timings_s", "quantization_time_s", "environment"}
     data = {k: v for k, v in result.to_dict().items() if k not in varying}
+    data["interpretation"] = {
+        k: v for k, v in data["interpretation"].items() if k not in ("summary", "actions")
+    }
     data["weights"] = {
         k: v for k, v in data["weights"].items() if k not in ("seconds", "bytes_per_second")
     }
@@ -205,6 +216,35 @@ def test_the_report_console_and_wandb_show_the_budget(runs, saved):
     assert [metrics[f"chain/group_{g}"] for g in range(4)] == list(on.chain.per_group)
     assert [metrics[f"chain/boundary_{b}"] for b in range(3)] == list(on.chain.per_boundary)
     assert not any(key.startswith("chain/") for key in summary_metrics(off))
+
+
+def test_the_interpretation_names_where_the_error_enters_and_which_jumps_cost_it(saved):
+    """The run's own budget, read back: the summary on the page and the console's next steps
+    name the groups with most of the groups' summed error and exactly the boundaries whose
+    |cost| passes MEASURABLE_BOUNDARY_SHARE of the total."""
+    result = read_result(saved)
+    chain, summary = result.chain, result.interpretation.summary
+    shares = np.asarray(chain.per_group) / np.sum(chain.per_group)
+    top = int(np.argmax(shares))
+    assert f"g{top} (t in [{chain.edges[top]}, {chain.edges[top + 1]})): {shares[top]:.0%}" in (
+        summary
+    )
+    measurable = [
+        b
+        for b, cost in enumerate(chain.per_boundary)
+        if abs(cost) > MEASURABLE_BOUNDARY_SHARE * chain.total
+    ]
+    for b in range(len(chain.per_boundary)):
+        assert (f"b{b} (t={chain.edges[b + 1]}: " in summary) == (b in measurable), b
+    if not measurable:
+        assert "the jumps between time groups cost nothing measurable" in summary
+    hero = parse(render_report(result)).find("section", "hero")
+    assert hero.find("p").text() == " ".join(summary.split())
+    assert "The chain's error budget puts most of the final error in time group" in summary
+    printed = io.StringIO()
+    print_summary(Console(file=printed, width=2000), result, {"json": saved})
+    (line,) = [text for text in printed.getvalue().splitlines() if text.startswith("  next:")]
+    assert f"Most of the final error enters at the steps of g{top} " in line
 
 
 def refused_before_any_stage(config) -> str:

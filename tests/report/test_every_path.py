@@ -324,7 +324,11 @@ def check_text_report(root, data: dict) -> None:
     kind = "Enhanced" if data.get("enhancement") else "Baseline"
     assert root.find("h1").text() == f"{kind} Markov smoothness: {name}"
     hero = root.find("section", "hero")
-    assert hero.find(cls="score").text() == num(data["smoothness_score"])
+    # The graded quality figure leads (held-out bound / fp32), the smoothness score beside it.
+    ratio = q["heldout_perplexity_quantized"] / q["heldout_perplexity_fp32"]
+    assert hero.find(cls="score").text() == f"{ratio:.2f}x"
+    assert hero.find(cls="muted").text() == "held-out bound / fp32"
+    assert hero.find(cls="smoothness-score").text() == num(data["smoothness_score"])
     assert hero.find("span", "verdict").text() == (
         f"quality band: {data['interpretation']['verdict']}"
     )

@@ -142,6 +142,10 @@ def test_report_headlines_the_quality_band_and_labels_the_smoothness_band(tmp_pa
     html = render_report(read_result(path))
     check_report_shows_the_run(html, data, BAND_COLORS)
     hero = parse(html).find("section", "hero")
+    # The headline is the graded quality figure, the smoothness score a figure beside it.
+    assert hero.find(cls="score").text() == "16.8x"
+    assert hero.find(cls="muted").text() == "Frechet / fp32"
+    assert hero.find(cls="secondary").text() == f"{result.smoothness_score:.3f} smoothness score"
     assert hero.find("span", "verdict").text() == "quality band: poor"
     assert hero.find("span", "smoothness").text() == "smoothness band: excellent"
     assert f"--band: {BAND_COLORS['poor']}" in hero.attrs["style"]

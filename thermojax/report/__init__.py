@@ -485,6 +485,12 @@ def render_report(result: Result) -> str:
         "verdict_color": BAND_COLORS.get(result.interpretation.verdict, NO_VERDICT_COLOR)
         if result.interpretation is not None
         else NO_VERDICT_COLOR,
+        # The graded quality figure leads; the smoothness score stands beside it.
+        "headline": (
+            kind.graded_ratio(result.quality)
+            if kind is not None and kind.graded_ratio is not None
+            else None
+        ),
         "config_text": json.dumps(result.config, indent=2, sort_keys=False),
         "weights_shown": WEIGHTS_SHOWN,
         "block_tensors": result.weights.tensors_by_block() if result.weights is not None else {},

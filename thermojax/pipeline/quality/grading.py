@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
-__all__ = ["Check", "Graded", "finite", "grade", "graded", "ratio", "times"]
+__all__ = ["Check", "Graded", "GradedRatio", "finite", "grade", "graded", "ratio", "times"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,19 @@ class Check:
 
 Graded = tuple[str, str, Check]
 """A figure's band, the short text naming it (``Frechet 16.8x fp32``), and its criterion."""
+
+
+class GradedRatio(NamedTuple):
+    """The ratio to fp32 a kind grades first, which the report headlines: ``label`` says what
+    it divides (``"Frechet / fp32"``), ``value`` is quantized / fp32 (:func:`ratio`)."""
+
+    label: str
+    value: float
+
+    @property
+    def text(self) -> str:
+        """The value as people read it (:func:`times`)."""
+        return times(self.value)
 
 
 def finite(*values: float | None) -> bool:

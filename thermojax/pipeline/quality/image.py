@@ -28,7 +28,15 @@ from thermojax.core.sample_metrics import frechet_distance
 from thermojax.models.base import DiffusionModel, sample_quality
 from thermojax.pipeline.measure.sampling import ActParams, Samples
 from thermojax.pipeline.quality.drift import chain_timesteps, drift_figures
-from thermojax.pipeline.quality.grading import Graded, finite, grade, graded, ratio, times
+from thermojax.pipeline.quality.grading import (
+    Graded,
+    GradedRatio,
+    finite,
+    grade,
+    graded,
+    ratio,
+    times,
+)
 from thermojax.pipeline.quality.kind import (
     DriftText,
     FigureLabel,
@@ -185,6 +193,15 @@ def grade_image_quality(quality: ImageQuality, b: Any) -> list[Graded]:
     return found
 
 
+def image_graded_ratio(quality: ImageQuality) -> GradedRatio | None:
+    """The Frechet distance's ratio quantized / fp32, the first figure
+    :func:`grade_image_quality` grades (``None`` without both distances)."""
+    fp32, quantized = quality.frechet_fp32, quality.frechet_quantized
+    return (
+        GradedRatio("Frechet / fp32", ratio(quantized, fp32)) if finite(fp32, quantized) else None
+    )
+
+
 _FLOAT64_COMPARISON = 3
 """Float64 arrays the comparison makes of a trajectory's size (two copies and the difference,
 which numpy squares in place): each twice the float32 trajectory."""
@@ -222,6 +239,7 @@ IMAGE = register_quality_kind(
             Headline("frechet_quantized", "Frechet", "Frechet", True),
         ),
         grade=grade_image_quality,
+        graded_ratio=image_graded_ratio,
         summary=lambda q: (
             f"final MSE {q.final_mse:.3f}, Frechet {q.frechet_fp32:.2f} (fp32) / "
             f"{q.frechet_quantized:.2f}"

@@ -201,6 +201,10 @@ class QualityKind:
             phase table's console rows).
         grade: the quality band's grading of its figures
             (:func:`~thermojax.pipeline.results.verdict.quality_band`).
+        graded_ratio: ``graded_ratio(quality) -> GradedRatio | None``, the ratio to fp32 that
+            ``grade`` grades first (:class:`~thermojax.pipeline.quality.grading.GradedRatio`),
+            which the report headlines (``None``, or a run without it: the smoothness score
+            stands there instead).
         summary, log_summary: its figures in one line, for the console and for the run log.
         summary_columns, correlated, sweep_headline: the sweep summary's columns, the figures
             correlated with smoothness, and ``(figure, label)`` candidates the comparison page
@@ -231,6 +235,7 @@ class QualityKind:
     comparison_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     headline: tuple[Headline, ...] = ()
     grade: GradeFn = _no_grades
+    graded_ratio: Callable[[Any], Any] | None = None
     summary: Callable[[Any], str] = _plain_summary
     log_summary: Callable[[Any], str] = _plain_summary
     summary_columns: tuple[str, ...] = ()

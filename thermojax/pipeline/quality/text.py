@@ -36,7 +36,15 @@ from thermojax.core.text_metrics import bound_batch_size, masked_diffusion_nll_b
 from thermojax.models.dream.network import shift_logits
 from thermojax.pipeline.measure.sampling import ActParams, Samples
 from thermojax.pipeline.quality.drift import group_drift
-from thermojax.pipeline.quality.grading import Graded, finite, grade, graded, ratio, times
+from thermojax.pipeline.quality.grading import (
+    Graded,
+    GradedRatio,
+    finite,
+    grade,
+    graded,
+    ratio,
+    times,
+)
 from thermojax.pipeline.quality.kind import (
     DriftText,
     FigureLabel,
@@ -324,6 +332,16 @@ def grade_text_quality(quality: TextQuality, b: Any) -> list[Graded]:
     return found
 
 
+def text_graded_ratio(quality: TextQuality) -> GradedRatio | None:
+    """The perplexity ratio quantized / fp32 that :func:`grade_text_quality` grades first:
+    the held-out bound's, else the generative perplexity's (``None`` without either)."""
+    for name, label in (("heldout", "held-out bound / fp32"), ("generative", "gen. ppl / fp32")):
+        fp32, quantized = (quality.figure(f"{name}_perplexity_{k}") for k in ("fp32", "quantized"))
+        if finite(fp32, quantized):
+            return GradedRatio(label, ratio(quantized, fp32))
+    return None
+
+
 def _summary(q: TextQuality) -> str:
     heldout = q.heldout_perplexity_fp32
     return (
@@ -395,6 +413,7 @@ TEXT = register_quality_kind(
             ),
         ),
         grade=grade_text_quality,
+        graded_ratio=text_graded_ratio,
         summary=_summary,
         log_summary=_log_summary,
         summary_columns=(

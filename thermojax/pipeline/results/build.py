@@ -37,6 +37,7 @@ from thermojax.pipeline.results.schema import (
 )
 from thermojax.pipeline.results.verdict import (
     analyze_violations,
+    chain_reading,
     detect_patterns,
     interpret,
     severity_label,
@@ -420,17 +421,25 @@ def with_phases(
 
 
 def with_chain(result: Result, budget: ChainBudget, *, num_samples: int) -> Result:
-    """``result`` with the chain's error budget (``budget``, of ``num_samples`` chains)."""
-    return dataclasses.replace(
-        result,
-        chain=ChainSection(
-            total=float(budget.total),
-            per_group=tuple(float(v) for v in budget.per_group),
-            per_boundary=tuple(float(v) for v in budget.per_boundary),
-            additivity=float(budget.additivity),
-            edges=tuple(int(e) for e in budget.edges),
-            steps_per_group=tuple(int(n) for n in budget.steps_per_group),
-            measure=FINAL_ERROR,
-            num_samples=int(num_samples),
-        ),
+    """``result`` with the chain's error budget (``budget``, of ``num_samples`` chains), and its
+    interpretation reading it (:func:`~thermojax.pipeline.results.verdict.chain_reading`): the
+    summary names where the error enters and which jumps cost it, the next steps follow."""
+    chain = ChainSection(
+        total=float(budget.total),
+        per_group=tuple(float(v) for v in budget.per_group),
+        per_boundary=tuple(float(v) for v in budget.per_boundary),
+        additivity=float(budget.additivity),
+        edges=tuple(int(e) for e in budget.edges),
+        steps_per_group=tuple(int(n) for n in budget.steps_per_group),
+        measure=FINAL_ERROR,
+        num_samples=int(num_samples),
     )
+    interpretation = result.interpretation
+    if interpretation is not None:
+        text, actions = chain_reading(chain)
+        interpretation = dataclasses.replace(
+            interpretation,
+            summary=f"{interpretation.summary} {text}",
+            actions=(*actions, *interpretation.actions),
+        )
+    return dataclasses.replace(result, chain=chain, interpretation=interpretation)

@@ -28,14 +28,22 @@ from typing import NamedTuple
 from thermojax.core.markov import HIGH_JUMP, SEVERITY_LABELS
 from thermojax.pipeline.quality.grading import Check
 from thermojax.pipeline.quality.kind import SampleQuality, quality_kind
-from thermojax.pipeline.results.schema import Interpretation, Pattern, Violation, ViolationAnalysis
+from thermojax.pipeline.results.schema import (
+    ChainSection,
+    Interpretation,
+    Pattern,
+    Violation,
+    ViolationAnalysis,
+)
 from thermojax.pipeline.settings import InterpretationConfig
 
 __all__ = [
+    "MEASURABLE_BOUNDARY_SHARE",
     "QUALITY_BANDS",
     "QualityBand",
     "analyze_violations",
     "boundary_regions",
+    "chain_reading",
     "detect_patterns",
     "interpret",
     "quality_band",
@@ -401,3 +409,115 @@ def interpret(
         quality_checks=grade.checks,
         verdict=grade.band,
     )
+
+
+MEASURABLE_BOUNDARY_SHARE = 0.05
+"""A boundary's jump costs something measurable when removing it changes the chain's final error
+by more than this share of the total (smaller changes are within the budget's sampling noise on
+the shipped digits, whose 16-chain totals move by a few percent between seeds)."""
+
+GROUPS_NAMED = 3
+"""The most time groups the chain reading names as carrying most of the error."""
+
+
+def _share(value: float, whole: float) -> str:
+    return f"{value / whole:.0%}"
+
+
+def chain_reading(chain: ChainSection) -> tuple[str, tuple[str, ...]]:
+    """What the chain's error budget says, as a sentence for the summary and next steps.
+
+    - The time groups carrying most of the error: the fewest groups (at most
+      :data:`GROUPS_NAMED`), largest first, whose ``per_group`` errors reach half of
+      ``sum(per_group)``, each with its share of that sum.
+    - The boundaries whose cost is measurable: ``|per_boundary[b]| >``
+      :data:`MEASURABLE_BOUNDARY_SHARE` of ``total``; a negative one is a jump that raises the
+      final error (smoothing it should pay), a positive one a jump that lowers it (its groups
+      need their own parameters). None of them: the jumps cost nothing measurable.
+
+    Example:
+        >>> chain = ChainSection(total=0.2, per_group=(0.02, 0.15, 0.03),
+        ...     per_boundary=(-0.03, 0.001), additivity=1.0, edges=(0, 300, 600, 1000),
+        ...     steps_per_group=(15, 15, 20), measure="mse", num_samples=16)
+        >>> print(chain_reading(chain)[0])  # doctest: +NORMALIZE_WHITESPACE
+        The chain's error budget puts most of the final error in time group g1 (t in [300,
+        600)): 75% of the groups' summed error. The jump at b0 (t=300: 15%) raises the final
+        error measurably (by more than 5% of the total): without it the final error is lower.
+    """
+    per_group = [float(v) for v in chain.per_group]
+    whole = math.fsum(v for v in per_group if math.isfinite(v))
+    total = float(chain.total)
+    groups = [
+        f"g{g} (t in [{chain.edges[g]}, {chain.edges[g + 1]}))" for g in range(len(per_group))
+    ]
+    if not whole > 0 or not total > 0:
+        return (
+            "The chain's error budget measures no error: the quantized chain ends where fp32's does.",
+            (),
+        )
+    if len(per_group) == 1:
+        return "The chain's error budget has one time group, so no boundary to cost.", ()
+    order = sorted(range(len(per_group)), key=lambda g: -per_group[g])
+    named: list[int] = []
+    for g in order[:GROUPS_NAMED]:
+        named.append(g)
+        if math.fsum(per_group[n] for n in named) >= whole / 2:
+            break
+    carried = ", ".join(f"{groups[g]}: {_share(per_group[g], whole)}" for g in named)
+    if len(named) == 1:
+        text = (
+            f"The chain's error budget puts most of the final error in time group {groups[named[0]]}"
+            f": {_share(per_group[named[0]], whole)} of the groups' summed error."
+        )
+    else:
+        text = (
+            f"The chain's error budget puts most of the final error in time groups {carried} of "
+            "the groups' summed error."
+        )
+    limit = MEASURABLE_BOUNDARY_SHARE * total
+    costly = [
+        (b, float(v))
+        for b, v in enumerate(chain.per_boundary)
+        if math.isfinite(v) and abs(v) > limit
+    ]
+    where = ", ".join(groups[g] for g in named)
+    focus = (
+        f"Most of the final error enters at the steps of {where}: precision spent there (finer "
+        "time groups over those steps, more activation bits) pays most"
+    )
+    actions = [focus]
+    if not costly:
+        text += (
+            f" No boundary's jump changes the final error by more than "
+            f"{MEASURABLE_BOUNDARY_SHARE:.0%} of the total: the jumps between time groups cost "
+            "nothing measurable."
+        )
+        actions.append(
+            "Boundary smoothing (Phase 2) has little to gain: no jump between time groups "
+            "costs a measurable share of the final error"
+        )
+    else:
+        harmful = [(b, -cost) for b, cost in costly if cost < 0]
+        helpful = [(b, cost) for b, cost in costly if cost > 0]
+        over = f"by more than {MEASURABLE_BOUNDARY_SHARE:.0%} of the total"
+        for found, verb, consequence in (
+            (harmful, "raise", "without {it} the final error is lower"),
+            (helpful, "lower", "{its} groups need their own parameters"),
+        ):
+            if not found:
+                continue
+            one = len(found) == 1
+            at = ", ".join(f"b{b} (t={chain.edges[b + 1]}: {_share(c, total)})" for b, c in found)
+            text += (
+                f" The jump{'' if one else 's'} at {at} {verb}{'s' if one else ''} the final "
+                f"error measurably ({over}): "
+                + consequence.format(it="it" if one else "them", its="its" if one else "their")
+                + "."
+            )
+        if harmful:
+            names = ", ".join(f"b{b}" for b, _ in harmful)
+            actions.append(
+                f"Smooth boundar{'y' if len(harmful) == 1 else 'ies'} {names} (Phase 2 boundary "
+                "smoothing): the chain budget measures the jump there raising the final error"
+            )
+    return text, tuple(actions)
