@@ -46,14 +46,16 @@ DREAM_ARCHITECTURES = ("qwen2", "Dream", "llada")
 
 
 def shipped_path(name: str) -> Path:
-    """The folder of a model shipped with thermojax: ``"digits"`` or ``"pydoc-mdlm"``.
+    """The folder of a model shipped with thermojax: ``"digits"``, ``"pydoc-mdlm"`` or
+    ``"digits-unet"`` (a diffusers UNet2DModel folder).
 
     Raises:
         UserInputError: another name.
     """
     from thermojax.models.dream.corpus import SHIPPED_LM
+    from thermojax.models.unet.train import SHIPPED_UNET
 
-    folders = {"digits": SHIPPED_CHECKPOINT, "pydoc-mdlm": SHIPPED_LM}
+    folders = {"digits": SHIPPED_CHECKPOINT, "pydoc-mdlm": SHIPPED_LM, "digits-unet": SHIPPED_UNET}
     if name not in folders:
         raise UserInputError(f"model.shipped={name!r}: must be one of {', '.join(folders)}")
     return Path(folders[name])

@@ -180,8 +180,11 @@ def digit_grid(
     cell: float = 5.0,
     gap: float = 4.0,
 ) -> DigitGrid:
-    """Grey-scale images ``[N, H, W]`` (0 = white, ``vmax`` = black) as a grid of squares."""
+    """Grey-scale images ``[N, H, W]`` (0 = white, ``vmax`` = black) as a grid of squares;
+    colour images ``[N, C, H, W]`` are shown by their mean over the channels."""
     data = np.clip(np.asarray(images, np.float64), 0.0, vmax) / vmax
+    if data.ndim == 4:
+        data = data.mean(axis=1)
     if data.ndim != 3:
         raise ValueError(f"images must be [N, H, W], got shape {data.shape}")
     count, rows_px, cols_px = data.shape

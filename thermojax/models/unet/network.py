@@ -41,8 +41,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -50,9 +51,11 @@ from jax import lax
 
 from thermojax.models.unet.config import UNet2DConfig
 
-__all__ = ["Params", "apply", "timestep_embedding"]
+__all__ = ["LayerCall", "Params", "apply", "timestep_embedding"]
 
 Params = Mapping[str, jax.Array]
+LayerCall = Callable[[str, jax.Array], tuple[jax.Array, jax.Array]]
+"""``layer(name, layer_input) -> (layer_input', weight)`` (:func:`apply`'s ``layer``)."""
 _MAX_PERIOD = 10_000.0
 
 
@@ -76,23 +79,42 @@ def _last_axis(params: Params, name: str, ndim: int) -> jax.Array:
     return params[name].astype(jnp.float32).reshape((1,) * (ndim - 1) + (-1,))
 
 
-def _linear(params: Params, name: str, x: jax.Array, precision) -> jax.Array:
-    weight = params[f"{name}.weight"].astype(jnp.float32)
-    return jnp.matmul(x, weight.T, precision=precision) + _last_axis(params, f"{name}.bias", x.ndim)
+@dataclasses.dataclass(frozen=True)
+class _Net:
+    """What every layer reads: the tensors, the matmul precision, and the optional
+    :data:`LayerCall` that sees each linear / conv layer's input and gives its weight."""
+
+    params: Params
+    precision: lax.Precision | str | None
+    layer: LayerCall | None
+
+    def weighted(self, name: str, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(input, weight)`` of the layer ``name`` (``{name}.weight`` unless :attr:`layer`)."""
+        if self.layer is None:
+            return x, self.params[f"{name}.weight"]
+        return self.layer(name, x)
+
+
+def _linear(net: _Net, name: str, x: jax.Array) -> jax.Array:
+    x, weight = net.weighted(name, x)
+    weight = weight.astype(jnp.float32)
+    return jnp.matmul(x, weight.T, precision=net.precision) + _last_axis(
+        net.params, f"{name}.bias", x.ndim
+    )
 
 
 def _conv(
-    params: Params,
+    net: _Net,
     name: str,
     x: jax.Array,
-    precision,
     *,
     stride: int = 1,
     padding: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> jax.Array:
     """A conv with a stored ``[out, in, kh, kw]`` kernel on NHWC activations; 'same' padding
     (``k // 2`` each side) unless ``padding`` is given."""
-    kernel = params[f"{name}.weight"].astype(jnp.float32)
+    x, kernel = net.weighted(name, x)
+    kernel = kernel.astype(jnp.float32)
     if padding is None:
         pad = kernel.shape[2] // 2
         padding = ((pad, pad), (pad, pad))
@@ -102,9 +124,9 @@ def _conv(
         window_strides=(stride, stride),
         padding=padding,
         dimension_numbers=("NHWC", "OIHW", "NHWC"),
-        precision=precision,
+        precision=net.precision,
     )
-    return y + _last_axis(params, f"{name}.bias", 4)
+    return y + _last_axis(net.params, f"{name}.bias", 4)
 
 
 def _group_norm(params: Params, name: str, x: jax.Array, groups: int, eps: float) -> jax.Array:
@@ -121,61 +143,60 @@ def _group_norm(params: Params, name: str, x: jax.Array, groups: int, eps: float
 
 
 def _resnet(
-    params: Params,
+    net: _Net,
     name: str,
     x: jax.Array,
     temb: jax.Array,
     config: UNet2DConfig,
-    precision,
     *,
     output_scale: float = 1.0,
 ) -> jax.Array:
-    groups, eps = config.norm_num_groups, config.norm_eps
+    groups, eps, params = config.norm_num_groups, config.norm_eps, net.params
     h = jax.nn.silu(_group_norm(params, f"{name}.norm1", x, groups, eps))
-    h = _conv(params, f"{name}.conv1", h, precision)
-    h = h + _linear(params, f"{name}.time_emb_proj", jax.nn.silu(temb), precision)[:, None, None]
+    h = _conv(net, f"{name}.conv1", h)
+    h = h + _linear(net, f"{name}.time_emb_proj", jax.nn.silu(temb))[:, None, None]
     h = jax.nn.silu(_group_norm(params, f"{name}.norm2", h, groups, eps))
-    h = _conv(params, f"{name}.conv2", h, precision)
+    h = _conv(net, f"{name}.conv2", h)
     if f"{name}.conv_shortcut.weight" in params:
-        x = _conv(params, f"{name}.conv_shortcut", x, precision)
+        x = _conv(net, f"{name}.conv_shortcut", x)
     return (x + h) / output_scale
 
 
 def _attention(
-    params: Params,
+    net: _Net,
     name: str,
     x: jax.Array,
     config: UNet2DConfig,
-    precision,
     *,
     groups: int,
     output_scale: float = 1.0,
 ) -> jax.Array:
     batch, height, width, channels = x.shape
     heads = config.attention_heads(channels)
-    h = _group_norm(params, f"{name}.group_norm", x, groups, config.norm_eps)
+    h = _group_norm(net.params, f"{name}.group_norm", x, groups, config.norm_eps)
     h = h.reshape(batch, height * width, channels)
 
     def project(part: str) -> jax.Array:
-        y = _linear(params, f"{name}.{part}", h, precision)
+        y = _linear(net, f"{name}.{part}", h)
         return y.reshape(batch, height * width, heads, -1)
 
     q, k, v = project("to_q"), project("to_k"), project("to_v")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision) / math.sqrt(q.shape[-1])
+    scale = math.sqrt(q.shape[-1])
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=net.precision) / scale
     weights = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=precision)
-    out = _linear(params, f"{name}.to_out.0", out.reshape(batch, height * width, -1), precision)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=net.precision)
+    out = _linear(net, f"{name}.to_out.0", out.reshape(batch, height * width, -1))
     return (out.reshape(x.shape) + x) / output_scale
 
 
-def _downsample(params: Params, name: str, x: jax.Array, padding: int, precision) -> jax.Array:
+def _downsample(net: _Net, name: str, x: jax.Array, padding: int) -> jax.Array:
     pads = ((padding, padding), (padding, padding)) if padding else ((0, 1), (0, 1))
-    return _conv(params, name, x, precision, stride=2, padding=pads)
+    return _conv(net, name, x, stride=2, padding=pads)
 
 
-def _upsample(params: Params, name: str, x: jax.Array, precision) -> jax.Array:
+def _upsample(net: _Net, name: str, x: jax.Array) -> jax.Array:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return _conv(params, name, x, precision)
+    return _conv(net, name, x)
 
 
 def apply(
@@ -185,6 +206,7 @@ def apply(
     timesteps: jax.Array | float,
     *,
     precision: lax.Precision | str | None = None,
+    layer: LayerCall | None = None,
 ) -> jax.Array:
     """The ``UNet2DModel`` output for ``sample`` at ``timesteps``.
 
@@ -196,6 +218,11 @@ def apply(
         timesteps: a scalar or ``[N]`` (float or integer), broadcast over the batch.
         precision: matmul / conv precision (``"highest"`` for float32 parity on GPUs, whose
             default rounds inputs to TF32); static.
+        layer: ``None``, or called with each linear and conv layer's name (diffusers' prefix,
+            ``down_blocks.0.resnets.0.conv1``) and input (channels last), in the order the
+            layers run; it returns the input and the weight (diffusers' layout) the layer uses.
+            The quantized model (:mod:`thermojax.models.unet.diffusion`) observes, hooks and
+            swaps layers through it; ``None`` computes exactly as before.
 
     Returns:
         ``[N, out_channels, H, W]`` float32.
@@ -219,6 +246,7 @@ def apply(
         )
     timesteps = jnp.broadcast_to(timesteps.reshape(-1), (sample.shape[0],))
 
+    net = _Net(params, precision, layer)
     if config.center_input_sample:
         sample = 2.0 * sample - 1.0
     emb = timestep_embedding(
@@ -227,62 +255,59 @@ def apply(
         flip_sin_to_cos=config.flip_sin_to_cos,
         freq_shift=config.freq_shift,
     )
-    emb = _linear(params, "time_embedding.linear_1", emb, precision)
-    temb = _linear(params, "time_embedding.linear_2", jax.nn.silu(emb), precision)
+    emb = _linear(net, "time_embedding.linear_1", emb)
+    temb = _linear(net, "time_embedding.linear_2", jax.nn.silu(emb))
 
-    x = _conv(params, "conv_in", jnp.transpose(sample, (0, 2, 3, 1)), precision)
+    x = _conv(net, "conv_in", jnp.transpose(sample, (0, 2, 3, 1)))
     skips = [x]
     for i, (_, _, attn, down) in enumerate(config.down_blocks()):
         for j in range(config.layers_per_block):
-            x = _resnet(params, f"down_blocks.{i}.resnets.{j}", x, temb, config, precision)
+            x = _resnet(net, f"down_blocks.{i}.resnets.{j}", x, temb, config)
             if attn:
                 x = _attention(
-                    params,
+                    net,
                     f"down_blocks.{i}.attentions.{j}",
                     x,
                     config,
-                    precision,
                     groups=config.attention_groups(mid=False),
                 )
             skips.append(x)
         if down:
             name = f"down_blocks.{i}.downsamplers.0.conv"
-            x = _downsample(params, name, x, config.downsample_padding, precision)
+            x = _downsample(net, name, x, config.downsample_padding)
             skips.append(x)
 
     if config.mid_block_type is not None:
         scale = config.mid_block_scale_factor
-        x = _resnet(params, "mid_block.resnets.0", x, temb, config, precision, output_scale=scale)
+        x = _resnet(net, "mid_block.resnets.0", x, temb, config, output_scale=scale)
         if config.add_attention:
             x = _attention(
-                params,
+                net,
                 "mid_block.attentions.0",
                 x,
                 config,
-                precision,
                 groups=config.attention_groups(mid=True),
                 output_scale=scale,
             )
-        x = _resnet(params, "mid_block.resnets.1", x, temb, config, precision, output_scale=scale)
+        x = _resnet(net, "mid_block.resnets.1", x, temb, config, output_scale=scale)
 
     for i, (resnets, attn, up) in enumerate(config.up_blocks()):
         for j in range(len(resnets)):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = _resnet(params, f"up_blocks.{i}.resnets.{j}", x, temb, config, precision)
+            x = _resnet(net, f"up_blocks.{i}.resnets.{j}", x, temb, config)
             if attn:
                 x = _attention(
-                    params,
+                    net,
                     f"up_blocks.{i}.attentions.{j}",
                     x,
                     config,
-                    precision,
                     groups=config.attention_groups(mid=False),
                 )
         if up:
-            x = _upsample(params, f"up_blocks.{i}.upsamplers.0.conv", x, precision)
+            x = _upsample(net, f"up_blocks.{i}.upsamplers.0.conv", x)
 
     x = jax.nn.silu(
         _group_norm(params, "conv_norm_out", x, config.norm_num_groups, config.norm_eps)
     )
-    x = _conv(params, "conv_out", x, precision)
+    x = _conv(net, "conv_out", x)
     return jnp.transpose(x, (0, 3, 1, 2))

@@ -155,7 +155,7 @@ MAX_HELDOUT_WINDOWS = 4096
 """``data.heldout_windows``: the most held-out windows a bound scores."""
 
 
-SHIPPED_MODELS = ("digits", "pydoc-mdlm")
+SHIPPED_MODELS = ("digits", "pydoc-mdlm", "digits-unet")
 """The models that ship with thermojax (``model.shipped``; ``model=<name>``)."""
 
 MODEL_RUNS = ("auto", "diffusion", "weight-only")
