@@ -81,7 +81,13 @@ def dynamic_params(model, bits: int) -> ActParams:
 def test_the_result_says_which_mode_sampled(runs, kind, mode, tmp_path):
     result = runs[kind, mode]
     assert result.act_mode() == mode
-    assert result.config["act"] == {"mode": mode, "rotation": "none", "mask_aware": False}
+    assert result.config["act"] == {
+        "mode": mode,
+        "rotation": "none",
+        "mask_aware": False,
+        "granularity": "tensor",
+        "channel_groups": 8,
+    }
     path = write_result(result, tmp_path / "job" / REPORT_JSON)
     assert read_result(path).act_mode() == mode
     page = render_report(result)

@@ -107,7 +107,13 @@ def test_a_key_added_later_keeps_the_entries_of_runs_before_it(model, monkeypatc
     between ``act.mode`` and ``act.rotation``; another value re-keys; a key added after them at
     its earlier value re-keys nothing, not even their other values."""
     config = BaselineConfig().to_dict()
-    assert config["act"] == {"mode": "static", "rotation": "none", "mask_aware": False}
+    assert config["act"] == {
+        "mode": "static",
+        "rotation": "none",
+        "mask_aware": False,
+        "granularity": "tensor",
+        "channel_groups": 8,
+    }
     earlier = copy.deepcopy(config)
     del earlier["act"]  # what a run hashed before act.mode existed
     qweights = _qweights(model, config["bit_width"], config["group_size"], "minmax")

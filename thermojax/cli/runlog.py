@@ -153,6 +153,8 @@ def print_summary(console: Console, result: Result, files: Mapping[str, Path]) -
     act = " dynamic per token" if result.act_mode() == "dynamic" else ""
     act += ", Hadamard-rotated" if result.act_rotation() == "hadamard" else ""
     act += ", mask-aware" if result.act_mask_aware() else ""
+    granularity = result.act_granularity()
+    act += f", per block of channels ({granularity.split()[1]})" if granularity != "tensor" else ""
     lines = [
         f"[bold]{escape(result.model_name)}[/bold]: {mode}INT{result.bit_width} weights"
         + (f", A{result.act_bits}{act}, {result.num_time_groups} time groups" if markov else "")

@@ -127,6 +127,7 @@ def summary_metrics(result: Result) -> dict[str, float | int | str]:
         "act_mode": result.act_mode(),
         "act_rotation": result.act_rotation(),
         "act_mask_aware": result.act_mask_aware(),
+        "act_granularity": result.act_granularity(),
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "patterns": ",".join(p.id for p in result.common_violation_patterns),
@@ -169,6 +170,7 @@ CONFIG_SCALARS = (
     "act_mode",
     "act_rotation",
     "act_mask_aware",
+    "act_granularity",
     "num_time_groups",
     "smoothness_threshold",
 )

@@ -91,9 +91,14 @@ def _check_samples(value: Any, model: DiffusionModel, num_samples: int) -> None:
 
 
 def _check_calibration(
-    value: Any, model: DiffusionModel, samples_per_step: int, steps: int, mask_aware: bool
+    value: Any,
+    model: DiffusionModel,
+    samples_per_step: int,
+    steps: int,
+    mask_aware: bool,
+    channel_groups: int = 1,
 ) -> None:
-    layers = act_rows(tuple(model.layer_names), mask_aware)
+    layers = act_rows(tuple(model.layer_names), mask_aware, channel_groups)
     if tuple(value.layer_names) != layers:
         raise ValueError(f"layers {list(value.layer_names)} are not the model's {list(layers)}")
     for name in ("act_min", "act_max", "act_mean", "act_std"):
@@ -118,9 +123,11 @@ def check_entry(name: str, value: Any, *, model: DiffusionModel, config: Mapping
     if name == "calibration":
         # The calibration sampler's steps (every timestep for the full DDPM sampler).
         steps = sampler_specs(config)[1].num_steps(int(model.num_timesteps))
-        mask_aware = bool((config.get("act") or {}).get("mask_aware", False))
+        act = config.get("act") or {}
+        mask_aware = bool(act.get("mask_aware", False))
+        groups = int(act.get("channel_groups", 8)) if act.get("granularity") == "channel" else 1
         samples_per_step = int(config["calibration"]["samples_per_step"])
-        _check_calibration(value, model, samples_per_step, steps, mask_aware)
+        _check_calibration(value, model, samples_per_step, steps, mask_aware, groups)
     elif name == "fp32_samples":
         _check_samples(value, model, num_samples)
     elif name == "quality":

@@ -119,6 +119,8 @@ KEYS_ADDED_LATER: dict[tuple[str, ...], Any] = {
     ("act", "mode"): "static",
     ("act", "rotation"): "none",
     ("act", "mask_aware"): False,
+    ("act", "granularity"): "tensor",
+    ("act", "channel_groups"): 8,
 }
 """Config paths added after quality entries were written, each with the value that every run
 before it had: hashed into the quality key only when they hold another value (a section left
@@ -391,11 +393,18 @@ class StageCache:
             **_sampler_key(self.calibration_sampler),
             # added later: a key without it is the statistics of all positions together
             **({"mask_aware": True} if self._mask_aware else {}),
+            **({"channel_groups": self._channel_groups} if self._channel_groups > 1 else {}),
         )
 
     @property
     def _mask_aware(self) -> bool:
         return bool((self.config.get("act") or {}).get("mask_aware", False))
+
+    @property
+    def _channel_groups(self) -> int:
+        """K of ``act.granularity=channel`` (1 for ``tensor``: the whole input)."""
+        act = self.config.get("act") or {}
+        return int(act.get("channel_groups", 8)) if act.get("granularity") == "channel" else 1
 
     def calibration(self) -> CalibrationStats:
         """Calibration statistics for this run's weights, from the cache or computed."""
@@ -413,6 +422,7 @@ class StageCache:
                 qweights=self.qweights,
                 sampler=self.calibration_sampler,
                 mask_aware=self._mask_aware,
+                channel_groups=self._channel_groups,
             ),
             save=lambda stats, path: stats.save(path),
             load=CalibrationStats.load,

@@ -18,6 +18,7 @@ from thermojax.core.timegroups import step_edges, timestep_edges, uniform_edges
 from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.files import atomic_file
 from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec, run_sampler
+from thermojax.pipeline.measure.sampling import check_channel_groups
 from thermojax.pipeline.weights.quantize import quantize_weights, sampler_weights
 
 __all__ = [
@@ -33,18 +34,28 @@ MASKED_SUFFIX = " [masked]"
 """Appended to a layer's name for its masked positions' row (``act.mask_aware``)."""
 
 
-def act_rows(layer_names: tuple[str, ...], mask_aware: bool) -> tuple[str, ...]:
-    """The rows of activation statistics and parameters: one per layer, or with
-    ``mask_aware`` (a masked-diffusion LM's masked and unmasked positions apart) the L layers
-    for the unmasked positions, then the L layers again for the masked ones (named with
-    :data:`MASKED_SUFFIX`).
+def act_rows(
+    layer_names: tuple[str, ...], mask_aware: bool, channel_groups: int = 1
+) -> tuple[str, ...]:
+    """The rows of activation statistics and parameters: one per layer; with ``mask_aware``
+    (a masked-diffusion LM's masked and unmasked positions apart) the L layers for the
+    unmasked positions, then the L layers again for the masked ones (named with
+    :data:`MASKED_SUFFIX`); with ``channel_groups = K > 1`` the L layers for each of the K
+    blocks of input channels in turn (row ``k L + j``, named ``"<layer> [channels k/K]"``).
 
     Example:
         >>> act_rows(("a", "b"), True)
         ('a', 'b', 'a [masked]', 'b [masked]')
+        >>> act_rows(("a", "b"), False, 2)
+        ('a [channels 1/2]', 'b [channels 1/2]', 'a [channels 2/2]', 'b [channels 2/2]')
     """
     names = tuple(layer_names)
+    if channel_groups > 1:
+        return tuple(
+            f"{n} [channels {k + 1}/{channel_groups}]" for k in range(channel_groups) for n in names
+        )
     return names + tuple(n + MASKED_SUFFIX for n in names) if mask_aware else names
+
 
 CALIBRATION_VERSION = 2
 """Bump when :func:`calibrate` computes different numbers for the same inputs: cached statistics
@@ -201,8 +212,24 @@ def _kind_stats(
     return jnp.where(some, stats, all_stats), jnp.where(some, picks, all_picks)
 
 
+def _channel_stats(
+    h: jax.Array, groups: int, key: jax.Array, samples_per_step: int
+) -> list[tuple[jax.Array, jax.Array]]:
+    """:func:`_layer_stats` of each of ``groups`` equal blocks of ``h``'s last axis."""
+    blocks = h.reshape(-1, groups, h.shape[-1] // groups).swapaxes(0, 1).reshape(groups, -1)
+    keys = jax.random.split(key, groups)
+    return [_layer_stats(blocks[k], keys[k], samples_per_step) for k in range(groups)]
+
+
 @partial(
-    jax.jit, static_argnames=("num_samples", "samples_per_step", "sampler", "mask_aware")
+    jax.jit,
+    static_argnames=(
+        "num_samples",
+        "samples_per_step",
+        "sampler",
+        "mask_aware",
+        "channel_groups",
+    ),
 )
 def _calibration_program(
     model: DiffusionModel,
@@ -213,6 +240,7 @@ def _calibration_program(
     samples_per_step: int,
     sampler: SamplerSpec | None,
     mask_aware: bool = False,
+    channel_groups: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """``(stats [S, R, 4] = min/max/mean/std, samples [S, R, K])`` from one sampler scan, R the
     :func:`act_rows` (``mask_aware``: the unmasked positions' L rows, then the masked ones').
@@ -242,6 +270,14 @@ def _calibration_program(
                         )
                     )
             rows = by_kind[0] + by_kind[1]
+            stats, picks = [s for s, _ in rows], [p for _, p in rows]
+        elif channel_groups > 1:
+            keys = jax.random.split(jax.random.fold_in(step_key, 2), len(layer_inputs))
+            per_layer = [
+                _channel_stats(h, channel_groups, k, samples_per_step)
+                for h, k in zip(layer_inputs, keys, strict=True)
+            ]
+            rows = [per_layer[j][k] for k in range(channel_groups) for j in range(len(per_layer))]
             stats, picks = [s for s, _ in rows], [p for _, p in rows]
         return jnp.stack(stats), jnp.stack(picks)
 
@@ -291,6 +327,7 @@ def calibrate(
     qweights: Mapping[str, QTensor] | None = None,
     sampler: SamplerSpec | None = None,
     mask_aware: bool = False,
+    channel_groups: int = 1,
 ) -> CalibrationStats:
     """Per-timestep input-activation statistics of every quantizable layer.
 
@@ -317,6 +354,8 @@ def calibrate(
         mask_aware: the statistics of the masked and the unmasked positions apart (a model
             with ``position_kinds``: a masked-diffusion LM), ``2 L`` rows (:func:`act_rows`);
             a step without positions of a kind gives that kind all positions' statistics.
+        channel_groups: K > 1: the statistics of each of K equal blocks of every layer's input
+            channels apart, ``K L`` rows (:func:`act_rows`; K must divide every input width).
 
     Returns:
         :class:`CalibrationStats` with ``[R, S]`` statistics and ``[R, S, K]`` samples, R the
@@ -332,6 +371,10 @@ def calibrate(
             raise UserInputError(f"calibration {name} must be an integer >= 1, got {value!r}")
     if mask_aware and not hasattr(model, "position_kinds"):
         raise ValueError(f"mask_aware: {type(model).__name__} has no masked positions")
+    if channel_groups != 1:
+        check_channel_groups(model, channel_groups)
+        if mask_aware:
+            raise ValueError("mask_aware with channel_groups > 1 is not supported")
     if qweights is None:
         qweights, _ = quantize_weights(model, bits=bit_width, group_size=group_size)
     else:
@@ -344,11 +387,12 @@ def calibrate(
         samples_per_step=int(samples_per_step),
         sampler=sampler,
         mask_aware=bool(mask_aware),
+        channel_groups=int(channel_groups),
     )
     stats = np.asarray(stats, np.float32).transpose(2, 1, 0)  # [4, R, S]
     spec = SamplerSpec() if sampler is None else sampler
     return CalibrationStats(
-        layer_names=act_rows(tuple(model.layer_names), mask_aware),
+        layer_names=act_rows(tuple(model.layer_names), mask_aware, channel_groups),
         act_min=stats[0].copy(),
         act_max=stats[1].copy(),
         act_mean=stats[2].copy(),

@@ -47,9 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thermojax.core.quant import fake_quantize_activations
 from thermojax.models.base import DiffusionModel, SamplerSpec, SkippingModel
-from thermojax.pipeline.measure.sampling import ActParams, check_act_params
+from thermojax.pipeline.measure.sampling import ActParams, check_act_params, quantize_input
 from thermojax.pipeline.weights.quantize import dense_weights
 
 __all__ = ["ChainBudget", "chain_budget"]
@@ -105,7 +104,7 @@ def _chain_step(
     return x_prev
 
 
-@partial(jax.jit, static_argnames=("num_samples", "bits", "sampler"))
+@partial(jax.jit, static_argnames=("num_samples", "bits", "sampler", "channel_groups"))
 def _switched_chain_program(
     model: DiffusionModel,
     fp32: dict[str, jax.Array],
@@ -119,6 +118,7 @@ def _switched_chain_program(
     num_samples: int,
     bits: int,
     sampler: SamplerSpec | None,
+    channel_groups: int = 1,
 ) -> jax.Array:
     """The final state of the sampler whose step at timestep ``t`` runs the ``quantized``
     weights where ``weights_on[t]`` (fp32 elsewhere) and fake-quantizes every layer's input
@@ -135,9 +135,19 @@ def _switched_chain_program(
         weights = jax.tree.map(lambda q, f: jnp.where(weights_on[t], q, f), quantized, fp32)
         act_hook = None
         if scales is not None:
+            num_layers = len(model.layer_names)
 
             def act_hook(layer: int, h: jax.Array, t: jax.Array, kinds=None) -> jax.Array:
-                q = fake_quantize_activations(h, scales[layer, t], zero_points[layer, t], bits=bits)
+                q = quantize_input(
+                    h,
+                    scales,
+                    zero_points,
+                    layer,
+                    t,
+                    bits=bits,
+                    num_layers=num_layers,
+                    channel_groups=channel_groups,
+                )
                 return jnp.where(acts_on[t], q, h)
 
         noise = jax.random.fold_in(step_key, t)
@@ -251,6 +261,7 @@ def chain_budget(
             num_samples=int(num_samples),
             bits=bits,
             sampler=sampler,
+            channel_groups=1 if act_params is None else int(act_params.channel_groups),
         )
 
     everywhere = np.ones(num_timesteps, bool)

@@ -33,7 +33,15 @@ from thermojax.errors import UserInputError, value_errors_as_user_input
 from thermojax.models.base import DiffusionModel, LayerWeight, SamplerSpec
 from thermojax.pipeline.weights.quantize import sampler_weights
 
-__all__ = ["ActParams", "Samples", "check_act_params", "pick_rows", "sample"]
+__all__ = [
+    "ActParams",
+    "Samples",
+    "check_act_params",
+    "check_channel_groups",
+    "input_params",
+    "quantize_input",
+    "sample",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +49,8 @@ class ActParams:
     """Activation fake-quantization parameters for each layer and each time group.
 
     Attributes:
-        scales: float32 ``[L, S]`` (> 0), or ``[2 L, S]`` with ``mask_aware``.
+        scales: float32 ``[L, S]`` (> 0), ``[2 L, S]`` with ``mask_aware``, ``[K L, S]`` with
+            ``channel_groups = K``.
         zero_points: float32 like ``scales``, integer values in ``[0, 2**bits - 1]``.
         edges: int32 ``[S + 1]`` time-group edges (``arange(T + 1)`` for a per-timestep schedule).
         bits: activation bit width.
@@ -52,6 +61,8 @@ class ActParams:
         mask_aware: rows ``0..L-1`` quantize the unmasked positions of a masked-diffusion LM,
             rows ``L..2L-1`` the masked ones (:func:`~thermojax.pipeline.measure.calibrate.act_rows`;
             the model's ``position_kinds`` tells them apart at every step).
+        channel_groups: K > 1: row ``k L + j`` quantizes the ``k``-th of K equal blocks of
+            layer ``j``'s input channels (1: one set per layer's whole input).
     """
 
     scales: np.ndarray
@@ -60,6 +71,7 @@ class ActParams:
     bits: int
     mode: str = "static"
     mask_aware: bool = False
+    channel_groups: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,19 +98,68 @@ class Samples:
             object.__setattr__(self, "timesteps", np.arange(len(self.trajectory), dtype=np.int32))
 
 
-def pick_rows(table: jax.Array, layer: int, column, kinds, *, num_layers: int) -> jax.Array:
-    """Layer ``layer``'s parameter of ``table`` at ``column`` (a time group or timestep):
-    ``table[layer, column]``, or for ``[2 L, ...]`` mask-aware parameters and the step's
-    ``kinds`` (bool ``[N, length]``, True where masked) each position's row,
-    ``[N, length, 1]`` (broadcast against the layer input ``[N, length, C]``)."""
+def input_params(
+    table: jax.Array,
+    layer: int,
+    column,
+    *,
+    shape: tuple[int, ...],
+    num_layers: int,
+    channel_groups: int = 1,
+    kinds: jax.Array | None = None,
+) -> jax.Array:
+    """Layer ``layer``'s parameter of ``table`` ``[R, X]`` at ``column`` (a time group or
+    timestep, scalar; or int ``[N]``, one per sample along the input's leading axis), shaped to
+    broadcast against the layer input of ``shape``:
+
+    - one set per layer (``R = L``): ``table[layer, column]``;
+    - ``channel_groups = K > 1`` (``R = K L``, row ``k L + layer`` for the ``k``-th block of
+      ``C / K`` input channels): ``[..., K, 1]``, against the input viewed as ``[..., K, C / K]``;
+    - mask-aware (``R = 2 L`` and the step's ``kinds``, bool ``[N, length]``, True where
+      masked): each position's row, ``[N, length, 1]``.
+    """
+    rank = len(shape)
+    per_sample = jnp.ndim(column) == 1
+
+    def value(row: int) -> jax.Array:
+        v = table[row, column]
+        return v.reshape((-1,) + (1,) * (rank - 1)) if per_sample else v.reshape((1,) * rank)
+
+    if channel_groups > 1:
+        blocks = [value(k * num_layers + layer) for k in range(channel_groups)]
+        return jnp.concatenate(blocks, axis=-1)[..., None]
+    own = value(layer)
     if table.shape[0] == num_layers:
-        return table[layer, column]
+        return own
     if kinds is None:
         raise ValueError("mask-aware activation parameters need a model with masked positions")
-    return jnp.where(kinds, table[num_layers + layer, column], table[layer, column])[..., None]
+    return jnp.where(kinds[..., None], value(num_layers + layer), own)
 
 
-@partial(jax.jit, static_argnames=("num_samples", "bits", "act_mode", "sampler"))
+def quantize_input(
+    h: jax.Array,
+    scales: jax.Array,
+    zero_points: jax.Array,
+    layer: int,
+    column,
+    *,
+    bits: int,
+    num_layers: int,
+    channel_groups: int = 1,
+    kinds: jax.Array | None = None,
+) -> jax.Array:
+    """Layer ``layer``'s input ``h`` ``[..., C]`` fake-quantized with its parameters of
+    :func:`input_params` (per tensor, per block of channels, or per position kind)."""
+    options = {"num_layers": num_layers, "channel_groups": channel_groups, "kinds": kinds}
+    scale = input_params(scales, layer, column, shape=h.shape, **options)
+    zero = input_params(zero_points, layer, column, shape=h.shape, **options)
+    if channel_groups == 1:
+        return fake_quantize_activations(h, scale, zero, bits=bits)
+    grouped = h.reshape(*h.shape[:-1], channel_groups, h.shape[-1] // channel_groups)
+    return fake_quantize_activations(grouped, scale, zero, bits=bits).reshape(h.shape)
+
+
+@partial(jax.jit, static_argnames=("num_samples", "bits", "act_mode", "sampler", "channel_groups"))
 def _sample_program(
     model: DiffusionModel,
     weights: dict[str, LayerWeight] | None,
@@ -111,6 +172,7 @@ def _sample_program(
     bits: int,
     sampler: SamplerSpec | None,
     act_mode: str = "static",
+    channel_groups: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """``(x0, trajectory)`` in model space. The model is a pytree argument (its parameters are
     traced, its architecture and schedule static), so models that differ only in parameters
@@ -128,13 +190,35 @@ def _sample_program(
 
         def act_hook(layer: int, h: jax.Array, t: jax.Array, kinds=None) -> jax.Array:
             g = group_of(t, edges)
-            scale = pick_rows(scales, layer, g, kinds, num_layers=num_layers)
-            zero = pick_rows(zero_points, layer, g, kinds, num_layers=num_layers)
-            return fake_quantize_activations(h, scale, zero, bits=bits)
+            return quantize_input(
+                h,
+                scales,
+                zero_points,
+                layer,
+                g,
+                bits=bits,
+                num_layers=num_layers,
+                channel_groups=channel_groups,
+                kinds=kinds,
+            )
 
     return model.sample(
         weights, key=key, num_samples=num_samples, act_hook=act_hook, sampler=sampler
     )
+
+
+def check_channel_groups(model: DiffusionModel, channel_groups: int) -> None:
+    """``ValueError`` unless ``channel_groups`` is an integer >= 1 dividing every layer's input
+    width."""
+    integer = isinstance(channel_groups, int | np.integer) and not isinstance(channel_groups, bool)
+    if not integer or channel_groups < 1:
+        raise ValueError(f"channel_groups must be an integer >= 1, got {channel_groups!r}")
+    for name, width in zip(model.layer_names, model.layer_input_widths, strict=True):
+        if width % channel_groups:
+            raise ValueError(
+                f"channel_groups={channel_groups} does not divide the input width {width} of "
+                f"layer {name}"
+            )
 
 
 def check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
@@ -149,11 +233,16 @@ def check_act_params(model: DiffusionModel, act_params: ActParams) -> None:
     num_layers, num_timesteps = len(model.layer_names), model.num_timesteps
     if act_params.mask_aware and not hasattr(model, "position_kinds"):
         raise ValueError(f"act_params mask_aware: {type(model).__name__} has no masked positions")
-    rows = 2 * num_layers if act_params.mask_aware else num_layers
+    groups = int(act_params.channel_groups)
+    if groups > 1:
+        check_channel_groups(model, groups)
+        if act_params.mask_aware:
+            raise ValueError("act_params: mask_aware with channel_groups > 1 is not supported")
+    rows = (2 if act_params.mask_aware else groups) * num_layers
     if scales.ndim != 2 or scales.shape[0] != rows or scales.shape != zero_points.shape:
         raise ValueError(
             f"act_params scales {scales.shape} and zero_points {zero_points.shape} must both be "
-            f"[{'2 L' if act_params.mask_aware else 'L'}={rows}, S]"
+            f"[{rows // num_layers} L={rows}, S]"
         )
     if edges.shape != (scales.shape[1] + 1,) or edges[0] != 0 or edges[-1] != num_timesteps:
         raise ValueError(
@@ -229,6 +318,7 @@ def sample(
         num_samples=int(num_samples),
         bits=bits,
         act_mode=act_mode,
+        channel_groups=int(act_params.channel_groups) if act_params is not None else 1,
         sampler=sampler,
     )
     trajectory = np.asarray(trajectory)

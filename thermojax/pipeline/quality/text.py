@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thermojax.core.quant import QTensor, fake_quantize_activations, fake_quantize_per_token
+from thermojax.core.quant import QTensor, fake_quantize_per_token
 from thermojax.core.text_metrics import bound_batch_size, masked_diffusion_nll_bound, perplexity
 from thermojax.models.dream.network import shift_logits
-from thermojax.pipeline.measure.sampling import ActParams, Samples
+from thermojax.pipeline.measure.sampling import ActParams, Samples, quantize_input
 from thermojax.pipeline.quality.drift import group_drift
 from thermojax.pipeline.quality.grading import (
     Graded,
@@ -104,7 +104,7 @@ def timesteps_for_masks(model: Any, masked: jax.Array) -> jax.Array:
     return (model.num_timesteps - 1 - step).reshape(masked.shape).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("bits", "batch_size", "act_mode"))
+@partial(jax.jit, static_argnames=("bits", "batch_size", "act_mode", "channel_groups"))
 def _bound_program(
     model: Any,
     weights: dict[str, QTensor | jax.Array] | None,
@@ -117,6 +117,7 @@ def _bound_program(
     bits: int,
     batch_size: int,
     act_mode: str = "static",
+    channel_groups: int = 1,
 ) -> jax.Array:
     """The masked-diffusion bound (nats per token) of ``tokens`` under the model with
     ``weights`` (packed QTensors, dequantized layer by layer inside each network pass, or
@@ -135,18 +136,20 @@ def _bound_program(
         elif per_step_scales is not None:
             t = timesteps_for_masks(model, jnp.sum(batch == mask_id, axis=1))
             num_layers = len(model.layer_names)
-            # Mask-aware parameters ([2 L, T]): the masked positions take rows L..2L-1.
-            masked = (batch == mask_id)[..., None]
-
-            def row(table: jax.Array, layer: int) -> jax.Array:
-                own = table[layer, t][:, None, None]
-                if table.shape[0] == num_layers:
-                    return own
-                return jnp.where(masked, table[num_layers + layer, t][:, None, None], own)
+            masked = batch == mask_id  # mask-aware parameters: their own rows
 
             def hook(layer: int, x: jax.Array) -> jax.Array:
-                scale, zero = row(per_step_scales, layer), row(per_step_zero_points, layer)
-                return fake_quantize_activations(x, scale, zero, bits=bits)
+                return quantize_input(
+                    x,
+                    per_step_scales,
+                    per_step_zero_points,
+                    layer,
+                    t,
+                    bits=bits,
+                    num_layers=num_layers,
+                    channel_groups=channel_groups,
+                    kinds=masked,
+                )
 
         logits, _ = model.lm.forward(stored, batch, act_hook=hook)
         return shift_logits(logits, model.lm.logit_shift)
@@ -195,6 +198,7 @@ def _bound(
         bits=bits,
         batch_size=bound_batch_size(tokens.shape[1], model.lm.vocab_size),
         act_mode=act_mode,
+        channel_groups=1 if act_params is None else int(act_params.channel_groups),
     )
     return float(nll)
 

@@ -329,6 +329,15 @@ class Result:
         or ``hadamard`` (randomized Hadamard rotations; every figure is of the rotated model)."""
         return str((self.config.get("act") or {}).get("rotation", "none"))
 
+    def act_granularity(self) -> str:
+        """What one activation scale and zero point covered, from ``config.act``: ``tensor``
+        (and for a result written before the option existed) or ``channel K`` (K blocks of
+        each layer's input channels; :attr:`layers` then holds each layer K times)."""
+        act = self.config.get("act") or {}
+        if act.get("granularity", "tensor") != "channel":
+            return "tensor"
+        return f"channel {act.get('channel_groups')}"
+
     def act_mask_aware(self) -> bool:
         """Whether a masked-diffusion LM's masked and unmasked positions had their own
         activation parameters (``config.act.mask_aware``; false for a result written before the

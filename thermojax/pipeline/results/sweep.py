@@ -65,6 +65,7 @@ CONFIG_KEYS = (
     "act_mode",
     "act_rotation",
     "act_mask_aware",
+    "act_granularity",
     "num_time_groups",
     "smoothness_threshold",
     "seed",
@@ -72,8 +73,9 @@ CONFIG_KEYS = (
     "sampling_steps",
 )
 """What tells the configurations of a sweep apart (and orders them); ``act_mode``,
-``act_rotation`` and ``act_mask_aware`` are ``act.mode``, ``act.rotation`` and
-``act.mask_aware``, ``sampler`` and ``sampling_steps`` the
+``act_rotation``, ``act_mask_aware`` and ``act_granularity`` are ``act.mode``, ``act.rotation``,
+``act.mask_aware`` and ``act.granularity`` (with ``act.channel_groups``: ``channel 8``),
+``sampler`` and ``sampling_steps`` the
 sampler that sampled and its S."""
 COLUMNS = (
     "job",
@@ -261,6 +263,7 @@ def _row_from_report(job: str, path: Path) -> dict[str, Any]:
         "act_mode": result.act_mode(),
         "act_rotation": result.act_rotation(),
         "act_mask_aware": result.act_mask_aware(),
+        "act_granularity": result.act_granularity(),
         "num_time_groups": result.num_time_groups,
         "smoothness_threshold": result.smoothness_threshold,
         "seed": result.config.get("seed"),
@@ -290,6 +293,7 @@ _OVERRIDE_COLUMNS = {
     "act.mode": "act_mode",
     "act.rotation": "act_rotation",
     "act.mask_aware": "act_mask_aware",
+    "act.granularity": "act_granularity",
 }
 """Override keys whose summary column has another name."""
 

@@ -30,13 +30,14 @@ import numpy as np
 
 from thermojax.core.markov import MarkovMetrics, markov_metrics
 from thermojax.core.timegroups import group_activation_params, group_ranges, uniform_edges
+from thermojax.errors import UserInputError
 from thermojax.models.base import DiffusionModel, SamplerSpec
 from thermojax.pipeline.cache.stages import QualityEntry, StageCache, sample_and_evaluate
 from thermojax.pipeline.families.registry import evaluate_quality
 from thermojax.pipeline.measure.calibrate import CalibrationStats
 from thermojax.pipeline.measure.chain import ChainBudget, chain_budget
 from thermojax.pipeline.measure.memory import check_memory
-from thermojax.pipeline.measure.sampling import ActParams, sample
+from thermojax.pipeline.measure.sampling import ActParams, check_channel_groups, sample
 from thermojax.pipeline.quality.kind import QualityKind, SampleQuality, quality_kind
 from thermojax.pipeline.results.build import (
     build_result,
@@ -123,6 +124,7 @@ class GroupParameters:
             mask-aware: the unmasked positions' rows, then the masked ones');
         metrics: their :class:`MarkovMetrics` at the run's threshold, over every row.
         mask_aware: ``act.mask_aware``.
+        channel_groups: K of ``act.granularity=channel`` (rows ``k L + j``), else 1.
     """
 
     edges: np.ndarray
@@ -130,11 +132,18 @@ class GroupParameters:
     zero_points: np.ndarray
     metrics: MarkovMetrics
     mask_aware: bool = False
+    channel_groups: int = 1
 
     def act_params(self, bits: int, mode: str = "static") -> ActParams:
         """The sampler's :class:`ActParams` (``mode``: ``act.mode``)."""
         return ActParams(
-            self.scales, self.zero_points, self.edges, bits, mode, mask_aware=self.mask_aware
+            self.scales,
+            self.zero_points,
+            self.edges,
+            bits,
+            mode,
+            mask_aware=self.mask_aware,
+            channel_groups=self.channel_groups,
         )
 
 
@@ -156,6 +165,11 @@ def run_diffusion(
     with stages("load model"):
         loaded = family.load(config)
         model = _rotated(family, config, loaded)
+    if channel_groups(config) > 1:
+        try:
+            check_channel_groups(model, channel_groups(config))
+        except ValueError as err:
+            raise UserInputError(f"act.channel_groups={config.act.channel_groups}: {err}") from None
     check_memory(  # refuses, with the estimate, a run that cannot fit
         model,
         config,
@@ -392,8 +406,18 @@ def _group_parameters(stats: CalibrationStats, config: BaselineConfig) -> GroupP
     )
     log.info("time groups %s", group_ranges(edges))
     return GroupParameters(
-        edges, np.asarray(scales), np.asarray(zero_points), metrics, config.act.mask_aware
+        edges,
+        np.asarray(scales),
+        np.asarray(zero_points),
+        metrics,
+        config.act.mask_aware,
+        channel_groups(config),
     )
+
+
+def channel_groups(config: BaselineConfig) -> int:
+    """K of ``act.granularity=channel``, else 1 (one parameter set per layer's whole input)."""
+    return config.act.channel_groups if config.act.granularity == "channel" else 1
 
 
 def _enhanced_parameters(

@@ -15,7 +15,12 @@ from thermojax.core.quant import ACT_MODES
 from thermojax.errors import UserInputError
 from thermojax.pipeline.settings.checks import check_choice, fail
 
-__all__ = ["ACT_MODES", "ACT_ROTATIONS", "ActConfig", "validate_act"]
+__all__ = ["ACT_GRANULARITIES", "ACT_MODES", "ACT_ROTATIONS", "ActConfig", "validate_act"]
+
+ACT_GRANULARITIES = ("tensor", "channel")
+"""What one activation scale and zero point covers within a layer and time group: the layer's
+whole input (``tensor``) or one of ``act.channel_groups`` blocks of its input channels
+(``channel``)."""
 
 ACT_ROTATIONS = ("none", "hadamard")
 """What the model's activations are rotated by before they are quantized: ``none`` or
@@ -56,11 +61,21 @@ class ActConfig:
             ``"<layer> [masked]"``) with Markov metrics over all of them. Static mode only; not
             with the enhancements, the phase experiment or an export (they hold one parameter
             set per layer), and only for a family with masked positions.
+        granularity: ``tensor`` (one scale and zero point per layer and time group) or
+            ``channel``: one per block of ``channel_groups`` equal blocks of each layer's input
+            channels (contiguous; ``channel_groups`` equal to the input width is one per
+            channel), calibrated per block and reported as ``K L`` rows
+            (``"<layer> [channels k/K]"``), the Markov metrics over all of them. Static mode
+            only; not with ``mask_aware``, the enhancements, the phase experiment or an export.
+        channel_groups: K, the blocks of ``granularity=channel``; it must divide every layer's
+            input width.
     """
 
     mode: str = "static"
     rotation: str = "none"
     mask_aware: bool = False
+    granularity: str = "tensor"
+    channel_groups: int = 8
 
 
 def validate_act(
@@ -85,6 +100,24 @@ def validate_act(
     check_choice("act.rotation", act.rotation, ACT_ROTATIONS)
     if not isinstance(act.mask_aware, bool):
         raise fail("act.mask_aware", act.mask_aware, "must be true or false")
+    check_choice("act.granularity", act.granularity, ACT_GRANULARITIES)
+    groups = act.channel_groups
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise fail("act.channel_groups", groups, "must be an integer >= 1")
+    if act.granularity == "channel":
+        why = None
+        if act.mode != "static":
+            why = f"act.mode={act.mode} has no calibrated parameters (set act.mode=static)"
+        elif act.mask_aware:
+            why = "not with act.mask_aware=true yet (one of the two)"
+        elif enhanced:
+            why = "thermo.* and time_groups.strategy=adaptive reshape one parameter set per layer"
+        elif phases:
+            why = "the phase experiment compares one parameter set per layer"
+        elif export_path is not None:
+            why = "exports hold one parameter set per layer (leave export.path unset)"
+        if why is not None:
+            raise UserInputError(f"act.granularity=channel: {why}")
     if act.mask_aware:
         why = None
         if act.mode != "static":
