@@ -184,7 +184,7 @@ def test_a_channel_run_reports_each_block(tmp_path, monkeypatch):
                 "model": {"shipped": "pydoc-mdlm"},
                 "act": {"granularity": "channel", "mask_aware": True},
             },
-            r"^act.granularity=channel: not with act.mask_aware=true",
+            r"^act.granularity=channel: not with both act.granularity=channel and act.mask_aware",
         ),
     ],
     ids=["unknown", "zero", "not dividing", "dynamic", "export", "mask-aware"],

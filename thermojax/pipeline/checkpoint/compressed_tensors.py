@@ -37,8 +37,9 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,10 @@ __all__ = [
     "served_config",
     "to_compressed_tensors",
     "unpack_int32",
+    "warn_unserved",
 ]
+
+log = logging.getLogger(__name__)
 
 COMPRESSED_TENSORS = "compressed-tensors"
 """``export.format``'s value for this layout."""
@@ -223,6 +227,19 @@ def quantization_config(
         "transform_config": {},
         "version": CT_VERSION,
     }
+
+
+def warn_unserved(bits: Iterable[int]) -> None:
+    """Log that layers of ``bits`` outside :data:`SERVED_BITS` are written but not served."""
+    unserved = sorted(set(bits) - set(SERVED_BITS))
+    if unserved:
+        log.warning(
+            "export.format=%s: %s-bit layers are written (compressed-tensors and transformers "
+            "read them), but vLLM's kernels take %s bits only",
+            COMPRESSED_TENSORS,
+            "/".join(map(str, unserved)),
+            " and ".join(map(str, SERVED_BITS)),
+        )
 
 
 def served_config(

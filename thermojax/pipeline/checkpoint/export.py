@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -35,11 +34,11 @@ from thermojax.models.hf.layouts import DTYPES, SINGLE_FILE
 from thermojax.pipeline.checkpoint.activations import activation_arrays, write_activations
 from thermojax.pipeline.checkpoint.compressed_tensors import (
     COMPRESSED_TENSORS,
-    SERVED_BITS,
     SIDECAR_DIR,
     ct_stored_entries,
     served_config,
     to_compressed_tensors,
+    warn_unserved,
 )
 from thermojax.pipeline.checkpoint.document import quantization_json, rules_json, tensor_entry
 from thermojax.pipeline.checkpoint.folder import check_target, companion_files, stage_and_publish
@@ -57,8 +56,6 @@ from thermojax.pipeline.weights.section import TensorRow
 from thermojax.pipeline.weights.stream import CheckpointQuantizer, QuantizedTensor, WeightOnlyReport
 
 __all__ = ["export_checkpoint"]
-
-log = logging.getLogger(__name__)
 
 
 def export_checkpoint(
@@ -156,15 +153,7 @@ def export_checkpoint(
             if rule is not None
         }
         config_text = served_config(ckpt.config_text, layers, every_linear=False)
-        unserved = sorted({bits for bits, _ in layers.values()} - set(SERVED_BITS))
-        if unserved:
-            log.warning(
-                "export.format=%s: %s-bit layers are written (compressed-tensors and "
-                "transformers read them), but vLLM's kernels take %s bits only",
-                COMPRESSED_TENSORS,
-                "/".join(map(str, unserved)),
-                " and ".join(map(str, SERVED_BITS)),
-            )
+        warn_unserved(bits for bits, _ in layers.values())
         if act_entry is not None:
             act_entry = {**act_entry, "file": f"{SIDECAR_DIR}/{act_entry['file']}"}
 

@@ -23,7 +23,6 @@ since the folder holds the head's own codes), the activation parameters go into
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -42,11 +41,11 @@ from thermojax.models.hf.layouts import DTYPES, SINGLE_FILE
 from thermojax.pipeline.checkpoint.activations import checked_codes, write_activations
 from thermojax.pipeline.checkpoint.compressed_tensors import (
     COMPRESSED_TENSORS,
-    SERVED_BITS,
     SIDECAR_DIR,
     ct_stored_entries,
     served_config,
     to_compressed_tensors,
+    warn_unserved,
 )
 from thermojax.pipeline.checkpoint.document import quantization_json, tensor_entry
 from thermojax.pipeline.checkpoint.folder import check_target, companion_files, stage_and_publish
@@ -63,8 +62,6 @@ from thermojax.pipeline.weights.section import TensorRow
 from thermojax.pipeline.weights.stream import TensorSums, block_name, build_report, measure_qtensor
 
 __all__ = ["export_masked_lm"]
-
-log = logging.getLogger(__name__)
 
 _KEPT = TensorSums(0.0, 0.0, 0.0, 0, 0)
 _TIE_KEYS = {"qwen2": "tie_word_embeddings", "llada": "weight_tying"}
@@ -213,15 +210,7 @@ def export_masked_lm(
         )
         if act_entry is not None:
             act_entry = {**act_entry, "file": f"{SIDECAR_DIR}/{act_entry['file']}"}
-        unserved = sorted({q.bits for q in qweights.values()} - set(SERVED_BITS))
-        if unserved:
-            log.warning(
-                "export.format=%s: %s-bit layers are written (compressed-tensors and "
-                "transformers read them), but vLLM's kernels take %s bits only",
-                COMPRESSED_TENSORS,
-                "/".join(map(str, unserved)),
-                " and ".join(map(str, SERVED_BITS)),
-            )
+        warn_unserved(q.bits for q in qweights.values())
     converted: dict[str, dict[str, np.ndarray]] = {}
 
     def produce(entry_name: str) -> np.ndarray:

@@ -104,12 +104,17 @@ def validate_act(
     groups = act.channel_groups
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise fail("act.channel_groups", groups, "must be an integer >= 1")
-    if act.granularity == "channel":
+    # Both split a layer's parameters into several sets, which only static sampling uses.
+    splits = [("act.granularity=channel", act.granularity == "channel")]
+    splits.append(("act.mask_aware=true", act.mask_aware))
+    for setting, on in splits:
         why = None
+        if not on:
+            continue
         if act.mode != "static":
             why = f"act.mode={act.mode} has no calibrated parameters (set act.mode=static)"
-        elif act.mask_aware:
-            why = "not with act.mask_aware=true yet (one of the two)"
+        elif act.granularity == "channel" and act.mask_aware:
+            why = "not with both act.granularity=channel and act.mask_aware=true yet"
         elif enhanced:
             why = "thermo.* and time_groups.strategy=adaptive reshape one parameter set per layer"
         elif phases:
@@ -117,19 +122,7 @@ def validate_act(
         elif export_path is not None:
             why = "exports hold one parameter set per layer (leave export.path unset)"
         if why is not None:
-            raise UserInputError(f"act.granularity=channel: {why}")
-    if act.mask_aware:
-        why = None
-        if act.mode != "static":
-            why = f"act.mode={act.mode} has no calibrated parameters to split (set act.mode=static)"
-        elif enhanced:
-            why = "thermo.* and time_groups.strategy=adaptive reshape one parameter set per layer"
-        elif phases:
-            why = "the phase experiment compares one parameter set per layer"
-        elif export_path is not None:
-            why = "exports hold one parameter set per layer (leave export.path unset)"
-        if why is not None:
-            raise UserInputError(f"act.mask_aware=true: {why}")
+            raise UserInputError(f"{setting}: {why}")
     if act.rotation != "none" and export_path is not None:
         raise fail(
             "act.rotation",
