@@ -141,6 +141,27 @@ def test_pattern_detail_names_the_timesteps_of_the_boundaries():
 
 
 @pytest.mark.parametrize(
+    ("violations", "pattern"),
+    [
+        ([violation("a", 0, 0.35), violation("b", 1, 0.32), violation("c", 2, 0.31)], 0),
+        ([violation("b", 1, 0.9)], 0),
+    ],
+    ids=["uniform", "few-high"],
+)
+def test_phase3_stays_out_of_the_actions_where_it_is_measured_to_hurt(violations, pattern):
+    """The masked-diffusion LM: Phase 3 raises its held-out bound (README, Phase 3 on the LM)."""
+    analysis = analyze_violations(violations, layer_names=LAYERS, num_boundaries=3)
+    advised = detect_patterns(analysis, time_groups=time_groups(4), bands=BANDS)
+    kept_out = detect_patterns(
+        analysis, time_groups=time_groups(4), bands=BANDS, advise_phase3=False
+    )
+    assert [p.id for p in advised] == [p.id for p in kept_out]
+    assert "Phase 3" in advised[pattern].action
+    assert "Phase 3 optimization" not in kept_out[pattern].action
+    assert not kept_out[pattern].action.startswith("Phase 3")
+
+
+@pytest.mark.parametrize(
     ("score", "band"),
     [
         (0.0, "poor"),

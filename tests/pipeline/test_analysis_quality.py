@@ -193,6 +193,18 @@ def test_smooth_but_poor_says_the_error_is_in_the_weights_not_the_jumps():
     assert "Phase 2" not in advice and "Phase 3" not in advice
 
 
+@pytest.mark.parametrize("score", [0.5, 0.98], ids=["rough", "smooth"])
+def test_an_lm_is_not_advised_phase3_which_raises_its_heldout_bound(score):
+    """README, Phase 3 on the LM: +0.14/+0.22 held-out at markov_weight 0, +0.10-0.15 at 1-10."""
+    got = verdict(MEASURED["LM W4A8"][0], score=score, bit_width=4)
+    assert got.verdict == "good"
+    assert not any("Phase 3 (" in a or "Phase 2/3" in a for a in got.actions)
+    if got.band != "poor":
+        assert "calibration.samples_per_step=1024" in got.actions[-1]
+    images = verdict(image(1.1), score=score, bit_width=4)
+    assert any("Phase 3 (" in a or "Phase 2/3" in a for a in images.actions)
+
+
 def test_smooth_but_poor_at_four_bit_activations_names_the_activations_first():
     got = verdict(MEASURED["LM W8A4"][0], score=0.98, bit_width=8, act_bits=4)
     assert got.verdict == "poor"

@@ -223,6 +223,9 @@ class QualityKind:
             that need the quantized model (by field name), while it is in memory; the
             evaluator then runs on the reference with ``qweights=None`` and they replace its
             ``None`` figures. ``None``: the kind has no such figure.
+        advise_phase3: the next steps may suggest Phase 3 (transition optimization); ``False``
+            where it is measured to hurt this kind's samples (text: README, "Why Phase 3 hurts
+            the LM").
     """
 
     name: str
@@ -248,6 +251,7 @@ class QualityKind:
     comparison_copies: float = 1.0
     reads_untagged: bool = False
     quantized_figures: Callable[..., dict[str, Any]] | None = None
+    advise_phase3: bool = True
 
     def __post_init__(self) -> None:
         if self.type.kind != self.name:

@@ -142,7 +142,10 @@ def markov_fields(
         "mean_boundary_score": summary[2],
         "std_boundary_score": summary[3],
         "common_violation_patterns": detect_patterns(
-            analysis, time_groups=time_groups, bands=config.interpretation
+            analysis,
+            time_groups=time_groups,
+            bands=config.interpretation,
+            advise_phase3=quality is None or quality_kind(quality.kind).advise_phase3,
         ),
         "num_timesteps": int(edges[-1]),
         "time_groups": time_groups,

@@ -88,6 +88,11 @@ def analyze_violations(
     )
 
 
+PHASE3_SAMPLES_HINT = "to try it, calibration.samples_per_step=1024"
+"""Where Phase 3 is not advised: the setting under which it stopped hurting the shipped LM (it
+overfits the default 64 values per step and clips the activations' heavy tails; README)."""
+
+
 def boundary_regions(num_boundaries: int) -> tuple[range, range]:
     """The early and late boundaries: the first and last third (at least one each)."""
     width = max(1, math.ceil(num_boundaries / 3))
@@ -103,6 +108,7 @@ def detect_patterns(
     *,
     time_groups: Sequence[tuple[int, int]],
     bands: InterpretationConfig,
+    advise_phase3: bool = True,
 ) -> tuple[Pattern, ...]:
     """ArrowQuant V2's common violation patterns found in ``analysis``, plus layer concentration.
 
@@ -113,6 +119,10 @@ def detect_patterns(
       (scale jump above :data:`~thermojax.core.markov.HIGH_JUMP`);
     - layer concentration: a single layer carries the most violations, at least 2 and at least
       half of them (with 2 or more layers).
+
+    ``advise_phase3=False`` (a kind of model where Phase 3 is measured to hurt,
+    :attr:`QualityKind.advise_phase3 <thermojax.pipeline.quality.kind.QualityKind>`) keeps
+    Phase 3 out of the actions.
     """
     per_boundary = analysis.violations_per_boundary
     num_boundaries = len(per_boundary)
@@ -157,7 +167,11 @@ def detect_patterns(
                 f"({', '.join(str(n) for n in per_boundary)})",
                 cause="Aggressive quantization without calibration: activation ranges drift "
                 "across every boundary",
-                action="Phase 3 transition optimization with Markov constraints",
+                action="Phase 3 transition optimization with Markov constraints"
+                if advise_phase3
+                else "More time groups (num_time_groups) or adaptive groups "
+                "(time_groups.strategy=adaptive); Phase 3 is measured to hurt this kind of model "
+                f"({PHASE3_SAMPLES_HINT})",
             )
         )
     high = analysis.severity_distribution.get("high", 0)
@@ -169,7 +183,8 @@ def detect_patterns(
                 detail=f"only {total} violations, {high} with a scale jump above {HIGH_JUMP:.0%} "
                 f"(max {analysis.max_scale_jump:.0%})",
                 cause="Abrupt changes in the activation distribution at a few boundaries",
-                action="Phase 2 cubic smoothing + Phase 3 optimization",
+                action="Phase 2 cubic smoothing"
+                + (" + Phase 3 optimization" if advise_phase3 else ""),
             )
         )
     per_layer = analysis.violations_per_layer
@@ -259,6 +274,7 @@ def _smoothness_band(
     boundary_scores: Sequence[float],
     cosine_similarity: float,
     bands: InterpretationConfig,
+    advise_phase3: bool,
 ) -> tuple[str, tuple[Check, ...], list[str]]:
     """ArrowQuant V2's band of the smoothness score, its criteria on this run, and its actions."""
     count = len(violations)
@@ -290,8 +306,9 @@ def _smoothness_band(
         actions = [
             "Consider INT4 weights (bit_width=4)",
             "Increase the number of time groups (num_time_groups)",
-            "Or skip to Phase 3 (transition optimization)",
         ]
+        if advise_phase3:
+            actions.append("Or skip to Phase 3 (transition optimization)")
     elif smoothness_score > bands.excellent_above:
         band = "excellent"
         checks = (
@@ -311,7 +328,12 @@ def _smoothness_band(
                 cosine_similarity > bands.excellent_min_cosine,
             ),
         )
-        actions = ["Smoothness is already good; Phase 2/3 can still improve accuracy"]
+        actions = [
+            "Smoothness is already good; Phase 2/3 can still improve accuracy"
+            if advise_phase3
+            else "Smoothness is already good; Phase 3 is not advised for this kind of model "
+            f"(measured to hurt its samples; {PHASE3_SAMPLES_HINT})"
+        ]
     else:
         band = "good"
         checks = (
@@ -358,10 +380,12 @@ def interpret(
     run) there is no verdict, only the smoothness band. When smoothness is good or excellent but
     quality is not good, the summary says the error is in the quantized weights or ranges rather
     than in jumps between groups, and the actions point to bits and the weight quantizer, not to
-    Phase 2/3.
+    Phase 2/3. Phase 3 is left out of the actions for a kind of samples where it is measured to
+    hurt (:attr:`QualityKind.advise_phase3 <thermojax.pipeline.quality.kind.QualityKind>`).
     """
+    advise_phase3 = quality is None or quality_kind(quality.kind).advise_phase3
     band, checks, actions = _smoothness_band(
-        smoothness_score, violations, boundary_scores, cosine_similarity, bands
+        smoothness_score, violations, boundary_scores, cosine_similarity, bands, advise_phase3
     )
     count = len(violations)
     cos = f"{cosine_similarity:.3f}"
