@@ -74,6 +74,7 @@ def test_a_kind_without_positions_takes_the_fallback():
 # ----------------------------------------------------------------------- calibration
 
 
+@pytest.mark.slow  # two calibrations of the shipped LM (~25 s)
 def test_calibration_splits_each_layer_by_position_kind():
     lm = load_masked_diffusion(shipped_path("pydoc-mdlm"), steps=8, length=24, prompt="The module ")
     qweights, _ = quantize_weights(lm, bits=8, group_size=64)
