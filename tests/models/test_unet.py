@@ -13,7 +13,6 @@ import dataclasses
 import doctest
 import json
 import shutil
-import time
 from pathlib import Path
 
 import jax
@@ -332,7 +331,6 @@ def test_cifar10_layout_has_diffusers_parameter_count(meta):
 
 
 def test_synthetic_cifar10_folder_loads_and_runs(tmp_path):
-    started = time.perf_counter()
     folder = write_ddpm_cifar10_like(tmp_path / "ddpm-cifar10-32", seed=3, dtype="BF16")
     assert (folder / "model_index.json").is_file()
     unet = load_unet(folder)
@@ -342,7 +340,6 @@ def test_synthetic_cifar10_folder_loads_and_runs(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     out = np.asarray(forward(unet.params, unet.config, x, 999))
     assert out.shape == (1, 3, 32, 32) and np.isfinite(out).all()
-    assert time.perf_counter() - started < 60
 
 
 @pytest.mark.parametrize(
