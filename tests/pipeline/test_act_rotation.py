@@ -72,7 +72,13 @@ def heldout_ratio(result: Result) -> float:
 @pytest.mark.parametrize("rotation", ROTATIONS)
 def test_the_result_says_whether_the_model_was_rotated(runs, kind, rotation, tmp_path):
     result = runs[kind, rotation]
-    assert result.config["act"] == {"mode": "static", "rotation": rotation}
+    assert result.config["act"] == {
+        "mode": "static",
+        "rotation": rotation,
+        "mask_aware": False,
+        "granularity": "tensor",
+        "channel_groups": 8,
+    }
     assert result.act_rotation() == rotation
     path = write_result(result, tmp_path / "job" / REPORT_JSON)
     assert read_result(path).act_rotation() == rotation
