@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DOWN_BLOCK_TYPES", "UP_BLOCK_TYPES", "UNet2DConfig"]
+__all__ = ["DOWN_BLOCK_TYPES", "UP_BLOCK_TYPES", "UNet2DConfig", "read_json"]
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
@@ -90,6 +90,16 @@ def _names(key: str, value: object, allowed: tuple[str, ...]) -> tuple[str, ...]
         if name not in allowed:
             raise ValueError(f"{key} entry {name!r} is not supported (only {', '.join(allowed)})")
     return tuple(value)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value of the file ``path`` (``OSError``; ``ValueError`` naming it when it is
+    not valid JSON): a diffusers ``config.json`` or ``scheduler_config.json``."""
+    text = Path(path).read_text("utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,12 +223,7 @@ class UNet2DConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> UNet2DConfig:
         """Parse a ``config.json`` file (``OSError`` / ``ValueError`` when it cannot be)."""
-        text = Path(path).read_text("utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path))
 
     def _check_sizes(self) -> None:
         half = self.block_out_channels[0] // 2

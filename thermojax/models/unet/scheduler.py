@@ -33,12 +33,13 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from thermojax.models.unet.config import read_json
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -161,13 +162,8 @@ class SchedulerConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> SchedulerConfig:
-        """Parse a ``scheduler_config.json`` file."""
-        text = Path(path).read_text("utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(data)
+        """Parse a ``scheduler_config.json`` file (errors as :func:`read_json`)."""
+        return cls.from_dict(read_json(path))
 
 
 def betas(config: SchedulerConfig) -> np.ndarray:
